@@ -1,0 +1,11 @@
+//! TrendStory turns what is trending right now into short stories written by an int4
+//! TinyLlama running on ONNX Runtime.
+//!
+//! # Layout
+//! - [`config`]: one TOML file plus environment overrides, validated at start-up.
+//! - [`runtime`]: finds and loads the ONNX Runtime shared library once per process.
+//! - [`engine`]: synchronous model code (no actix): tokenizer, ONNX session, generation.
+
+pub mod config;
+pub mod engine;
+pub mod runtime;
