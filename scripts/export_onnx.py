@@ -1,0 +1,1054 @@
+#!/usr/bin/env python3
+"""Export a Hugging Face Llama checkpoint to the ONNX graph the TrendStory engine runs.
+
+No torch: weights are read from safetensors with our own parser (numpy has no bfloat16),
+the graph is built with onnx.helper, linear layers are quantized to int4 for ONNX Runtime's
+`com.microsoft.MatMulNBits`, and golden greedy outputs are computed with onnxruntime.
+
+Modes (see --help):
+  --hf-dir DIR --out onnx/NAME          export an existing HF Llama folder
+  --random-init --preset tinyllama      TinyLlama-1.1B shape, random weights (same run cost)
+  --random-init --preset tiny           2-layer model + self-trained 1k BPE tokenizer, for tests
+  --linear-only                         only the int4 matmuls (a benchmark baseline)
+
+Output folder: model.onnx + model.onnx.data, tokenizer.json (+tokenizer_config.json),
+config.json, golden.json and manifest.json (written last: marks a complete export).
+
+Graph contract (decoder-with-past, same names as optimum / transformers.js):
+  inputs  input_ids, attention_mask, position_ids: int64; past_key_values.{i}.{key,value}
+          float32 [batch_size, num_kv_heads, past_sequence_length, head_dim]
+  outputs logits float32 [batch_size, sequence_length, vocab];
+          present.{i}.{key,value} float32 [batch_size, num_kv_heads, total_sequence_length,
+          head_dim] = Concat(past, new, axis=2)
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import math
+import os
+import shutil
+import struct
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+EXPORTER_VERSION = 1
+REPO_ROOT = Path(__file__).resolve().parent.parent
+SHARED_DIR = REPO_ROOT.parent / "shared"
+SHARED_TINYLLAMA_CONFIG = SHARED_DIR / "models" / "tinyllama-1.1b-chat-v1.0"
+SHARED_LLAMA2_TOKENIZER = SHARED_DIR / "models" / "llama2-tokenizer"
+TOKENIZER_CORPUS = REPO_ROOT / "scripts" / "tokenizer_corpus.txt"
+
+OPSET = 17
+MS_DOMAIN = "com.microsoft"
+# Finite "minus infinity" for masked attention scores: Where(mask, scores, MASK_VALUE) keeps a
+# fully-masked (left pad) row finite (uniform softmax, ignored by the caller), never NaN.
+MASK_VALUE = float(np.finfo(np.float32).min)
+# Tensors at least this big go to model.onnx.data, aligned for mmap.
+EXTERNAL_MIN_BYTES = 1024
+EXTERNAL_ALIGN = 4096
+
+# TinyLlama-Chat's prompt format (tokenizer_config.json of the hub repo), used for the tiny
+# tokenizer's config so the Rust side can render prompts the same way with either tokenizer.
+CHAT_TEMPLATE = (
+    "{% for message in messages %}\n{% if message['role'] == 'user' %}\n"
+    "{{ '<|user|>\n' + message['content'] + eos_token }}\n"
+    "{% elif message['role'] == 'system' %}\n{{ '<|system|>\n' + message['content'] + eos_token }}\n"
+    "{% elif message['role'] == 'assistant' %}\n"
+    "{{ '<|assistant|>\n'  + message['content'] + eos_token }}\n{% endif %}\n"
+    "{% if loop.last and add_generation_prompt %}\n{{ '<|assistant|>' }}\n{% endif %}\n{% endfor %}"
+)
+
+GOLDEN_PROMPTS = [
+    "Hi",
+    "The weather today is",
+    "Once upon a time, a curious robot lived in a lighthouse at the end of the island.",
+    (
+        "Breaking news: scientists at the observatory found a faint comet moving across the "
+        "edge of the solar system, and engineers tested a new battery that charges in ten "
+        "minutes. Fans waited outside the stadium for hours while the rain kept falling, and "
+        "the final match was moved to Sunday."
+    ),
+    "Café ☕ in Zürich: naïve crème brûlée 🚀 東京の桜 🌸 is trending",
+    "<|user|>\nWrite a short story about the trend: electric cars</s>\n<|assistant|>\n",
+]
+
+
+def log(msg: str) -> None:
+    print(f"[export_onnx] {msg}", file=sys.stderr, flush=True)
+
+
+# --------------------------------------------------------------------------------------------
+# safetensors (own reader/writer: bf16 support without torch)
+# --------------------------------------------------------------------------------------------
+
+_ST_NP = {"F32": np.float32, "F16": np.float16, "BF16": np.uint16, "F64": np.float64,
+          "I64": np.int64, "I32": np.int32, "I16": np.int16, "I8": np.int8, "U8": np.uint8,
+          "BOOL": np.bool_}
+_ST_SIZE = {"F32": 4, "F16": 2, "BF16": 2, "F64": 8, "I64": 8, "I32": 4, "I16": 2, "I8": 1,
+            "U8": 1, "BOOL": 1}
+
+
+def bf16_bits_to_f32(bits: np.ndarray) -> np.ndarray:
+    """uint16 bfloat16 bit patterns -> float32 (exact)."""
+    return (bits.astype(np.uint32) << 16).view(np.float32)
+
+
+def f32_to_bf16_bits(x: np.ndarray) -> np.ndarray:
+    """float32 -> uint16 bfloat16 bits, round to nearest even (NaN stays NaN)."""
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    u = x.view(np.uint32)
+    rounded = ((u + np.uint32(0x7FFF) + ((u >> np.uint32(16)) & np.uint32(1))) >> np.uint32(16))
+    rounded = rounded.astype(np.uint16)
+    nan = np.isnan(x)
+    if nan.any():
+        rounded[nan] = ((u[nan] >> np.uint32(16)) | np.uint32(0x40)).astype(np.uint16)
+    return rounded
+
+
+def round_to_bf16(x: np.ndarray) -> np.ndarray:
+    return bf16_bits_to_f32(f32_to_bf16_bits(x))
+
+
+class SafeTensorsFile:
+    """Lazy reader of one .safetensors file (memory-mapped; one tensor at a time)."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        with open(self.path, "rb") as f:
+            (n,) = struct.unpack("<Q", f.read(8))
+            header = json.loads(f.read(n))
+        self.metadata = header.pop("__metadata__", None)
+        self.header = header
+        self.data_start = 8 + n
+        self._mm = np.memmap(self.path, dtype=np.uint8, mode="r")
+
+    def keys(self):
+        return list(self.header.keys())
+
+    def dtype(self, name: str) -> str:
+        return self.header[name]["dtype"]
+
+    def shape(self, name: str) -> list[int]:
+        return list(self.header[name]["shape"])
+
+    def raw(self, name: str) -> np.ndarray:
+        info = self.header[name]
+        dt = info["dtype"]
+        if dt not in _ST_NP:
+            raise ValueError(f"{self.path}: tensor {name}: unsupported dtype {dt}")
+        a, b = info["data_offsets"]
+        buf = self._mm[self.data_start + a: self.data_start + b]
+        return buf.view(_ST_NP[dt]).reshape(info["shape"])
+
+    def get_f32(self, name: str) -> np.ndarray:
+        dt = self.dtype(name)
+        raw = self.raw(name)
+        if dt == "BF16":
+            return bf16_bits_to_f32(raw)
+        return np.asarray(raw, dtype=np.float32)
+
+
+class SafeTensorsDir:
+    """All *.safetensors shards of a HF folder as one name -> tensor map."""
+
+    def __init__(self, hf_dir: Path):
+        files = sorted(Path(hf_dir).glob("*.safetensors"))
+        if not files:
+            raise SystemExit(f"error: no *.safetensors file in {hf_dir}")
+        self.files = [SafeTensorsFile(p) for p in files]
+        self.where = {}
+        for f in self.files:
+            for k in f.keys():
+                self.where[k] = f
+
+    def __contains__(self, name):
+        return name in self.where
+
+    def get_f32(self, name: str) -> np.ndarray:
+        if name not in self.where:
+            raise SystemExit(f"error: tensor {name!r} missing from the checkpoint")
+        return self.where[name].get_f32(name)
+
+
+def write_safetensors(path: Path, specs, produce, dtype: str = "F32") -> None:
+    """Stream tensors into a safetensors file.
+
+    specs: list of (name, shape) in file order; produce(name, shape) -> float32 array, called
+    one tensor at a time so a 1.1B-parameter file never sits in memory at once.
+    dtype: "F32" or "BF16" (round to nearest even).
+    """
+    elem = _ST_SIZE[dtype]
+    header = {}
+    off = 0
+    for name, shape in specs:
+        n = int(np.prod(shape)) * elem
+        header[name] = {"dtype": dtype, "shape": list(shape), "data_offsets": [off, off + n]}
+        off += n
+    header["__metadata__"] = {"format": "pt"}
+    hb = json.dumps(header, separators=(",", ":")).encode()
+    hb += b" " * ((8 - len(hb) % 8) % 8)
+    tmp = Path(str(path) + ".tmp")
+    with open(tmp, "wb") as f:
+        f.write(struct.pack("<Q", len(hb)))
+        f.write(hb)
+        for name, shape in specs:
+            arr = np.asarray(produce(name, shape), dtype=np.float32)
+            assert list(arr.shape) == list(shape), (name, arr.shape, shape)
+            if dtype == "BF16":
+                f.write(f32_to_bf16_bits(arr).tobytes())
+            elif dtype == "F32":
+                f.write(np.ascontiguousarray(arr).tobytes())
+            else:
+                raise ValueError(dtype)
+            del arr
+    os.replace(tmp, path)
+
+
+# --------------------------------------------------------------------------------------------
+# int4 quantization (MatMulNBits, symmetric Q4_0 style)
+# --------------------------------------------------------------------------------------------
+
+def quantize_q4(w: np.ndarray, block_size: int):
+    """Quantize an HF linear weight [N, K] (out, in) for com.microsoft.MatMulNBits.
+
+    Per block of `block_size` consecutive K elements of a row: m = the value of largest
+    magnitude, d = m / -8, q = clip(round(w / d) + 8, 0, 15); zero point is the default 8.
+    Returns (B uint8 [N, n_blocks, block_size/2] with the even element in the low nibble,
+             scales float32 [N * n_blocks]).
+    """
+    w = np.asarray(w, dtype=np.float32)
+    n, k = w.shape
+    nb = (k + block_size - 1) // block_size
+    if nb * block_size != k:
+        w = np.pad(w, ((0, 0), (0, nb * block_size - k)))
+    blocks = w.reshape(n, nb, block_size)
+    idx = np.abs(blocks).argmax(axis=2)
+    m = np.take_along_axis(blocks, idx[..., None], axis=2)[..., 0]
+    d = (m / np.float32(-8.0)).astype(np.float32)
+    with np.errstate(divide="ignore"):
+        inv = np.where(d != 0, np.float32(1.0) / d, np.float32(0.0)).astype(np.float32)
+    q = np.rint(blocks * inv[..., None]) + 8
+    q = np.clip(q, 0, 15).astype(np.uint8)
+    packed = (q[..., 0::2] | (q[..., 1::2] << 4)).astype(np.uint8)
+    return np.ascontiguousarray(packed), np.ascontiguousarray(d.reshape(-1))
+
+
+def dequantize_q4(packed: np.ndarray, scales: np.ndarray, k: int) -> np.ndarray:
+    """Inverse of quantize_q4: returns float32 [N, K]."""
+    n, nb, half = packed.shape
+    q = np.empty((n, nb, half * 2), dtype=np.float32)
+    q[..., 0::2] = packed & 0x0F
+    q[..., 1::2] = packed >> 4
+    w = (q - 8.0) * scales.reshape(n, nb, 1)
+    return w.reshape(n, nb * half * 2)[:, :k]
+
+
+# --------------------------------------------------------------------------------------------
+# Graph building
+# --------------------------------------------------------------------------------------------
+
+class GraphBuilder:
+    """Accumulates nodes/initializers; big initializers stream straight into model.onnx.data."""
+
+    def __init__(self, data_path: Path | None):
+        from onnx import helper  # noqa: F401
+        self.nodes = []
+        self.inits = []
+        self.counter = 0
+        self.data_path = data_path
+        self.data_file = open(data_path, "wb") if data_path else None
+        self.data_off = 0
+        self.op_counts = {}
+
+    def name(self, base: str) -> str:
+        self.counter += 1
+        return f"{base}_{self.counter}"
+
+    def init(self, name: str, arr: np.ndarray) -> str:
+        from onnx import TensorProto, numpy_helper
+        arr = np.ascontiguousarray(arr)
+        if self.data_file is not None and arr.nbytes >= EXTERNAL_MIN_BYTES:
+            pad = (-self.data_off) % EXTERNAL_ALIGN
+            if pad:
+                self.data_file.write(b"\0" * pad)
+                self.data_off += pad
+            t = TensorProto()
+            t.name = name
+            t.data_type = {np.dtype(np.float32): TensorProto.FLOAT,
+                           np.dtype(np.uint8): TensorProto.UINT8,
+                           np.dtype(np.int64): TensorProto.INT64}[arr.dtype]
+            t.dims.extend(arr.shape)
+            t.data_location = TensorProto.EXTERNAL
+            for k, v in (("location", self.data_path.name), ("offset", str(self.data_off)),
+                         ("length", str(arr.nbytes))):
+                e = t.external_data.add()
+                e.key, e.value = k, v
+            self.data_file.write(arr.tobytes())
+            self.data_off += arr.nbytes
+        else:
+            t = numpy_helper.from_array(arr, name)
+        self.inits.append(t)
+        return name
+
+    def const_i64(self, values, base="c") -> str:
+        return self.init(self.name(base), np.asarray(values, dtype=np.int64))
+
+    def const_f32(self, value, base="cf") -> str:
+        return self.init(self.name(base), np.asarray(value, dtype=np.float32))
+
+    def op(self, op_type: str, inputs, n_out: int = 1, domain: str = "", name=None, **attrs):
+        from onnx import helper
+        nm = name or self.name(op_type)
+        outs = [f"{nm}_out{i}" for i in range(n_out)]
+        self.nodes.append(helper.make_node(op_type, list(inputs), outs, name=nm,
+                                           domain=domain or None, **attrs))
+        self.op_counts[op_type] = self.op_counts.get(op_type, 0) + 1
+        return outs[0] if n_out == 1 else outs
+
+    def close(self):
+        if self.data_file is not None:
+            self.data_file.close()
+            self.data_file = None
+
+
+class Linear:
+    """Emits one linear layer (int4 MatMulNBits or fp32 MatMul)."""
+
+    def __init__(self, g: GraphBuilder, precision: str, block_size: int, accuracy_level: int):
+        self.g, self.precision = g, precision
+        self.block_size, self.accuracy_level = block_size, accuracy_level
+
+    def __call__(self, x: str, w: np.ndarray, name: str) -> str:
+        g = self.g
+        n, k = w.shape
+        if self.precision == "fp32":
+            wt = g.init(f"{name}.weight_t", np.ascontiguousarray(w.T.astype(np.float32)))
+            return g.op("MatMul", [x, wt], name=f"{name}/MatMul")
+        packed, scales = quantize_q4(w, self.block_size)
+        b = g.init(f"{name}.qweight", packed)
+        s = g.init(f"{name}.scales", scales)
+        return g.op("MatMulNBits", [x, b, s], domain=MS_DOMAIN, name=f"{name}/MatMulNBits",
+                    K=k, N=n, bits=4, block_size=self.block_size,
+                    accuracy_level=self.accuracy_level)
+
+
+def rope_tables(cfg: dict, head_dim: int):
+    theta = float(cfg.get("rope_theta", 10000.0))
+    if cfg.get("rope_scaling"):
+        raise SystemExit(f"error: rope_scaling={cfg['rope_scaling']!r} is not supported")
+    max_pos = int(cfg["max_position_embeddings"])
+    inv = 1.0 / (theta ** (np.arange(0, head_dim, 2, dtype=np.float64) / head_dim))
+    freqs = np.outer(np.arange(max_pos, dtype=np.float64), inv)
+    return np.cos(freqs).astype(np.float32), np.sin(freqs).astype(np.float32)
+
+
+def model_dims(cfg: dict) -> dict:
+    h = int(cfg["hidden_size"])
+    nh = int(cfg["num_attention_heads"])
+    kvh = int(cfg.get("num_key_value_heads", nh))
+    hd = int(cfg.get("head_dim") or h // nh)
+    return dict(layers=int(cfg["num_hidden_layers"]), hidden=h, inter=int(cfg["intermediate_size"]),
+                heads=nh, kv_heads=kvh, head_dim=hd, vocab=int(cfg["vocab_size"]),
+                eps=float(cfg.get("rms_norm_eps", 1e-6)),
+                max_pos=int(cfg["max_position_embeddings"]))
+
+
+def build_decoder(cfg: dict, weights: SafeTensorsDir, out_dir: Path, precision: str,
+                  block_size: int, accuracy_level: int) -> None:
+    """Write out_dir/model.onnx (+ model.onnx.data) for a Llama decoder with past."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    dm = model_dims(cfg)
+    L, H, I = dm["layers"], dm["hidden"], dm["inter"]
+    nh, kvh, hd, V, eps = dm["heads"], dm["kv_heads"], dm["head_dim"], dm["vocab"], dm["eps"]
+    if nh % kvh:
+        raise SystemExit(f"error: num_attention_heads {nh} not a multiple of kv heads {kvh}")
+    groups = nh // kvh
+    if cfg.get("attention_bias") or cfg.get("mlp_bias"):
+        raise SystemExit("error: linear biases are not supported")
+    if cfg.get("hidden_act", "silu") != "silu":
+        raise SystemExit(f"error: hidden_act {cfg.get('hidden_act')!r} is not supported")
+
+    g = GraphBuilder(out_dir / "model.onnx.data")
+    lin = Linear(g, precision, block_size, accuracy_level)
+
+    def rms_norm(x, wname, name):
+        # Pow -> ReduceMean -> Add -> Sqrt -> Div -> Mul: the pattern ORT fuses into
+        # SimplifiedLayerNormalization, while staying plain ai.onnx for other runtimes.
+        w = g.init(f"{wname}", weights.get_f32(wname).astype(np.float32))
+        sq = g.op("Pow", [x, two], name=f"{name}/Pow")
+        mean = g.op("ReduceMean", [sq], name=f"{name}/ReduceMean", axes=[-1], keepdims=1)
+        var = g.op("Add", [mean, eps_c], name=f"{name}/Add")
+        std = g.op("Sqrt", [var], name=f"{name}/Sqrt")
+        normed = g.op("Div", [x, std], name=f"{name}/Div")
+        return g.op("Mul", [normed, w], name=f"{name}/Mul")
+
+    def W(name):
+        return weights.get_f32(name)
+
+    two = g.const_f32(2.0, "two")
+    eps_c = g.const_f32(eps, "eps")
+    qscale = g.const_f32(1.0 / math.sqrt(hd), "qscale")
+    mask_value = g.const_f32(MASK_VALUE, "mask_value")
+
+    # Embedding (float32 Gather).
+    embed = g.init("model.embed_tokens.weight", W("model.embed_tokens.weight"))
+    x = g.op("Gather", [embed, "input_ids"], name="embed/Gather", axis=0)
+
+    # RoPE tables gathered by position_ids: [B, 1, S, hd/2].
+    cos_t, sin_t = rope_tables(cfg, hd)
+    cos_i = g.init("rope.cos", cos_t)
+    sin_i = g.init("rope.sin", sin_t)
+    ax1 = g.const_i64([1], "axes1")
+    cos = g.op("Unsqueeze", [g.op("Gather", [cos_i, "position_ids"], axis=0), ax1], name="rope/cos")
+    sin = g.op("Unsqueeze", [g.op("Gather", [sin_i, "position_ids"], axis=0), ax1], name="rope/sin")
+
+    # Attention mask [B, 1, groups*S, T]: causal (key j <= past + i) AND attention_mask[b, j].
+    zero = g.const_i64(0, "zero")
+    one = g.const_i64(1, "one")
+    ids_shape = g.op("Shape", ["input_ids"], name="mask/ids_shape")
+    s_len = g.op("Gather", [ids_shape, one], name="mask/S", axis=0)
+    am_shape = g.op("Shape", ["attention_mask"], name="mask/am_shape")
+    t_len = g.op("Gather", [am_shape, one], name="mask/T", axis=0)
+    past_len = g.op("Sub", [t_len, s_len], name="mask/past")
+    q_pos = g.op("Range", [past_len, g.op("Add", [past_len, s_len], name="mask/end"), one],
+                 name="mask/q_pos")
+    k_pos = g.op("Range", [zero, t_len, one], name="mask/k_pos")
+    q_col = g.op("Unsqueeze", [q_pos, g.const_i64([1], "axes_q")], name="mask/q_col")  # [S,1]
+    k_row = g.op("Unsqueeze", [k_pos, g.const_i64([0], "axes_k")], name="mask/k_row")  # [1,T]
+    causal = g.op("LessOrEqual", [k_row, q_col], name="mask/causal")  # [S, T]
+    pad = g.op("Cast", ["attention_mask"], name="mask/pad_bool", to=TensorProto.BOOL)
+    pad = g.op("Unsqueeze", [pad, g.const_i64([1, 2], "axes12")], name="mask/pad")  # [B,1,1,T]
+    mask = g.op("And", [causal, pad], name="mask/and")  # [B, 1, S, T]
+    if groups > 1:
+        # Query rows are laid out [group, S] per kv head (see below): repeat the mask rows.
+        mask = g.op("Tile", [mask, g.const_i64([1, 1, groups, 1], "tile")], name="mask/tile")
+
+    shape_q = g.const_i64([0, 0, nh, hd], "shape_q")
+    shape_kv = g.const_i64([0, 0, kvh, hd], "shape_kv")
+    shape_qg = g.const_i64([0, kvh, -1, hd], "shape_qg")
+    shape_heads = g.const_i64([0, nh, -1, hd], "shape_heads")
+    shape_hidden = g.const_i64([0, 0, nh * hd], "shape_hidden")
+    half = hd // 2
+    sl_s1, sl_e1 = g.const_i64([0], "s0"), g.const_i64([half], "e0")
+    sl_s2, sl_e2 = g.const_i64([half], "s1"), g.const_i64([hd], "e1")
+    sl_ax = g.const_i64([3], "ax3")
+
+    def rope(t, name):
+        x1 = g.op("Slice", [t, sl_s1, sl_e1, sl_ax], name=f"{name}/x1")
+        x2 = g.op("Slice", [t, sl_s2, sl_e2, sl_ax], name=f"{name}/x2")
+        a = g.op("Sub", [g.op("Mul", [x1, cos], name=f"{name}/x1c"),
+                         g.op("Mul", [x2, sin], name=f"{name}/x2s")], name=f"{name}/a")
+        b = g.op("Add", [g.op("Mul", [x2, cos], name=f"{name}/x2c"),
+                         g.op("Mul", [x1, sin], name=f"{name}/x1s")], name=f"{name}/b")
+        return g.op("Concat", [a, b], name=f"{name}/cat", axis=-1)
+
+    inputs = [
+        helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["batch_size", "sequence_length"]),
+        helper.make_tensor_value_info("attention_mask", TensorProto.INT64,
+                                      ["batch_size", "total_sequence_length"]),
+        helper.make_tensor_value_info("position_ids", TensorProto.INT64, ["batch_size", "sequence_length"]),
+    ]
+    outputs = [helper.make_tensor_value_info("logits", TensorProto.FLOAT,
+                                             ["batch_size", "sequence_length", V])]
+    present_outputs = []
+
+    for i in range(L):
+        p = f"model.layers.{i}"
+        pk, pv = f"past_key_values.{i}.key", f"past_key_values.{i}.value"
+        for nm in (pk, pv):
+            inputs.append(helper.make_tensor_value_info(
+                nm, TensorProto.FLOAT, ["batch_size", kvh, "past_sequence_length", hd]))
+        h = rms_norm(x, f"{p}.input_layernorm.weight", f"/{p}/input_layernorm")
+        q = lin(h, W(f"{p}.self_attn.q_proj.weight"), f"{p}.self_attn.q_proj")
+        k = lin(h, W(f"{p}.self_attn.k_proj.weight"), f"{p}.self_attn.k_proj")
+        v = lin(h, W(f"{p}.self_attn.v_proj.weight"), f"{p}.self_attn.v_proj")
+        q = g.op("Transpose", [g.op("Reshape", [q, shape_q], name=f"/{p}/q_reshape")],
+                 name=f"/{p}/q_t", perm=[0, 2, 1, 3])  # [B, nh, S, hd]
+        k = g.op("Transpose", [g.op("Reshape", [k, shape_kv], name=f"/{p}/k_reshape")],
+                 name=f"/{p}/k_t", perm=[0, 2, 1, 3])  # [B, kvh, S, hd]
+        v = g.op("Transpose", [g.op("Reshape", [v, shape_kv], name=f"/{p}/v_reshape")],
+                 name=f"/{p}/v_t", perm=[0, 2, 1, 3])
+        q = rope(q, f"/{p}/q_rope")
+        k = rope(k, f"/{p}/k_rope")
+        present_k, present_v = f"present.{i}.key", f"present.{i}.value"
+        g.nodes.append(helper.make_node("Concat", [pk, k], [present_k], name=f"/{p}/k_cat", axis=2))
+        g.nodes.append(helper.make_node("Concat", [pv, v], [present_v], name=f"/{p}/v_cat", axis=2))
+        for nm in (present_k, present_v):
+            present_outputs.append(helper.make_tensor_value_info(
+                nm, TensorProto.FLOAT, ["batch_size", kvh, "total_sequence_length", hd]))
+        # GQA without expanding K/V: head h uses kv head h // groups, so the nh query heads
+        # reshape to [B, kvh, groups*S, hd] and share one MatMul per kv head.
+        qs = g.op("Mul", [q, qscale], name=f"/{p}/q_scale")
+        qg = g.op("Reshape", [qs, shape_qg], name=f"/{p}/q_group")
+        kt = g.op("Transpose", [present_k], name=f"/{p}/k_T", perm=[0, 1, 3, 2])
+        scores = g.op("MatMul", [qg, kt], name=f"/{p}/scores")  # [B, kvh, groups*S, T]
+        scores = g.op("Where", [mask, scores, mask_value], name=f"/{p}/mask")
+        probs = g.op("Softmax", [scores], name=f"/{p}/softmax", axis=-1)
+        ctx = g.op("MatMul", [probs, present_v], name=f"/{p}/ctx")  # [B, kvh, groups*S, hd]
+        ctx = g.op("Reshape", [ctx, shape_heads], name=f"/{p}/ctx_heads")  # [B, nh, S, hd]
+        ctx = g.op("Transpose", [ctx], name=f"/{p}/ctx_t", perm=[0, 2, 1, 3])
+        ctx = g.op("Reshape", [ctx, shape_hidden], name=f"/{p}/ctx_merge")  # [B, S, H]
+        o = lin(ctx, W(f"{p}.self_attn.o_proj.weight"), f"{p}.self_attn.o_proj")
+        x = g.op("Add", [x, o], name=f"/{p}/attn_residual")
+        h2 = rms_norm(x, f"{p}.post_attention_layernorm.weight", f"/{p}/post_attention_layernorm")
+        gate = lin(h2, W(f"{p}.mlp.gate_proj.weight"), f"{p}.mlp.gate_proj")
+        up = lin(h2, W(f"{p}.mlp.up_proj.weight"), f"{p}.mlp.up_proj")
+        act = g.op("Mul", [gate, g.op("Sigmoid", [gate], name=f"/{p}/mlp/sigmoid")],
+                   name=f"/{p}/mlp/silu")
+        down = lin(g.op("Mul", [act, up], name=f"/{p}/mlp/mul"),
+                   W(f"{p}.mlp.down_proj.weight"), f"{p}.mlp.down_proj")
+        x = g.op("Add", [x, down], name=f"/{p}/mlp_residual")
+        log(f"  layer {i + 1}/{L} done")
+
+    x = rms_norm(x, "model.norm.weight", "/model/norm")
+    lm_name = "lm_head.weight"
+    if lm_name not in weights:
+        if not cfg.get("tie_word_embeddings", False):
+            raise SystemExit("error: lm_head.weight missing and tie_word_embeddings is false")
+        lm_name = "model.embed_tokens.weight"
+    logits = lin(x, W(lm_name), "lm_head")
+    g.nodes.append(helper.make_node("Identity", [logits], ["logits"], name="logits"))
+    g.close()
+
+    graph = helper.make_graph(g.nodes, "trendstory_llama", inputs, outputs + present_outputs,
+                              initializer=g.inits)
+    opsets = [helper.make_opsetid("", OPSET)]
+    if precision == "int4":
+        opsets.append(helper.make_opsetid(MS_DOMAIN, 1))
+    model = helper.make_model(graph, opset_imports=opsets, producer_name="trendstory-export_onnx",
+                              producer_version=str(EXPORTER_VERSION))
+    model.ir_version = 8
+    onnx.save_model(model, str(out_dir / "model.onnx"))
+
+
+def build_linear_only(cfg: dict, weights: SafeTensorsDir, out_dir: Path, block_size: int,
+                      accuracy_level: int) -> None:
+    """Benchmark baseline: only the model's int4 MatMulNBits layers, chained shape-consistently.
+
+    Per layer: q,k,v = x@{q,k,v}; a = o(q + pad/trim of k+v)... kept simple: k and v run (so
+    their cost is paid) and are folded in with a tiny Mul, then o, gate, up, down.
+    """
+    import onnx
+    from onnx import TensorProto, helper
+
+    dm = model_dims(cfg)
+    L, H, V = dm["layers"], dm["hidden"], dm["vocab"]
+    kv_dim = dm["kv_heads"] * dm["head_dim"]
+    g = GraphBuilder(out_dir / "model.onnx.data")
+    lin = Linear(g, "int4", block_size, accuracy_level)
+    W = weights.get_f32
+    x = "x"
+    tiny = g.const_f32(1e-3, "tiny")
+    reps = H // kv_dim if H % kv_dim == 0 else None
+    for i in range(L):
+        p = f"model.layers.{i}"
+        q = lin(x, W(f"{p}.self_attn.q_proj.weight"), f"{p}.self_attn.q_proj")
+        k = lin(x, W(f"{p}.self_attn.k_proj.weight"), f"{p}.self_attn.k_proj")
+        v = lin(x, W(f"{p}.self_attn.v_proj.weight"), f"{p}.self_attn.v_proj")
+        kv = g.op("Add", [k, v], name=f"/{p}/kv")  # [B, S, kv_dim]
+        if reps:
+            kv = g.op("Tile", [kv, g.const_i64([1, 1, reps], "reps")], name=f"/{p}/kv_tile")
+            q = g.op("Add", [q, g.op("Mul", [kv, tiny], name=f"/{p}/kv_small")], name=f"/{p}/qkv")
+        a = lin(q, W(f"{p}.self_attn.o_proj.weight"), f"{p}.self_attn.o_proj")
+        gt = lin(a, W(f"{p}.mlp.gate_proj.weight"), f"{p}.mlp.gate_proj")
+        up = lin(a, W(f"{p}.mlp.up_proj.weight"), f"{p}.mlp.up_proj")
+        x = lin(g.op("Mul", [gt, up], name=f"/{p}/gu"), W(f"{p}.mlp.down_proj.weight"),
+                f"{p}.mlp.down_proj")
+    lm_name = "lm_head.weight" if "lm_head.weight" in weights else "model.embed_tokens.weight"
+    logits = lin(x, W(lm_name), "lm_head")
+    g.nodes.append(helper.make_node("Identity", [logits], ["logits"], name="logits"))
+    g.close()
+    graph = helper.make_graph(
+        g.nodes, "trendstory_linear_only",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch_size", "sequence_length", H])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch_size", "sequence_length", V])],
+        initializer=g.inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET),
+                                                    helper.make_opsetid(MS_DOMAIN, 1)],
+                              producer_name="trendstory-export_onnx")
+    model.ir_version = 8
+    onnx.save_model(model, str(out_dir / "model.onnx"))
+
+
+# --------------------------------------------------------------------------------------------
+# Tokenizer for the tiny preset
+# --------------------------------------------------------------------------------------------
+
+TINY_VOCAB_SIZE = 1024
+SPECIALS = ["<unk>", "<s>", "</s>"]
+
+
+def train_tiny_tokenizer(corpus: Path = TOKENIZER_CORPUS, vocab_size: int = TINY_VOCAB_SIZE) -> str:
+    """Train a small byte-fallback BPE on the corpus, laid out like Llama 2's tokenizer.json.
+
+    ids 0..2 = <unk> <s> </s> (special), 3..258 = <0x00>..<0xFF> (ordinary vocab entries, so
+    decoding keeps them), then the learned symbols. Deterministic for a given corpus.
+    """
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+
+    lines = [ln for ln in corpus.read_text(encoding="utf-8").splitlines() if ln.strip()]
+    tok = Tokenizer(models.BPE(unk_token="<unk>", byte_fallback=True))
+    # Train word by word ("▁word" pieces), like SentencePiece, so merges never span words.
+    tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="always", split=True)
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size - 256, special_tokens=SPECIALS,
+                                  show_progress=False, min_frequency=1)
+    tok.train_from_iterator(lines, trainer=trainer)
+    trained = json.loads(tok.to_str())
+    tvocab = trained["model"]["vocab"]
+    merges = trained["model"]["merges"]
+
+    vocab = {s: i for i, s in enumerate(SPECIALS)}
+    for b in range(256):
+        vocab[f"<0x{b:02X}>"] = 3 + b
+    for sym, _ in sorted(tvocab.items(), key=lambda kv: kv[1]):
+        if sym not in vocab:
+            vocab[sym] = len(vocab)
+    spec = {
+        "version": "1.0",
+        "truncation": None,
+        "padding": None,
+        "added_tokens": [
+            {"id": i, "content": s, "single_word": False, "lstrip": False, "rstrip": False,
+             "normalized": False, "special": True} for i, s in enumerate(SPECIALS)],
+        "normalizer": {"type": "Sequence", "normalizers": [
+            {"type": "Prepend", "prepend": "▁"},
+            {"type": "Replace", "pattern": {"String": " "}, "content": "▁"}]},
+        "pre_tokenizer": None,
+        "post_processor": {
+            "type": "TemplateProcessing",
+            "single": [{"SpecialToken": {"id": "<s>", "type_id": 0}},
+                       {"Sequence": {"id": "A", "type_id": 0}}],
+            "pair": [{"SpecialToken": {"id": "<s>", "type_id": 0}},
+                     {"Sequence": {"id": "A", "type_id": 0}},
+                     {"SpecialToken": {"id": "<s>", "type_id": 1}},
+                     {"Sequence": {"id": "B", "type_id": 1}}],
+            "special_tokens": {"<s>": {"id": "<s>", "ids": [1], "tokens": ["<s>"]}}},
+        "decoder": {"type": "Sequence", "decoders": [
+            {"type": "Replace", "pattern": {"String": "▁"}, "content": " "},
+            {"type": "ByteFallback"}, {"type": "Fuse"},
+            {"type": "Strip", "content": " ", "start": 1, "stop": 0}]},
+        "model": {"type": "BPE", "dropout": None, "unk_token": "<unk>",
+                  "continuing_subword_prefix": None, "end_of_word_suffix": None,
+                  "fuse_unk": True, "byte_fallback": True, "ignore_merges": False,
+                  "vocab": vocab, "merges": merges},
+    }
+    text = json.dumps(spec, ensure_ascii=False, indent=1)
+    Tokenizer.from_str(text)  # validate
+    return text
+
+
+def tiny_tokenizer_config() -> dict:
+    added = {str(i): {"content": s, "lstrip": False, "normalized": False, "rstrip": False,
+                      "single_word": False, "special": True} for i, s in enumerate(SPECIALS)}
+    return {"add_bos_token": True, "add_eos_token": False, "added_tokens_decoder": added,
+            "bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>", "pad_token": "</s>",
+            "clean_up_tokenization_spaces": False, "legacy": True, "model_max_length": 512,
+            "tokenizer_class": "LlamaTokenizer", "chat_template": CHAT_TEMPLATE}
+
+
+# --------------------------------------------------------------------------------------------
+# Random-init checkpoints
+# --------------------------------------------------------------------------------------------
+
+def tensor_specs(cfg: dict):
+    dm = model_dims(cfg)
+    H, I, V = dm["hidden"], dm["inter"], dm["vocab"]
+    q_out, kv_out = dm["heads"] * dm["head_dim"], dm["kv_heads"] * dm["head_dim"]
+    specs = [("model.embed_tokens.weight", (V, H))]
+    for i in range(dm["layers"]):
+        p = f"model.layers.{i}"
+        specs += [(f"{p}.self_attn.q_proj.weight", (q_out, H)),
+                  (f"{p}.self_attn.k_proj.weight", (kv_out, H)),
+                  (f"{p}.self_attn.v_proj.weight", (kv_out, H)),
+                  (f"{p}.self_attn.o_proj.weight", (H, q_out)),
+                  (f"{p}.mlp.gate_proj.weight", (I, H)),
+                  (f"{p}.mlp.up_proj.weight", (I, H)),
+                  (f"{p}.mlp.down_proj.weight", (H, I)),
+                  (f"{p}.input_layernorm.weight", (H,)),
+                  (f"{p}.post_attention_layernorm.weight", (H,))]
+    specs += [("model.norm.weight", (H,))]
+    if not cfg.get("tie_word_embeddings", False):
+        specs += [("lm_head.weight", (V, H))]
+    return specs
+
+
+# Tiny preset init. A plain random model has near-tied logits: for ANY hidden state h, the
+# logits <w_v, h> of a Gaussian lm_head are iid Gaussian over the vocabulary, so the top-1/top-2
+# gap is ~exponential with mean ~0.27 std and falls under 0.05 std at ~17% of steps; no init
+# *scale* changes that ratio. Different kernel orders (KV cache vs recompute, padded batches,
+# int8 activation blocks of accuracy_level 4) then flip greedy ids. So the tiny model gets a
+# structured lm_head: row pi(t) = TINY_LM_ALIGN * embed[t] + noise (pi a fixed random
+# permutation), with embeddings (std TINY_EMBED_STD) a large share of the residual stream while
+# the layers (std TINY_LINEAR_STD, large enough that attention and MLP shift the logits
+# visibly) add the rest. The next token is then decided by a clear spike, and golden.json's
+# min_top2_margin (checked > 0.05 * logit std) says by how much.
+TINY_EMBED_STD = 1.0
+TINY_LINEAR_STD = 0.08
+TINY_LM_ALIGN = 1.0
+TINY_LM_NOISE_STD = 0.3
+
+
+def random_init_producer(cfg: dict, preset: str, seed: int):
+    """Returns produce(name, shape) -> float32 array (deterministic per name and seed)."""
+    V, H = int(cfg["vocab_size"]), int(cfg["hidden_size"])
+    perm = np.random.default_rng([seed, 7]).permutation(V)
+    cache = {}
+
+    def rng_for(name):
+        h = int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "little")
+        return np.random.default_rng([seed, h])
+
+    def normal(name, shape, std):
+        return rng_for(name).standard_normal(shape, dtype=np.float32) * np.float32(std)
+
+    def produce(name, shape):
+        if name.endswith("layernorm.weight") or name == "model.norm.weight":
+            return np.ones(shape, dtype=np.float32)
+        if preset != "tiny":
+            return normal(name, shape, float(cfg.get("initializer_range", 0.02)))
+        if name == "model.embed_tokens.weight":
+            e = normal(name, shape, TINY_EMBED_STD)
+            cache["embed"] = e
+            return e
+        if name == "lm_head.weight":
+            e = cache.get("embed")
+            if e is None:
+                e = normal("model.embed_tokens.weight", (V, H), TINY_EMBED_STD)
+            lm = np.empty((V, H), dtype=np.float32)
+            lm[perm] = e * np.float32(TINY_LM_ALIGN / TINY_EMBED_STD)
+            return lm + normal(name, shape, TINY_LM_NOISE_STD)
+        return normal(name, shape, TINY_LINEAR_STD)
+
+    return produce
+
+
+TINY_CONFIG = {
+    "architectures": ["LlamaForCausalLM"],
+    "attention_bias": False,
+    "attention_dropout": 0.0,
+    "bos_token_id": 1,
+    "eos_token_id": 2,
+    "hidden_act": "silu",
+    "hidden_size": 128,
+    "initializer_range": TINY_LINEAR_STD,
+    "intermediate_size": 384,
+    "max_position_embeddings": 512,
+    "model_type": "llama",
+    "num_attention_heads": 4,
+    "num_hidden_layers": 2,
+    "num_key_value_heads": 2,
+    "pretraining_tp": 1,
+    "rms_norm_eps": 1e-05,
+    "rope_scaling": None,
+    "rope_theta": 10000.0,
+    "tie_word_embeddings": False,
+    "torch_dtype": "float32",
+    "use_cache": True,
+    "vocab_size": None,
+}
+
+
+def write_random_hf(preset: str, hf_dir: Path, dtype: str, seed: int, tokenizer_dir: Path | None):
+    """Write a normal HF folder (config, model.safetensors, tokenizer files) with random weights."""
+    hf_dir.mkdir(parents=True, exist_ok=True)
+    if preset == "tinyllama":
+        if not (SHARED_TINYLLAMA_CONFIG / "config.json").exists():
+            raise SystemExit(
+                f"error: {SHARED_TINYLLAMA_CONFIG}/config.json not found: the tinyllama preset "
+                f"copies TinyLlama's config.json and the Llama 2 tokenizer from ../shared/models "
+                f"(beside the repo). Use scripts/fetch-model.sh with internet, or --preset tiny.")
+        tokenizer_dir = tokenizer_dir or SHARED_LLAMA2_TOKENIZER
+        cfg = json.loads((SHARED_TINYLLAMA_CONFIG / "config.json").read_text())
+        shutil.copyfile(SHARED_TINYLLAMA_CONFIG / "generation_config.json",
+                        hf_dir / "generation_config.json")
+    else:
+        cfg = dict(TINY_CONFIG)
+    if tokenizer_dir is not None:
+        tokenizer_dir = Path(tokenizer_dir)
+        if not (tokenizer_dir / "tokenizer.json").exists():
+            raise SystemExit(f"error: {tokenizer_dir}/tokenizer.json not found")
+        for f in ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "special_tokens_map.json"):
+            if (tokenizer_dir / f).exists():
+                shutil.copyfile(tokenizer_dir / f, hf_dir / f)
+    else:
+        (hf_dir / "tokenizer.json").write_text(train_tiny_tokenizer(), encoding="utf-8")
+        (hf_dir / "tokenizer_config.json").write_text(json.dumps(tiny_tokenizer_config(), indent=2))
+    from tokenizers import Tokenizer
+    vocab = Tokenizer.from_file(str(hf_dir / "tokenizer.json")).get_vocab_size(with_added_tokens=True)
+    if preset == "tiny":
+        cfg["vocab_size"] = vocab
+        cfg["torch_dtype"] = "bfloat16" if dtype == "bf16" else "float32"
+        (hf_dir / "generation_config.json").write_text(json.dumps(
+            {"bos_token_id": 1, "eos_token_id": 2, "max_length": cfg["max_position_embeddings"],
+             "pad_token_id": 0}, indent=2))
+    elif vocab != cfg["vocab_size"]:
+        raise SystemExit(f"error: tokenizer has {vocab} tokens, config says {cfg['vocab_size']}")
+    cfg["torch_dtype"] = "bfloat16" if dtype == "bf16" else "float32"
+    (hf_dir / "config.json").write_text(json.dumps(cfg, indent=2))
+    t0 = time.time()
+    write_safetensors(hf_dir / "model.safetensors", tensor_specs(cfg),
+                      random_init_producer(cfg, preset, seed),
+                      dtype="BF16" if dtype == "bf16" else "F32")
+    log(f"wrote {hf_dir}/model.safetensors ({dtype}) in {time.time() - t0:.1f}s")
+    return cfg
+
+
+# --------------------------------------------------------------------------------------------
+# Golden outputs (greedy, full recomputation)
+# --------------------------------------------------------------------------------------------
+
+def make_session(model_path: Path, threads: int = 1):
+    import onnxruntime as ort
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    so.inter_op_num_threads = 1
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    return ort.InferenceSession(str(model_path), so, providers=["CPUExecutionProvider"])
+
+
+def run_full(sess, cfg: dict, ids_2d: np.ndarray, mask_2d: np.ndarray | None = None,
+             position_ids: np.ndarray | None = None) -> np.ndarray:
+    """One forward pass with an empty past: returns logits [B, S, V]."""
+    dm = model_dims(cfg)
+    ids_2d = np.asarray(ids_2d, dtype=np.int64)
+    b, s = ids_2d.shape
+    if mask_2d is None:
+        mask_2d = np.ones((b, s), dtype=np.int64)
+    if position_ids is None:
+        position_ids = np.clip(np.cumsum(mask_2d, axis=1) - 1, 0, None).astype(np.int64)
+    feed = {"input_ids": ids_2d, "attention_mask": np.asarray(mask_2d, dtype=np.int64),
+            "position_ids": position_ids}
+    empty = np.zeros((b, dm["kv_heads"], 0, dm["head_dim"]), dtype=np.float32)
+    for i in range(dm["layers"]):
+        feed[f"past_key_values.{i}.key"] = empty
+        feed[f"past_key_values.{i}.value"] = empty
+    return sess.run(["logits"], feed)[0]
+
+
+def greedy_full_recompute(sess, cfg: dict, input_ids: list[int], max_new: int, eos: int):
+    """Greedy decode re-running the whole sequence each step (no KV cache).
+
+    Returns (output_ids, per-step top-2 margins, per-step logit std, per-step top-1 logit)."""
+    seq = list(input_ids)
+    out, margins, stds, tops = [], [], [], []
+    for _ in range(max_new):
+        logits = run_full(sess, cfg, np.array([seq]))[0, -1].astype(np.float64)
+        order = np.argsort(-logits, kind="stable")
+        nxt = int(order[0])
+        margins.append(float(logits[order[0]] - logits[order[1]]))
+        stds.append(float(logits.std()))
+        tops.append(float(logits[order[0]]))
+        out.append(nxt)
+        seq.append(nxt)
+        if nxt == eos:
+            break
+    return out, margins, stds, tops
+
+
+def write_golden(out_dir: Path, cfg: dict, max_new: int, threads: int = 1) -> dict:
+    from tokenizers import Tokenizer
+    tok = Tokenizer.from_file(str(out_dir / "tokenizer.json"))
+    sess = make_session(out_dir / "model.onnx", threads)
+    eos = int(cfg.get("eos_token_id", 2))
+    prompts, all_margins, rel = [], [], []
+    for text in GOLDEN_PROMPTS:
+        ids = tok.encode(text, add_special_tokens=True).ids
+        t0 = time.time()
+        out, margins, stds, tops = greedy_full_recompute(sess, cfg, ids, max_new, eos)
+        all_margins += margins
+        rel += [m / s for m, s in zip(margins, stds)]
+        prompts.append({"text": text, "input_ids": ids, "output_ids": out,
+                        "top1_logits": [round(t, 4) for t in tops],
+                        "top2_margins": [round(m, 4) for m in margins]})
+        log(f"  golden: {len(ids)} prompt tokens -> {out} ({time.time() - t0:.1f}s)")
+    golden = {"max_new_tokens": max_new, "eos_token_id": eos,
+              "min_top2_margin": round(min(all_margins), 6),
+              "min_top2_margin_over_logit_std": round(min(rel), 6),
+              "prompts": prompts}
+    (out_dir / "golden.json").write_text(json.dumps(golden, ensure_ascii=False, indent=1))
+    return golden
+
+
+# --------------------------------------------------------------------------------------------
+# Export driver
+# --------------------------------------------------------------------------------------------
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 22), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def export(hf_dir: Path, out_dir: Path, *, source: str, random_weights: bool, precision: str,
+           block_size: int, accuracy_level: int, golden_tokens: int | None,
+           linear_only: bool = False, threads: int = 1) -> dict:
+    hf_dir, out_dir = Path(hf_dir), Path(out_dir)
+    cfg_path = hf_dir / "config.json"
+    if not cfg_path.exists():
+        raise SystemExit(f"error: {cfg_path} not found")
+    cfg = json.loads(cfg_path.read_text())
+    if cfg.get("model_type", "llama") != "llama":
+        raise SystemExit(f"error: model_type {cfg.get('model_type')!r} is not llama")
+    dm = model_dims(cfg)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    manifest_path = out_dir / "manifest.json"
+    if manifest_path.exists():
+        manifest_path.unlink()  # incomplete until rewritten at the end
+    for stale in ("golden.json", "model.onnx", "model.onnx.data"):
+        if (out_dir / stale).exists():
+            (out_dir / stale).unlink()
+    weights = SafeTensorsDir(hf_dir)
+    t0 = time.time()
+    if linear_only:
+        build_linear_only(cfg, weights, out_dir, block_size, accuracy_level)
+        manifest = {"name": out_dir.name, "source": source, "random_weights": random_weights,
+                    "linear_only": True, "precision": "int4",
+                    "quantization": {"op": "com.microsoft.MatMulNBits", "bits": 4,
+                                     "block_size": block_size, "accuracy_level": accuracy_level,
+                                     "symmetric": True},
+                    "inputs": {"x": ["batch_size", "sequence_length", dm["hidden"]]},
+                    "outputs": {"logits": ["batch_size", "sequence_length", dm["vocab"]]},
+                    "num_hidden_layers": dm["layers"], "hidden_size": dm["hidden"],
+                    "intermediate_size": dm["inter"], "num_attention_heads": dm["heads"],
+                    "num_key_value_heads": dm["kv_heads"], "head_dim": dm["head_dim"],
+                    "vocab_size": dm["vocab"],
+                    "files": {f: sha256_file(out_dir / f) for f in ("model.onnx", "model.onnx.data")},
+                    "exporter_version": EXPORTER_VERSION}
+        manifest_path.write_text(json.dumps(manifest, indent=2))
+        log(f"linear-only graph written to {out_dir} in {time.time() - t0:.1f}s")
+        return manifest
+
+    build_decoder(cfg, weights, out_dir, precision, block_size, accuracy_level)
+    log(f"graph written to {out_dir}/model.onnx in {time.time() - t0:.1f}s")
+    if not (hf_dir / "tokenizer.json").exists():
+        raise SystemExit(f"error: {hf_dir}/tokenizer.json not found")
+    if hf_dir.resolve() != out_dir.resolve():
+        for f in ("tokenizer.json", "tokenizer_config.json", "generation_config.json",
+                  "special_tokens_map.json"):
+            if (hf_dir / f).exists():
+                shutil.copyfile(hf_dir / f, out_dir / f)
+        (out_dir / "config.json").write_text(json.dumps(cfg, indent=2))
+    golden = None
+    if golden_tokens:
+        t1 = time.time()
+        golden = write_golden(out_dir, cfg, golden_tokens, threads)
+        log(f"golden.json written in {time.time() - t1:.1f}s (min top-2 margin "
+            f"{golden['min_top2_margin']:.4f}, {golden['min_top2_margin_over_logit_std']:.4f} std)")
+    files = ["model.onnx", "model.onnx.data", "tokenizer.json", "config.json"]
+    for extra in ("tokenizer_config.json", "golden.json"):
+        if (out_dir / extra).exists():
+            files.append(extra)
+    manifest = {
+        "name": out_dir.name,
+        "source": source,
+        "random_weights": random_weights,
+        "precision": precision,
+        "quantization": None if precision == "fp32" else {
+            "op": "com.microsoft.MatMulNBits", "bits": 4, "block_size": block_size,
+            "accuracy_level": accuracy_level, "symmetric": True},
+        "num_hidden_layers": dm["layers"],
+        "hidden_size": dm["hidden"],
+        "intermediate_size": dm["inter"],
+        "num_attention_heads": dm["heads"],
+        "num_key_value_heads": dm["kv_heads"],
+        "head_dim": dm["head_dim"],
+        "vocab_size": dm["vocab"],
+        "max_position_embeddings": dm["max_pos"],
+        "rms_norm_eps": dm["eps"],
+        "rope_theta": float(cfg.get("rope_theta", 10000.0)),
+        "bos_token_id": int(cfg.get("bos_token_id", 1)),
+        "eos_token_id": int(cfg.get("eos_token_id", 2)),
+        "opset": OPSET,
+        "files": {f: sha256_file(out_dir / f) for f in files},
+        "exporter_version": EXPORTER_VERSION,
+    }
+    manifest_path.write_text(json.dumps(manifest, indent=2))
+    log(f"export complete: {out_dir} ({time.time() - t0:.1f}s)")
+    return manifest
+
+
+def parse_args(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    src = ap.add_mutually_exclusive_group(required=True)
+    src.add_argument("--hf-dir", type=Path, help="existing Hugging Face Llama folder to export")
+    src.add_argument("--random-init", action="store_true", help="random weights (needs --preset)")
+    ap.add_argument("--preset", choices=["tiny", "tinyllama"], help="model shape for --random-init")
+    ap.add_argument("--out", type=Path, help="output folder (default onnx/tiny, onnx/tinyllama-bench)")
+    ap.add_argument("--source", help="manifest 'source' override (e.g. hub:TinyLlama/...)")
+    ap.add_argument("--tokenizer", type=Path, help="tokenizer folder for --random-init (tokenizer.json)")
+    ap.add_argument("--dtype", choices=["bf16", "f32"], help="safetensors dtype for --random-init "
+                    "(default: bf16 for tinyllama, f32 for tiny)")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--precision", choices=["int4", "fp32"], default="int4")
+    ap.add_argument("--block-size", type=int, choices=[32, 128], default=32)
+    ap.add_argument("--accuracy-level", type=int, choices=[0, 1, 2, 3, 4], default=4)
+    ap.add_argument("--golden-tokens", type=int, help="greedy tokens per golden prompt "
+                    "(default 16 for tiny, 8 otherwise)")
+    ap.add_argument("--no-golden", action="store_true")
+    ap.add_argument("--linear-only", action="store_true",
+                    help="write only the int4 linear layers (benchmark baseline), to NAME-linear")
+    ap.add_argument("--threads", type=int, default=1, help="ORT intra-op threads for golden runs")
+    args = ap.parse_args(argv)
+    if args.random_init and not args.preset:
+        ap.error("--random-init needs --preset tiny|tinyllama")
+    if args.hf_dir and not args.out:
+        ap.error("--hf-dir needs --out")
+    if args.linear_only and args.precision != "int4":
+        ap.error("--linear-only is int4 only")
+    return args
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    t0 = time.time()
+    if args.random_init:
+        default_name = {"tiny": "tiny", "tinyllama": "tinyllama-bench"}[args.preset]
+        if args.linear_only:
+            default_name += "-linear"
+        out = args.out or (REPO_ROOT / "onnx" / default_name)
+        dtype = args.dtype or ("bf16" if args.preset == "tinyllama" else "f32")
+        hf_dir = out / "hf"
+        # --linear-only reuses the full export's random checkpoint when it is already there.
+        base_hf = REPO_ROOT / "onnx" / default_name.removesuffix("-linear") / "hf"
+        if args.linear_only and args.out is None and (base_hf / "model.safetensors").exists() \
+                and args.tokenizer is None and args.seed == 0 and _hf_matches(base_hf, dtype):
+            hf_dir = base_hf
+            log(f"reusing random checkpoint {hf_dir}")
+        else:
+            write_random_hf(args.preset, hf_dir, dtype, args.seed, args.tokenizer)
+        source = args.source or f"random-init:{args.preset}"
+        random_weights = True
+        golden_default = 16 if args.preset == "tiny" else 8
+    else:
+        out = args.out
+        hf_dir = args.hf_dir
+        source = args.source or f"hf-dir:{hf_dir}"
+        random_weights = False
+        golden_default = 8
+    golden = None if (args.no_golden or args.linear_only) else (args.golden_tokens or golden_default)
+    export(hf_dir, out, source=source, random_weights=random_weights, precision=args.precision,
+           block_size=args.block_size, accuracy_level=args.accuracy_level, golden_tokens=golden,
+           linear_only=args.linear_only, threads=args.threads)
+    log(f"done in {time.time() - t0:.1f}s")
+    return 0
+
+
+def _hf_matches(hf_dir: Path, dtype: str) -> bool:
+    try:
+        cfg = json.loads((hf_dir / "config.json").read_text())
+        return cfg.get("torch_dtype") == ("bfloat16" if dtype == "bf16" else "float32")
+    except (OSError, ValueError):
+        return False
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,54 @@
+#!/usr/bin/env bash
+# Create or update the Python virtualenv at <repo>/.venv from scripts/requirements.txt.
+#
+# Idempotent and fast on a second run: the sha256 of requirements.txt is stored in
+# .venv/.requirements.sha256 and pip runs only when it changes (or the venv is broken).
+# Usable both ways:
+#   bash scripts/python-env.sh          # just make sure the venv is ready
+#   source scripts/python-env.sh        # ... and put .venv/bin first on PATH
+# Exports PYTHON_ENV_PY with the venv's python path.
+
+_pyenv_main() {
+    set -euo pipefail
+    local here root req venv stamp want have py
+    here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+    root="$(cd "$here/.." && pwd)"
+    req="$here/requirements.txt"
+    venv="$root/.venv"
+    stamp="$venv/.requirements.sha256"
+    py="${PYTHON:-python3}"
+
+    want="$(sha256sum "$req" | cut -d' ' -f1)"
+    have=""
+    [[ -f "$stamp" ]] && have="$(cat "$stamp")"
+
+    if [[ ! -x "$venv/bin/python" ]] || ! "$venv/bin/python" -c 'import sys' >/dev/null 2>&1; then
+        echo "python-env: creating $venv" >&2
+        rm -rf "$venv"
+        "$py" -m venv "$venv"
+        have=""
+    fi
+    if [[ "$want" != "$have" ]]; then
+        echo "python-env: installing $req" >&2
+        "$venv/bin/python" -m pip install --disable-pip-version-check -q --upgrade pip >&2 || true
+        "$venv/bin/python" -m pip install --disable-pip-version-check -q -r "$req" >&2
+        echo "$want" > "$stamp"
+    fi
+    PYTHON_ENV_PY="$venv/bin/python"
+}
+
+if [[ "${BASH_SOURCE[0]}" != "$0" ]]; then
+    # Sourced: run in a subshell so `set -euo pipefail` does not leak into the caller's shell.
+    if ( _pyenv_main ); then
+        PYTHON_ENV_PY="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)/.venv/bin/python"
+        export PYTHON_ENV_PY
+        export PATH="$(dirname "$PYTHON_ENV_PY"):$PATH"
+        unset -f _pyenv_main
+    else
+        unset -f _pyenv_main
+        return 1
+    fi
+else
+    _pyenv_main
+    echo "$PYTHON_ENV_PY"
+fi
