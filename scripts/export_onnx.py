@@ -64,7 +64,7 @@ CHAT_TEMPLATE = (
 )
 
 GOLDEN_PROMPTS = [
-    "Hi",
+    "The",
     "The weather today is",
     "Once upon a time, a curious robot lived in a lighthouse at the end of the island.",
     (

@@ -1,0 +1,39 @@
+"""Shared fixtures: tiny exports built once per test session into a temp dir (seconds)."""
+import contextlib
+import io
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO / "scripts"))
+
+import export_onnx as E  # noqa: E402
+
+
+def build_tiny(out: Path, *, dtype="f32", precision="int4", accuracy_level=4, golden=16,
+               tokenizer=None, linear_only=False, seed=0):
+    """Random-init tiny preset: HF folder in out/hf, export in out (quiet)."""
+    with contextlib.redirect_stderr(io.StringIO()):
+        E.write_random_hf("tiny", out / "hf", dtype, seed, tokenizer)
+        E.export(out / "hf", out, source="random-init:tiny", random_weights=True,
+                 precision=precision, block_size=32, accuracy_level=accuracy_level,
+                 golden_tokens=golden, linear_only=linear_only)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_int4(tmp_path_factory):
+    return build_tiny(tmp_path_factory.mktemp("tiny_int4"))
+
+
+@pytest.fixture(scope="session")
+def tiny_fp32(tmp_path_factory):
+    return build_tiny(tmp_path_factory.mktemp("tiny_fp32"), precision="fp32", golden=None)
+
+
+@pytest.fixture(scope="session")
+def tiny_int4_exact(tmp_path_factory):
+    """int4 with accuracy_level 0 (fp32 compute): matches a numpy dequantized reference tightly."""
+    return build_tiny(tmp_path_factory.mktemp("tiny_int4_acc0"), accuracy_level=0, golden=None)

@@ -1,0 +1,445 @@
+"""Tests of scripts/export_onnx.py: graph contract, int4 layout, masks, KV cache, golden ids.
+
+Run: .venv/bin/python -m pytest -q tests/python
+"""
+import json
+import math
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, numpy_helper
+from tokenizers import Tokenizer
+
+from conftest import E, REPO, build_tiny
+
+TINY = dict(layers=2, hidden=128, inter=384, heads=4, kv_heads=2, head_dim=32)
+
+
+def cfg_of(d):
+    return json.loads((d / "config.json").read_text())
+
+
+def dims(vi):
+    return [x.dim_param if x.dim_param else x.dim_value for x in vi.type.tensor_type.shape.dim]
+
+
+def empty_past(cfg, b=1):
+    dm = E.model_dims(cfg)
+    z = np.zeros((b, dm["kv_heads"], 0, dm["head_dim"]), np.float32)
+    return {f"past_key_values.{i}.{kv}": z for i in range(dm["layers"]) for kv in ("key", "value")}
+
+
+def run_with_past(sess, cfg, ids, mask, pos, past):
+    feed = {"input_ids": np.asarray(ids, np.int64), "attention_mask": np.asarray(mask, np.int64),
+            "position_ids": np.asarray(pos, np.int64), **past}
+    names = [o.name for o in sess.get_outputs()]
+    out = dict(zip(names, sess.run(None, feed)))
+    dm = E.model_dims(cfg)
+    present = {f"past_key_values.{i}.{kv}": out[f"present.{i}.{kv}"]
+               for i in range(dm["layers"]) for kv in ("key", "value")}
+    return out["logits"], present
+
+
+def encode(d, text):
+    return Tokenizer.from_file(str(d / "tokenizer.json")).encode(text).ids
+
+
+# ---------------------------------------------------------------------------------------------
+# Graph contract
+# ---------------------------------------------------------------------------------------------
+
+def test_graph_contract(tiny_int4):
+    m = onnx.load(str(tiny_int4 / "model.onnx"), load_external_data=False)
+    cfg = cfg_of(tiny_int4)
+    V = cfg["vocab_size"]
+    ins = {i.name: i for i in m.graph.input}
+    outs = {o.name: o for o in m.graph.output}
+    expected_in = ["input_ids", "attention_mask", "position_ids"] + [
+        f"past_key_values.{i}.{kv}" for i in range(2) for kv in ("key", "value")]
+    assert [i.name for i in m.graph.input] == expected_in
+    assert [o.name for o in m.graph.output] == ["logits"] + [
+        f"present.{i}.{kv}" for i in range(2) for kv in ("key", "value")]
+    for n in ("input_ids", "position_ids"):
+        assert ins[n].type.tensor_type.elem_type == TensorProto.INT64
+        assert dims(ins[n]) == ["batch_size", "sequence_length"]
+    assert ins["attention_mask"].type.tensor_type.elem_type == TensorProto.INT64
+    assert dims(ins["attention_mask"]) == ["batch_size", "total_sequence_length"]
+    for i in range(2):
+        for kv in ("key", "value"):
+            p = ins[f"past_key_values.{i}.{kv}"]
+            assert p.type.tensor_type.elem_type == TensorProto.FLOAT
+            assert dims(p) == ["batch_size", 2, "past_sequence_length", 32]
+            q = outs[f"present.{i}.{kv}"]
+            assert q.type.tensor_type.elem_type == TensorProto.FLOAT
+            assert dims(q) == ["batch_size", 2, "total_sequence_length", 32]
+    assert outs["logits"].type.tensor_type.elem_type == TensorProto.FLOAT
+    assert dims(outs["logits"]) == ["batch_size", "sequence_length", V]
+    opsets = {o.domain: o.version for o in m.opset_import}
+    assert opsets[""] >= 17 and opsets["com.microsoft"] == 1
+    mm = [n for n in m.graph.node if n.op_type == "MatMulNBits"]
+    assert len(mm) == 2 * 7 + 1
+    assert all(n.domain == "com.microsoft" for n in mm)
+    assert not any(n.op_type == "MatMul" and "proj" in n.name for n in m.graph.node)
+    for n in mm:
+        a = {x.name: onnx.helper.get_attribute_value(x) for x in n.attribute}
+        assert a["bits"] == 4 and a["block_size"] == 32 and a["accuracy_level"] == 4
+        assert len(n.input) == 3  # no zero_points: symmetric, default zero point 8
+    # every initializer of size >= 1 KiB lives in the one external data file
+    for t in m.graph.initializer:
+        if t.data_location == TensorProto.EXTERNAL:
+            assert {e.key: e.value for e in t.external_data}["location"] == "model.onnx.data"
+
+
+def test_manifest(tiny_int4):
+    man = json.loads((tiny_int4 / "manifest.json").read_text())
+    cfg = cfg_of(tiny_int4)
+    assert man["source"] == "random-init:tiny" and man["random_weights"] is True
+    assert man["precision"] == "int4"
+    assert man["quantization"] == {"op": "com.microsoft.MatMulNBits", "bits": 4, "block_size": 32,
+                                   "accuracy_level": 4, "symmetric": True}
+    assert man["num_hidden_layers"] == 2 and man["hidden_size"] == 128
+    assert man["intermediate_size"] == 384 and man["num_attention_heads"] == 4
+    assert man["num_key_value_heads"] == 2 and man["head_dim"] == 32
+    assert man["vocab_size"] == cfg["vocab_size"] == 1024
+    assert man["max_position_embeddings"] == 512
+    assert man["bos_token_id"] == 1 and man["eos_token_id"] == 2
+    assert man["exporter_version"] == 1
+    for f, digest in man["files"].items():
+        assert E.sha256_file(tiny_int4 / f) == digest, f
+    assert {"model.onnx", "model.onnx.data", "tokenizer.json", "config.json"} <= set(man["files"])
+
+
+def test_session_runs_prompt(tiny_int4):
+    cfg = cfg_of(tiny_int4)
+    sess = E.make_session(tiny_int4 / "model.onnx")
+    ids = encode(tiny_int4, "The weather today is sunny")
+    S = len(ids)
+    logits, present = run_with_past(sess, cfg, [ids], np.ones((1, S)), [list(range(S))],
+                                    empty_past(cfg))
+    assert logits.shape == (1, S, cfg["vocab_size"])
+    assert np.isfinite(logits).all()
+    for v in present.values():
+        assert v.shape == (1, 2, S, 32)
+
+
+# ---------------------------------------------------------------------------------------------
+# Quantization
+# ---------------------------------------------------------------------------------------------
+
+def test_int4_dequantized_weights_match_checkpoint(tiny_int4):
+    m = onnx.load(str(tiny_int4 / "model.onnx"))  # loads model.onnx.data too
+    inits = {t.name: numpy_helper.to_array(t) for t in m.graph.initializer}
+    st = E.SafeTensorsDir(tiny_int4 / "hf")
+    names = [n for n in st.where if n.endswith("_proj.weight")] + ["lm_head.weight"]
+    assert len(names) == 15
+    within_half = total = 0
+    for name in names:
+        w = st.get_f32(name)
+        base = name[: -len(".weight")]
+        packed, scales = inits[f"{base}.qweight"], inits[f"{base}.scales"]
+        n, k = w.shape
+        assert packed.dtype == np.uint8 and packed.shape == (n, k // 32, 16)
+        assert scales.dtype == np.float32 and scales.shape == (n * k // 32,)
+        # unpack by hand (low nibble = even element): independent of dequantize_q4
+        q = np.stack([packed & 0x0F, packed >> 4], axis=-1).reshape(n, k // 32, 32).astype(np.float32)
+        d = scales.reshape(n, k // 32, 1)
+        deq = ((q - 8.0) * d).reshape(n, k)
+        np.testing.assert_array_equal(deq, E.dequantize_q4(packed, scales, k))
+        err = np.abs(w - deq).reshape(n, k // 32, 32)
+        assert (err <= np.abs(d) * 1.0001 + 1e-12).all(), name
+        within_half += int((err <= np.abs(d) / 2 * 1.0001 + 1e-12).sum())
+        total += err.size
+        # the largest-magnitude value of each block is exact (q = 0)
+        blocks = w.reshape(n, k // 32, 32)
+        idx = np.abs(blocks).argmax(-1)
+        np.testing.assert_allclose(np.take_along_axis(deq.reshape(n, k // 32, 32), idx[..., None], -1),
+                                   np.take_along_axis(blocks, idx[..., None], -1), rtol=1e-6)
+    assert within_half / total > 0.95
+
+
+def test_matmulnbits_matches_numpy_reference():
+    """One MatMulNBits node (accuracy_level 0) == x @ dequant(W).T; also block_size 128."""
+    import onnxruntime as ort
+    from onnx import helper
+    rng = np.random.default_rng(3)
+    for block in (32, 128):
+        n, k = 48, 256
+        w = rng.standard_normal((n, k)).astype(np.float32)
+        packed, scales = E.quantize_q4(w, block)
+        assert packed.shape == (n, k // block, block // 2)
+        node = helper.make_node("MatMulNBits", ["x", "B", "S"], ["y"], domain="com.microsoft",
+                                K=k, N=n, bits=4, block_size=block, accuracy_level=0)
+        g = helper.make_graph([node], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3, k])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 3, n])],
+                              [numpy_helper.from_array(packed, "B"), numpy_helper.from_array(scales, "S")])
+        model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17),
+                                                    helper.make_opsetid("com.microsoft", 1)])
+        model.ir_version = 8
+        sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+        x = rng.standard_normal((2, 3, k)).astype(np.float32)
+        y = sess.run(None, {"x": x})[0]
+        ref = x @ E.dequantize_q4(packed, scales, k).T
+        np.testing.assert_allclose(y, ref, rtol=1e-4, atol=1e-4)
+
+
+# ---------------------------------------------------------------------------------------------
+# bf16 safetensors
+# ---------------------------------------------------------------------------------------------
+
+def test_bf16_safetensors_round_trip(tmp_path):
+    rng = np.random.default_rng(0)
+    a = (rng.standard_normal((7, 33)) * 3).astype(np.float32)
+    b = np.array([1.0, -2.5, 0.0, 1e-30, 3.0e38, 1.00390625, 1.01171875], np.float32)
+    specs = [("a", a.shape), ("b", b.shape)]
+    E.write_safetensors(tmp_path / "x.safetensors", specs, lambda n, s: {"a": a, "b": b}[n], dtype="BF16")
+    st = E.SafeTensorsFile(tmp_path / "x.safetensors")
+    assert st.metadata == {"format": "pt"}
+    assert st.dtype("a") == "BF16" and st.shape("a") == [7, 33]
+    np.testing.assert_array_equal(st.get_f32("a"), E.round_to_bf16(a))
+    np.testing.assert_array_equal(st.get_f32("b"), E.round_to_bf16(b))
+    # exact bit patterns, incl. round-half-to-even (1+2^-8 -> 1.0, 1+3*2^-8 -> 1+2^-6)
+    assert st.raw("b")[:2].tolist() == [0x3F80, 0xC020]
+    assert st.get_f32("b")[5] == 1.0 and st.get_f32("b")[6] == np.float32(1.015625)
+    # independent check: truncation error below half a bf16 ulp
+    err = np.abs(st.get_f32("a") - a)
+    assert (err <= np.abs(a) * 2.0 ** -8 + 1e-45).all()
+    # independent reader: the safetensors package (bfloat16 via ml_dtypes, an onnx dependency)
+    import ml_dtypes  # noqa: F401  (registers numpy's bfloat16 dtype)
+    from safetensors.numpy import load_file
+    loaded = load_file(str(tmp_path / "x.safetensors"))
+    np.testing.assert_array_equal(loaded["a"].astype(np.float32), E.round_to_bf16(a))
+    np.testing.assert_array_equal(loaded["b"].astype(np.float32), E.round_to_bf16(b))
+    E.write_safetensors(tmp_path / "y.safetensors", specs, lambda n, s: {"a": a, "b": b}[n], dtype="F32")
+    loaded = load_file(str(tmp_path / "y.safetensors"))
+    np.testing.assert_array_equal(loaded["a"], a)
+
+
+def test_bf16_tiny_export(tmp_path):
+    d = build_tiny(tmp_path / "bf16", dtype="bf16", golden=4)
+    st = E.SafeTensorsFile(d / "hf" / "model.safetensors")
+    assert all(st.dtype(k) == "BF16" for k in st.keys())
+    assert cfg_of(d)["torch_dtype"] == "bfloat16"
+    g = json.loads((d / "golden.json").read_text())
+    assert all(len(p["output_ids"]) >= 1 for p in g["prompts"])
+
+
+# ---------------------------------------------------------------------------------------------
+# Numerics
+# ---------------------------------------------------------------------------------------------
+
+def numpy_forward(hf_dir, ids, dequant_block=None):
+    """Plain numpy Llama forward (float64), optionally with int4-dequantized linear weights."""
+    cfg = cfg_of(hf_dir)
+    dm = E.model_dims(cfg)
+    st = E.SafeTensorsDir(hf_dir)
+
+    def W(n):
+        w = st.get_f32(n).astype(np.float64)
+        if dequant_block and n.endswith(("_proj.weight", "lm_head.weight")):
+            p, s = E.quantize_q4(w.astype(np.float32), dequant_block)
+            w = E.dequantize_q4(p, s, w.shape[1]).astype(np.float64)
+        return w
+
+    def rms(x, n):
+        return x / np.sqrt((x * x).mean(-1, keepdims=True) + dm["eps"]) * W(n)
+
+    S, nh, kvh, hd = len(ids), dm["heads"], dm["kv_heads"], dm["head_dim"]
+    cos, sin = E.rope_tables(cfg, hd)
+    cos, sin = np.concatenate([cos[:S]] * 2, -1), np.concatenate([sin[:S]] * 2, -1)
+
+    def rope(t):  # [heads, S, hd]
+        x1, x2 = t[..., : hd // 2], t[..., hd // 2:]
+        return t * cos + np.concatenate([-x2, x1], -1) * sin
+
+    x = W("model.embed_tokens.weight")[ids]
+    causal = np.tril(np.ones((S, S), bool))
+    for i in range(dm["layers"]):
+        p = f"model.layers.{i}"
+        h = rms(x, f"{p}.input_layernorm.weight")
+        q = (h @ W(f"{p}.self_attn.q_proj.weight").T).reshape(S, nh, hd).transpose(1, 0, 2)
+        k = (h @ W(f"{p}.self_attn.k_proj.weight").T).reshape(S, kvh, hd).transpose(1, 0, 2)
+        v = (h @ W(f"{p}.self_attn.v_proj.weight").T).reshape(S, kvh, hd).transpose(1, 0, 2)
+        q, k = rope(q), rope(k)
+        rep = nh // kvh
+        k, v = np.repeat(k, rep, 0), np.repeat(v, rep, 0)  # HF repeat_kv: head h -> kv h // rep
+        sc = q @ k.transpose(0, 2, 1) / math.sqrt(hd)
+        sc = np.where(causal, sc, -np.inf)
+        pr = np.exp(sc - sc.max(-1, keepdims=True))
+        pr /= pr.sum(-1, keepdims=True)
+        ctx = (pr @ v).transpose(1, 0, 2).reshape(S, nh * hd)
+        x = x + ctx @ W(f"{p}.self_attn.o_proj.weight").T
+        h2 = rms(x, f"{p}.post_attention_layernorm.weight")
+        gt = h2 @ W(f"{p}.mlp.gate_proj.weight").T
+        up = h2 @ W(f"{p}.mlp.up_proj.weight").T
+        x = x + (gt / (1 + np.exp(-gt)) * up) @ W(f"{p}.mlp.down_proj.weight").T
+    return rms(x, "model.norm.weight") @ W("lm_head.weight").T
+
+
+def test_fp32_graph_matches_numpy_reference(tiny_fp32):
+    cfg = cfg_of(tiny_fp32)
+    ids = encode(tiny_fp32, "Once upon a time, a robot counted ships near the old bridge.")
+    got = E.run_full(E.make_session(tiny_fp32 / "model.onnx"), cfg, np.array([ids]))[0]
+    ref = numpy_forward(tiny_fp32 / "hf", ids)
+    np.testing.assert_allclose(got, ref, rtol=1e-3, atol=1e-3 * np.abs(ref).max())
+
+
+def test_int4_graph_matches_numpy_dequantized_reference(tiny_int4_exact):
+    cfg = cfg_of(tiny_int4_exact)
+    ids = encode(tiny_int4_exact, "Scientists found a faint comet 🚀 in late autumn.")
+    got = E.run_full(E.make_session(tiny_int4_exact / "model.onnx"), cfg, np.array([ids]))[0]
+    ref = numpy_forward(tiny_int4_exact / "hf", ids, dequant_block=32)
+    np.testing.assert_allclose(got, ref, rtol=1e-3, atol=1e-3 * np.abs(ref).max())
+
+
+def test_fp32_and_int4_logits_agree_in_direction(tiny_int4, tiny_fp32):
+    cfg = cfg_of(tiny_int4)
+    ids = encode(tiny_int4, "The tennis final lasted almost four hours under heavy rain.")
+    a = E.run_full(E.make_session(tiny_int4 / "model.onnx"), cfg, np.array([ids]))[0]
+    b = E.run_full(E.make_session(tiny_fp32 / "model.onnx"), cfg, np.array([ids]))[0]
+    for i in range(len(ids)):
+        cos = float(a[i] @ b[i] / np.linalg.norm(a[i]) / np.linalg.norm(b[i]))
+        assert cos > 0.9, (i, cos)
+
+
+@pytest.mark.parametrize("which", ["tiny_int4", "tiny_fp32"])
+def test_left_padded_batch_matches_single_rows(which, request):
+    d = request.getfixturevalue(which)
+    cfg = cfg_of(d)
+    sess = E.make_session(d / "model.onnx")
+    a = encode(d, "Hi there")
+    b = encode(d, "Markets opened higher on Monday after a report on prices.")
+    T = max(len(a), len(b))
+    ids = np.zeros((2, T), np.int64)
+    mask = np.zeros((2, T), np.int64)
+    for r, seq in enumerate((a, b)):
+        ids[r, T - len(seq):] = seq
+        mask[r, T - len(seq):] = 1
+    batched = E.run_full(sess, cfg, ids, mask)  # position_ids = clamp(cumsum(mask) - 1, 0)
+    assert np.isfinite(batched).all()  # fully masked pad rows stay finite
+    for r, seq in enumerate((a, b)):
+        alone = E.run_full(sess, cfg, np.array([seq]))[0]
+        np.testing.assert_allclose(batched[r, T - len(seq):], alone, atol=1e-4 * max(1, np.abs(alone).max()),
+                                   rtol=1e-4)
+
+
+@pytest.mark.parametrize("which", ["tiny_int4", "tiny_fp32"])
+def test_kv_cache_decoding_matches_recompute(which, request):
+    d = request.getfixturevalue(which)
+    cfg = cfg_of(d)
+    sess = E.make_session(d / "model.onnx")
+    prompt = encode(d, "A spacecraft sent back clear pictures of a moon")
+    extra = encode(d, "covered with ice")[1:]
+    # prefill, then one token at a time with the cache, batch of 2 with left padding
+    short = prompt[:4]
+    seqs = [prompt, short]
+    T = len(prompt)
+    ids = np.zeros((2, T), np.int64)
+    mask = np.zeros((2, T), np.int64)
+    for r, s in enumerate(seqs):
+        ids[r, T - len(s):] = s
+        mask[r, T - len(s):] = 1
+    pos = np.clip(np.cumsum(mask, 1) - 1, 0, None)
+    logits, past = run_with_past(sess, cfg, ids, mask, pos, empty_past(cfg, 2))
+    full = [list(s) for s in seqs]
+    for tok in extra:
+        mask = np.concatenate([mask, np.ones((2, 1), np.int64)], 1)
+        pos = (mask.sum(1, keepdims=True) - 1)
+        logits, past = run_with_past(sess, cfg, [[tok], [tok]], mask, pos, past)
+        for r in range(2):
+            full[r].append(tok)
+            ref = E.run_full(sess, cfg, np.array([full[r]]))[0, -1]
+            np.testing.assert_allclose(logits[r, -1], ref, atol=1e-4 * max(1, np.abs(ref).max()),
+                                       rtol=1e-4)
+    for v in past.values():
+        assert v.shape == (2, 2, T + len(extra), 32)
+
+
+# ---------------------------------------------------------------------------------------------
+# Golden outputs
+# ---------------------------------------------------------------------------------------------
+
+def test_golden_reproducible_and_decisive(tiny_int4):
+    g = json.loads((tiny_int4 / "golden.json").read_text())
+    cfg = cfg_of(tiny_int4)
+    tok = Tokenizer.from_file(str(tiny_int4 / "tokenizer.json"))
+    assert g["max_new_tokens"] == 16 and g["eos_token_id"] == 2
+    lens = sorted(len(p["input_ids"]) for p in g["prompts"])
+    assert len(lens) >= 5 and lens[0] <= 3 and lens[-1] >= 40
+    assert any(len(p["input_ids"]) in range(4, 9) for p in g["prompts"])
+    assert any(any(ord(c) > 0x2E80 for c in p["text"]) for p in g["prompts"])
+    sess = E.make_session(tiny_int4 / "model.onnx")
+    for p in g["prompts"]:
+        assert p["input_ids"] == tok.encode(p["text"], add_special_tokens=True).ids
+        assert p["input_ids"][0] == 1
+        out, margins, stds, _ = E.greedy_full_recompute(sess, cfg, p["input_ids"], 16, 2)
+        assert out == p["output_ids"]
+        assert min(m / s for m, s in zip(margins, stds)) > 0.05
+    assert g["min_top2_margin"] > 0
+    assert g["min_top2_margin_over_logit_std"] > 0.05
+
+
+# ---------------------------------------------------------------------------------------------
+# Tokenizers
+# ---------------------------------------------------------------------------------------------
+
+def test_tiny_tokenizer_layout(tiny_int4):
+    tok = Tokenizer.from_file(str(tiny_int4 / "tokenizer.json"))
+    assert tok.get_vocab_size() == 1024
+    assert [tok.id_to_token(i) for i in range(3)] == ["<unk>", "<s>", "</s>"]
+    assert tok.id_to_token(3) == "<0x00>" and tok.id_to_token(258) == "<0xFF>"
+    spec = json.loads((tiny_int4 / "tokenizer.json").read_text())
+    assert [t["id"] for t in spec["added_tokens"]] == [0, 1, 2]  # bytes are NOT added tokens
+    enc = tok.encode("Hello world")
+    assert enc.ids[0] == 1
+    # a character absent from the corpus falls back to bytes and decodes back
+    text = "Ω weather ✓"
+    enc = tok.encode(text)
+    assert any(3 <= i <= 258 for i in enc.ids)
+    assert tok.decode(enc.ids, skip_special_tokens=True) == text
+    assert E.train_tiny_tokenizer() == (tiny_int4 / "hf" / "tokenizer.json").read_text(encoding="utf-8")
+
+
+def test_llama2_tokenizer_export(tmp_path):
+    tok_dir = E.SHARED_LLAMA2_TOKENIZER
+    if not (tok_dir / "tokenizer.json").exists():
+        pytest.skip(f"!!! SKIPPED: {tok_dir} is absent (../shared beside the repo); the real Llama 2 "
+                    f"tokenizer export path is NOT tested here !!!")
+    d = build_tiny(tmp_path / "l2", tokenizer=tok_dir, golden=2)
+    assert cfg_of(d)["vocab_size"] == 32000
+    tok = Tokenizer.from_file(str(d / "tokenizer.json"))
+    assert tok.encode("Once upon a time").ids == [1, 9038, 2501, 263, 931]
+    cfg = cfg_of(d)
+    logits = E.run_full(E.make_session(d / "model.onnx"), cfg, np.array([[1, 9038, 2501, 263, 931]]))
+    assert logits.shape == (1, 5, 32000)
+    assert (d / "tokenizer_config.json").exists()
+
+
+def test_linear_only(tmp_path, tiny_int4):
+    d = tmp_path / "lin"
+    import contextlib
+    import io
+    with contextlib.redirect_stderr(io.StringIO()):
+        E.export(tiny_int4 / "hf", d, source="random-init:tiny", random_weights=True,
+                 precision="int4", block_size=32, accuracy_level=4, golden_tokens=None,
+                 linear_only=True)
+    m = onnx.load(str(d / "model.onnx"), load_external_data=False)
+    ops = {n.op_type for n in m.graph.node}
+    assert ops <= {"MatMulNBits", "Mul", "Add", "Tile", "Identity"}, ops
+    assert sum(n.op_type == "MatMulNBits" for n in m.graph.node) == 2 * 7 + 1
+    assert [i.name for i in m.graph.input] == ["x"] and [o.name for o in m.graph.output] == ["logits"]
+    man = json.loads((d / "manifest.json").read_text())
+    assert man["linear_only"] is True and man["hidden_size"] == 128
+    sess = E.make_session(d / "model.onnx")
+    y = sess.run(None, {"x": np.random.default_rng(0).standard_normal((2, 3, 128)).astype(np.float32)})[0]
+    assert y.shape == (2, 3, 1024) and np.isfinite(y).all()
+
+
+def test_cli_help_and_errors():
+    with pytest.raises(SystemExit):
+        E.parse_args(["--random-init"])  # needs --preset
+    with pytest.raises(SystemExit):
+        E.parse_args(["--hf-dir", "x"])  # needs --out
+    a = E.parse_args(["--random-init", "--preset", "tiny"])
+    assert a.precision == "int4" and a.block_size == 32 and a.accuracy_level == 4
