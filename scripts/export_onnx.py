@@ -688,9 +688,14 @@ def tensor_specs(cfg: dict):
 # permutation), with embeddings (std TINY_EMBED_STD) a large share of the residual stream while
 # the layers (std TINY_LINEAR_STD, large enough that attention and MLP shift the logits
 # visibly) add the rest. The next token is then decided by a clear spike, and golden.json's
-# min_top2_margin (checked > 0.05 * logit std) says by how much.
+# min_top2_margin (checked > 0.05 * logit std) says by how much. Tuned on seeds 0-1 with both
+# tokenizers: linear std 0.06 gives min margins of 3-4.4 logit std (1,024 and 32,000 vocab);
+# at 0.08 the 32,000-vocab model already drops to ~0.02 std, at 0.1+ it is a plain random
+# model (margins ~0.001 std). The price: greedy ids follow the last token almost always
+# (a permuted bigram), so context shows in the logit values (top1_logits in golden.json) more
+# than in the ids.
 TINY_EMBED_STD = 1.0
-TINY_LINEAR_STD = 0.08
+TINY_LINEAR_STD = 0.06
 TINY_LM_ALIGN = 1.0
 TINY_LM_NOISE_STD = 0.3
 

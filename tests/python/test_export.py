@@ -414,6 +414,8 @@ def test_llama2_tokenizer_export(tmp_path):
     logits = E.run_full(E.make_session(d / "model.onnx"), cfg, np.array([[1, 9038, 2501, 263, 931]]))
     assert logits.shape == (1, 5, 32000)
     assert (d / "tokenizer_config.json").exists()
+    # the decisive-logits init holds with a 32,000-token vocabulary too
+    assert json.loads((d / "golden.json").read_text())["min_top2_margin_over_logit_std"] > 0.05
 
 
 def test_linear_only(tmp_path, tiny_int4):
