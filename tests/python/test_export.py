@@ -445,3 +445,40 @@ def test_cli_help_and_errors():
         E.parse_args(["--hf-dir", "x"])  # needs --out
     a = E.parse_args(["--random-init", "--preset", "tiny"])
     assert a.precision == "int4" and a.block_size == 32 and a.accuracy_level == 4
+
+
+def test_hf_dir_sharded_f16_checkpoint(tmp_path, tiny_int4):
+    """--hf-dir with two shards (F16 + BF16) exports through the CLI and runs."""
+    import shutil
+    src = E.SafeTensorsDir(tiny_int4 / "hf")
+    hf = tmp_path / "hf"
+    hf.mkdir()
+    for f in ("config.json", "tokenizer.json", "tokenizer_config.json"):
+        shutil.copyfile(tiny_int4 / "hf" / f, hf / f)
+    names = sorted(src.where)
+    half = len(names) // 2
+    for fname, part, dt in (("model-00001-of-00002.safetensors", names[:half], np.float16),
+                            ("model-00002-of-00002.safetensors", names[half:], None)):
+        arrays = {n: src.get_f32(n) for n in part}
+        if dt is not None:
+            from safetensors.numpy import save_file
+            save_file({n: a.astype(dt) for n, a in arrays.items()}, str(hf / fname))
+        else:
+            E.write_safetensors(hf / fname, [(n, arrays[n].shape) for n in part],
+                                lambda n, s: arrays[n], dtype="BF16")
+    out = tmp_path / "out"
+    import contextlib
+    import io
+    with contextlib.redirect_stderr(io.StringIO()):
+        assert E.main(["--hf-dir", str(hf), "--out", str(out), "--golden-tokens", "3"]) == 0
+    man = json.loads((out / "manifest.json").read_text())
+    assert man["source"] == f"hf-dir:{hf}" and man["random_weights"] is False
+    g = json.loads((out / "golden.json").read_text())
+    assert g["max_new_tokens"] == 3
+    # f16/bf16 rounding of the weights must not change the int4 model much
+    cfg = cfg_of(out)
+    ids = encode(out, "Rain again today, so bring an umbrella.")
+    a = E.run_full(E.make_session(out / "model.onnx"), cfg, np.array([ids]))[0]
+    b = E.run_full(E.make_session(tiny_int4 / "model.onnx"), cfg, np.array([ids]))[0]
+    cos = (a * b).sum(-1) / np.linalg.norm(a, axis=-1) / np.linalg.norm(b, axis=-1)
+    assert (cos > 0.99).all()
