@@ -97,9 +97,7 @@ impl Config {
             figment = figment.merge(Toml::file(path));
         }
         figment = figment.merge(Env::prefixed(ENV_PREFIX).ignore(&["config"]).split("__"));
-        let config: Config = figment
-            .extract()
-            .map_err(|e| ConfigError::Load(e.to_string()))?;
+        let config: Config = figment.extract().map_err(describe)?;
         config.validate()?;
         Ok(config)
     }
@@ -120,4 +118,29 @@ impl Config {
         }
         Ok(())
     }
+}
+
+/// Turns figment's errors into one message that names each bad key in its dotted,
+/// lower-case form (as written in the file) and where the value came from.
+fn describe(error: figment::Error) -> ConfigError {
+    let parts: Vec<String> = error
+        .into_iter()
+        .map(|e| {
+            let origin = e
+                .metadata
+                .as_ref()
+                .map(|m| format!(" (from {})", m.name))
+                .unwrap_or_default();
+            if e.path.is_empty() {
+                format!("{}{origin}", e.kind)
+            } else {
+                format!(
+                    "key `{}`: {}{origin}",
+                    e.path.join(".").to_lowercase(),
+                    e.kind
+                )
+            }
+        })
+        .collect();
+    ConfigError::Load(parts.join("; "))
 }

@@ -5,9 +5,14 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use trendstory::config::Config;
+use trendstory::engine::{greedy_generate, ModelInfo, OnnxModel, SessionOptions, TextTokenizer};
 
 #[derive(Parser)]
-#[command(name = "trendstory", version, about = "Stories about what is trending, written by an int4 TinyLlama")]
+#[command(
+    name = "trendstory",
+    version,
+    about = "Stories about what is trending, written by an int4 TinyLlama"
+)]
 struct Cli {
     /// Configuration file (TOML); `TRENDSTORY_*` environment variables override it.
     #[arg(long, global = true, env = "TRENDSTORY_CONFIG")]
@@ -23,8 +28,10 @@ enum Command {
         /// Model folder written by scripts/export_onnx.py; defaults to `model.dir`.
         #[arg(long)]
         model: Option<PathBuf>,
+        /// Text to continue (sent as is, without a chat template).
         #[arg(long)]
         prompt: String,
+        /// Maximum number of new tokens.
         #[arg(long, default_value_t = 64)]
         max_tokens: usize,
     },
@@ -45,10 +52,45 @@ fn main() -> anyhow::Result<()> {
             model,
             prompt,
             max_tokens,
-        } => {
-            let _ = (model, prompt, max_tokens, &config);
-            anyhow::bail!("not yet")
-        }
+        } => generate(&config, model, &prompt, max_tokens),
     }
-    .context("trendstory failed")
+}
+
+/// `trendstory generate`: one prompt, greedy, with prefill and decode speed.
+fn generate(
+    config: &Config,
+    model_dir: Option<PathBuf>,
+    prompt: &str,
+    max_tokens: usize,
+) -> anyhow::Result<()> {
+    let dir = model_dir.unwrap_or_else(|| config.model.dir.clone());
+    let info = ModelInfo::load(&dir)?;
+    if info.random_weights {
+        tracing::warn!(model = %info.model_id, "serving a model with RANDOM weights: its text is noise, use it for benchmarks only");
+    }
+    let tokenizer = TextTokenizer::load(&info.tokenizer_path(), &info)?;
+    let options = SessionOptions {
+        intra_threads: config.model.intra_threads,
+    };
+    let mut model = OnnxModel::load(&info, &config.runtime, &options)?;
+    let ids = tokenizer.encode(prompt)?;
+    let out = greedy_generate(&mut model, std::slice::from_ref(&ids), max_tokens)
+        .context("generation failed")?;
+    let new_tokens = &out.tokens[0];
+    println!("{}", tokenizer.decode(new_tokens)?);
+    let decode_rate = if out.decode_steps > 0 {
+        out.decode_steps as f64 / out.decode.as_secs_f64()
+    } else {
+        0.0
+    };
+    eprintln!(
+        "model: {} | prompt {} tokens, prefill {:.1} ms ({:.1} tokens/s) | {} new tokens, decode {:.2} tokens/s",
+        info.model_id,
+        ids.len(),
+        out.prefill.as_secs_f64() * 1e3,
+        ids.len() as f64 / out.prefill.as_secs_f64(),
+        new_tokens.len(),
+        decode_rate
+    );
+    Ok(())
 }

@@ -1,0 +1,84 @@
+//! `trendstory generate` end to end, as an operator runs it.
+
+mod common;
+
+use std::process::Command;
+
+fn trendstory() -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_trendstory"));
+    cmd.env_remove("TRENDSTORY_CONFIG").env(
+        "ORT_DYLIB_PATH",
+        common::repo_path(trendstory::runtime::DEFAULT_LIBRARY_PATH),
+    );
+    cmd
+}
+
+#[test]
+fn generate_prints_text_and_speed() {
+    let dir = common::required_model(common::TINY);
+    let golden = common::golden(&dir);
+    let out = trendstory()
+        .args([
+            "generate",
+            "--prompt",
+            &golden.prompts[0].text,
+            "--max-tokens",
+            "8",
+            "--model",
+        ])
+        .arg(&dir)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "stderr: {stderr}");
+    assert!(stderr.contains("tokens/s"), "{stderr}");
+    assert!(
+        stderr.contains("random weights"),
+        "random models must say so: {stderr}"
+    );
+}
+
+#[test]
+fn generate_with_missing_model_fails_cleanly() {
+    let out = trendstory()
+        .args([
+            "generate",
+            "--prompt",
+            "hi",
+            "--model",
+            "onnx/definitely-missing",
+        ])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains("definitely-missing"), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
+#[test]
+fn generate_with_missing_runtime_says_which_script_to_run() {
+    let dir = common::required_model(common::TINY);
+    let out = trendstory()
+        .env("ORT_DYLIB_PATH", "/nonexistent/libonnxruntime.so")
+        .args(["generate", "--prompt", "hi", "--model"])
+        .arg(&dir)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains("fetch-onnxruntime.sh"), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
+#[test]
+fn bad_config_value_names_the_key() {
+    let out = trendstory()
+        .env("TRENDSTORY_SERVER__PORT", "not-a-port")
+        .args(["generate", "--prompt", "hi"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains("server.port"), "{stderr}");
+}
