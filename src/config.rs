@@ -32,6 +32,7 @@ pub struct Config {
     pub server: ServerConfig,
     pub runtime: RuntimeConfig,
     pub model: ModelConfig,
+    pub inference: InferenceConfig,
 }
 
 /// Where the HTTP server listens.
@@ -60,22 +61,120 @@ pub struct RuntimeConfig {
     pub onnxruntime_library: Option<PathBuf>,
 }
 
-/// Which exported model to serve and how many threads ONNX Runtime may use for it.
+/// Which exported model to serve.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ModelConfig {
     /// A folder written by `scripts/export_onnx.py` (model.onnx, tokenizer.json, manifest.json).
     pub dir: PathBuf,
-    /// ONNX Runtime intra-op threads per session; 0 means one per available core.
-    pub intra_threads: usize,
 }
 
 impl Default for ModelConfig {
     fn default() -> Self {
         Self {
             dir: PathBuf::from("onnx/tinyllama-1.1b-chat-int4"),
-            intra_threads: 0,
         }
+    }
+}
+
+/// The inference pool and the limits of each worker's batching engine.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct InferenceConfig {
+    /// Number of inference workers, each with its own ONNX session.
+    pub workers: usize,
+    /// ONNX Runtime intra-op threads per worker; 0 splits the available cores evenly.
+    pub threads_per_worker: usize,
+    /// Let idle ONNX Runtime threads spin; faster steps, but burns the cores the HTTP
+    /// workers need between steps.
+    pub spin_threads: bool,
+    /// Most sequences decoded together in one step, per worker.
+    pub max_batch_size: usize,
+    /// Requests that may wait for a batch slot across the pool before new ones are
+    /// refused as overloaded.
+    pub max_queue: usize,
+    /// Longest accepted prompt, in tokens.
+    pub max_prompt_tokens: usize,
+    /// Largest `max_tokens` a request may ask for.
+    pub max_new_tokens: usize,
+    /// Most key/value positions (prompt plus output, summed over active sequences) a
+    /// worker keeps; a request that does not fit waits.
+    pub max_total_kv_tokens: usize,
+    /// Prompts longer than this are prefilled in chunks of this many tokens, so one long
+    /// prompt does not stall every stream's next token for long.
+    pub prefill_chunk_tokens: usize,
+    /// A request still running after this long is cancelled.
+    pub request_timeout_secs: u64,
+    /// The Retry-After hint given with an overloaded refusal.
+    pub retry_after_secs: u64,
+    /// Pause before a crashed worker is started again.
+    pub restart_delay_ms: u64,
+}
+
+impl Default for InferenceConfig {
+    fn default() -> Self {
+        Self {
+            workers: 1,
+            threads_per_worker: 0,
+            spin_threads: false,
+            max_batch_size: 16,
+            max_queue: 64,
+            max_prompt_tokens: 1024,
+            max_new_tokens: 512,
+            max_total_kv_tokens: 16_384,
+            prefill_chunk_tokens: 256,
+            request_timeout_secs: 120,
+            retry_after_secs: 1,
+            restart_delay_ms: 500,
+        }
+    }
+}
+
+impl InferenceConfig {
+    /// Intra-op threads each worker's session gets.
+    pub fn resolved_threads_per_worker(&self) -> usize {
+        match self.threads_per_worker {
+            0 => {
+                let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+                (cores / self.workers.max(1)).max(1)
+            }
+            n => n,
+        }
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let positive = [
+            ("inference.workers", self.workers),
+            ("inference.max_batch_size", self.max_batch_size),
+            ("inference.max_prompt_tokens", self.max_prompt_tokens),
+            ("inference.max_new_tokens", self.max_new_tokens),
+            ("inference.max_total_kv_tokens", self.max_total_kv_tokens),
+            ("inference.prefill_chunk_tokens", self.prefill_chunk_tokens),
+        ];
+        for (key, value) in positive {
+            if value == 0 {
+                return Err(ConfigError::Invalid {
+                    key,
+                    reason: "must be at least 1".into(),
+                });
+            }
+        }
+        if self.request_timeout_secs == 0 {
+            return Err(ConfigError::Invalid {
+                key: "inference.request_timeout_secs",
+                reason: "must be at least 1".into(),
+            });
+        }
+        if self.max_total_kv_tokens < self.max_prompt_tokens + self.max_new_tokens {
+            return Err(ConfigError::Invalid {
+                key: "inference.max_total_kv_tokens",
+                reason: format!(
+                    "{} cannot hold even one request of max_prompt_tokens {} + max_new_tokens {}",
+                    self.max_total_kv_tokens, self.max_prompt_tokens, self.max_new_tokens
+                ),
+            });
+        }
+        Ok(())
     }
 }
 
@@ -116,7 +215,7 @@ impl Config {
                 reason: "must not be empty".into(),
             });
         }
-        Ok(())
+        self.inference.validate()
     }
 }
 

@@ -70,7 +70,7 @@ fn generate(
     }
     let tokenizer = TextTokenizer::load(&info.tokenizer_path(), &info)?;
     let options = SessionOptions {
-        intra_threads: config.model.intra_threads,
+        intra_threads: config.inference.resolved_threads_per_worker(),
     };
     let mut model = OnnxModel::load(&info, &config.runtime, &options)?;
     let ids = tokenizer.encode(prompt)?;

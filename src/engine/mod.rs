@@ -6,10 +6,12 @@
 //! - [`session`]: the ONNX session and one forward pass over a left-padded batch.
 //! - [`kv_cache`]: the per-layer key/value tensors carried from one step to the next.
 //! - [`generate`]: greedy generation of a fixed batch, the reference path for parity tests.
+//! - [`request`]: requests, events and the step-driven [`Engine`] trait the workers drive.
 
 pub mod generate;
 pub mod kv_cache;
 pub mod model_info;
+pub mod request;
 pub mod session;
 pub mod tokenizer;
 
@@ -20,6 +22,10 @@ use crate::runtime::RuntimeError;
 pub use generate::{greedy_generate, Generation};
 pub use kv_cache::KvCache;
 pub use model_info::ModelInfo;
+pub use request::{
+    event_channel, Engine, FinishReason, GenerationEvent, GenerationRequest, GenerationStats,
+    RequestId, SamplingParams,
+};
 pub use session::{OnnxModel, SessionOptions, StepInput};
 pub use tokenizer::TextTokenizer;
 
