@@ -32,6 +32,7 @@ pub struct Config {
     pub server: ServerConfig,
     pub runtime: RuntimeConfig,
     pub model: ModelConfig,
+    pub trends: crate::trends::TrendsConfig,
 }
 
 /// Where the HTTP server listens.
@@ -118,6 +119,7 @@ impl Config {
                 reason: "must not be empty".into(),
             });
         }
+        self.trends.validate()?;
         Ok(())
     }
 }

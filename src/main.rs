@@ -7,7 +7,11 @@ use clap::{Parser, Subcommand};
 use trendstory::config::Config;
 
 #[derive(Parser)]
-#[command(name = "trendstory", version, about = "Stories about what is trending, written by an int4 TinyLlama")]
+#[command(
+    name = "trendstory",
+    version,
+    about = "Stories about what is trending, written by an int4 TinyLlama"
+)]
 struct Cli {
     /// Configuration file (TOML); `TRENDSTORY_*` environment variables override it.
     #[arg(long, global = true, env = "TRENDSTORY_CONFIG")]
@@ -27,6 +31,11 @@ enum Command {
         prompt: String,
         #[arg(long, default_value_t = 64)]
         max_tokens: usize,
+    },
+    /// Fetch every configured trend source once and print the merged ranking and source status.
+    Trends {
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -49,6 +58,7 @@ fn main() -> anyhow::Result<()> {
             let _ = (model, prompt, max_tokens, &config);
             anyhow::bail!("not yet")
         }
+        Command::Trends { json } => trendstory::trends::cli::run(&config.trends, json),
     }
     .context("trendstory failed")
 }
