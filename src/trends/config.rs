@@ -421,15 +421,20 @@ mod tests {
 
     #[test]
     fn zero_refresh_interval_names_its_key() {
-        let mut config = TrendsConfig::default();
-        config.refresh_interval_secs = 0;
+        let config = TrendsConfig {
+            refresh_interval_secs: 0,
+            ..TrendsConfig::default()
+        };
         assert_eq!(bad_key(&config), "trends.refresh_interval_secs");
     }
 
     #[test]
     fn ttl_not_above_interval_names_ttl() {
-        let mut config = TrendsConfig::default();
-        config.ttl_secs = config.refresh_interval_secs;
+        let defaults = TrendsConfig::default();
+        let config = TrendsConfig {
+            ttl_secs: defaults.refresh_interval_secs,
+            ..defaults
+        };
         assert_eq!(bad_key(&config), "trends.ttl_secs");
     }
 
