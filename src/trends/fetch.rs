@@ -2,6 +2,10 @@
 //! a cap on the (decompressed) body, a fixed User-Agent, and `Retry-After` captured on
 //! 429/503 so the source's backoff can honour it.
 //!
+//! `https://` upstreams (every real source) need awc built with a TLS feature, e.g.
+//! `awc = { version = "3", features = ["rustls-0_23"] }`; without it a fetch fails with
+//! "SSL is not supported", which `trendstory trends` shows per source.
+//!
 //! awc clients are `!Send`: a [`Fetcher`] is built and used on one actix thread (the actor's,
 //! or the CLI's system). Cloning it shares the connection pool.
 
