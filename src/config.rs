@@ -33,6 +33,7 @@ pub struct Config {
     pub runtime: RuntimeConfig,
     pub model: ModelConfig,
     pub inference: InferenceConfig,
+    pub trends: crate::trends::TrendsConfig,
 }
 
 /// Where the HTTP server listens.
@@ -215,7 +216,8 @@ impl Config {
                 reason: "must not be empty".into(),
             });
         }
-        self.inference.validate()
+        self.inference.validate()?;
+        self.trends.validate()
     }
 }
 

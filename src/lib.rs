@@ -5,7 +5,9 @@
 //! - [`config`]: one TOML file plus environment overrides, validated at start-up.
 //! - [`runtime`]: finds and loads the ONNX Runtime shared library once per process.
 //! - [`engine`]: synchronous model code (no actix): tokenizer, ONNX session, generation.
+//! - [`trends`]: trend-cache actor refreshing upstream sources in the background; snapshots for handlers.
 
 pub mod config;
 pub mod engine;
 pub mod runtime;
+pub mod trends;

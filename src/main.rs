@@ -35,6 +35,11 @@ enum Command {
         #[arg(long, default_value_t = 64)]
         max_tokens: usize,
     },
+    /// Fetch every configured trend source once and print the merged ranking and source status.
+    Trends {
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -53,6 +58,7 @@ fn main() -> anyhow::Result<()> {
             prompt,
             max_tokens,
         } => generate(&config, model, &prompt, max_tokens),
+        Command::Trends { json } => trendstory::trends::cli::run(&config.trends, json),
     }
 }
 
