@@ -2,9 +2,8 @@
 //! a cap on the (decompressed) body, a fixed User-Agent, and `Retry-After` captured on
 //! 429/503 so the source's backoff can honour it.
 //!
-//! `https://` upstreams (every real source) need awc built with a TLS feature, e.g.
-//! `awc = { version = "3", features = ["rustls-0_23"] }`; without it a fetch fails with
-//! "SSL is not supported", which `trendstory trends` shows per source.
+//! `https://` upstreams (every real source) go through awc's rustls connector with the
+//! Mozilla root certificates (see the `awc` and `rustls` lines in Cargo.toml).
 //!
 //! awc clients are `!Send`: a [`Fetcher`] is built and used on one actix thread (the actor's,
 //! or the CLI's system). Cloning it shares the connection pool.
