@@ -75,9 +75,7 @@ fn generate(
         tracing::warn!(model = %info.model_id, "serving a model with RANDOM weights: its text is noise, use it for benchmarks only");
     }
     let tokenizer = TextTokenizer::load(&info.tokenizer_path(), &info)?;
-    let options = SessionOptions {
-        intra_threads: config.inference.resolved_threads_per_worker(),
-    };
+    let options = SessionOptions::from_config(&config.inference);
     let mut model = OnnxModel::load(&info, &config.runtime, &options)?;
     let ids = tokenizer.encode(prompt)?;
     let out = greedy_generate(&mut model, std::slice::from_ref(&ids), max_tokens)

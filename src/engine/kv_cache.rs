@@ -48,4 +48,58 @@ impl KvCache {
     pub fn past_len(&self) -> usize {
         self.past_len
     }
+
+    /// Builds a new batch cache from rows of existing caches. Each row keeps its last
+    /// `len` positions (its real tokens: rows are left-padded), right-aligned in the new
+    /// cache, whose length is the longest `len`; the rest is zero padding the attention
+    /// mask hides. This is the one place the engine copies KV data: when rows join or
+    /// leave the batch, never on an ordinary decode step.
+    pub fn gather(info: &ModelInfo, rows: &[RowSource<'_>]) -> Result<Self, EngineError> {
+        let (heads, dim) = (info.num_kv_heads, info.head_dim);
+        let past_len = rows.iter().map(|r| r.len).max().unwrap_or(0);
+        let batch = rows.len();
+        for r in rows {
+            if r.row >= r.cache.batch || r.len > r.cache.past_len {
+                return Err(EngineError::InvalidInput(format!(
+                    "row {} with {} positions is outside a cache of batch {} and length {}",
+                    r.row, r.len, r.cache.batch, r.cache.past_len
+                )));
+            }
+        }
+        let mut tensors = Vec::with_capacity(info.num_layers * 2);
+        for t in 0..info.num_layers * 2 {
+            let mut data = vec![0.0f32; batch * heads * past_len * dim];
+            for (dest_row, r) in rows.iter().enumerate() {
+                let (_, src) = r.cache.tensors[t]
+                    .try_extract_tensor::<f32>()
+                    .map_err(EngineError::inference)?;
+                let src_len = r.cache.past_len;
+                for h in 0..heads {
+                    let from = ((r.row * heads + h) * src_len + (src_len - r.len)) * dim;
+                    let to = ((dest_row * heads + h) * past_len + (past_len - r.len)) * dim;
+                    let n = r.len * dim;
+                    data[to..to + n].copy_from_slice(&src[from..from + n]);
+                }
+            }
+            let shape = [batch, heads, past_len, dim];
+            tensors.push(
+                Tensor::<f32>::from_array((shape, data))
+                    .map_err(EngineError::inference)?
+                    .into_dyn(),
+            );
+        }
+        Ok(Self {
+            tensors,
+            batch,
+            past_len,
+        })
+    }
+}
+
+/// One row to take into a gathered cache: `cache`'s row `row`, whose last `len`
+/// positions are real tokens.
+pub struct RowSource<'a> {
+    pub cache: &'a KvCache,
+    pub row: usize,
+    pub len: usize,
 }

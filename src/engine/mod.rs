@@ -6,12 +6,18 @@
 //! - [`session`]: the ONNX session and one forward pass over a left-padded batch.
 //! - [`kv_cache`]: the per-layer key/value tensors carried from one step to the next.
 //! - [`generate`]: greedy generation of a fixed batch, the reference path for parity tests.
+//! - [`batch`]: the continuous-batching engine (scheduler, prefill, decode, KV rebuilds).
+//! - `sequence`, `sampler`, `detokenizer`: one request's state, token choice and text.
 //! - [`request`]: requests, events and the step-driven [`Engine`] trait the workers drive.
 
+pub mod batch;
+mod detokenizer;
 pub mod generate;
 pub mod kv_cache;
 pub mod model_info;
 pub mod request;
+mod sampler;
+mod sequence;
 pub mod session;
 pub mod tokenizer;
 
@@ -19,6 +25,8 @@ use std::path::PathBuf;
 
 use crate::runtime::RuntimeError;
 
+pub use batch::{BatchEngine, EngineLimits, EngineStats};
+pub use detokenizer::{Delta, Detokenizer};
 pub use generate::{greedy_generate, Generation};
 pub use kv_cache::KvCache;
 pub use model_info::ModelInfo;

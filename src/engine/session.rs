@@ -19,6 +19,18 @@ use crate::config::RuntimeConfig;
 pub struct SessionOptions {
     /// Intra-op threads; 0 means one per available core.
     pub intra_threads: usize,
+    /// Let idle pool threads spin between ops (lower latency, busier cores).
+    pub spin_threads: bool,
+}
+
+impl SessionOptions {
+    /// The session settings the inference configuration asks for.
+    pub fn from_config(config: &crate::config::InferenceConfig) -> Self {
+        Self {
+            intra_threads: config.resolved_threads_per_worker(),
+            spin_threads: config.spin_threads,
+        }
+    }
 }
 
 /// Inputs of one forward pass over a left-padded batch.
@@ -43,9 +55,17 @@ pub struct StepOutput {
     pub cache: KvCache,
 }
 
+/// Time spent inside `session.run`, so benchmarks can tell the engine's own overhead.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RunStats {
+    pub runs: u64,
+    pub time: std::time::Duration,
+}
+
 /// A loaded model: its session plus what is needed to feed it.
 pub struct OnnxModel {
     session: Session,
+    run_stats: RunStats,
     info: ModelInfo,
     has_position_ids: bool,
     past_names: Vec<String>,
@@ -75,6 +95,8 @@ impl OnnxModel {
             .with_optimization_level(GraphOptimizationLevel::All)
             .map_err(|e| fail(e.to_string()))?
             .with_intra_threads(threads)
+            .map_err(|e| fail(e.to_string()))?
+            .with_intra_op_spinning(options.spin_threads)
             .map_err(|e| fail(e.to_string()))?
             .commit_from_file(&path)
             .map_err(|e| fail(e.to_string()))?;
@@ -116,6 +138,7 @@ impl OnnxModel {
         let has_position_ids = inputs.contains(&"position_ids");
         Ok(Self {
             session,
+            run_stats: RunStats::default(),
             info: info.clone(),
             has_position_ids,
             past_names,
@@ -125,6 +148,11 @@ impl OnnxModel {
 
     pub fn info(&self) -> &ModelInfo {
         &self.info
+    }
+
+    /// Cumulative `session.run` count and time since load.
+    pub fn run_stats(&self) -> RunStats {
+        self.run_stats
     }
 
     /// Runs one forward pass: the new positions of every row, attending to `past`.
@@ -178,7 +206,11 @@ impl OnnxModel {
             feeds.push((Cow::Borrowed(name.as_str()), SessionInputValue::from(value)));
         }
 
-        let mut outputs = self.session.run(feeds).map_err(EngineError::inference)?;
+        let started = std::time::Instant::now();
+        let result = self.session.run(feeds);
+        self.run_stats.runs += 1;
+        self.run_stats.time += started.elapsed();
+        let mut outputs = result.map_err(EngineError::inference)?;
         let vocab = self.info.vocab_size;
         let last_logits = {
             let logits = outputs

@@ -9,6 +9,8 @@ use super::{EngineError, ModelInfo};
 /// A tokenizer known to match the model's vocabulary.
 pub struct TextTokenizer {
     inner: Tokenizer,
+    /// `byte_tokens[id]` is true for byte-fallback tokens such as `<0xE3>`.
+    byte_tokens: Vec<bool>,
 }
 
 impl TextTokenizer {
@@ -26,7 +28,19 @@ impl TextTokenizer {
                 model: info.vocab_size,
             });
         }
-        Ok(Self { inner })
+        let byte_tokens = (0..size as u32)
+            .map(|id| {
+                inner
+                    .id_to_token(id)
+                    .is_some_and(|t| t.len() == 6 && t.starts_with("<0x") && t.ends_with('>'))
+            })
+            .collect();
+        Ok(Self { inner, byte_tokens })
+    }
+
+    /// True for byte-fallback tokens, which carry one raw byte of UTF-8 text.
+    pub fn is_byte_token(&self, id: u32) -> bool {
+        self.byte_tokens.get(id as usize).copied().unwrap_or(false)
     }
 
     /// Token ids of `text`, with the BOS token the model was trained with.

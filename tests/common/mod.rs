@@ -58,8 +58,15 @@ pub struct Loaded {
 pub fn load(dir: &Path) -> Loaded {
     let info = ModelInfo::load(dir).expect("model info");
     let tokenizer = TextTokenizer::load(&info.tokenizer_path(), &info).expect("tokenizer");
-    let model =
-        OnnxModel::load(&info, &runtime(), &SessionOptions { intra_threads: 2 }).expect("session");
+    let model = OnnxModel::load(
+        &info,
+        &runtime(),
+        &SessionOptions {
+            intra_threads: 2,
+            spin_threads: false,
+        },
+    )
+    .expect("session");
     Loaded {
         info,
         tokenizer,

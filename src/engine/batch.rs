@@ -1,0 +1,455 @@
+//! The continuous-batching engine: every request in flight shares each decode step, and
+//! requests join or leave the batch between any two steps.
+//!
+//! One `step`:
+//! 1. drops sequences whose client left or whose deadline passed;
+//! 2. admits waiting requests while the batch-size and KV-token budgets allow;
+//! 3. prefills admitted prompts alone (batch of one, no padding waste), at most
+//!    `prefill_chunk_tokens` prompt tokens per step while other streams are decoding, so a
+//!    long prompt delays their next token by one chunk, not by the whole prompt;
+//! 4. when prefilled sequences are ready, or many rows have finished, rebuilds the batch
+//!    cache (the only KV copy; finished rows otherwise stay as cheap dead rows until then);
+//! 5. runs one decode step for every row in one `session.run`.
+//!
+//! Rows are left-padded: each row's real tokens are the rightmost positions of the shared
+//! cache, the attention mask hides the rest, and each row's positions count only its own
+//! tokens, so a row gets the same logits as it would alone.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::kv_cache::RowSource;
+use super::sequence::Sequence;
+use super::{
+    sampler, Engine, EngineError, FinishReason, GenerationEvent, GenerationRequest, KvCache,
+    OnnxModel, StepInput, TextTokenizer,
+};
+use crate::config::InferenceConfig;
+
+/// The per-worker limits the engine enforces.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EngineLimits {
+    pub max_batch_size: usize,
+    pub max_prompt_tokens: usize,
+    pub max_new_tokens: usize,
+    pub max_total_kv_tokens: usize,
+    pub prefill_chunk_tokens: usize,
+}
+
+impl From<&InferenceConfig> for EngineLimits {
+    fn from(c: &InferenceConfig) -> Self {
+        Self {
+            max_batch_size: c.max_batch_size,
+            max_prompt_tokens: c.max_prompt_tokens,
+            max_new_tokens: c.max_new_tokens,
+            max_total_kv_tokens: c.max_total_kv_tokens,
+            prefill_chunk_tokens: c.prefill_chunk_tokens,
+        }
+    }
+}
+
+/// Counters for benchmarks and metrics.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct EngineStats {
+    pub steps: u64,
+    pub decode_steps: u64,
+    /// Sum over decode steps of the number of live rows (tokens produced by decoding).
+    pub decoded_tokens: u64,
+    pub decode_time: Duration,
+    pub prefill_tokens: u64,
+    pub prefill_time: Duration,
+    pub rebuilds: u64,
+    pub rebuild_time: Duration,
+    /// Wall time of whole `step` calls.
+    pub step_time: Duration,
+}
+
+/// A prompt being prefilled, possibly over several steps.
+struct Prefill {
+    seq: Sequence,
+    cache: KvCache,
+    done: usize,
+}
+
+/// A batch row: a live sequence, or a finished one kept until the next rebuild.
+struct Row {
+    seq: Option<Sequence>,
+    /// Real (unpadded) positions of this row in the cache.
+    len: usize,
+}
+
+struct Batch {
+    rows: Vec<Row>,
+    cache: KvCache,
+}
+
+impl Batch {
+    fn live(&self) -> usize {
+        self.rows.iter().filter(|r| r.seq.is_some()).count()
+    }
+}
+
+/// Continuous-batching generator over one ONNX session.
+pub struct BatchEngine {
+    model: OnnxModel,
+    tokenizer: Arc<TextTokenizer>,
+    limits: EngineLimits,
+    waiting: VecDeque<Sequence>,
+    prefilling: VecDeque<Prefill>,
+    /// Prefilled sequences (first token sampled) with their cache, to join the batch.
+    ready: Vec<(Sequence, KvCache)>,
+    batch: Option<Batch>,
+    stats: EngineStats,
+}
+
+impl BatchEngine {
+    pub fn new(model: OnnxModel, tokenizer: Arc<TextTokenizer>, limits: EngineLimits) -> Self {
+        Self {
+            model,
+            tokenizer,
+            limits,
+            waiting: VecDeque::new(),
+            prefilling: VecDeque::new(),
+            ready: Vec::new(),
+            batch: None,
+            stats: EngineStats::default(),
+        }
+    }
+
+    pub fn stats(&self) -> EngineStats {
+        self.stats
+    }
+
+    pub fn model(&self) -> &OnnxModel {
+        &self.model
+    }
+
+    /// Sequences admitted (prefilling, ready or in the batch), not counting dead rows.
+    fn active(&self) -> usize {
+        self.prefilling.len() + self.ready.len() + self.batch.as_ref().map_or(0, Batch::live)
+    }
+
+    fn reserved_kv_tokens(&self) -> usize {
+        let batch = self.batch.iter().flat_map(|b| b.rows.iter());
+        self.prefilling
+            .iter()
+            .map(|p| p.seq.reserved_tokens())
+            .sum::<usize>()
+            + self
+                .ready
+                .iter()
+                .map(|(s, _)| s.reserved_tokens())
+                .sum::<usize>()
+            + batch
+                .filter_map(|r| r.seq.as_ref())
+                .map(Sequence::reserved_tokens)
+                .sum::<usize>()
+    }
+
+    fn check(&self, request: &GenerationRequest) -> Result<(), String> {
+        let prompt = request.prompt_ids.len();
+        let max_tokens = request.params.max_tokens;
+        let context = self.model.info().max_position_embeddings;
+        if prompt == 0 {
+            return Err("the prompt has no tokens".into());
+        }
+        if prompt > self.limits.max_prompt_tokens {
+            return Err(format!(
+                "the prompt has {prompt} tokens, more than max_prompt_tokens {}",
+                self.limits.max_prompt_tokens
+            ));
+        }
+        if max_tokens == 0 || max_tokens > self.limits.max_new_tokens {
+            return Err(format!(
+                "max_tokens must be between 1 and {}, got {max_tokens}",
+                self.limits.max_new_tokens
+            ));
+        }
+        if prompt + max_tokens > context {
+            return Err(format!(
+                "prompt of {prompt} tokens plus max_tokens {max_tokens} exceeds the model's context of {context}"
+            ));
+        }
+        let vocab = self.model.info().vocab_size;
+        if let Some(bad) = request.prompt_ids.iter().find(|&&t| t as usize >= vocab) {
+            return Err(format!(
+                "token id {bad} is outside the vocabulary of {vocab}"
+            ));
+        }
+        sampler::validate(&request.params)
+    }
+
+    /// Ends cancelled sequences wherever they are.
+    fn drop_cancelled(&mut self, now: Instant) {
+        let cancelled = |s: &Sequence| s.is_cancelled(now);
+        for seq in extract(&mut self.waiting, |s| cancelled(s)) {
+            seq.finish(FinishReason::Cancelled);
+        }
+        for p in extract(&mut self.prefilling, |p| cancelled(&p.seq)) {
+            p.seq.finish(FinishReason::Cancelled);
+        }
+        let (gone, kept): (Vec<_>, Vec<_>) = std::mem::take(&mut self.ready)
+            .into_iter()
+            .partition(|(s, _)| cancelled(s));
+        self.ready = kept;
+        for (seq, _) in gone {
+            seq.finish(FinishReason::Cancelled);
+        }
+        if let Some(batch) = &mut self.batch {
+            for row in &mut batch.rows {
+                if row.seq.as_ref().is_some_and(cancelled) {
+                    if let Some(seq) = row.seq.take() {
+                        seq.finish(FinishReason::Cancelled);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Moves waiting requests into prefill while the budgets allow, oldest first.
+    fn admit(&mut self, now: Instant) -> Result<(), EngineError> {
+        while let Some(next) = self.waiting.front() {
+            let fits_batch = self.active() < self.limits.max_batch_size;
+            let fits_kv = self.reserved_kv_tokens() + next.reserved_tokens()
+                <= self.limits.max_total_kv_tokens;
+            if !(fits_batch && fits_kv) {
+                break;
+            }
+            let Some(mut seq) = self.waiting.pop_front() else {
+                break;
+            };
+            seq.mark_admitted(now);
+            let cache = KvCache::empty(self.model.info(), 1)?;
+            self.prefilling.push_back(Prefill {
+                seq,
+                cache,
+                done: 0,
+            });
+        }
+        Ok(())
+    }
+
+    /// Runs prefill chunks: all pending prompts when nothing is decoding, otherwise at
+    /// most `prefill_chunk_tokens` tokens so decoding streams are not stalled for long.
+    fn prefill(&mut self) -> Result<(), EngineError> {
+        let decoding = self.batch.as_ref().is_some_and(|b| b.live() > 0);
+        let mut budget = if decoding {
+            self.limits.prefill_chunk_tokens
+        } else {
+            usize::MAX
+        };
+        while budget > 0 {
+            let Some(mut p) = self.prefilling.pop_front() else {
+                break;
+            };
+            let prompt = &p.seq.request.prompt_ids;
+            let chunk = (prompt.len() - p.done)
+                .min(self.limits.prefill_chunk_tokens)
+                .min(budget);
+            let total = p.done + chunk;
+            let input = StepInput {
+                batch: 1,
+                seq_len: chunk,
+                input_ids: prompt[p.done..total]
+                    .iter()
+                    .map(|&t| i64::from(t))
+                    .collect(),
+                attention_mask: vec![1; total],
+                position_ids: (p.done as i64..total as i64).collect(),
+            };
+            let started = Instant::now();
+            let mut out = self.model.forward(input, p.cache)?;
+            let spent = started.elapsed();
+            self.stats.prefill_time += spent;
+            self.stats.prefill_tokens += chunk as u64;
+            p.seq.add_prefill_time(spent);
+            p.cache = out.cache;
+            p.done = total;
+            budget = budget.saturating_sub(chunk);
+            if p.done < p.seq.prompt_len() {
+                self.prefilling.push_front(p);
+                continue;
+            }
+            let eos = self.model.info().eos_token_id;
+            match p.seq.advance(&mut out.last_logits, &self.tokenizer, eos) {
+                Some(reason) => p.seq.finish(reason),
+                None => self.ready.push((p.seq, p.cache)),
+            }
+        }
+        Ok(())
+    }
+
+    /// Rebuilds the batch cache when sequences are ready to join or half the rows are
+    /// finished; otherwise leaves it alone (no copy).
+    fn maybe_rebuild(&mut self) -> Result<(), EngineError> {
+        let (live, dead) = self
+            .batch
+            .as_ref()
+            .map_or((0, 0), |b| (b.live(), b.rows.len() - b.live()));
+        if self.ready.is_empty() && (dead == 0 || dead < live) {
+            return Ok(());
+        }
+        let started = Instant::now();
+        let old = self.batch.take();
+        let ready = std::mem::take(&mut self.ready);
+        let mut sources = Vec::new();
+        let mut rows = Vec::new();
+        if let Some(b) = &old {
+            for (i, row) in b.rows.iter().enumerate() {
+                if row.seq.is_some() {
+                    sources.push(RowSource {
+                        cache: &b.cache,
+                        row: i,
+                        len: row.len,
+                    });
+                }
+            }
+        }
+        for (seq, cache) in &ready {
+            sources.push(RowSource {
+                cache,
+                row: 0,
+                len: seq.prompt_len(),
+            });
+        }
+        let cache = if sources.is_empty() {
+            None
+        } else {
+            Some(KvCache::gather(self.model.info(), &sources)?)
+        };
+        drop(sources);
+        if let Some(b) = old {
+            rows.extend(b.rows.into_iter().filter(|r| r.seq.is_some()));
+        }
+        rows.extend(ready.into_iter().map(|(seq, _)| Row {
+            len: seq.prompt_len(),
+            seq: Some(seq),
+        }));
+        self.batch = cache.map(|cache| Batch { rows, cache });
+        self.stats.rebuilds += 1;
+        self.stats.rebuild_time += started.elapsed();
+        Ok(())
+    }
+
+    /// One decode step for every row of the batch.
+    fn decode(&mut self) -> Result<(), EngineError> {
+        let Some(batch) = self.batch.take() else {
+            return Ok(());
+        };
+        if batch.live() == 0 {
+            return Ok(());
+        }
+        let Batch { mut rows, cache } = batch;
+        let past = cache.past_len();
+        let n = rows.len();
+        let mut input_ids = Vec::with_capacity(n);
+        let mut attention_mask = Vec::with_capacity(n * (past + 1));
+        let mut position_ids = Vec::with_capacity(n);
+        for row in &rows {
+            let token = row.seq.as_ref().map_or(0, |s| s.next_input);
+            input_ids.push(i64::from(token));
+            attention_mask.extend(std::iter::repeat_n(0, past - row.len));
+            attention_mask.extend(std::iter::repeat_n(1, row.len + 1));
+            position_ids.push(row.len as i64);
+        }
+        let started = Instant::now();
+        let mut out = self.model.forward(
+            StepInput {
+                batch: n,
+                seq_len: 1,
+                input_ids,
+                attention_mask,
+                position_ids,
+            },
+            cache,
+        )?;
+        let vocab = self.model.info().vocab_size;
+        let eos = self.model.info().eos_token_id;
+        let mut live = 0;
+        for (i, row) in rows.iter_mut().enumerate() {
+            row.len += 1;
+            let Some(seq) = row.seq.as_mut() else {
+                continue;
+            };
+            live += 1;
+            let logits = &mut out.last_logits[i * vocab..(i + 1) * vocab];
+            if let Some(reason) = seq.advance(logits, &self.tokenizer, eos) {
+                if let Some(seq) = row.seq.take() {
+                    seq.finish(reason);
+                }
+            }
+        }
+        self.stats.decode_steps += 1;
+        self.stats.decoded_tokens += live;
+        self.stats.decode_time += started.elapsed();
+        self.batch = Some(Batch {
+            rows,
+            cache: out.cache,
+        });
+        Ok(())
+    }
+}
+
+/// Removes and returns the items matching `pred`, keeping the others in order.
+fn extract<T>(queue: &mut VecDeque<T>, mut pred: impl FnMut(&T) -> bool) -> Vec<T> {
+    let mut taken = Vec::new();
+    let mut kept = VecDeque::with_capacity(queue.len());
+    for item in queue.drain(..) {
+        if pred(&item) {
+            taken.push(item);
+        } else {
+            kept.push_back(item);
+        }
+    }
+    *queue = kept;
+    taken
+}
+
+impl Engine for BatchEngine {
+    fn submit(&mut self, request: GenerationRequest) {
+        if let Err(reason) = self.check(&request) {
+            let _ = request.events.send(GenerationEvent::Error(reason));
+            return;
+        }
+        self.waiting.push_back(Sequence::new(request));
+    }
+
+    fn step(&mut self) -> Result<(), EngineError> {
+        let started = Instant::now();
+        self.drop_cancelled(started);
+        self.admit(started)?;
+        self.prefill()?;
+        self.maybe_rebuild()?;
+        self.decode()?;
+        self.maybe_rebuild()?;
+        self.stats.steps += 1;
+        self.stats.step_time += started.elapsed();
+        Ok(())
+    }
+
+    fn has_work(&self) -> bool {
+        !self.waiting.is_empty() || self.active() > 0
+    }
+
+    fn load(&self) -> usize {
+        self.waiting.len() + self.active()
+    }
+
+    fn fail_all(&mut self, reason: &str) {
+        for seq in self.waiting.drain(..) {
+            seq.fail(reason);
+        }
+        for p in self.prefilling.drain(..) {
+            p.seq.fail(reason);
+        }
+        for (seq, _) in self.ready.drain(..) {
+            seq.fail(reason);
+        }
+        if let Some(batch) = self.batch.take() {
+            for seq in batch.rows.into_iter().filter_map(|r| r.seq) {
+                seq.fail(reason);
+            }
+        }
+    }
+}
