@@ -2,11 +2,13 @@
 //! TinyLlama running on ONNX Runtime.
 //!
 //! # Layout
+//! - [`bench`]: `trendstory bench-engine`, the engine measured alone against a bare matmul graph.
 //! - [`config`]: one TOML file plus environment overrides, validated at start-up.
 //! - [`runtime`]: finds and loads the ONNX Runtime shared library once per process.
 //! - [`engine`]: synchronous model code (no actix): tokenizer, ONNX session, generation.
 //! - [`trends`]: trend-cache actor refreshing upstream sources in the background; snapshots for handlers.
 
+pub mod bench;
 pub mod config;
 pub mod engine;
 pub mod runtime;

@@ -23,6 +23,26 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Measure the batching engine at several concurrency levels (decode tokens/s, step
+    /// time, overhead outside ONNX Runtime, peak RSS).
+    BenchEngine {
+        /// Model folder; defaults to `model.dir`.
+        #[arg(long)]
+        model: Option<PathBuf>,
+        /// Comma-separated numbers of concurrent streams.
+        #[arg(long, value_delimiter = ',', default_value = "1,4,8,16")]
+        concurrency: Vec<usize>,
+        #[arg(long, default_value_t = 64)]
+        prompt_tokens: usize,
+        #[arg(long, default_value_t = 64)]
+        new_tokens: usize,
+        /// A `--linear-only` export of the same model, timed in the same run as a baseline.
+        #[arg(long)]
+        baseline: Option<PathBuf>,
+        /// Also print the report as one JSON object on the last line.
+        #[arg(long)]
+        json: bool,
+    },
     /// Greedy-generate a continuation of one prompt and print it with tokens/s.
     Generate {
         /// Model folder written by scripts/export_onnx.py; defaults to `model.dir`.
@@ -58,6 +78,35 @@ fn main() -> anyhow::Result<()> {
             prompt,
             max_tokens,
         } => generate(&config, model, &prompt, max_tokens),
+        Command::BenchEngine {
+            model,
+            concurrency,
+            prompt_tokens,
+            new_tokens,
+            baseline,
+            json,
+        } => {
+            if concurrency.is_empty()
+                || concurrency.contains(&0)
+                || prompt_tokens == 0
+                || new_tokens == 0
+            {
+                anyhow::bail!("--concurrency, --prompt-tokens and --new-tokens must be positive");
+            }
+            let options = trendstory::bench::BenchOptions {
+                model: model.unwrap_or_else(|| config.model.dir.clone()),
+                concurrency,
+                prompt_tokens,
+                new_tokens,
+                baseline,
+            };
+            let report = trendstory::bench::run(&config, &options)?;
+            report.print_table();
+            if json {
+                println!("{}", serde_json::to_string(&report)?);
+            }
+            Ok(())
+        }
         Command::Trends { json } => trendstory::trends::cli::run(&config.trends, json),
     }
 }

@@ -34,7 +34,7 @@ pub use request::{
     event_channel, Engine, FinishReason, GenerationEvent, GenerationRequest, GenerationStats,
     RequestId, SamplingParams,
 };
-pub use session::{OnnxModel, SessionOptions, StepInput};
+pub use session::{open_session, OnnxModel, SessionOptions, StepInput};
 pub use tokenizer::TextTokenizer;
 
 /// Everything that can go wrong while loading or running a model.

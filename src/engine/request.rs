@@ -29,6 +29,8 @@ pub struct SamplingParams {
     pub max_tokens: usize,
     /// Generation ends before any of these strings; they are not part of the output.
     pub stop: Vec<String>,
+    /// Keep generating past EOS until `max_tokens`: benchmarks need fixed lengths.
+    pub ignore_eos: bool,
 }
 
 impl Default for SamplingParams {
@@ -41,6 +43,7 @@ impl Default for SamplingParams {
             seed: 0,
             max_tokens: 64,
             stop: Vec::new(),
+            ignore_eos: false,
         }
     }
 }

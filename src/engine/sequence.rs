@@ -74,7 +74,7 @@ impl Sequence {
         self.last_token_at = Some(now);
         self.generated.push(token);
         self.next_input = token;
-        let (text, finish) = if token == eos {
+        let (text, finish) = if token == eos && !self.request.params.ignore_eos {
             (self.detokenizer.finish(tokenizer), Some(FinishReason::Stop))
         } else {
             let delta = self.detokenizer.push(token, tokenizer);

@@ -62,6 +62,34 @@ pub struct RunStats {
     pub time: std::time::Duration,
 }
 
+/// Creates an ONNX Runtime session for the graph at `path` with our settings: all graph
+/// optimizations, the configured intra-op threads and spinning.
+pub fn open_session(
+    path: &std::path::Path,
+    runtime: &RuntimeConfig,
+    options: &SessionOptions,
+) -> Result<Session, EngineError> {
+    let env = crate::runtime::environment(runtime)?;
+    let fail = |reason: String| EngineError::SessionLoad {
+        path: path.to_path_buf(),
+        reason,
+    };
+    let threads = match options.intra_threads {
+        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        n => n,
+    };
+    Session::builder(&env)
+        .map_err(|e| fail(e.to_string()))?
+        .with_optimization_level(GraphOptimizationLevel::All)
+        .map_err(|e| fail(e.to_string()))?
+        .with_intra_threads(threads)
+        .map_err(|e| fail(e.to_string()))?
+        .with_intra_op_spinning(options.spin_threads)
+        .map_err(|e| fail(e.to_string()))?
+        .commit_from_file(path)
+        .map_err(|e| fail(e.to_string()))
+}
+
 /// A loaded model: its session plus what is needed to feed it.
 pub struct OnnxModel {
     session: Session,
@@ -80,26 +108,8 @@ impl OnnxModel {
         runtime: &RuntimeConfig,
         options: &SessionOptions,
     ) -> Result<Self, EngineError> {
-        let env = crate::runtime::environment(runtime)?;
         let path = info.model_path();
-        let fail = |reason: String| EngineError::SessionLoad {
-            path: path.clone(),
-            reason,
-        };
-        let threads = match options.intra_threads {
-            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
-            n => n,
-        };
-        let session = Session::builder(&env)
-            .map_err(|e| fail(e.to_string()))?
-            .with_optimization_level(GraphOptimizationLevel::All)
-            .map_err(|e| fail(e.to_string()))?
-            .with_intra_threads(threads)
-            .map_err(|e| fail(e.to_string()))?
-            .with_intra_op_spinning(options.spin_threads)
-            .map_err(|e| fail(e.to_string()))?
-            .commit_from_file(&path)
-            .map_err(|e| fail(e.to_string()))?;
+        let session = open_session(&path, runtime, options)?;
 
         let inputs: Vec<&str> = session.inputs().iter().map(|o| o.name()).collect();
         let outputs: Vec<&str> = session.outputs().iter().map(|o| o.name()).collect();

@@ -1,0 +1,303 @@
+//! `trendstory bench-engine`: the batching engine alone (no HTTP, no actors) at several
+//! concurrency levels, and optionally the bare int4 matmul graph as a baseline measured in
+//! the same run, so figures from this shared, noisy machine can be compared as ratios.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use ort::session::Session;
+use ort::value::Tensor;
+use serde::Serialize;
+
+use crate::config::Config;
+use crate::engine::{
+    event_channel, open_session, BatchEngine, Engine, EngineLimits, GenerationEvent,
+    GenerationRequest, ModelInfo, OnnxModel, SamplingParams, SessionOptions, TextTokenizer,
+};
+
+/// What to measure.
+pub struct BenchOptions {
+    pub model: PathBuf,
+    pub concurrency: Vec<usize>,
+    pub prompt_tokens: usize,
+    pub new_tokens: usize,
+    /// A `--linear-only` export of the same model: the bare matmul baseline.
+    pub baseline: Option<PathBuf>,
+}
+
+/// Figures for one concurrency level.
+#[derive(Debug, Serialize)]
+pub struct LevelReport {
+    pub concurrency: usize,
+    pub aggregate_decode_tokens_per_s: f64,
+    pub per_stream_decode_tokens_per_s: f64,
+    pub prefill_tokens_per_s: f64,
+    pub mean_decode_step_ms: f64,
+    pub outside_session_run_share: f64,
+    pub mean_time_to_first_token_ms: f64,
+    pub peak_rss_mib: f64,
+    /// Bare matmul graph, same batch size: ms per step, and engine step / baseline step.
+    pub baseline_step_ms: Option<f64>,
+    pub engine_over_baseline: Option<f64>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct BenchReport {
+    pub model: String,
+    pub threads_per_worker: usize,
+    pub spin_threads: bool,
+    pub prompt_tokens: usize,
+    pub new_tokens: usize,
+    pub levels: Vec<LevelReport>,
+}
+
+/// Runs the benchmark and returns its figures.
+pub fn run(config: &Config, options: &BenchOptions) -> anyhow::Result<BenchReport> {
+    let info = ModelInfo::load(&options.model)?;
+    let tokenizer = Arc::new(TextTokenizer::load(&info.tokenizer_path(), &info)?);
+    let session_options = SessionOptions::from_config(&config.inference);
+    let model = OnnxModel::load(&info, &config.runtime, &session_options)?;
+    let max_concurrency = options.concurrency.iter().copied().max().unwrap_or(1);
+    let limits = EngineLimits {
+        max_batch_size: max_concurrency,
+        max_prompt_tokens: options.prompt_tokens,
+        max_new_tokens: options.new_tokens,
+        max_total_kv_tokens: max_concurrency * (options.prompt_tokens + options.new_tokens),
+        prefill_chunk_tokens: config.inference.prefill_chunk_tokens,
+    };
+    let mut engine = BatchEngine::new(model, tokenizer, limits);
+    let mut baseline = match &options.baseline {
+        Some(dir) => Some(Baseline::load(dir, config, &session_options)?),
+        None => None,
+    };
+
+    // Warm-up: first runs allocate ONNX Runtime's buffers.
+    run_level(
+        &mut engine,
+        &info,
+        1,
+        options.prompt_tokens,
+        4.min(options.new_tokens),
+    )?;
+
+    let mut levels = Vec::new();
+    for &concurrency in &options.concurrency {
+        let mut level = run_level(
+            &mut engine,
+            &info,
+            concurrency,
+            options.prompt_tokens,
+            options.new_tokens,
+        )?;
+        if let Some(b) = baseline.as_mut() {
+            let step = b.step_time(concurrency)?;
+            let ms = step.as_secs_f64() * 1e3;
+            level.baseline_step_ms = Some(ms);
+            level.engine_over_baseline = Some(level.mean_decode_step_ms / ms);
+        }
+        levels.push(level);
+    }
+    Ok(BenchReport {
+        model: info.model_id,
+        threads_per_worker: session_options.intra_threads,
+        spin_threads: session_options.spin_threads,
+        prompt_tokens: options.prompt_tokens,
+        new_tokens: options.new_tokens,
+        levels,
+    })
+}
+
+/// Submits `concurrency` identical-length requests at once and runs the engine dry.
+fn run_level(
+    engine: &mut BatchEngine,
+    info: &ModelInfo,
+    concurrency: usize,
+    prompt_tokens: usize,
+    new_tokens: usize,
+) -> anyhow::Result<LevelReport> {
+    let before = engine.stats();
+    let runs_before = engine.model().run_stats();
+    let mut receivers = Vec::new();
+    for i in 0..concurrency {
+        let (events, rx) = event_channel();
+        engine.submit(GenerationRequest {
+            id: i as u64,
+            prompt_ids: synthetic_prompt(info, prompt_tokens, i),
+            params: SamplingParams {
+                max_tokens: new_tokens,
+                ignore_eos: true,
+                ..SamplingParams::default()
+            },
+            deadline: None,
+            received_at: Instant::now(),
+            events,
+        });
+        receivers.push(rx);
+    }
+    while engine.has_work() {
+        engine.step()?;
+    }
+    let mut per_stream = Vec::new();
+    let mut ttft = Vec::new();
+    for mut rx in receivers {
+        while let Ok(event) = rx.try_recv() {
+            match event {
+                GenerationEvent::Done(stats) => {
+                    per_stream.push(stats.decode_tokens_per_second);
+                    ttft.push(stats.time_to_first_token.unwrap_or_default());
+                }
+                GenerationEvent::Error(e) => anyhow::bail!("benchmark request failed: {e}"),
+                GenerationEvent::Token { .. } => {}
+            }
+        }
+    }
+    let after = engine.stats();
+    let runs_after = engine.model().run_stats();
+    let decode_time = (after.decode_time - before.decode_time).as_secs_f64();
+    let decode_steps = (after.decode_steps - before.decode_steps).max(1) as f64;
+    let decoded = (after.decoded_tokens - before.decoded_tokens) as f64;
+    let prefill_time = (after.prefill_time - before.prefill_time).as_secs_f64();
+    let prefill_tokens = (after.prefill_tokens - before.prefill_tokens) as f64;
+    let step_time = (after.step_time - before.step_time).as_secs_f64();
+    let run_time = (runs_after.time - runs_before.time).as_secs_f64();
+    Ok(LevelReport {
+        concurrency,
+        aggregate_decode_tokens_per_s: decoded / decode_time,
+        per_stream_decode_tokens_per_s: mean(&per_stream),
+        prefill_tokens_per_s: prefill_tokens / prefill_time,
+        mean_decode_step_ms: decode_time / decode_steps * 1e3,
+        outside_session_run_share: (step_time - run_time).max(0.0) / step_time,
+        mean_time_to_first_token_ms: mean(
+            &ttft
+                .iter()
+                .map(|d| d.as_secs_f64() * 1e3)
+                .collect::<Vec<_>>(),
+        ),
+        peak_rss_mib: peak_rss_mib(),
+        baseline_step_ms: None,
+        engine_over_baseline: None,
+    })
+}
+
+/// A deterministic prompt of `len` tokens (BOS, then ordinary vocabulary ids) that differs
+/// per request so no two rows are identical.
+fn synthetic_prompt(info: &ModelInfo, len: usize, salt: usize) -> Vec<u32> {
+    let vocab = info.vocab_size as u64;
+    let mut ids = vec![info.bos_token_id];
+    let mut x = 0x9E37_79B9_7F4A_7C15u64 ^ salt as u64;
+    while ids.len() < len {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        ids.push((300 + x % (vocab - 300)) as u32);
+    }
+    ids
+}
+
+fn mean(values: &[f64]) -> f64 {
+    if values.is_empty() {
+        0.0
+    } else {
+        values.iter().sum::<f64>() / values.len() as f64
+    }
+}
+
+/// Peak resident memory of this process (VmHWM), in MiB.
+fn peak_rss_mib() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kb| kb.parse::<f64>().ok())
+        })
+        .map_or(0.0, |kb| kb / 1024.0)
+}
+
+/// The `--linear-only` graph: the model's int4 matmuls and nothing else.
+struct Baseline {
+    session: Session,
+    hidden: usize,
+}
+
+impl Baseline {
+    fn load(
+        dir: &std::path::Path,
+        config: &Config,
+        options: &SessionOptions,
+    ) -> anyhow::Result<Self> {
+        let manifest: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(dir.join("manifest.json"))
+                .with_context(|| format!("baseline {} has no manifest.json", dir.display()))?,
+        )?;
+        let hidden = manifest["hidden_size"]
+            .as_u64()
+            .context("baseline manifest has no hidden_size")? as usize;
+        let session = open_session(&dir.join("model.onnx"), &config.runtime, options)?;
+        Ok(Self { session, hidden })
+    }
+
+    /// Mean time of one pass over `batch` tokens (one decode step's worth of matmuls).
+    fn step_time(&mut self, batch: usize) -> anyhow::Result<Duration> {
+        let runs = 12;
+        let mut total = Duration::ZERO;
+        for i in 0..runs + 2 {
+            let x = Tensor::<f32>::from_array((
+                [batch, 1, self.hidden],
+                vec![0.01f32; batch * self.hidden],
+            ))?;
+            let started = Instant::now();
+            self.session.run(ort::inputs!["x" => x])?;
+            if i >= 2 {
+                total += started.elapsed();
+            }
+        }
+        Ok(total / runs)
+    }
+}
+
+impl BenchReport {
+    /// The human-readable table.
+    pub fn print_table(&self) {
+        println!(
+            "model: {} | threads/worker {} | spin {} | prompt {} tokens | {} new tokens",
+            self.model,
+            self.threads_per_worker,
+            self.spin_threads,
+            self.prompt_tokens,
+            self.new_tokens
+        );
+        println!(
+            "{:>5} {:>11} {:>11} {:>11} {:>9} {:>8} {:>9} {:>9} {:>10} {:>8}",
+            "conc",
+            "agg tok/s",
+            "stream t/s",
+            "prefill t/s",
+            "step ms",
+            "outside",
+            "TTFT ms",
+            "RSS MiB",
+            "base ms",
+            "eng/base"
+        );
+        for l in &self.levels {
+            println!(
+                "{:>5} {:>11.1} {:>11.1} {:>11.1} {:>9.1} {:>7.1}% {:>9.0} {:>9.0} {:>10} {:>8}",
+                l.concurrency,
+                l.aggregate_decode_tokens_per_s,
+                l.per_stream_decode_tokens_per_s,
+                l.prefill_tokens_per_s,
+                l.mean_decode_step_ms,
+                l.outside_session_run_share * 100.0,
+                l.mean_time_to_first_token_ms,
+                l.peak_rss_mib,
+                l.baseline_step_ms.map_or("-".into(), |v| format!("{v:.1}")),
+                l.engine_over_baseline
+                    .map_or("-".into(), |v| format!("{v:.2}")),
+            );
+        }
+    }
+}
