@@ -1,24 +1,24 @@
 //! The inference pool: N supervised workers, each driving one [`Engine`] on its own thread,
 //! behind one cheap, cloneable [`InferenceHandle`] that HTTP handlers keep.
 //!
-//! - [`pool`]: [`InferencePool::start`] spawns the workers; [`InferenceHandle`] submits and
+//! - `pool`: [`InferencePool::start`] spawns the workers; [`InferenceHandle`] submits and
 //!   reports readiness and [`PoolStatus`] for `/readyz` and `/metrics`.
-//! - [`router`]: admission (a bounded in-flight budget, refused at once when full) and the
+//! - `router`: admission (a bounded in-flight budget, refused at once when full) and the
 //!   choice of the least-loaded live worker, from shared atomics (no actor round trip).
-//! - [`worker`]: the supervised actor per worker; it forwards `Submit` to its engine thread
+//! - `worker`: the supervised actor per worker; it forwards `Submit` to its engine thread
 //!   and restarts it (fresh engine from the factory) after a crash or a failed load.
 //! - `thread`: the blocking loop on the worker's own named thread: submit, step, repeat.
-//! - [`stream`]: [`ResponseStream`], one request's events; it carries the admission permit,
+//! - `stream`: [`ResponseStream`], one request's events; it carries the admission permit,
 //!   so dropping it (client gone) frees capacity and the engine cancels the sequence.
 //!
 //! Errors are [`InferError`]; each has a stable [`InferError::code`] from which HTTP bodies
 //! and metric labels both derive.
 
-pub mod pool;
-pub mod router;
-pub mod stream;
+mod pool;
+mod router;
+mod stream;
 mod thread;
-pub mod worker;
+mod worker;
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -1,11 +1,11 @@
 //! [`Router`]: admission and worker choice for each new request, without waiting.
 //!
-//! Admission is a `try_acquire` on an owned semaphore permit sized workers × max_batch_size
-//! + max_queue: when none is left the request is refused at once as `Overloaded` (429 with
-//! Retry-After), never queued behind an await. The worker is the live one with the fewest
-//! requests in flight, read from [`WorkerShared`] atomics the streams keep up to date, so a
-//! busy worker cannot delay routing. The request then travels to the worker actor as a
-//! `Submit` message, with its deadline set from `request_timeout_secs`.
+//! Admission is a `try_acquire` on an owned semaphore permit; the budget is
+//! `workers × max_batch_size + max_queue`. When none is left the request is refused at once
+//! as `Overloaded` (429 with Retry-After), never queued behind an await. The worker is the
+//! live one with the fewest requests in flight, read from [`WorkerShared`] atomics the
+//! streams keep up to date, so a busy worker cannot delay routing. The request then travels
+//! to the worker actor as a `Submit` message, its deadline set from `request_timeout_secs`.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;

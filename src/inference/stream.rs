@@ -1,7 +1,7 @@
 //! [`ResponseStream`]: one admitted request's events, as the HTTP layer consumes them.
 //!
 //! The stream owns the request's admission permit and its share of the worker's load, in a
-//! [`Slot`] released as soon as the stream ends or is dropped. Dropping it also drops the
+//! `Slot` released as soon as the stream ends or is dropped. Dropping it also drops the
 //! receiver, which the engine sees as a cancellation at its next step. Engine events map
 //! onto `Result<StreamEvent, InferError>`; a bad ending is `WorkerRestarted` when the
 //! worker went down since submission, else `Generation` or `Incomplete`.

@@ -8,7 +8,7 @@
 
 use std::any::Any;
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::mpsc::{Receiver, TryRecvError};
+use std::sync::mpsc::Receiver;
 use std::sync::Arc;
 
 use actix::WeakRecipient;
@@ -109,12 +109,9 @@ fn tick(engine: &mut dyn Engine, jobs: &Receiver<GenerationRequest>) -> Result<T
             Err(_) => return Ok(Tick::Closed),
         }
     }
-    loop {
-        match jobs.try_recv() {
-            Ok(request) => engine.submit(request),
-            // Disconnected with work left: finish it; the next idle `recv` ends the loop.
-            Err(TryRecvError::Empty | TryRecvError::Disconnected) => break,
-        }
+    // A disconnected channel with work left: finish it; the next idle `recv` ends the loop.
+    while let Ok(request) = jobs.try_recv() {
+        engine.submit(request);
     }
     engine.step()?;
     Ok(Tick::Continue)

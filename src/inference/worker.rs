@@ -3,7 +3,7 @@
 //!
 //! The actor never runs the model. Each (re)start creates a job channel and spawns a named
 //! std thread (`inference-worker-N`) that builds the engine with the factory and drives it;
-//! the actor forwards `Submit` into that channel and hears back through [`ThreadReport`].
+//! the actor forwards `Submit` into that channel and hears back through `ThreadReport`.
 //! When the thread reports it went down (panic, failed step, failed load) the actor stops
 //! and the actix `Supervisor` restarts it on the same address, so handles stay valid: the
 //! new start waits `restart_delay_ms` after a crash, or a growing backoff after failed loads.
@@ -26,7 +26,7 @@ const MIN_LOAD_RETRY: Duration = Duration::from_millis(100);
 const MAX_LOAD_RETRY: Duration = Duration::from_secs(30);
 
 /// Name of worker `index`'s engine thread (seen in logs, profilers and tests).
-pub fn thread_name(index: usize) -> String {
+fn thread_name(index: usize) -> String {
     format!("inference-worker-{index}")
 }
 
@@ -103,7 +103,9 @@ impl WorkerShared {
         self.in_flight.fetch_sub(1, Ordering::Relaxed);
     }
 
+    /// An engine loaded: clear the last error, then take requests.
     pub(super) fn mark_live(&self) {
+        self.set_last_error(None);
         self.live.store(true, Ordering::SeqCst);
     }
 
@@ -249,7 +251,6 @@ impl Handler<ThreadReport> for WorkerActor {
         match report {
             ThreadReport::Ready => {
                 self.load_failures = 0;
-                self.shared.set_last_error(None);
                 tracing::info!(worker = self.index, "inference worker ready");
             }
             ThreadReport::Down { kind, reason } => self.went_down(kind, reason, ctx),
