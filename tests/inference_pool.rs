@@ -70,6 +70,14 @@ async fn next(stream: &mut ResponseStream) -> Result<StreamEvent, InferError> {
         .expect("stream ended without an error or Done")
 }
 
+#[test]
+fn the_handle_and_streams_can_cross_threads() {
+    fn send_sync_clone<T: Send + Sync + Clone + 'static>() {}
+    fn send<T: Send + 'static>() {}
+    send_sync_clone::<InferenceHandle>();
+    send::<ResponseStream>();
+}
+
 #[actix_web::test]
 async fn tokens_stream_in_order_and_steps_run_on_named_worker_threads() {
     let control = FakeControl::default();

@@ -25,6 +25,9 @@ impl InferencePool {
     /// Starts `config.workers` supervised workers on the current actix system and returns
     /// the handle. Call once, inside the system and before `HttpServer::new`, then clone
     /// the handle into each HTTP worker. The workers live while any handle does.
+    ///
+    /// # Panics
+    /// Outside an actix system (the supervisors are spawned on the current one).
     pub fn start(config: &InferenceConfig, factory: EngineFactory) -> InferenceHandle {
         let restart_delay = Duration::from_millis(config.restart_delay_ms);
         let routes = (0..config.workers)

@@ -92,7 +92,8 @@ impl Router {
             id: self.next_id.fetch_add(1, Ordering::Relaxed),
             prompt_ids,
             params,
-            deadline: Some(received_at + self.request_timeout),
+            // `None` only if the timeout is too large to add to a clock reading.
+            deadline: received_at.checked_add(self.request_timeout),
             received_at,
             events,
         };

@@ -182,10 +182,19 @@ impl WorkerActor {
         match kind {
             DownKind::LoadFailed => {
                 self.load_failures = self.load_failures.saturating_add(1);
-                tracing::error!(worker = self.index, failures = self.load_failures, %reason, "inference worker could not load its engine");
+                tracing::error!(
+                    worker = self.index,
+                    failures = self.load_failures,
+                    %reason,
+                    "inference worker could not load its engine"
+                );
             }
             DownKind::Crashed => {
-                tracing::error!(worker = self.index, %reason, "inference worker crashed; in-flight requests failed");
+                tracing::error!(
+                    worker = self.index,
+                    %reason,
+                    "inference worker crashed; in-flight requests failed"
+                );
             }
         }
         self.shared.set_last_error(Some(reason));
