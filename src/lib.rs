@@ -7,9 +7,11 @@
 //! - [`runtime`]: finds and loads the ONNX Runtime shared library once per process.
 //! - [`engine`]: synchronous model code (no actix): tokenizer, ONNX session, generation.
 //! - [`trends`]: trend-cache actor refreshing upstream sources in the background; snapshots for handlers.
+//! - [`inference`]: supervised pool of engine workers on their own threads; admission, routing, response streams.
 
 pub mod bench;
 pub mod config;
 pub mod engine;
+pub mod inference;
 pub mod runtime;
 pub mod trends;

@@ -1,0 +1,113 @@
+//! The inference pool: N supervised workers, each driving one [`Engine`] on its own thread,
+//! behind one cheap, cloneable [`InferenceHandle`] that HTTP handlers keep.
+//!
+//! - `pool`: [`InferencePool::start`] spawns the workers; [`InferenceHandle`] submits and
+//!   reports readiness and [`PoolStatus`] for `/readyz` and `/metrics`.
+//! - `router`: admission (a bounded in-flight budget, refused at once when full) and the
+//!   choice of the least-loaded live worker, from shared atomics (no actor round trip).
+//! - `worker`: the supervised actor per worker; it forwards `Submit` to its engine thread
+//!   and restarts it (fresh engine from the factory) after a crash or a failed load.
+//! - `thread`: the blocking loop on the worker's own named thread: submit, step, repeat.
+//! - `stream`: [`ResponseStream`], one request's events; it carries the admission permit,
+//!   so dropping it (client gone) frees capacity and the engine cancels the sequence.
+//!
+//! Errors are [`InferError`]; each has a stable [`InferError::code`] from which HTTP bodies
+//! and metric labels both derive.
+
+mod pool;
+mod router;
+mod stream;
+mod thread;
+mod worker;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::engine::{Engine, EngineError, GenerationStats};
+
+pub use pool::{InferenceHandle, InferencePool, PoolStatus, WorkerStatus};
+pub use stream::ResponseStream;
+
+/// Builds one engine. Called on the worker's own thread, once per (re)start, so a slow model
+/// load never blocks an event loop and a crashed worker always gets a fresh engine.
+pub type EngineFactory = Arc<dyn Fn() -> Result<Box<dyn Engine>, EngineError> + Send + Sync>;
+
+/// What a [`ResponseStream`] yields on success.
+#[derive(Debug, Clone, PartialEq)]
+pub enum StreamEvent {
+    /// New text; may be empty while a multi-byte character or stop string is pending.
+    Token { token_id: u32, text: String },
+    /// The last event: why generation ended, token counts and stage timings.
+    Done(GenerationStats),
+}
+
+/// Why a request could not be served, or stopped before its end.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum InferError {
+    /// The in-flight budget (workers × max_batch_size + max_queue) is used up.
+    #[error("inference pool is overloaded; retry after {}s", retry_after.as_secs())]
+    Overloaded {
+        /// The hint for the Retry-After header (`inference.retry_after_secs`).
+        retry_after: Duration,
+    },
+    /// No worker has a loaded engine: still loading, or restarting after a failure.
+    #[error("no inference worker is ready: {reason}")]
+    NotReady { reason: String },
+    /// The worker serving the request crashed (or failed to load) while it was in flight.
+    #[error("the inference worker restarted while the request was in flight")]
+    WorkerRestarted,
+    /// The engine ended the request with an error event.
+    #[error("generation failed: {0}")]
+    Generation(String),
+    /// The event channel closed without a final event.
+    #[error("generation ended without a final event")]
+    Incomplete,
+}
+
+impl InferError {
+    /// Stable machine-readable name, used both as the HTTP error `code` and the metric label.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::Overloaded { .. } => "overloaded",
+            Self::NotReady { .. } => "not_ready",
+            Self::WorkerRestarted => "worker_restarted",
+            Self::Generation(_) => "generation_failed",
+            Self::Incomplete => "incomplete_generation",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codes_are_stable_and_distinct() {
+        let all = [
+            InferError::Overloaded {
+                retry_after: Duration::from_secs(1),
+            },
+            InferError::NotReady {
+                reason: "loading".into(),
+            },
+            InferError::WorkerRestarted,
+            InferError::Generation("boom".into()),
+            InferError::Incomplete,
+        ];
+        let codes: Vec<&str> = all.iter().map(InferError::code).collect();
+        assert_eq!(
+            codes,
+            [
+                "overloaded",
+                "not_ready",
+                "worker_restarted",
+                "generation_failed",
+                "incomplete_generation"
+            ]
+        );
+        assert_eq!(
+            all[0].to_string(),
+            "inference pool is overloaded; retry after 1s"
+        );
+    }
+}
