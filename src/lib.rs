@@ -6,6 +6,7 @@
 //! - [`config`]: one TOML file plus environment overrides, validated at start-up.
 //! - [`runtime`]: finds and loads the ONNX Runtime shared library once per process.
 //! - [`engine`]: synchronous model code (no actix): tokenizer, ONNX session, generation.
+//! - [`server`]: the actix-web server over the trend cache and the inference pool (`run`).
 //! - [`trends`]: trend-cache actor refreshing upstream sources in the background; snapshots for handlers.
 //! - [`inference`]: supervised pool of engine workers on their own threads; admission, routing, response streams.
 
@@ -14,4 +15,5 @@ pub mod config;
 pub mod engine;
 pub mod inference;
 pub mod runtime;
+pub mod server;
 pub mod trends;

@@ -23,6 +23,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run the HTTP service (address from `server.host` / `server.port`).
+    Serve,
     /// Measure the batching engine at several concurrency levels (decode tokens/s, step
     /// time, overhead outside ONNX Runtime, peak RSS).
     BenchEngine {
@@ -66,13 +68,14 @@ fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,ort=warn")),
         )
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
     let config = Config::load(cli.config.as_deref())?;
     match cli.command {
+        Command::Serve => serve(config),
         Command::Generate {
             model,
             prompt,
@@ -109,6 +112,16 @@ fn main() -> anyhow::Result<()> {
         }
         Command::Trends { json } => trendstory::trends::cli::run(&config.trends, json),
     }
+}
+
+/// `trendstory serve`: checks the set-up, binds, and runs until stopped.
+fn serve(config: Config) -> anyhow::Result<()> {
+    trendstory::server::preflight(&config)?;
+    let address = (config.server.host.clone(), config.server.port);
+    let listener = std::net::TcpListener::bind((address.0.as_str(), address.1))
+        .with_context(|| format!("cannot listen on {}:{}", address.0, address.1))?;
+    actix_web::rt::System::new().block_on(trendstory::server::run(config, listener))?;
+    Ok(())
 }
 
 /// `trendstory generate`: one prompt, greedy, with prefill and decode speed.

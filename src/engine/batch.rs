@@ -117,6 +117,20 @@ impl BatchEngine {
         }
     }
 
+    /// Loads the model folder `dir` and builds an engine with the configured limits and
+    /// session threads.
+    pub fn load(
+        dir: &std::path::Path,
+        runtime: &crate::config::RuntimeConfig,
+        config: &InferenceConfig,
+    ) -> Result<Self, EngineError> {
+        let info = super::ModelInfo::load(dir)?;
+        let tokenizer = Arc::new(TextTokenizer::load(&info.tokenizer_path(), &info)?);
+        let options = super::SessionOptions::from_config(config);
+        let model = OnnxModel::load(&info, runtime, &options)?;
+        Ok(Self::new(model, tokenizer, EngineLimits::from(config)))
+    }
+
     pub fn stats(&self) -> EngineStats {
         self.stats
     }

@@ -23,7 +23,8 @@ mod worker;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::engine::{Engine, EngineError, GenerationStats};
+use crate::config::Config;
+use crate::engine::{BatchEngine, Engine, EngineError, GenerationStats};
 
 pub use pool::{InferenceHandle, InferencePool, PoolStatus, WorkerStatus};
 pub use stream::ResponseStream;
@@ -31,6 +32,18 @@ pub use stream::ResponseStream;
 /// Builds one engine. Called on the worker's own thread, once per (re)start, so a slow model
 /// load never blocks an event loop and a crashed worker always gets a fresh engine.
 pub type EngineFactory = Arc<dyn Fn() -> Result<Box<dyn Engine>, EngineError> + Send + Sync>;
+
+/// The production factory: each worker loads `config.model.dir` into a [`BatchEngine`]
+/// with the configured limits and threads.
+pub fn model_factory(config: &Config) -> EngineFactory {
+    let dir = config.model.dir.clone();
+    let runtime = config.runtime.clone();
+    let inference = config.inference.clone();
+    Arc::new(move || {
+        let engine = BatchEngine::load(&dir, &runtime, &inference)?;
+        Ok(Box::new(engine) as Box<dyn Engine>)
+    })
+}
 
 /// What a [`ResponseStream`] yields on success.
 #[derive(Debug, Clone, PartialEq)]

@@ -1,0 +1,67 @@
+//! The real server on 127.0.0.1 through the same `server::run` as `main`: liveness at once,
+//! readiness once the model is loaded.
+
+mod common;
+
+use std::time::Duration;
+
+use trendstory::config::{Config, InferenceConfig, ModelConfig};
+
+async fn get(client: &awc::Client, url: &str) -> (u16, serde_json::Value) {
+    let mut response = client.get(url).send().await.expect("request");
+    let body = response.json::<serde_json::Value>().await.expect("json body");
+    (response.status().as_u16(), body)
+}
+
+#[actix_web::test]
+async fn healthz_at_once_and_readyz_once_loaded() {
+    let dir = common::required_model(common::TINY);
+    let config = Config {
+        model: ModelConfig { dir },
+        runtime: common::runtime(),
+        inference: InferenceConfig {
+            threads_per_worker: 1,
+            ..InferenceConfig::default()
+        },
+        ..Config::default()
+    };
+    trendstory::server::preflight(&config).expect("preflight");
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    actix_web::rt::spawn(trendstory::server::run(config, listener));
+    let client = awc::Client::default();
+
+    let (status, body) = get(&client, &format!("{base}/healthz")).await;
+    assert_eq!(status, 200);
+    assert_eq!(body["status"], "ok");
+
+    let ready = tokio::time::timeout(Duration::from_secs(60), async {
+        loop {
+            let (status, body) = get(&client, &format!("{base}/readyz")).await;
+            if status == 200 {
+                return body;
+            }
+            assert_eq!(status, 503, "not ready yet is 503: {body}");
+            assert_eq!(body["ready"], false);
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("ready within a minute");
+    assert_eq!(ready["ready"], true);
+    assert!(ready["trends"].as_u64().unwrap() > 0, "{ready}");
+    assert_eq!(ready["inference"]["workers_up"], 1);
+}
+
+#[test]
+fn preflight_names_a_missing_model() {
+    let config = Config {
+        model: ModelConfig {
+            dir: "onnx/no-model-here".into(),
+        },
+        runtime: common::runtime(),
+        ..Config::default()
+    };
+    let err = trendstory::server::preflight(&config).unwrap_err().to_string();
+    assert!(err.contains("no-model-here"), "{err}");
+}
