@@ -36,6 +36,8 @@ pub struct LevelReport {
     pub prefill_tokens_per_s: f64,
     pub mean_decode_step_ms: f64,
     pub outside_session_run_share: f64,
+    /// Share of step time spent copying KV rows when sequences join or leave the batch.
+    pub kv_rebuild_share: f64,
     pub mean_time_to_first_token_ms: f64,
     pub peak_rss_mib: f64,
     /// Bare matmul graph, same batch size: ms per step, and engine step / baseline step.
@@ -84,6 +86,12 @@ pub fn run(config: &Config, options: &BenchOptions) -> anyhow::Result<BenchRepor
 
     let mut levels = Vec::new();
     for &concurrency in &options.concurrency {
+        // The baseline is timed right before and right after the engine, and averaged, so
+        // both see the same machine load as closely as a shared machine allows.
+        let before = match baseline.as_mut() {
+            Some(b) => Some(b.step_time(concurrency)?),
+            None => None,
+        };
         let mut level = run_level(
             &mut engine,
             &info,
@@ -91,8 +99,8 @@ pub fn run(config: &Config, options: &BenchOptions) -> anyhow::Result<BenchRepor
             options.prompt_tokens,
             options.new_tokens,
         )?;
-        if let Some(b) = baseline.as_mut() {
-            let step = b.step_time(concurrency)?;
+        if let (Some(b), Some(before)) = (baseline.as_mut(), before) {
+            let step = (before + b.step_time(concurrency)?) / 2;
             let ms = step.as_secs_f64() * 1e3;
             level.baseline_step_ms = Some(ms);
             level.engine_over_baseline = Some(level.mean_decode_step_ms / ms);
@@ -169,6 +177,7 @@ fn run_level(
         prefill_tokens_per_s: prefill_tokens / prefill_time,
         mean_decode_step_ms: decode_time / decode_steps * 1e3,
         outside_session_run_share: (step_time - run_time).max(0.0) / step_time,
+        kv_rebuild_share: (after.rebuild_time - before.rebuild_time).as_secs_f64() / step_time,
         mean_time_to_first_token_ms: mean(
             &ttft
                 .iter()
@@ -242,7 +251,7 @@ impl Baseline {
 
     /// Mean time of one pass over `batch` tokens (one decode step's worth of matmuls).
     fn step_time(&mut self, batch: usize) -> anyhow::Result<Duration> {
-        let runs = 12;
+        let runs = 16;
         let mut total = Duration::ZERO;
         for i in 0..runs + 2 {
             let x = Tensor::<f32>::from_array((
@@ -285,13 +294,14 @@ impl BenchReport {
         );
         for l in &self.levels {
             println!(
-                "{:>5} {:>11.1} {:>11.1} {:>11.1} {:>9.1} {:>7.1}% {:>9.0} {:>9.0} {:>10} {:>8}",
+                "{:>5} {:>11.1} {:>11.1} {:>11.1} {:>9.1} {:>7.1}% {:>7.2}% {:>9.0} {:>9.0} {:>10} {:>8}",
                 l.concurrency,
                 l.aggregate_decode_tokens_per_s,
                 l.per_stream_decode_tokens_per_s,
                 l.prefill_tokens_per_s,
                 l.mean_decode_step_ms,
                 l.outside_session_run_share * 100.0,
+                l.kv_rebuild_share * 100.0,
                 l.mean_time_to_first_token_ms,
                 l.peak_rss_mib,
                 l.baseline_step_ms.map_or("-".into(), |v| format!("{v:.1}")),

@@ -9,7 +9,10 @@ use trendstory::config::{Config, InferenceConfig, ModelConfig};
 
 async fn get(client: &awc::Client, url: &str) -> (u16, serde_json::Value) {
     let mut response = client.get(url).send().await.expect("request");
-    let body = response.json::<serde_json::Value>().await.expect("json body");
+    let body = response
+        .json::<serde_json::Value>()
+        .await
+        .expect("json body");
     (response.status().as_u16(), body)
 }
 
@@ -62,6 +65,8 @@ fn preflight_names_a_missing_model() {
         runtime: common::runtime(),
         ..Config::default()
     };
-    let err = trendstory::server::preflight(&config).unwrap_err().to_string();
+    let err = trendstory::server::preflight(&config)
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("no-model-here"), "{err}");
 }
