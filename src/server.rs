@@ -33,6 +33,10 @@ pub fn preflight(config: &Config) -> anyhow::Result<ModelInfo> {
 /// Runs the server until it is stopped (SIGINT/SIGTERM: actix stops accepting and lets
 /// requests in flight finish).
 pub async fn run(config: Config, listener: TcpListener) -> std::io::Result<()> {
+    // Shown by /readyz; a random-weights model says so in its id.
+    let model_id = ModelInfo::load(&config.model.dir)
+        .map(|info| info.model_id)
+        .unwrap_or_else(|e| format!("unavailable: {e}"));
     let trends = TrendsActor::start(config.trends.clone());
     let pool = InferencePool::start(&config.inference, model_factory(&config));
     tracing::info!(address = %listener.local_addr()?, model = %config.model.dir.display(), "listening");
@@ -41,6 +45,7 @@ pub async fn run(config: Config, listener: TcpListener) -> std::io::Result<()> {
             .wrap(TracingLogger::default())
             .app_data(web::Data::new(trends.clone()))
             .app_data(web::Data::new(pool.clone()))
+            .app_data(web::Data::new(ModelId(model_id.clone())))
             .route("/healthz", web::get().to(healthz))
             .route("/readyz", web::get().to(readyz))
     })
@@ -49,18 +54,26 @@ pub async fn run(config: Config, listener: TcpListener) -> std::io::Result<()> {
     .await
 }
 
+/// The served model's display id.
+struct ModelId(String);
+
 /// Liveness: the process answers.
 async fn healthz() -> HttpResponse {
     HttpResponse::Ok().json(json!({ "status": "ok" }))
 }
 
 /// Readiness: an inference worker has its model loaded and trends are present.
-async fn readyz(pool: web::Data<InferenceHandle>, trends: web::Data<TrendsHandle>) -> HttpResponse {
+async fn readyz(
+    pool: web::Data<InferenceHandle>,
+    trends: web::Data<TrendsHandle>,
+    model: web::Data<ModelId>,
+) -> HttpResponse {
     let status = pool.status();
     let snapshot = trends.snapshot();
     let ready = pool.ready() && !snapshot.trends.is_empty();
     let body = json!({
         "ready": ready,
+        "model": model.0,
         "inference": status,
         "trends": snapshot.trends.len(),
     });

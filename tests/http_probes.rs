@@ -54,6 +54,11 @@ async fn healthz_at_once_and_readyz_once_loaded() {
     assert_eq!(ready["ready"], true);
     assert!(ready["trends"].as_u64().unwrap() > 0, "{ready}");
     assert_eq!(ready["inference"]["workers_up"], 1);
+    let model = ready["model"].as_str().unwrap();
+    assert!(
+        model.contains("random weights"),
+        "the tiny model is random: {model}"
+    );
 }
 
 #[test]
