@@ -36,7 +36,7 @@ from pathlib import Path
 
 import numpy as np
 
-EXPORTER_VERSION = 1
+EXPORTER_VERSION = 2
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SHARED_DIR = REPO_ROOT.parent / "shared"
 SHARED_TINYLLAMA_CONFIG = SHARED_DIR / "models" / "tinyllama-1.1b-chat-v1.0"
@@ -317,14 +317,22 @@ class GraphBuilder:
 
 
 class Linear:
-    """Emits one linear layer (int4 MatMulNBits or fp32 MatMul)."""
+    """Emits one linear layer (int4 MatMulNBits or fp32 MatMul).
+
+    Several HF weights that read the same input (q/k/v, gate/up) can be fused into one node:
+    their rows are concatenated, so the output is the concatenation of the separate outputs.
+    int4 quantization is per output row (blocks run along K), so quantizing the concatenated
+    matrix gives exactly the blocks, scales and nibbles of quantizing each weight alone.
+    """
 
     def __init__(self, g: GraphBuilder, precision: str, block_size: int, accuracy_level: int):
         self.g, self.precision = g, precision
         self.block_size, self.accuracy_level = block_size, accuracy_level
 
-    def __call__(self, x: str, w: np.ndarray, name: str) -> str:
+    def __call__(self, x: str, w, name: str) -> str:
         g = self.g
+        if isinstance(w, (list, tuple)):
+            w = np.concatenate(w, axis=0)
         n, k = w.shape
         if self.precision == "fp32":
             wt = g.init(f"{name}.weight_t", np.ascontiguousarray(w.T.astype(np.float32)))
@@ -360,13 +368,25 @@ def model_dims(cfg: dict) -> dict:
 
 def build_decoder(cfg: dict, weights: SafeTensorsDir, out_dir: Path, precision: str,
                   block_size: int, accuracy_level: int) -> None:
-    """Write out_dir/model.onnx (+ model.onnx.data) for a Llama decoder with past."""
+    """Write out_dir/model.onnx (+ model.onnx.data) for a Llama decoder with past.
+
+    On a small CPU a decode step is dominated by per-node dispatch overhead outside the int4
+    matmuls, so the graph is built from as few nodes as the contract allows, using the fused
+    ONNX Runtime ops directly instead of hoping the optimizer finds them:
+      - RMSNorm + residual add: (Skip)SimplifiedLayerNormalization, one node per norm;
+      - q/k/v and gate/up: one MatMulNBits each (rows concatenated, see Linear), then Split;
+      - RoPE: com.microsoft.RotaryEmbedding on [B, heads, S, hd] with the caller's
+        position_ids (so left padding keeps working);
+      - attention stays explicit (MatMul / Where / Softmax / MatMul) because the fused
+        attention ops assume right padding or equal q/kv head counts.
+    Per layer: 4 matmuls + 20 other nodes (was 7 + ~40 before fusion).
+    """
     import onnx
     from onnx import TensorProto, helper
 
     dm = model_dims(cfg)
-    L, H, I = dm["layers"], dm["hidden"], dm["inter"]
-    nh, kvh, hd, V, eps = dm["heads"], dm["kv_heads"], dm["head_dim"], dm["vocab"], dm["eps"]
+    L, V, eps = dm["layers"], dm["vocab"], dm["eps"]
+    nh, kvh, hd = dm["heads"], dm["kv_heads"], dm["head_dim"]
     if nh % kvh:
         raise SystemExit(f"error: num_attention_heads {nh} not a multiple of kv heads {kvh}")
     groups = nh // kvh
@@ -377,39 +397,134 @@ def build_decoder(cfg: dict, weights: SafeTensorsDir, out_dir: Path, precision: 
 
     g = GraphBuilder(out_dir / "model.onnx.data")
     lin = Linear(g, precision, block_size, accuracy_level)
+    W = weights.get_f32
 
-    def rms_norm(x, wname, name):
-        # Pow -> ReduceMean -> Add -> Sqrt -> Div -> Mul: the pattern ORT fuses into
-        # SimplifiedLayerNormalization, while staying plain ai.onnx for other runtimes.
-        w = g.init(f"{wname}", weights.get_f32(wname).astype(np.float32))
-        sq = g.op("Pow", [x, two], name=f"{name}/Pow")
-        mean = g.op("ReduceMean", [sq], name=f"{name}/ReduceMean", axes=[-1], keepdims=1)
-        var = g.op("Add", [mean, eps_c], name=f"{name}/Add")
-        std = g.op("Sqrt", [var], name=f"{name}/Sqrt")
-        normed = g.op("Div", [x, std], name=f"{name}/Div")
-        return g.op("Mul", [normed, w], name=f"{name}/Mul")
+    def norm(x, delta, wname, name):
+        """RMSNorm of the residual stream x (+ delta, the sublayer output not yet added).
 
-    def W(name):
-        return weights.get_f32(name)
+        Returns (normed, new residual stream). With a delta this is one
+        SkipSimplifiedLayerNormalization, whose 4th output is x + delta: the residual add
+        costs no node of its own."""
+        w = g.init(wname, W(wname).astype(np.float32))
+        if delta is None:
+            return g.op("SimplifiedLayerNormalization", [x, w], name=f"{name}/SimplifiedLayerNorm",
+                        axis=-1, epsilon=eps, stash_type=1), x
+        nm = f"{name}/SkipSimplifiedLayerNorm"
+        normed, total = f"{nm}_out0", f"{nm}_sum"
+        g.nodes.append(helper.make_node(
+            "SkipSimplifiedLayerNormalization", [delta, x, w], [normed, "", "", total], name=nm,
+            domain=MS_DOMAIN, epsilon=eps))
+        g.op_counts["SkipSimplifiedLayerNormalization"] = \
+            g.op_counts.get("SkipSimplifiedLayerNormalization", 0) + 1
+        return normed, total
 
-    two = g.const_f32(2.0, "two")
-    eps_c = g.const_f32(eps, "eps")
-    qscale = g.const_f32(1.0 / math.sqrt(hd), "qscale")
     mask_value = g.const_f32(MASK_VALUE, "mask_value")
 
     # Embedding (float32 Gather).
     embed = g.init("model.embed_tokens.weight", W("model.embed_tokens.weight"))
     x = g.op("Gather", [embed, "input_ids"], name="embed/Gather", axis=0)
 
-    # RoPE tables gathered by position_ids: [B, 1, S, hd/2].
+    # RoPE caches [max_pos, hd/2]; RotaryEmbedding looks rows up by position_ids itself.
     cos_t, sin_t = rope_tables(cfg, hd)
-    cos_i = g.init("rope.cos", cos_t)
-    sin_i = g.init("rope.sin", sin_t)
-    ax1 = g.const_i64([1], "axes1")
-    cos = g.op("Unsqueeze", [g.op("Gather", [cos_i, "position_ids"], axis=0), ax1], name="rope/cos")
-    sin = g.op("Unsqueeze", [g.op("Gather", [sin_i, "position_ids"], axis=0), ax1], name="rope/sin")
+    cos_cache = g.init("rope.cos", cos_t)
+    sin_cache = g.init("rope.sin", sin_t)
 
-    # Attention mask [B, 1, groups*S, T]: causal (key j <= past + i) AND attention_mask[b, j].
+    mask = attention_mask_bool(g, groups)
+
+    shape_qkv = g.const_i64([0, 0, nh + 2 * kvh, hd], "shape_qkv")
+    split_qkv = g.const_i64([nh, kvh, kvh], "split_qkv")
+    shape_qg = g.const_i64([0, kvh, -1, hd], "shape_qg")
+    shape_heads = g.const_i64([0, nh, -1, hd], "shape_heads")
+    shape_hidden = g.const_i64([0, 0, nh * hd], "shape_hidden")
+    split_mlp = g.const_i64([dm["inter"], dm["inter"]], "split_mlp")
+
+    def attention(h, i, pk, pv):
+        """Self-attention of layer i on the normed input h [B, S, H]: returns the o_proj
+        output [B, S, H]; writes present.{i}.key|value."""
+        p = f"model.layers.{i}"
+        qkv = lin(h, [W(f"{p}.self_attn.{n}_proj.weight") for n in "qkv"], f"{p}.self_attn.qkv_proj")
+        # One Reshape + Transpose for all heads: [B, S, nh+2kvh, hd] -> [B, nh+2kvh, S, hd].
+        heads = g.op("Transpose", [g.op("Reshape", [qkv, shape_qkv], name=f"/{p}/qkv_reshape")],
+                     name=f"/{p}/qkv_t", perm=[0, 2, 1, 3])
+        q, k, v = g.op("Split", [heads, split_qkv], n_out=3, name=f"/{p}/qkv_split", axis=1)
+        # HF rotate_half RoPE (interleaved=0) on [B, N, S, hd], positions from the caller.
+        q = g.op("RotaryEmbedding", [q, "position_ids", cos_cache, sin_cache], domain=MS_DOMAIN,
+                 name=f"/{p}/q_rope", interleaved=0)
+        k = g.op("RotaryEmbedding", [k, "position_ids", cos_cache, sin_cache], domain=MS_DOMAIN,
+                 name=f"/{p}/k_rope", interleaved=0)
+        present_k, present_v = f"present.{i}.key", f"present.{i}.value"
+        g.nodes.append(helper.make_node("Concat", [pk, k], [present_k], name=f"/{p}/k_cat", axis=2))
+        g.nodes.append(helper.make_node("Concat", [pv, v], [present_v], name=f"/{p}/v_cat", axis=2))
+        # GQA without expanding K/V: head h uses kv head h // groups, so the nh query heads
+        # reshape to [B, kvh, groups*S, hd] and share one MatMul per kv head. The 1/sqrt(hd)
+        # scale and K's transpose ride on FusedMatMul.
+        qg = g.op("Reshape", [q, shape_qg], name=f"/{p}/q_group")
+        scores = g.op("FusedMatMul", [qg, present_k], domain=MS_DOMAIN, name=f"/{p}/scores",
+                      transB=1, alpha=1.0 / math.sqrt(hd))  # [B, kvh, groups*S, T]
+        scores = g.op("Where", [mask, scores, mask_value], name=f"/{p}/mask")
+        probs = g.op("Softmax", [scores], name=f"/{p}/softmax", axis=-1)
+        ctx = g.op("MatMul", [probs, present_v], name=f"/{p}/ctx")  # [B, kvh, groups*S, hd]
+        ctx = g.op("Reshape", [ctx, shape_heads], name=f"/{p}/ctx_heads")  # [B, nh, S, hd]
+        ctx = g.op("Transpose", [ctx], name=f"/{p}/ctx_t", perm=[0, 2, 1, 3])
+        ctx = g.op("Reshape", [ctx, shape_hidden], name=f"/{p}/ctx_merge")  # [B, S, H]
+        return lin(ctx, W(f"{p}.self_attn.o_proj.weight"), f"{p}.self_attn.o_proj")
+
+    def mlp(h, i):
+        """SwiGLU MLP: down(silu(gate(h)) * up(h)), gate and up as one matmul."""
+        p = f"model.layers.{i}"
+        gate_up = lin(h, [W(f"{p}.mlp.gate_proj.weight"), W(f"{p}.mlp.up_proj.weight")],
+                      f"{p}.mlp.gate_up_proj")
+        gate, up = g.op("Split", [gate_up, split_mlp], n_out=2, name=f"/{p}/mlp/split", axis=-1)
+        act = g.op("QuickGelu", [gate], domain=MS_DOMAIN, name=f"/{p}/mlp/silu", alpha=1.0)
+        return lin(g.op("Mul", [act, up], name=f"/{p}/mlp/mul"),
+                   W(f"{p}.mlp.down_proj.weight"), f"{p}.mlp.down_proj")
+
+    inputs = [
+        helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["batch_size", "sequence_length"]),
+        helper.make_tensor_value_info("attention_mask", TensorProto.INT64,
+                                      ["batch_size", "total_sequence_length"]),
+        helper.make_tensor_value_info("position_ids", TensorProto.INT64, ["batch_size", "sequence_length"]),
+    ]
+    outputs = [helper.make_tensor_value_info("logits", TensorProto.FLOAT,
+                                             ["batch_size", "sequence_length", V])]
+    present_outputs = []
+
+    delta = None  # the last sublayer's output, added to x by the next norm
+    for i in range(L):
+        p = f"model.layers.{i}"
+        pk, pv = f"past_key_values.{i}.key", f"past_key_values.{i}.value"
+        for nm in (pk, pv):
+            inputs.append(helper.make_tensor_value_info(
+                nm, TensorProto.FLOAT, ["batch_size", kvh, "past_sequence_length", hd]))
+        for nm in (f"present.{i}.key", f"present.{i}.value"):
+            present_outputs.append(helper.make_tensor_value_info(
+                nm, TensorProto.FLOAT, ["batch_size", kvh, "total_sequence_length", hd]))
+        h, x = norm(x, delta, f"{p}.input_layernorm.weight", f"/{p}/input_layernorm")
+        delta = attention(h, i, pk, pv)
+        h, x = norm(x, delta, f"{p}.post_attention_layernorm.weight", f"/{p}/post_attention_layernorm")
+        delta = mlp(h, i)
+        log(f"  layer {i + 1}/{L} done")
+
+    x, _ = norm(x, delta, "model.norm.weight", "/model/norm")
+    logits = lin(x, W(lm_head_name(cfg, weights)), "lm_head")
+    g.nodes.append(helper.make_node("Identity", [logits], ["logits"], name="logits"))
+    g.close()
+
+    graph = helper.make_graph(g.nodes, "trendstory_llama", inputs, outputs + present_outputs,
+                              initializer=g.inits)
+    opsets = [helper.make_opsetid("", OPSET), helper.make_opsetid(MS_DOMAIN, 1)]
+    model = helper.make_model(graph, opset_imports=opsets, producer_name="trendstory-export_onnx",
+                              producer_version=str(EXPORTER_VERSION))
+    model.ir_version = 8
+    onnx.save_model(model, str(out_dir / "model.onnx"))
+
+
+def attention_mask_bool(g: GraphBuilder, groups: int) -> str:
+    """Boolean mask [B, 1, groups*S, T]: causal (key j <= past + i) AND attention_mask[b, j].
+
+    Built once per step from the input shapes and shared by all layers. Query rows are laid out
+    [group, S] per kv head (see attention()), hence the Tile over groups."""
+    from onnx import TensorProto
     zero = g.const_i64(0, "zero")
     one = g.const_i64(1, "one")
     ids_shape = g.op("Shape", ["input_ids"], name="mask/ids_shape")
@@ -427,113 +542,24 @@ def build_decoder(cfg: dict, weights: SafeTensorsDir, out_dir: Path, precision: 
     pad = g.op("Unsqueeze", [pad, g.const_i64([1, 2], "axes12")], name="mask/pad")  # [B,1,1,T]
     mask = g.op("And", [causal, pad], name="mask/and")  # [B, 1, S, T]
     if groups > 1:
-        # Query rows are laid out [group, S] per kv head (see below): repeat the mask rows.
         mask = g.op("Tile", [mask, g.const_i64([1, 1, groups, 1], "tile")], name="mask/tile")
+    return mask
 
-    shape_q = g.const_i64([0, 0, nh, hd], "shape_q")
-    shape_kv = g.const_i64([0, 0, kvh, hd], "shape_kv")
-    shape_qg = g.const_i64([0, kvh, -1, hd], "shape_qg")
-    shape_heads = g.const_i64([0, nh, -1, hd], "shape_heads")
-    shape_hidden = g.const_i64([0, 0, nh * hd], "shape_hidden")
-    half = hd // 2
-    sl_s1, sl_e1 = g.const_i64([0], "s0"), g.const_i64([half], "e0")
-    sl_s2, sl_e2 = g.const_i64([half], "s1"), g.const_i64([hd], "e1")
-    sl_ax = g.const_i64([3], "ax3")
 
-    def rope(t, name):
-        x1 = g.op("Slice", [t, sl_s1, sl_e1, sl_ax], name=f"{name}/x1")
-        x2 = g.op("Slice", [t, sl_s2, sl_e2, sl_ax], name=f"{name}/x2")
-        a = g.op("Sub", [g.op("Mul", [x1, cos], name=f"{name}/x1c"),
-                         g.op("Mul", [x2, sin], name=f"{name}/x2s")], name=f"{name}/a")
-        b = g.op("Add", [g.op("Mul", [x2, cos], name=f"{name}/x2c"),
-                         g.op("Mul", [x1, sin], name=f"{name}/x1s")], name=f"{name}/b")
-        return g.op("Concat", [a, b], name=f"{name}/cat", axis=-1)
-
-    inputs = [
-        helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["batch_size", "sequence_length"]),
-        helper.make_tensor_value_info("attention_mask", TensorProto.INT64,
-                                      ["batch_size", "total_sequence_length"]),
-        helper.make_tensor_value_info("position_ids", TensorProto.INT64, ["batch_size", "sequence_length"]),
-    ]
-    outputs = [helper.make_tensor_value_info("logits", TensorProto.FLOAT,
-                                             ["batch_size", "sequence_length", V])]
-    present_outputs = []
-
-    for i in range(L):
-        p = f"model.layers.{i}"
-        pk, pv = f"past_key_values.{i}.key", f"past_key_values.{i}.value"
-        for nm in (pk, pv):
-            inputs.append(helper.make_tensor_value_info(
-                nm, TensorProto.FLOAT, ["batch_size", kvh, "past_sequence_length", hd]))
-        h = rms_norm(x, f"{p}.input_layernorm.weight", f"/{p}/input_layernorm")
-        q = lin(h, W(f"{p}.self_attn.q_proj.weight"), f"{p}.self_attn.q_proj")
-        k = lin(h, W(f"{p}.self_attn.k_proj.weight"), f"{p}.self_attn.k_proj")
-        v = lin(h, W(f"{p}.self_attn.v_proj.weight"), f"{p}.self_attn.v_proj")
-        q = g.op("Transpose", [g.op("Reshape", [q, shape_q], name=f"/{p}/q_reshape")],
-                 name=f"/{p}/q_t", perm=[0, 2, 1, 3])  # [B, nh, S, hd]
-        k = g.op("Transpose", [g.op("Reshape", [k, shape_kv], name=f"/{p}/k_reshape")],
-                 name=f"/{p}/k_t", perm=[0, 2, 1, 3])  # [B, kvh, S, hd]
-        v = g.op("Transpose", [g.op("Reshape", [v, shape_kv], name=f"/{p}/v_reshape")],
-                 name=f"/{p}/v_t", perm=[0, 2, 1, 3])
-        q = rope(q, f"/{p}/q_rope")
-        k = rope(k, f"/{p}/k_rope")
-        present_k, present_v = f"present.{i}.key", f"present.{i}.value"
-        g.nodes.append(helper.make_node("Concat", [pk, k], [present_k], name=f"/{p}/k_cat", axis=2))
-        g.nodes.append(helper.make_node("Concat", [pv, v], [present_v], name=f"/{p}/v_cat", axis=2))
-        for nm in (present_k, present_v):
-            present_outputs.append(helper.make_tensor_value_info(
-                nm, TensorProto.FLOAT, ["batch_size", kvh, "total_sequence_length", hd]))
-        # GQA without expanding K/V: head h uses kv head h // groups, so the nh query heads
-        # reshape to [B, kvh, groups*S, hd] and share one MatMul per kv head.
-        qs = g.op("Mul", [q, qscale], name=f"/{p}/q_scale")
-        qg = g.op("Reshape", [qs, shape_qg], name=f"/{p}/q_group")
-        kt = g.op("Transpose", [present_k], name=f"/{p}/k_T", perm=[0, 1, 3, 2])
-        scores = g.op("MatMul", [qg, kt], name=f"/{p}/scores")  # [B, kvh, groups*S, T]
-        scores = g.op("Where", [mask, scores, mask_value], name=f"/{p}/mask")
-        probs = g.op("Softmax", [scores], name=f"/{p}/softmax", axis=-1)
-        ctx = g.op("MatMul", [probs, present_v], name=f"/{p}/ctx")  # [B, kvh, groups*S, hd]
-        ctx = g.op("Reshape", [ctx, shape_heads], name=f"/{p}/ctx_heads")  # [B, nh, S, hd]
-        ctx = g.op("Transpose", [ctx], name=f"/{p}/ctx_t", perm=[0, 2, 1, 3])
-        ctx = g.op("Reshape", [ctx, shape_hidden], name=f"/{p}/ctx_merge")  # [B, S, H]
-        o = lin(ctx, W(f"{p}.self_attn.o_proj.weight"), f"{p}.self_attn.o_proj")
-        x = g.op("Add", [x, o], name=f"/{p}/attn_residual")
-        h2 = rms_norm(x, f"{p}.post_attention_layernorm.weight", f"/{p}/post_attention_layernorm")
-        gate = lin(h2, W(f"{p}.mlp.gate_proj.weight"), f"{p}.mlp.gate_proj")
-        up = lin(h2, W(f"{p}.mlp.up_proj.weight"), f"{p}.mlp.up_proj")
-        act = g.op("Mul", [gate, g.op("Sigmoid", [gate], name=f"/{p}/mlp/sigmoid")],
-                   name=f"/{p}/mlp/silu")
-        down = lin(g.op("Mul", [act, up], name=f"/{p}/mlp/mul"),
-                   W(f"{p}.mlp.down_proj.weight"), f"{p}.mlp.down_proj")
-        x = g.op("Add", [x, down], name=f"/{p}/mlp_residual")
-        log(f"  layer {i + 1}/{L} done")
-
-    x = rms_norm(x, "model.norm.weight", "/model/norm")
-    lm_name = "lm_head.weight"
-    if lm_name not in weights:
-        if not cfg.get("tie_word_embeddings", False):
-            raise SystemExit("error: lm_head.weight missing and tie_word_embeddings is false")
-        lm_name = "model.embed_tokens.weight"
-    logits = lin(x, W(lm_name), "lm_head")
-    g.nodes.append(helper.make_node("Identity", [logits], ["logits"], name="logits"))
-    g.close()
-
-    graph = helper.make_graph(g.nodes, "trendstory_llama", inputs, outputs + present_outputs,
-                              initializer=g.inits)
-    opsets = [helper.make_opsetid("", OPSET)]
-    if precision == "int4":
-        opsets.append(helper.make_opsetid(MS_DOMAIN, 1))
-    model = helper.make_model(graph, opset_imports=opsets, producer_name="trendstory-export_onnx",
-                              producer_version=str(EXPORTER_VERSION))
-    model.ir_version = 8
-    onnx.save_model(model, str(out_dir / "model.onnx"))
+def lm_head_name(cfg: dict, weights: SafeTensorsDir) -> str:
+    if "lm_head.weight" in weights:
+        return "lm_head.weight"
+    if not cfg.get("tie_word_embeddings", False):
+        raise SystemExit("error: lm_head.weight missing and tie_word_embeddings is false")
+    return "model.embed_tokens.weight"
 
 
 def build_linear_only(cfg: dict, weights: SafeTensorsDir, out_dir: Path, block_size: int,
                       accuracy_level: int) -> None:
-    """Benchmark baseline: only the model's int4 MatMulNBits layers, chained shape-consistently.
+    """Benchmark baseline: exactly the decoder's int4 MatMulNBits nodes, nothing else.
 
-    Per layer: q,k,v = x@{q,k,v}; a = o(q + pad/trim of k+v)... kept simple: k and v run (so
-    their cost is paid) and are folded in with a tiny Mul, then o, gate, up, down.
+    Per layer the same fused matmuls as build_decoder: qkv, o, gate_up, down. Only shape glue
+    in between: qkv's first H columns (Split) feed o; gate * up (Split, Mul) feeds down.
     """
     import onnx
     from onnx import TensorProto, helper
@@ -544,25 +570,20 @@ def build_linear_only(cfg: dict, weights: SafeTensorsDir, out_dir: Path, block_s
     g = GraphBuilder(out_dir / "model.onnx.data")
     lin = Linear(g, "int4", block_size, accuracy_level)
     W = weights.get_f32
+    split_qkv = g.const_i64([H, 2 * kv_dim], "split_qkv")
+    split_mlp = g.const_i64([dm["inter"], dm["inter"]], "split_mlp")
     x = "x"
-    tiny = g.const_f32(1e-3, "tiny")
-    reps = H // kv_dim if H % kv_dim == 0 else None
     for i in range(L):
         p = f"model.layers.{i}"
-        q = lin(x, W(f"{p}.self_attn.q_proj.weight"), f"{p}.self_attn.q_proj")
-        k = lin(x, W(f"{p}.self_attn.k_proj.weight"), f"{p}.self_attn.k_proj")
-        v = lin(x, W(f"{p}.self_attn.v_proj.weight"), f"{p}.self_attn.v_proj")
-        kv = g.op("Add", [k, v], name=f"/{p}/kv")  # [B, S, kv_dim]
-        if reps:
-            kv = g.op("Tile", [kv, g.const_i64([1, 1, reps], "reps")], name=f"/{p}/kv_tile")
-            q = g.op("Add", [q, g.op("Mul", [kv, tiny], name=f"/{p}/kv_small")], name=f"/{p}/qkv")
+        qkv = lin(x, [W(f"{p}.self_attn.{n}_proj.weight") for n in "qkv"], f"{p}.self_attn.qkv_proj")
+        q, _ = g.op("Split", [qkv, split_qkv], n_out=2, name=f"/{p}/qkv_split", axis=-1)
         a = lin(q, W(f"{p}.self_attn.o_proj.weight"), f"{p}.self_attn.o_proj")
-        gt = lin(a, W(f"{p}.mlp.gate_proj.weight"), f"{p}.mlp.gate_proj")
-        up = lin(a, W(f"{p}.mlp.up_proj.weight"), f"{p}.mlp.up_proj")
+        gate_up = lin(a, [W(f"{p}.mlp.gate_proj.weight"), W(f"{p}.mlp.up_proj.weight")],
+                      f"{p}.mlp.gate_up_proj")
+        gt, up = g.op("Split", [gate_up, split_mlp], n_out=2, name=f"/{p}/mlp/split", axis=-1)
         x = lin(g.op("Mul", [gt, up], name=f"/{p}/gu"), W(f"{p}.mlp.down_proj.weight"),
                 f"{p}.mlp.down_proj")
-    lm_name = "lm_head.weight" if "lm_head.weight" in weights else "model.embed_tokens.weight"
-    logits = lin(x, W(lm_name), "lm_head")
+    logits = lin(x, W(lm_head_name(cfg, weights)), "lm_head")
     g.nodes.append(helper.make_node("Identity", [logits], ["logits"], name="logits"))
     g.close()
     graph = helper.make_graph(
