@@ -781,6 +781,10 @@ TINY_CONFIG = {
 }
 
 
+# Written into a --random-init checkpoint folder; its presence marks the weights as random.
+RANDOM_WEIGHTS_MARKER = "RANDOM_WEIGHTS"
+
+
 def write_random_hf(preset: str, hf_dir: Path, dtype: str, seed: int, tokenizer_dir: Path | None):
     """Write a normal HF folder (config, model.safetensors, tokenizer files) with random weights."""
     hf_dir.mkdir(parents=True, exist_ok=True)
@@ -823,6 +827,9 @@ def write_random_hf(preset: str, hf_dir: Path, dtype: str, seed: int, tokenizer_
                       random_init_producer(cfg, preset, seed),
                       dtype="BF16" if dtype == "bf16" else "F32")
     log(f"wrote {hf_dir}/model.safetensors ({dtype}) in {time.time() - t0:.1f}s")
+    # Marks the checkpoint as noise, so a later --hf-dir export of it still says so.
+    (hf_dir / RANDOM_WEIGHTS_MARKER).write_text(
+        f"random-init:{preset} seed {seed}: random weights, every generated text is noise\n")
     return cfg
 
 
@@ -1058,7 +1065,7 @@ def main(argv=None) -> int:
         out = args.out
         hf_dir = args.hf_dir
         source = args.source or f"hf-dir:{hf_dir}"
-        random_weights = False
+        random_weights = (hf_dir / RANDOM_WEIGHTS_MARKER).exists()
         golden_default = 8
     golden = None if (args.no_golden or args.linear_only) else (args.golden_tokens or golden_default)
     export(hf_dir, out, source=source, random_weights=random_weights, precision=args.precision,

@@ -516,3 +516,18 @@ def test_hf_dir_sharded_f16_checkpoint(tmp_path, tiny_int4):
     b = E.run_full(E.make_session(tiny_int4 / "model.onnx"), cfg, np.array([ids]))[0]
     cos = (a * b).sum(-1) / np.linalg.norm(a, axis=-1) / np.linalg.norm(b, axis=-1)
     assert (cos > 0.99).all()
+
+
+def test_hf_dir_export_of_a_random_checkpoint_says_random(tmp_path, tiny_int4):
+    """A --random-init checkpoint re-exported with --hf-dir (e.g. at another block size) is
+    still marked random, so the server keeps warning that its text is noise."""
+    import contextlib
+    import io
+    assert (tiny_int4 / "hf" / E.RANDOM_WEIGHTS_MARKER).exists()
+    out = tmp_path / "b128"
+    with contextlib.redirect_stderr(io.StringIO()):
+        assert E.main(["--hf-dir", str(tiny_int4 / "hf"), "--out", str(out), "--block-size", "128",
+                       "--no-golden"]) == 0
+    man = json.loads((out / "manifest.json").read_text())
+    assert man["random_weights"] is True
+    assert man["quantization"]["block_size"] == 128
