@@ -138,8 +138,9 @@ fn assert_golden(out: &mut Output, expected: &[u32], what: &str) {
     assert!(stats.time_to_first_token.is_some());
 }
 
+/// One request at a time: golden ids, and the streamed deltas add up to the decoded text.
 #[test]
-fn one_by_one_matches_golden() {
+fn one_by_one_matches_golden_and_streams_the_decoded_text() {
     let dir = common::required_model(common::TINY);
     let golden = common::golden(&dir);
     let mut h = Harness::new(&dir, limits());
@@ -147,6 +148,17 @@ fn one_by_one_matches_golden() {
         let mut out = h.submit(p.input_ids.clone(), greedy(golden.max_new_tokens));
         h.run_until_idle();
         assert_golden(&mut out, &p.output_ids, &p.text);
+        let tokens: Vec<u32> = out.tokens.iter().copied().filter(|&t| t != 2).collect();
+        let mut all = p.input_ids.clone();
+        all.extend(&tokens);
+        let whole = h.tokenizer.decode(&all).unwrap();
+        let prompt_text = h.tokenizer.decode(&p.input_ids).unwrap();
+        assert_eq!(
+            out.text.trim_start(),
+            whole[prompt_text.len()..].trim_start(),
+            "prompt {:?}",
+            p.text
+        );
     }
 }
 
@@ -277,29 +289,6 @@ fn stop_string_ends_the_text_before_it() {
     h.run_until_idle();
     assert_eq!(out.finish_reason(), FinishReason::Stop);
     assert_eq!(out.text, expected, "stop {stop:?} in {text:?}");
-}
-
-#[test]
-fn streamed_text_equals_decoded_text() {
-    let dir = common::required_model(common::TINY);
-    let golden = common::golden(&dir);
-    let mut h = Harness::new(&dir, limits());
-    for p in &golden.prompts {
-        let mut out = h.submit(p.input_ids.clone(), greedy(golden.max_new_tokens));
-        h.run_until_idle();
-        out.drain();
-        let tokens: Vec<u32> = out.tokens.iter().copied().filter(|&t| t != 2).collect();
-        let mut all = p.input_ids.clone();
-        all.extend(&tokens);
-        let whole = h.tokenizer.decode(&all).unwrap();
-        let prompt_text = h.tokenizer.decode(&p.input_ids).unwrap();
-        assert_eq!(
-            out.text.trim_start(),
-            whole[prompt_text.len()..].trim_start(),
-            "prompt {:?}",
-            p.text
-        );
-    }
 }
 
 #[test]

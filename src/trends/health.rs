@@ -193,35 +193,23 @@ mod tests {
     #[test]
     fn backoff_doubles_and_caps() {
         let mut h = SourceHealth::new(SourceKind::Reddit, true);
+        let no_breaker = FetchConfig {
+            breaker_threshold: 99,
+            ..policy()
+        };
+        let fail_once = |h: &mut SourceHealth| {
+            h.record_failure(t(0), &boom(), Duration::ZERO, &no_breaker, 1.0);
+            h.next_attempt_at
+        };
         let waits: Vec<u64> = (0..4)
             .map(|_| {
-                h.record_failure(
-                    t(0),
-                    &boom(),
-                    Duration::ZERO,
-                    &FetchConfig {
-                        breaker_threshold: 99,
-                        ..policy()
-                    },
-                    1.0,
-                );
-                h.next_attempt_at
+                fail_once(&mut h)
                     .map(|at| at.duration_since(t(0)).map(|d| d.as_secs()).unwrap_or(0))
                     .unwrap_or(0)
             })
             .collect();
         assert_eq!(waits, vec![10, 20, 40, 80]);
-        h.record_failure(
-            t(0),
-            &boom(),
-            Duration::ZERO,
-            &FetchConfig {
-                breaker_threshold: 99,
-                ..policy()
-            },
-            1.0,
-        );
-        assert_eq!(h.next_attempt_at, Some(t(100)));
+        assert_eq!(fail_once(&mut h), Some(t(100)));
     }
 
     #[test]
