@@ -66,10 +66,10 @@ fn tiny_tokenizer_deltas_concatenate() {
 }
 
 #[test]
-fn llama2_tokenizer_deltas_concatenate() {
+fn needs_shared_llama2_tokenizer_deltas_concatenate() {
     if let Some(dir) = common::shared_model(
         common::TINY_LLAMA_TOKENIZER,
-        "llama2_tokenizer_deltas_concatenate",
+        "needs_shared_llama2_tokenizer_deltas_concatenate",
     ) {
         deltas_concatenate_to_decoded_text(&dir);
     }

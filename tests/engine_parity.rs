@@ -68,10 +68,10 @@ fn tiny_left_padded_batch_matches_golden() {
 }
 
 #[test]
-fn llama2_tokenizer_model_matches_golden() {
+fn needs_shared_llama2_tokenizer_model_matches_golden() {
     let Some(dir) = common::shared_model(
         common::TINY_LLAMA_TOKENIZER,
-        "llama2_tokenizer_model_matches_golden",
+        "needs_shared_llama2_tokenizer_model_matches_golden",
     ) else {
         return;
     };

@@ -34,7 +34,10 @@ pub fn shared_model(relative: &str, test: &str) -> Option<PathBuf> {
     if dir.join("manifest.json").is_file() {
         return Some(dir);
     }
-    eprintln!(
+    // Straight to stderr, past the test harness's capture, so CI logs show the skip.
+    use std::io::Write;
+    let _ = writeln!(
+        std::io::stderr(),
         "SKIPPED {test}: {} is absent (it needs ../shared/models/llama2-tokenizer; ./scripts/test.sh builds it when ../shared exists)",
         dir.display()
     );

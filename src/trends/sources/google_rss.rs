@@ -201,7 +201,7 @@ mod tests {
     }
 
     #[test]
-    fn accepts_recorded_payload() {
+    fn needs_shared_recorded_payload_is_accepted() {
         let Some(bytes) = shared_recording("google_trends__rss_geo-GB_2026-02-02.xml") else {
             return;
         };

@@ -138,7 +138,7 @@ mod tests {
     }
 
     #[test]
-    fn accepts_recorded_payloads() {
+    fn needs_shared_recorded_payloads_are_accepted() {
         if let Some(bytes) = shared_recording("hn__topstories_2023-08.json") {
             let ids = parse_top_ids(&bytes).unwrap();
             assert_eq!(ids.len(), 500);

@@ -86,7 +86,10 @@ pub(crate) fn shared_recording(name: &str) -> Option<Vec<u8>> {
     match std::fs::read(&path) {
         Ok(bytes) => Some(bytes),
         Err(e) => {
-            eprintln!(
+            // Straight to stderr, past the test harness's capture, so CI logs show the skip.
+            use std::io::Write;
+            let _ = writeln!(
+                std::io::stderr(),
                 "SKIPPED: recorded payload {} not available ({e})",
                 path.display()
             );

@@ -110,7 +110,7 @@ mod tests {
     }
 
     #[test]
-    fn accepts_recorded_payload() {
+    fn needs_shared_recorded_payload_is_accepted() {
         let Some(bytes) = shared_recording("reddit__r_askreddit_hot_100.json") else {
             return;
         };

@@ -188,7 +188,7 @@ mod tests {
     }
 
     #[test]
-    fn accepts_recorded_payload() {
+    fn needs_shared_recorded_payload_is_accepted() {
         let Some(bytes) = shared_recording("wikimedia__featured_feed_full_2017-02.json") else {
             return;
         };
