@@ -245,3 +245,87 @@ fn describe(error: figment::Error) -> ConfigError {
         .collect();
     ConfigError::Load(parts.join("; "))
 }
+
+#[cfg(test)]
+// figment's `Jail` closures must return its (large) `figment::Error`.
+#[allow(clippy::result_large_err)]
+mod tests {
+    use super::*;
+    use figment::Jail;
+
+    fn load_in(jail: &Jail, file: Option<&str>) -> Result<Config, ConfigError> {
+        Config::load(file.map(|f| jail.directory().join(f)).as_deref())
+    }
+
+    #[test]
+    fn defaults_are_valid_and_offline() {
+        Jail::expect_with(|jail| {
+            let config = load_in(jail, None).expect("defaults load");
+            assert_eq!(config.server.port, 8080);
+            assert!(!config.trends.sources.hackernews.enabled);
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn the_example_file_loads() {
+        let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("trendstory.example.toml");
+        Jail::expect_with(|_| {
+            let config = Config::load(Some(&example)).expect("example loads");
+            assert!(config.trends.sources.hackernews.enabled);
+            assert_eq!(config.inference.max_batch_size, 16);
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn environment_overrides_the_file() {
+        Jail::expect_with(|jail| {
+            jail.create_file(
+                "t.toml",
+                "[server]\nport = 9000\n[inference]\nworkers = 2\n",
+            )?;
+            jail.set_env("TRENDSTORY_SERVER__PORT", "9100");
+            let config = load_in(jail, Some("t.toml")).expect("loads");
+            assert_eq!(config.server.port, 9100);
+            assert_eq!(config.inference.workers, 2);
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn unknown_and_mistyped_keys_are_named() {
+        Jail::expect_with(|jail| {
+            jail.create_file("t.toml", "[inference]\nmax_batch = 4\n")?;
+            let err = load_in(jail, Some("t.toml")).unwrap_err().to_string();
+            assert!(err.contains("max_batch"), "{err}");
+            jail.set_env("TRENDSTORY_INFERENCE__WORKERS", "many");
+            let err = load_in(jail, None).unwrap_err().to_string();
+            assert!(err.contains("inference.workers"), "{err}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn broken_rules_name_the_key() {
+        Jail::expect_with(|jail| {
+            jail.set_env("TRENDSTORY_INFERENCE__MAX_BATCH_SIZE", "0");
+            let err = load_in(jail, None).unwrap_err().to_string();
+            assert!(err.contains("inference.max_batch_size"), "{err}");
+            jail.set_env("TRENDSTORY_INFERENCE__MAX_BATCH_SIZE", "4");
+            jail.set_env("TRENDSTORY_INFERENCE__MAX_TOTAL_KV_TOKENS", "100");
+            let err = load_in(jail, None).unwrap_err().to_string();
+            assert!(err.contains("inference.max_total_kv_tokens"), "{err}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn a_missing_file_is_an_error() {
+        Jail::expect_with(|jail| {
+            let err = load_in(jail, Some("nope.toml")).unwrap_err().to_string();
+            assert!(err.contains("nope.toml"), "{err}");
+            Ok(())
+        });
+    }
+}
