@@ -101,9 +101,10 @@ fn vocabulary_mismatch_is_refused() {
 
 #[test]
 fn needs_shared_foreign_tokenizer_is_refused() {
-    let Some(llama_tok) =
-        common::shared_model(common::TINY_LLAMA_TOKENIZER, "needs_shared_foreign_tokenizer_is_refused")
-    else {
+    let Some(llama_tok) = common::shared_model(
+        common::TINY_LLAMA_TOKENIZER,
+        "needs_shared_foreign_tokenizer_is_refused",
+    ) else {
         return;
     };
     let tmp = tempfile::tempdir().unwrap();
