@@ -98,8 +98,8 @@ pub struct InferenceConfig {
     pub max_prompt_tokens: usize,
     /// Largest `max_tokens` a request may ask for.
     pub max_new_tokens: usize,
-    /// Most key/value positions (prompt plus output, summed over active sequences) a
-    /// worker keeps; a request that does not fit waits.
+    /// Most key/value positions a worker's batch may hold, padding included: rows times the
+    /// longest prompt plus `max_tokens` among them. A request that does not fit waits.
     pub max_total_kv_tokens: usize,
     /// Prompts longer than this are prefilled in chunks of this many tokens, so one long
     /// prompt does not stall every stream's next token for long.

@@ -357,6 +357,38 @@ fn kv_budget_makes_requests_wait_not_fail() {
 }
 
 #[test]
+fn kv_budget_counts_padding_to_the_longest_row() {
+    let dir = common::required_model(common::TINY);
+    let golden = common::golden(&dir);
+    let long = &golden.prompts[3];
+    let short = &golden.prompts[0];
+    let long_reserved = long.input_ids.len() + 16;
+    // Room for both by the sum of their tokens, but not for two rows padded to the long one.
+    let budget = long_reserved + short.input_ids.len() + 4;
+    assert!(budget < 2 * long_reserved);
+    let mut h = Harness::new(
+        &dir,
+        EngineLimits {
+            max_total_kv_tokens: budget,
+            ..limits()
+        },
+    );
+    let mut a = h.submit(long.input_ids.clone(), greedy(16));
+    let mut b = h.submit(short.input_ids.clone(), greedy(4));
+    while h.engine.has_work() {
+        h.engine.step().unwrap();
+        a.drain();
+        b.drain();
+        assert!(
+            b.tokens.is_empty() || a.done.is_some(),
+            "the short request must wait until the long one leaves"
+        );
+    }
+    assert_eq!(a.finish_reason(), FinishReason::Length);
+    assert_eq!(b.tokens, short.output_ids[..4]);
+}
+
+#[test]
 fn invalid_requests_get_an_error_at_once() {
     let dir = common::required_model(common::TINY);
     let mut h = Harness::new(&dir, limits());

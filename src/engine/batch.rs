@@ -3,7 +3,8 @@
 //!
 //! One `step`:
 //! 1. drops sequences whose client left or whose deadline passed;
-//! 2. admits waiting requests while the batch-size and KV-token budgets allow;
+//! 2. admits waiting requests while the batch-size and KV-token budgets allow (the KV budget
+//!    counts padding: rows x the longest possible row);
 //! 3. prefills admitted prompts alone (batch of one, no padding waste), at most
 //!    `prefill_chunk_tokens` prompt tokens per step while other streams are decoding, so a
 //!    long prompt delays their next token by one chunk, not by the whole prompt;
@@ -144,21 +145,22 @@ impl BatchEngine {
         self.prefilling.len() + self.ready.len() + self.batch.as_ref().map_or(0, Batch::live)
     }
 
-    fn reserved_kv_tokens(&self) -> usize {
+    /// KV positions the batch could grow to if `extra` joined: every row is padded to the
+    /// longest, so the bound is rows x the largest prompt-plus-max_tokens among them. This is
+    /// what `max_total_kv_tokens` caps, padding included.
+    fn padded_kv_footprint(&self, extra: &Sequence) -> usize {
         let batch = self.batch.iter().flat_map(|b| b.rows.iter());
-        self.prefilling
+        let admitted = self
+            .prefilling
             .iter()
-            .map(|p| p.seq.reserved_tokens())
-            .sum::<usize>()
-            + self
-                .ready
-                .iter()
-                .map(|(s, _)| s.reserved_tokens())
-                .sum::<usize>()
-            + batch
-                .filter_map(|r| r.seq.as_ref())
-                .map(Sequence::reserved_tokens)
-                .sum::<usize>()
+            .map(|p| &p.seq)
+            .chain(self.ready.iter().map(|(s, _)| s))
+            .chain(batch.filter_map(|r| r.seq.as_ref()))
+            .chain(std::iter::once(extra));
+        let (rows, longest) = admitted.fold((0, 0), |(rows, longest), s| {
+            (rows + 1, longest.max(s.reserved_tokens()))
+        });
+        rows * longest
     }
 
     fn check(&self, request: &GenerationRequest) -> Result<(), String> {
@@ -225,8 +227,7 @@ impl BatchEngine {
     fn admit(&mut self, now: Instant) -> Result<(), EngineError> {
         while let Some(next) = self.waiting.front() {
             let fits_batch = self.active() < self.limits.max_batch_size;
-            let fits_kv = self.reserved_kv_tokens() + next.reserved_tokens()
-                <= self.limits.max_total_kv_tokens;
+            let fits_kv = self.padded_kv_footprint(next) <= self.limits.max_total_kv_tokens;
             if !(fits_batch && fits_kv) {
                 break;
             }
