@@ -22,6 +22,7 @@ use std::time::{Duration, Instant};
 
 use super::kv_cache::RowSource;
 use super::sequence::Sequence;
+use super::session::push_mask_row;
 use super::{
     sampler, Engine, EngineError, FinishReason, GenerationEvent, GenerationRequest, KvCache,
     OnnxModel, StepInput, TextTokenizer,
@@ -364,8 +365,7 @@ impl BatchEngine {
         for row in &rows {
             let token = row.seq.as_ref().map_or(0, |s| s.next_input);
             input_ids.push(i64::from(token));
-            attention_mask.extend(std::iter::repeat_n(0, past - row.len));
-            attention_mask.extend(std::iter::repeat_n(1, row.len + 1));
+            push_mask_row(&mut attention_mask, past + 1, row.len + 1);
             position_ids.push(row.len as i64);
         }
         let started = Instant::now();

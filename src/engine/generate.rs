@@ -6,6 +6,7 @@
 
 use std::time::{Duration, Instant};
 
+use super::session::push_mask_row;
 use super::{EngineError, KvCache, OnnxModel, StepInput};
 
 /// Tokens and timings of one greedy run.
@@ -60,6 +61,8 @@ pub fn greedy_generate(
         )));
     }
 
+    // Real tokens per row; a row's next position is its length, padding not counted.
+    let mut lens: Vec<usize> = prompts.iter().map(Vec::len).collect();
     let mut input_ids = Vec::with_capacity(batch * width);
     let mut attention_mask = Vec::with_capacity(batch * width);
     let mut position_ids = Vec::with_capacity(batch * width);
@@ -67,8 +70,7 @@ pub fn greedy_generate(
         let pad = width - prompt.len();
         input_ids.extend(std::iter::repeat_n(i64::from(info.eos_token_id), pad));
         input_ids.extend(prompt.iter().map(|&t| i64::from(t)));
-        attention_mask.extend(std::iter::repeat_n(0, pad));
-        attention_mask.extend(std::iter::repeat_n(1, prompt.len()));
+        push_mask_row(&mut attention_mask, width, prompt.len());
         position_ids.extend(std::iter::repeat_n(0, pad));
         position_ids.extend(0..prompt.len() as i64);
     }
@@ -79,7 +81,7 @@ pub fn greedy_generate(
             batch,
             seq_len: width,
             input_ids,
-            attention_mask: attention_mask.clone(),
+            attention_mask,
             position_ids,
         },
         KvCache::empty(&info, batch)?,
@@ -89,7 +91,6 @@ pub fn greedy_generate(
     let mut tokens: Vec<Vec<u32>> = vec![Vec::new(); batch];
     let mut chosen_logits: Vec<Vec<f32>> = vec![Vec::new(); batch];
     let mut done = vec![max_new_tokens == 0; batch];
-    let mut next_positions: Vec<i64> = prompts.iter().map(|p| p.len() as i64).collect();
     let mut decode_steps = 0;
     let decode_started = Instant::now();
     loop {
@@ -108,26 +109,24 @@ pub fn greedy_generate(
         if done.iter().all(|&d| d) {
             break;
         }
-        // Widen the mask by one real position per row; finished rows keep decoding
-        // harmlessly until the whole batch is done.
-        let past = step.cache.past_len();
-        let mut mask = Vec::with_capacity(batch * (past + 1));
-        for row in attention_mask.chunks(past) {
-            mask.extend_from_slice(row);
-            mask.push(1);
+        // One more real position per row; finished rows keep decoding harmlessly until the
+        // whole batch is done.
+        let width = step.cache.past_len() + 1;
+        let mut attention_mask = Vec::with_capacity(batch * width);
+        for &len in &lens {
+            push_mask_row(&mut attention_mask, width, len + 1);
         }
-        attention_mask = mask.clone();
-        let positions = next_positions.clone();
-        for p in &mut next_positions {
-            *p += 1;
+        let position_ids = lens.iter().map(|&len| len as i64).collect();
+        for len in &mut lens {
+            *len += 1;
         }
         step = model.forward(
             StepInput {
                 batch,
                 seq_len: 1,
                 input_ids: next,
-                attention_mask: mask,
-                position_ids: positions,
+                attention_mask,
+                position_ids,
             },
             step.cache,
         )?;

@@ -47,6 +47,13 @@ pub struct StepInput {
     pub position_ids: Vec<i64>,
 }
 
+/// Appends one row of a left-padded attention mask: `width` positions whose last `real`
+/// are tokens (1) and the rest padding (0).
+pub(crate) fn push_mask_row(mask: &mut Vec<i64>, width: usize, real: usize) {
+    mask.extend(std::iter::repeat_n(0, width - real));
+    mask.extend(std::iter::repeat_n(1, real));
+}
+
 /// What a forward pass returns.
 pub struct StepOutput {
     /// `[batch, vocab]`: logits of the last position of every row.
