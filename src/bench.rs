@@ -126,7 +126,7 @@ fn run_level(
     new_tokens: usize,
 ) -> anyhow::Result<LevelReport> {
     let before = engine.stats();
-    let runs_before = engine.model().run_stats();
+    let run_time_before = engine.model().run_time();
     let mut receivers = Vec::new();
     for i in 0..concurrency {
         let (events, rx) = event_channel();
@@ -162,14 +162,14 @@ fn run_level(
         }
     }
     let after = engine.stats();
-    let runs_after = engine.model().run_stats();
+    let run_time_after = engine.model().run_time();
     let decode_time = (after.decode_time - before.decode_time).as_secs_f64();
     let decode_steps = (after.decode_steps - before.decode_steps).max(1) as f64;
     let decoded = (after.decoded_tokens - before.decoded_tokens) as f64;
     let prefill_time = (after.prefill_time - before.prefill_time).as_secs_f64();
     let prefill_tokens = (after.prefill_tokens - before.prefill_tokens) as f64;
     let step_time = (after.step_time - before.step_time).as_secs_f64();
-    let run_time = (runs_after.time - runs_before.time).as_secs_f64();
+    let run_time = (run_time_after - run_time_before).as_secs_f64();
     Ok(LevelReport {
         concurrency,
         aggregate_decode_tokens_per_s: decoded / decode_time,

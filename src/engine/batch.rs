@@ -54,7 +54,6 @@ impl From<&InferenceConfig> for EngineLimits {
 /// Counters for benchmarks and metrics.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct EngineStats {
-    pub steps: u64,
     pub decode_steps: u64,
     /// Sum over decode steps of the number of live rows (tokens produced by decoding).
     pub decoded_tokens: u64,
@@ -100,7 +99,7 @@ pub struct BatchEngine {
     waiting: VecDeque<Sequence>,
     prefilling: VecDeque<Prefill>,
     /// Prefilled sequences (first token sampled) with their cache, to join the batch.
-    ready: Vec<(Sequence, KvCache)>,
+    ready: VecDeque<(Sequence, KvCache)>,
     batch: Option<Batch>,
     stats: EngineStats,
 }
@@ -113,7 +112,7 @@ impl BatchEngine {
             limits,
             waiting: VecDeque::new(),
             prefilling: VecDeque::new(),
-            ready: Vec::new(),
+            ready: VecDeque::new(),
             batch: None,
             stats: EngineStats::default(),
         }
@@ -206,11 +205,7 @@ impl BatchEngine {
         for p in extract(&mut self.prefilling, |p| cancelled(&p.seq)) {
             p.seq.finish(FinishReason::Cancelled);
         }
-        let (gone, kept): (Vec<_>, Vec<_>) = std::mem::take(&mut self.ready)
-            .into_iter()
-            .partition(|(s, _)| cancelled(s));
-        self.ready = kept;
-        for (seq, _) in gone {
+        for (seq, _) in extract(&mut self.ready, |(s, _)| cancelled(s)) {
             seq.finish(FinishReason::Cancelled);
         }
         if let Some(batch) = &mut self.batch {
@@ -290,7 +285,7 @@ impl BatchEngine {
             let eos = self.model.info().eos_token_id;
             match p.seq.advance(&mut out.last_logits, &self.tokenizer, eos) {
                 Some(reason) => p.seq.finish(reason),
-                None => self.ready.push((p.seq, p.cache)),
+                None => self.ready.push_back((p.seq, p.cache)),
             }
         }
         Ok(())
@@ -438,7 +433,6 @@ impl Engine for BatchEngine {
         self.maybe_rebuild()?;
         self.decode()?;
         self.maybe_rebuild()?;
-        self.stats.steps += 1;
         self.stats.step_time += started.elapsed();
         Ok(())
     }

@@ -62,13 +62,6 @@ pub struct StepOutput {
     pub cache: KvCache,
 }
 
-/// Time spent inside `session.run`, so benchmarks can tell the engine's own overhead.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct RunStats {
-    pub runs: u64,
-    pub time: std::time::Duration,
-}
-
 /// Creates an ONNX Runtime session for the graph at `path` with our settings: all graph
 /// optimizations, the configured intra-op threads and spinning.
 pub fn open_session(
@@ -100,7 +93,8 @@ pub fn open_session(
 /// A loaded model: its session plus what is needed to feed it.
 pub struct OnnxModel {
     session: Session,
-    run_stats: RunStats,
+    /// Time spent inside `session.run`, so benchmarks can tell the engine's own overhead.
+    run_time: std::time::Duration,
     info: ModelInfo,
     has_position_ids: bool,
     past_names: Vec<String>,
@@ -155,7 +149,7 @@ impl OnnxModel {
         let has_position_ids = inputs.contains(&"position_ids");
         Ok(Self {
             session,
-            run_stats: RunStats::default(),
+            run_time: std::time::Duration::ZERO,
             info: info.clone(),
             has_position_ids,
             past_names,
@@ -167,9 +161,9 @@ impl OnnxModel {
         &self.info
     }
 
-    /// Cumulative `session.run` count and time since load.
-    pub fn run_stats(&self) -> RunStats {
-        self.run_stats
+    /// Cumulative time inside `session.run` since load.
+    pub fn run_time(&self) -> std::time::Duration {
+        self.run_time
     }
 
     /// Runs one forward pass: the new positions of every row, attending to `past`.
@@ -225,8 +219,7 @@ impl OnnxModel {
 
         let started = std::time::Instant::now();
         let result = self.session.run(feeds);
-        self.run_stats.runs += 1;
-        self.run_stats.time += started.elapsed();
+        self.run_time += started.elapsed();
         let mut outputs = result.map_err(EngineError::inference)?;
         let vocab = self.info.vocab_size;
         let last_logits = {
