@@ -3,7 +3,6 @@
 //! the same run, so figures from this shared, noisy machine can be compared as ratios.
 
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
@@ -11,10 +10,10 @@ use ort::session::Session;
 use ort::value::Tensor;
 use serde::Serialize;
 
-use crate::config::Config;
+use crate::config::{Config, InferenceConfig};
 use crate::engine::{
-    event_channel, open_session, BatchEngine, Engine, EngineLimits, GenerationEvent,
-    GenerationRequest, ModelInfo, OnnxModel, SamplingParams, SessionOptions, TextTokenizer,
+    event_channel, open_session, BatchEngine, Engine, GenerationEvent, GenerationRequest,
+    ModelInfo, SamplingParams, SessionOptions,
 };
 
 /// What to measure.
@@ -57,19 +56,18 @@ pub struct BenchReport {
 
 /// Runs the benchmark and returns its figures.
 pub fn run(config: &Config, options: &BenchOptions) -> anyhow::Result<BenchReport> {
-    let info = ModelInfo::load(&options.model)?;
-    let tokenizer = Arc::new(TextTokenizer::load(&info.tokenizer_path(), &info)?);
-    let session_options = SessionOptions::from_config(&config.inference);
-    let model = OnnxModel::load(&info, &config.runtime, &session_options)?;
     let max_concurrency = options.concurrency.iter().copied().max().unwrap_or(1);
-    let limits = EngineLimits {
+    // The configured engine, with limits that admit every stream of the largest level.
+    let inference = InferenceConfig {
         max_batch_size: max_concurrency,
         max_prompt_tokens: options.prompt_tokens,
         max_new_tokens: options.new_tokens,
         max_total_kv_tokens: max_concurrency * (options.prompt_tokens + options.new_tokens),
-        prefill_chunk_tokens: config.inference.prefill_chunk_tokens,
+        ..config.inference.clone()
     };
-    let mut engine = BatchEngine::new(model, tokenizer, limits);
+    let mut engine = BatchEngine::load(&options.model, &config.runtime, &inference)?;
+    let info = engine.model().info().clone();
+    let session_options = SessionOptions::from_config(&inference);
     let mut baseline = match &options.baseline {
         Some(dir) => Some(Baseline::load(dir, config, &session_options)?),
         None => None,
