@@ -38,47 +38,45 @@ fn generate_prints_text_and_speed() {
     );
 }
 
+/// Runs a command that must fail cleanly (non-zero exit, no panic) and returns its stderr.
+fn failing_stderr(cmd: &mut Command) -> String {
+    let out = cmd.output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(!out.status.success(), "must fail: {stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    stderr
+}
+
 #[test]
 fn generate_with_missing_model_fails_cleanly() {
-    let out = trendstory()
-        .args([
-            "generate",
-            "--prompt",
-            "hi",
-            "--model",
-            "onnx/definitely-missing",
-        ])
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success());
+    let stderr = failing_stderr(trendstory().args([
+        "generate",
+        "--prompt",
+        "hi",
+        "--model",
+        "onnx/definitely-missing",
+    ]));
     assert!(stderr.contains("definitely-missing"), "{stderr}");
-    assert!(!stderr.contains("panicked"), "{stderr}");
 }
 
 #[test]
 fn generate_with_missing_runtime_says_which_script_to_run() {
     let dir = common::required_model(common::TINY);
-    let out = trendstory()
-        .env("ORT_DYLIB_PATH", "/nonexistent/libonnxruntime.so")
-        .args(["generate", "--prompt", "hi", "--model"])
-        .arg(&dir)
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success());
+    let stderr = failing_stderr(
+        trendstory()
+            .env("ORT_DYLIB_PATH", "/nonexistent/libonnxruntime.so")
+            .args(["generate", "--prompt", "hi", "--model"])
+            .arg(&dir),
+    );
     assert!(stderr.contains("fetch-onnxruntime.sh"), "{stderr}");
-    assert!(!stderr.contains("panicked"), "{stderr}");
 }
 
 #[test]
 fn bad_config_value_names_the_key() {
-    let out = trendstory()
-        .env("TRENDSTORY_SERVER__PORT", "not-a-port")
-        .args(["generate", "--prompt", "hi"])
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success());
+    let stderr = failing_stderr(
+        trendstory()
+            .env("TRENDSTORY_SERVER__PORT", "not-a-port")
+            .args(["generate", "--prompt", "hi"]),
+    );
     assert!(stderr.contains("server.port"), "{stderr}");
 }
