@@ -441,10 +441,6 @@ impl Engine for BatchEngine {
         !self.waiting.is_empty() || self.active() > 0
     }
 
-    fn load(&self) -> usize {
-        self.waiting.len() + self.active()
-    }
-
     fn fail_all(&mut self, reason: &str) {
         for seq in self.waiting.drain(..) {
             seq.fail(reason);

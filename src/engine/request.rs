@@ -129,8 +129,6 @@ pub trait Engine: Send {
     fn step(&mut self) -> Result<(), super::EngineError>;
     /// True while any request is waiting or active.
     fn has_work(&self) -> bool;
-    /// Requests waiting plus active, for least-loaded routing.
-    fn load(&self) -> usize;
     /// Ends every request in flight with an `Error` event carrying `reason`.
     fn fail_all(&mut self, reason: &str);
 }

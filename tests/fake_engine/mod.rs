@@ -241,10 +241,6 @@ impl Engine for FakeEngine {
         !self.waiting.is_empty() || !self.active.is_empty()
     }
 
-    fn load(&self) -> usize {
-        self.waiting.len() + self.active.len()
-    }
-
     fn fail_all(&mut self, reason: &str) {
         let waiting = self.waiting.drain(..);
         let active = self.active.drain(..).map(|s| s.request);
