@@ -13,7 +13,7 @@ use serde::Serialize;
 use crate::config::{Config, InferenceConfig};
 use crate::engine::{
     event_channel, open_session, BatchEngine, Engine, GenerationEvent, GenerationRequest,
-    ModelInfo, SamplingParams, SessionOptions,
+    ModelInfo, Priority, SamplingParams, SessionOptions,
 };
 
 /// What to measure.
@@ -130,6 +130,7 @@ fn run_level(
         let (events, rx) = event_channel();
         engine.submit(GenerationRequest {
             id: i as u64,
+            priority: Priority::Interactive,
             prompt_ids: synthetic_prompt(info, prompt_tokens, i),
             params: SamplingParams {
                 max_tokens: new_tokens,

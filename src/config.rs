@@ -94,6 +94,9 @@ pub struct InferenceConfig {
     /// Requests that may wait for a batch slot across the pool before new ones are
     /// refused as overloaded.
     pub max_queue: usize,
+    /// Background (story pre-generation) requests in flight across the pool; they have
+    /// their own budget and give their batch slot to any user request that needs it.
+    pub max_background: usize,
     /// Longest accepted prompt, in tokens.
     pub max_prompt_tokens: usize,
     /// Largest `max_tokens` a request may ask for.
@@ -120,6 +123,7 @@ impl Default for InferenceConfig {
             spin_threads: false,
             max_batch_size: 16,
             max_queue: 64,
+            max_background: 2,
             max_prompt_tokens: 1024,
             max_new_tokens: 512,
             max_total_kv_tokens: 16_384,

@@ -10,7 +10,7 @@ use std::time::Instant;
 use tokio::sync::mpsc::UnboundedReceiver;
 use trendstory::engine::{
     event_channel, BatchEngine, Engine, EngineLimits, FinishReason, GenerationEvent,
-    GenerationRequest, GenerationStats, SamplingParams, TextTokenizer,
+    GenerationRequest, GenerationStats, Priority, SamplingParams, TextTokenizer,
 };
 
 fn limits() -> EngineLimits {
@@ -41,19 +41,21 @@ impl Harness {
     }
 
     fn submit(&mut self, prompt_ids: Vec<u32>, params: SamplingParams) -> Output {
-        self.submit_with_deadline(prompt_ids, params, None)
+        self.submit_with(prompt_ids, params, None, Priority::Interactive)
     }
 
-    fn submit_with_deadline(
+    fn submit_with(
         &mut self,
         prompt_ids: Vec<u32>,
         params: SamplingParams,
         deadline: Option<Instant>,
+        priority: Priority,
     ) -> Output {
         let (events, rx) = event_channel();
         self.next_id += 1;
         self.engine.submit(GenerationRequest {
             id: self.next_id,
+            priority,
             prompt_ids,
             params,
             deadline,
@@ -319,14 +321,68 @@ fn cancelling_frees_the_slot() {
 }
 
 #[test]
+fn a_user_request_takes_a_background_slot_within_one_step() {
+    let dir = common::required_model(common::TINY);
+    let golden = common::golden(&dir);
+    let mut h = Harness::new(
+        &dir,
+        EngineLimits {
+            max_batch_size: 2,
+            // Whole prompts per step, so the first token shows when admission happened.
+            prefill_chunk_tokens: 256,
+            ..limits()
+        },
+    );
+    let background = |h: &mut Harness, i: usize| {
+        h.submit_with(
+            golden.prompts[i].input_ids.clone(),
+            greedy(64),
+            None,
+            Priority::Background,
+        )
+    };
+    let mut first = background(&mut h, 0);
+    let mut second = background(&mut h, 1);
+    // A third background request waits behind the full batch; the user must not.
+    let mut third = background(&mut h, 2);
+    for _ in 0..3 {
+        h.engine.step().unwrap();
+    }
+    assert_eq!(h.engine.active(), 2, "both background rows decode");
+    let mut user = h.submit(golden.prompts[2].input_ids.clone(), greedy(4));
+    h.engine.step().unwrap();
+    user.drain();
+    assert!(
+        !user.tokens.is_empty(),
+        "the user's first token comes at the very next step"
+    );
+    let preempted = [first.drain(), second.drain()]
+        .iter()
+        .filter(|o| o.done.as_ref().map(|d| d.finish_reason) == Some(FinishReason::Preempted))
+        .count();
+    assert_eq!(preempted, 1, "exactly one background row gave its slot");
+    third.drain();
+    assert!(third.tokens.is_empty(), "background waits behind users");
+    h.run_until_idle();
+    assert_eq!(user.finish_reason(), FinishReason::Length);
+    assert_eq!(
+        user.tokens,
+        golden.prompts[2].output_ids[..4],
+        "parity holds"
+    );
+    assert_eq!(third.finish_reason(), FinishReason::Length);
+}
+
+#[test]
 fn passed_deadline_cancels() {
     let dir = common::required_model(common::TINY);
     let golden = common::golden(&dir);
     let mut h = Harness::new(&dir, limits());
-    let mut out = h.submit_with_deadline(
+    let mut out = h.submit_with(
         golden.prompts[0].input_ids.clone(),
         greedy(8),
         Some(Instant::now()),
+        Priority::Interactive,
     );
     h.run_until_idle();
     assert_eq!(out.finish_reason(), FinishReason::Cancelled);

@@ -4,7 +4,8 @@
 //! One `step`:
 //! 1. drops sequences whose client left or whose deadline passed;
 //! 2. admits waiting requests while the batch-size and KV-token budgets allow (the KV budget
-//!    counts padding: rows x the longest possible row);
+//!    counts padding: rows x the longest possible row); user requests go before background
+//!    ones and, when the batch is full, take a background sequence's place (`Preempted`);
 //! 3. prefills admitted prompts alone (batch of one, no padding waste), at most
 //!    `prefill_chunk_tokens` prompt tokens per step while other streams are decoding, so a
 //!    long prompt delays their next token by one chunk, not by the whole prompt;
@@ -25,7 +26,7 @@ use super::sequence::Sequence;
 use super::session::push_mask_row;
 use super::{
     sampler, Engine, EngineError, FinishReason, GenerationEvent, GenerationRequest, KvCache,
-    OnnxModel, StepInput, TextTokenizer,
+    OnnxModel, Priority, StepInput, TextTokenizer,
 };
 use crate::config::InferenceConfig;
 
@@ -140,11 +141,6 @@ impl BatchEngine {
         &self.model
     }
 
-    /// Sequences admitted (prefilling, ready or in the batch), not counting dead rows.
-    fn active(&self) -> usize {
-        self.prefilling.len() + self.ready.len() + self.batch.as_ref().map_or(0, Batch::live)
-    }
-
     /// KV positions the batch could grow to if `extra` joined: every row is padded to the
     /// longest, so the bound is rows x the largest prompt-plus-max_tokens among them. This is
     /// what `max_total_kv_tokens` caps, padding included.
@@ -219,26 +215,83 @@ impl BatchEngine {
         }
     }
 
-    /// Moves waiting requests into prefill while the budgets allow, oldest first.
+    /// Moves waiting requests into prefill while the budgets allow: user requests first
+    /// (oldest first), background ones only when no user request waits. A user request
+    /// that does not fit takes the place of a running background sequence.
     fn admit(&mut self, now: Instant) -> Result<(), EngineError> {
-        while let Some(next) = self.waiting.front() {
+        while let Some(index) = self.next_to_admit() {
+            let next = &self.waiting[index];
             let fits_batch = self.active() < self.limits.max_batch_size;
             let fits_kv = self.padded_kv_footprint(next) <= self.limits.max_total_kv_tokens;
             if !(fits_batch && fits_kv) {
+                if next.request.priority == Priority::Interactive && self.preempt_background() {
+                    continue;
+                }
                 break;
             }
-            let Some(mut seq) = self.waiting.pop_front() else {
+            let Some(mut seq) = self.waiting.remove(index) else {
                 break;
             };
             seq.mark_admitted(now);
             let cache = KvCache::empty(self.model.info(), 1)?;
-            self.prefilling.push_back(Prefill {
+            let prefill = Prefill {
                 seq,
                 cache,
                 done: 0,
-            });
+            };
+            // User prompts are prefilled before background ones.
+            let at = match prefill.seq.request.priority {
+                Priority::Interactive => self
+                    .prefilling
+                    .iter()
+                    .position(|p| p.seq.request.priority == Priority::Background)
+                    .unwrap_or(self.prefilling.len()),
+                Priority::Background => self.prefilling.len(),
+            };
+            self.prefilling.insert(at, prefill);
         }
         Ok(())
+    }
+
+    /// The oldest waiting user request, else the oldest waiting request.
+    fn next_to_admit(&self) -> Option<usize> {
+        let interactive = self
+            .waiting
+            .iter()
+            .position(|s| s.request.priority == Priority::Interactive);
+        interactive.or(if self.waiting.is_empty() {
+            None
+        } else {
+            Some(0)
+        })
+    }
+
+    /// Ends the youngest admitted background sequence as `Preempted` (cheapest first: one
+    /// still prefilling, then one ready to join, then a batch row). False when none runs.
+    fn preempt_background(&mut self) -> bool {
+        let background = |s: &Sequence| s.request.priority == Priority::Background;
+        if let Some(i) = self.prefilling.iter().rposition(|p| background(&p.seq)) {
+            if let Some(p) = self.prefilling.remove(i) {
+                p.seq.finish(FinishReason::Preempted);
+                return true;
+            }
+        }
+        if let Some(i) = self.ready.iter().rposition(|(s, _)| background(s)) {
+            if let Some((seq, _)) = self.ready.remove(i) {
+                seq.finish(FinishReason::Preempted);
+                return true;
+            }
+        }
+        let rows = self.batch.iter_mut().flat_map(|b| b.rows.iter_mut());
+        for row in rows.rev() {
+            if row.seq.as_ref().is_some_and(background) {
+                if let Some(seq) = row.seq.take() {
+                    seq.finish(FinishReason::Preempted);
+                    return true;
+                }
+            }
+        }
+        false
     }
 
     /// Runs prefill chunks: all pending prompts when nothing is decoding, otherwise at
@@ -439,6 +492,11 @@ impl Engine for BatchEngine {
 
     fn has_work(&self) -> bool {
         !self.waiting.is_empty() || self.active() > 0
+    }
+
+    /// Sequences admitted (prefilling, ready or in the batch), not counting dead rows.
+    fn active(&self) -> usize {
+        self.prefilling.len() + self.ready.len() + self.batch.as_ref().map_or(0, Batch::live)
     }
 
     fn fail_all(&mut self, reason: &str) {

@@ -32,7 +32,7 @@ pub use kv_cache::KvCache;
 pub use model_info::ModelInfo;
 pub use request::{
     event_channel, Engine, FinishReason, GenerationEvent, GenerationRequest, GenerationStats,
-    RequestId, SamplingParams,
+    Priority, RequestId, SamplingParams,
 };
 pub use session::{open_session, OnnxModel, SessionOptions, StepInput};
 pub use tokenizer::TextTokenizer;

@@ -48,10 +48,24 @@ impl Default for SamplingParams {
     }
 }
 
+/// Who waits for a request. User requests always go first: a waiting `Interactive`
+/// request is admitted before any `Background` one, and takes the slot of a running
+/// background sequence (which ends as [`FinishReason::Preempted`]) when the batch is full,
+/// so background work never delays a user by more than one step.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub enum Priority {
+    /// A client is waiting for it.
+    #[default]
+    Interactive,
+    /// Pre-generation nobody waits for; runs only in capacity users leave free.
+    Background,
+}
+
 /// One generation job as the engine receives it (prompt already tokenized).
 #[derive(Debug)]
 pub struct GenerationRequest {
     pub id: RequestId,
+    pub priority: Priority,
     /// Prompt token ids, BOS included.
     pub prompt_ids: Vec<u32>,
     pub params: SamplingParams,
@@ -72,6 +86,8 @@ pub enum FinishReason {
     Length,
     /// The client went away or the deadline passed.
     Cancelled,
+    /// A background request gave its slot to a user request; it may be tried again later.
+    Preempted,
     /// The engine failed; an `Error` event says why.
     Error,
 }
@@ -129,6 +145,8 @@ pub trait Engine: Send {
     fn step(&mut self) -> Result<(), super::EngineError>;
     /// True while any request is waiting or active.
     fn has_work(&self) -> bool;
+    /// Sequences admitted to the batch (prefilling or decoding), for the batch-size gauge.
+    fn active(&self) -> usize;
     /// Ends every request in flight with an `Error` event carrying `reason`.
     fn fail_all(&mut self, reason: &str);
 }

@@ -16,7 +16,7 @@ use super::router::{Route, Router};
 use super::worker::{WorkerActor, WorkerShared};
 use super::{EngineFactory, InferError, ResponseStream};
 use crate::config::InferenceConfig;
-use crate::engine::SamplingParams;
+use crate::engine::{Priority, SamplingParams};
 
 /// Starts the inference workers.
 pub struct InferencePool;
@@ -74,7 +74,23 @@ impl InferenceHandle {
         prompt_ids: Vec<u32>,
         params: SamplingParams,
     ) -> Result<ResponseStream, InferError> {
-        self.router.submit(prompt_ids, params)
+        self.router
+            .submit(prompt_ids, params, Priority::Interactive)
+    }
+
+    /// As [`InferenceHandle::submit`], for work nobody waits for (story pre-generation):
+    /// it has its own budget of `max_background` requests, is admitted by the engines only
+    /// in capacity no user request wants, and ends as `Preempted` when a user needs its
+    /// slot.
+    ///
+    /// # Errors
+    /// As `submit`; `Overloaded` when `max_background` requests are already in flight.
+    pub fn submit_background(
+        &self,
+        prompt_ids: Vec<u32>,
+        params: SamplingParams,
+    ) -> Result<ResponseStream, InferError> {
+        self.router.submit(prompt_ids, params, Priority::Background)
     }
 
     /// True when at least one worker has an engine loaded (for `/readyz`).
@@ -93,6 +109,7 @@ impl InferenceHandle {
                 index,
                 ready: r.shared.is_live(),
                 in_flight: r.shared.in_flight(),
+                batch_size: r.shared.batch_size(),
                 restarts: r.shared.restarts(),
                 last_error: r.shared.last_error(),
             })
@@ -106,6 +123,7 @@ impl InferenceHandle {
                 .map(|w| w.in_flight.saturating_sub(self.max_batch_size))
                 .sum(),
             capacity: self.router.capacity(),
+            batch_size: workers.iter().map(|w| w.batch_size).sum(),
             workers,
         }
     }
@@ -124,6 +142,8 @@ pub struct PoolStatus {
     pub queued: usize,
     /// The in-flight budget: workers × max_batch_size + max_queue.
     pub capacity: usize,
+    /// Sequences in the engines' batches after their last step, over all workers.
+    pub batch_size: usize,
     pub workers: Vec<WorkerStatus>,
 }
 
@@ -135,6 +155,8 @@ pub struct WorkerStatus {
     pub ready: bool,
     /// Requests routed here whose stream has not ended.
     pub in_flight: usize,
+    /// Sequences in the engine's batch after its last step.
+    pub batch_size: usize,
     /// Supervisor restarts (after crashes and failed loads).
     pub restarts: u64,
     /// Why the worker last went down; cleared once an engine loads.

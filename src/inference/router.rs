@@ -18,7 +18,7 @@ use super::stream::{ResponseStream, Slot};
 use super::worker::{Submit, WorkerActor, WorkerShared};
 use super::InferError;
 use crate::config::InferenceConfig;
-use crate::engine::{event_channel, GenerationRequest, SamplingParams};
+use crate::engine::{event_channel, GenerationRequest, Priority, SamplingParams};
 
 /// One worker as the router sees it.
 pub(super) struct Route {
@@ -31,6 +31,9 @@ pub struct Router {
     routes: Vec<Route>,
     /// Permits left in the in-flight budget.
     budget: Arc<Semaphore>,
+    /// Background (pre-generation) requests have their own small budget, so they never
+    /// take a user's place in admission.
+    background_budget: Arc<Semaphore>,
     /// The budget's size, for status.
     capacity: usize,
     retry_after: Duration,
@@ -45,6 +48,7 @@ impl Router {
         Self {
             routes,
             budget: Arc::new(Semaphore::new(capacity)),
+            background_budget: Arc::new(Semaphore::new(config.max_background)),
             capacity,
             retry_after: Duration::from_secs(config.retry_after_secs),
             request_timeout: Duration::from_secs(config.request_timeout_secs),
@@ -55,18 +59,24 @@ impl Router {
     /// Admits the request and sends it to the least-loaded live worker.
     ///
     /// # Errors
-    /// `NotReady` when no worker has an engine loaded, `Overloaded` when the budget is full.
+    /// `NotReady` when no worker has an engine loaded, `Overloaded` when the budget of the
+    /// request's priority is full.
     pub fn submit(
         &self,
         prompt_ids: Vec<u32>,
         params: SamplingParams,
+        priority: Priority,
     ) -> Result<ResponseStream, InferError> {
         let received_at = Instant::now();
         if !self.routes.iter().any(|r| r.shared.is_live()) {
             return Err(self.not_ready());
         }
+        let budget = match priority {
+            Priority::Interactive => &self.budget,
+            Priority::Background => &self.background_budget,
+        };
         let permit =
-            Arc::clone(&self.budget)
+            Arc::clone(budget)
                 .try_acquire_owned()
                 .map_err(|_| InferError::Overloaded {
                     retry_after: self.retry_after,
@@ -90,6 +100,7 @@ impl Router {
         let (events, receiver) = event_channel();
         let request = GenerationRequest {
             id: self.next_id.fetch_add(1, Ordering::Relaxed),
+            priority,
             prompt_ids,
             params,
             // `None` only if the timeout is too large to add to a clock reading.
@@ -114,7 +125,7 @@ impl Router {
         self.capacity
     }
 
-    /// Admitted requests whose stream has not ended.
+    /// Admitted user requests whose stream has not ended.
     pub(super) fn in_flight(&self) -> usize {
         self.capacity - self.budget.available_permits()
     }

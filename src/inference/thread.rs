@@ -49,7 +49,7 @@ impl EngineThread {
         self.send(ThreadReport::Ready);
         loop {
             match catch_unwind(AssertUnwindSafe(|| tick(engine.as_mut(), &self.jobs))) {
-                Ok(Ok(Tick::Continue)) => {}
+                Ok(Ok(Tick::Continue)) => self.shared.set_batch_size(engine.active()),
                 Ok(Ok(Tick::Closed)) => {
                     self.shared.mark_down();
                     tracing::debug!("inference pool gone; engine thread exits");

@@ -67,6 +67,8 @@ pub struct WorkerShared {
     restarts: AtomicU64,
     /// Requests admitted to this worker whose stream has not ended yet.
     in_flight: AtomicUsize,
+    /// Sequences in the engine's batch after its last step (the batch-size gauge).
+    batch_size: AtomicUsize,
     /// Why the worker last went down; cleared once an engine loads.
     last_error: Mutex<Option<String>>,
 }
@@ -86,6 +88,14 @@ impl WorkerShared {
 
     pub fn in_flight(&self) -> usize {
         self.in_flight.load(Ordering::Relaxed)
+    }
+
+    pub fn batch_size(&self) -> usize {
+        self.batch_size.load(Ordering::Relaxed)
+    }
+
+    pub(super) fn set_batch_size(&self, size: usize) {
+        self.batch_size.store(size, Ordering::Relaxed);
     }
 
     pub fn last_error(&self) -> Option<String> {
@@ -113,6 +123,7 @@ impl WorkerShared {
     pub(super) fn mark_down(&self) {
         self.live.store(false, Ordering::SeqCst);
         self.epoch.fetch_add(1, Ordering::SeqCst);
+        self.batch_size.store(0, Ordering::Relaxed);
     }
 
     fn set_last_error(&self, error: Option<String>) {

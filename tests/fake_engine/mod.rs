@@ -237,6 +237,10 @@ impl Engine for FakeEngine {
         Ok(())
     }
 
+    fn active(&self) -> usize {
+        self.active.len()
+    }
+
     fn has_work(&self) -> bool {
         !self.waiting.is_empty() || !self.active.is_empty()
     }
