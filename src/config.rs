@@ -34,14 +34,25 @@ pub struct Config {
     pub model: ModelConfig,
     pub inference: InferenceConfig,
     pub trends: crate::trends::TrendsConfig,
+    pub stories: crate::stories::StoriesConfig,
+    pub api: crate::api::ApiConfig,
 }
 
-/// Where the HTTP server listens.
+/// Where the HTTP server listens, how it stops, how it logs.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ServerConfig {
     pub host: String,
     pub port: u16,
+    /// actix-web worker threads; 0 means one per core.
+    pub http_workers: usize,
+    /// After SIGTERM, readiness is false and new stories are refused for this long before
+    /// the listener closes, so the load balancer stops sending traffic first.
+    pub shutdown_drain_secs: u64,
+    /// Then requests and streams in flight get this long to finish before the exit.
+    pub shutdown_timeout_secs: u64,
+    /// `text` (human-readable) or `json` (one object per line, with the request id).
+    pub log_format: LogFormat,
 }
 
 impl Default for ServerConfig {
@@ -49,8 +60,20 @@ impl Default for ServerConfig {
         Self {
             host: "0.0.0.0".into(),
             port: 8080,
+            http_workers: 0,
+            shutdown_drain_secs: 5,
+            shutdown_timeout_secs: 30,
+            log_format: LogFormat::Text,
         }
     }
+}
+
+/// How log lines are written to stderr.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    Text,
+    Json,
 }
 
 /// How the ONNX Runtime shared library is found.
@@ -221,7 +244,9 @@ impl Config {
             });
         }
         self.inference.validate()?;
-        self.trends.validate()
+        self.trends.validate()?;
+        self.stories.validate(self.inference.max_new_tokens)?;
+        self.api.validate()
     }
 }
 

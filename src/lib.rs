@@ -10,10 +10,13 @@
 //! - [`trends`]: trend-cache actor refreshing upstream sources in the background; snapshots for handlers.
 //! - [`inference`]: supervised pool of engine workers on their own threads; admission, routing, response streams.
 
+pub mod api;
 pub mod bench;
 pub mod config;
 pub mod engine;
 pub mod inference;
+pub mod metrics;
 pub mod runtime;
 pub mod server;
+pub mod stories;
 pub mod trends;

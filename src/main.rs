@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use trendstory::config::Config;
+use trendstory::config::{Config, LogFormat};
 use trendstory::engine::{greedy_generate, ModelInfo, OnnxModel, SessionOptions, TextTokenizer};
 
 #[derive(Parser)]
@@ -65,16 +65,9 @@ enum Command {
 }
 
 fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,ort=warn")),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
     let cli = Cli::parse();
     let config = Config::load(cli.config.as_deref())?;
+    init_logging(config.server.log_format);
     match cli.command {
         Command::Serve => serve(config),
         Command::Generate {
@@ -112,6 +105,22 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Trends { json } => trendstory::trends::cli::run(&config.trends, json),
+    }
+}
+
+/// Log lines go to stderr: text (colored on a terminal) or one JSON object per line. Each
+/// line of an HTTP request carries its span, with the request id.
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,ort=warn"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init(),
+        LogFormat::Json => builder.json().with_current_span(true).init(),
     }
 }
 

@@ -1,19 +1,32 @@
-//! The HTTP server: starts the trend cache and the inference pool once, then actix-web on
-//! the given listener. `main` and the integration tests share this entry point.
+//! The HTTP server: starts the trend cache, the inference pool, the story service and its
+//! background tasks once, then actix-web on the given listener. `main` and the integration
+//! tests share this entry point.
 //!
-//! For now it serves the probes; the story API (`POST /v1/stories`) builds on the same two
-//! handles.
+//! Shutdown (SIGTERM or Ctrl-C): readiness turns false and new story requests get 503 at
+//! once; after `server.shutdown_drain_secs` (time for the load balancer to notice) the
+//! listener closes, and requests and streams in flight get `server.shutdown_timeout_secs`
+//! to finish before `run` returns.
 
 use std::net::TcpListener;
+use std::sync::Arc;
+use std::time::Duration;
 
-use actix_web::{web, App, HttpResponse, HttpServer};
-use serde_json::json;
+use actix_web::{web, App, HttpServer};
 use tracing_actix_web::TracingLogger;
 
+use crate::api::access::Access;
+use crate::api::probes::Lifecycle;
+use crate::api::{self, AppState};
 use crate::config::Config;
-use crate::engine::ModelInfo;
-use crate::inference::{model_factory, InferenceHandle, InferencePool};
-use crate::trends::{TrendsActor, TrendsHandle};
+use crate::engine::{ModelInfo, TextTokenizer};
+use crate::inference::{model_factory, InferencePool};
+use crate::metrics::Metrics;
+use crate::stories::prompt::PromptTemplate;
+use crate::stories::{pregen, StoryService};
+use crate::trends::TrendsActor;
+
+/// Pause between warm-up attempts while the model loads.
+const WARM_UP_RETRY: Duration = Duration::from_millis(200);
 
 /// Checks what can be checked before binding, so a bad set-up fails at start with one clear
 /// error instead of a server that never becomes ready: the model folder and the ONNX
@@ -30,56 +43,125 @@ pub fn preflight(config: &Config) -> anyhow::Result<ModelInfo> {
     Ok(info)
 }
 
-/// Runs the server until it is stopped (SIGINT/SIGTERM: actix stops accepting and lets
-/// requests in flight finish).
+/// Runs the server until SIGTERM or Ctrl-C, then shuts down gracefully (module doc).
+///
+/// # Errors
+/// A model folder whose tokenizer or chat template cannot be loaded, an unreadable API key
+/// file, or an I/O error of the listener.
 pub async fn run(config: Config, listener: TcpListener) -> std::io::Result<()> {
-    // Shown by /readyz; a random-weights model says so in its id.
-    let model_id = ModelInfo::load(&config.model.dir)
-        .map(|info| info.model_id)
-        .unwrap_or_else(|e| format!("unavailable: {e}"));
-    let trends = TrendsActor::start(config.trends.clone());
-    let pool = InferencePool::start(&config.inference, model_factory(&config));
-    tracing::info!(address = %listener.local_addr()?, model = %config.model.dir.display(), "listening");
-    HttpServer::new(move || {
+    let state = web::Data::new(start_services(&config).map_err(std::io::Error::other)?);
+    let lifecycle = Arc::clone(&state.lifecycle);
+    actix_web::rt::spawn(warm_up(Arc::clone(&state.stories), Arc::clone(&lifecycle)));
+    let pregen_lifecycle = Arc::clone(&lifecycle);
+    actix_web::rt::spawn(pregen::run(
+        Arc::clone(&state.stories),
+        config.inference.max_background,
+        move || !pregen_lifecycle.shutting_down(),
+    ));
+    tracing::info!(address = %listener.local_addr()?, model = %state.model, "listening");
+    let api_config = config.api.clone();
+    let mut server = HttpServer::new(move || {
         App::new()
+            .app_data(state.clone())
+            .configure(|c| api::configure(c, &api_config))
+            .wrap(api::cors(&api_config))
+            .wrap_fn(api::finish)
             .wrap(TracingLogger::default())
-            .app_data(web::Data::new(trends.clone()))
-            .app_data(web::Data::new(pool.clone()))
-            .app_data(web::Data::new(ModelId(model_id.clone())))
-            .route("/healthz", web::get().to(healthz))
-            .route("/readyz", web::get().to(readyz))
     })
-    .listen(listener)?
-    .run()
-    .await
-}
-
-/// The served model's display id.
-struct ModelId(String);
-
-/// Liveness: the process answers.
-async fn healthz() -> HttpResponse {
-    HttpResponse::Ok().json(json!({ "status": "ok" }))
-}
-
-/// Readiness: an inference worker has its model loaded and trends are present.
-async fn readyz(
-    pool: web::Data<InferenceHandle>,
-    trends: web::Data<TrendsHandle>,
-    model: web::Data<ModelId>,
-) -> HttpResponse {
-    let status = pool.status();
-    let snapshot = trends.snapshot();
-    let ready = pool.ready() && !snapshot.trends.is_empty();
-    let body = json!({
-        "ready": ready,
-        "model": model.0,
-        "inference": status,
-        "trends": snapshot.trends.len(),
+    .disable_signals()
+    .shutdown_timeout(config.server.shutdown_timeout_secs)
+    .listen(listener)?;
+    if config.server.http_workers > 0 {
+        server = server.workers(config.server.http_workers);
+    }
+    let server = server.run();
+    let handle = server.handle();
+    let drain = Duration::from_secs(config.server.shutdown_drain_secs);
+    actix_web::rt::spawn(async move {
+        let signal = stop_signal().await;
+        tracing::info!(
+            signal,
+            drain_secs = drain.as_secs(),
+            "shutting down: readiness false, new stories refused"
+        );
+        lifecycle.begin_shutdown();
+        actix_web::rt::time::sleep(drain).await;
+        tracing::info!("closing the listener; waiting for requests in flight");
+        handle.stop(true).await;
     });
-    if ready {
-        HttpResponse::Ok().json(body)
-    } else {
-        HttpResponse::ServiceUnavailable().json(body)
+    server.await?;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// Starts the trend actor, the inference pool and the story service.
+fn start_services(config: &Config) -> anyhow::Result<AppState> {
+    let info = ModelInfo::load(&config.model.dir)?;
+    let model: Arc<str> = Arc::from(info.model_id.as_str());
+    let tokenizer = Arc::new(TextTokenizer::load(&info.tokenizer_path(), &info)?);
+    let template = PromptTemplate::load(&config.model.dir, tokenizer)?;
+    let access = Access::from_config(&config.api)?;
+    let metrics = Arc::new(Metrics::new());
+    let trends = TrendsActor::start(config.trends.clone());
+    let inference = InferencePool::start(&config.inference, model_factory(config));
+    let stories = Arc::new(StoryService::new(
+        inference.clone(),
+        trends.clone(),
+        template,
+        config.stories.clone(),
+        &config.inference,
+        Arc::clone(&model),
+        Arc::clone(&metrics),
+    ));
+    Ok(AppState {
+        stories,
+        inference,
+        trends,
+        metrics,
+        lifecycle: Arc::new(Lifecycle::default()),
+        access,
+        model,
+        max_trends: config.trends.max_trends,
+    })
+}
+
+/// One short generation once the model is loaded, then readiness may turn true.
+async fn warm_up(stories: Arc<StoryService>, lifecycle: Arc<Lifecycle>) {
+    while !lifecycle.shutting_down() {
+        if stories.ready() {
+            match stories.warm_up().await {
+                Ok(()) => {
+                    tracing::info!("warm-up generation done");
+                    lifecycle.set_warmed_up();
+                    return;
+                }
+                Err(error) => tracing::warn!(%error, "warm-up generation failed; retrying"),
+            }
+        }
+        actix_web::rt::time::sleep(WARM_UP_RETRY).await;
+    }
+}
+
+/// Resolves on SIGTERM or Ctrl-C (SIGINT), naming it.
+async fn stop_signal() -> &'static str {
+    use actix_web::rt::signal;
+    #[cfg(unix)]
+    {
+        match signal::unix::signal(signal::unix::SignalKind::terminate()) {
+            Ok(mut term) => tokio::select! {
+                _ = term.recv() => "SIGTERM",
+                _ = signal::ctrl_c() => "SIGINT",
+            },
+            Err(error) => {
+                tracing::warn!(%error, "cannot listen for SIGTERM; only Ctrl-C stops the server");
+                let _ = signal::ctrl_c().await;
+                "SIGINT"
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = signal::ctrl_c().await;
+        "SIGINT"
     }
 }

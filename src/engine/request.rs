@@ -77,7 +77,7 @@ pub struct GenerationRequest {
 }
 
 /// Why a sequence stopped.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum FinishReason {
     /// EOS or a stop string.

@@ -1,0 +1,120 @@
+//! Probes and metrics, open to the load balancer and Prometheus (no API key):
+//! `/healthz` (liveness), `/readyz` (readiness) and `/metrics`; plus the [`Lifecycle`]
+//! flags readiness reads.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::SystemTime;
+
+use actix_web::http::header;
+use actix_web::{web, HttpResponse};
+use serde::Serialize;
+use utoipa::ToSchema;
+
+use super::AppState;
+use crate::inference::PoolStatus;
+
+/// Start-up and shutdown state that readiness depends on.
+#[derive(Debug, Default)]
+pub struct Lifecycle {
+    /// One warm-up generation has finished (the first real request does not pay for
+    /// lazy allocations and page faults).
+    warmed_up: AtomicBool,
+    /// SIGTERM arrived: readiness turns false first, then new stories are refused.
+    shutting_down: AtomicBool,
+}
+
+impl Lifecycle {
+    pub fn warmed_up(&self) -> bool {
+        self.warmed_up.load(Ordering::SeqCst)
+    }
+
+    pub fn set_warmed_up(&self) {
+        self.warmed_up.store(true, Ordering::SeqCst);
+    }
+
+    pub fn shutting_down(&self) -> bool {
+        self.shutting_down.load(Ordering::SeqCst)
+    }
+
+    pub fn begin_shutdown(&self) {
+        self.shutting_down.store(true, Ordering::SeqCst);
+    }
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct Health {
+    pub status: String,
+}
+
+/// Liveness: the process answers.
+#[utoipa::path(get, path = "/healthz", tag = "probes", responses((status = 200, body = Health)))]
+pub async fn healthz() -> HttpResponse {
+    HttpResponse::Ok().json(Health {
+        status: "ok".into(),
+    })
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct Readiness {
+    pub ready: bool,
+    /// The served model (its id says "random weights" for a stand-in model).
+    pub model: String,
+    /// A warm-up generation has finished.
+    pub warmed_up: bool,
+    pub shutting_down: bool,
+    #[schema(value_type = Object)]
+    pub inference: PoolStatus,
+    /// Trends in the ranking.
+    pub trends: usize,
+}
+
+/// Readiness: a worker has its model loaded and warmed up, trends are present, and the
+/// server is not shutting down.
+#[utoipa::path(
+    get,
+    path = "/readyz",
+    tag = "probes",
+    responses(
+        (status = 200, description = "Ready", body = Readiness),
+        (status = 503, description = "Not ready (same body)", body = Readiness),
+    )
+)]
+pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
+    let inference = state.inference.status();
+    let trends = state.trends.snapshot().trends.len();
+    let warmed_up = state.lifecycle.warmed_up();
+    let shutting_down = state.lifecycle.shutting_down();
+    let ready = state.inference.ready() && trends > 0 && warmed_up && !shutting_down;
+    let body = Readiness {
+        ready,
+        model: state.model.to_string(),
+        warmed_up,
+        shutting_down,
+        inference,
+        trends,
+    };
+    if ready {
+        HttpResponse::Ok().json(body)
+    } else {
+        HttpResponse::ServiceUnavailable().json(body)
+    }
+}
+
+/// Prometheus metrics (OpenMetrics text).
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    tag = "probes",
+    responses((status = 200, description = "OpenMetrics text", content_type = "application/openmetrics-text"))
+)]
+pub async fn metrics(state: web::Data<AppState>) -> HttpResponse {
+    let text = state.metrics.render(
+        &state.inference.status(),
+        &state.trends.snapshot(),
+        state.stories.cache().usage(),
+        SystemTime::now(),
+    );
+    HttpResponse::Ok()
+        .insert_header((header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE))
+        .body(text)
+}

@@ -1,0 +1,260 @@
+//! Story endpoints: `POST /v1/stories`, `GET /v1/stories` (the same request as a URL, for
+//! hash routing and HTTP caches) and `GET /v1/stories/trending`. Handlers stay thin: the
+//! story service does the work; the answer is one JSON document or Server-Sent Events.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use actix_web::http::header::{self, CacheControl, CacheDirective};
+use actix_web::{web, HttpRequest, HttpResponse};
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+
+use super::errors::{ApiError, ErrorBody};
+use super::{sse, AppState};
+use crate::engine::FinishReason;
+use crate::stories::{millis, Story, StoryRequest, Style, TrendRef};
+
+/// A story, as every story endpoint and the final SSE event return it.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct StoryResponse {
+    pub id: String,
+    pub topic: String,
+    /// The current trend the topic matched, if any.
+    pub trend: Option<TrendRef>,
+    pub style: Style,
+    pub story: String,
+    pub model: String,
+    pub prompt_tokens: usize,
+    /// Tokens generated.
+    pub tokens: usize,
+    pub finish_reason: FinishReason,
+    /// Served from the story cache (no generation ran for this request).
+    pub cached: bool,
+    /// The seed the request gave (absent: the server picked one).
+    pub seed: Option<u64>,
+    pub timings: Timings,
+}
+
+/// Stage timings in milliseconds. Generation stages are those of the generation that wrote
+/// the story (shared by coalesced requests; zero for a cache hit); `total_ms` is this request's.
+#[derive(Debug, Clone, Copy, Serialize, ToSchema)]
+pub struct Timings {
+    pub trend_lookup_ms: f64,
+    pub queue_ms: f64,
+    pub prefill_ms: f64,
+    pub ttft_ms: f64,
+    pub generation_ms: f64,
+    pub total_ms: f64,
+}
+
+impl StoryResponse {
+    pub fn new(story: &Story, cached: bool, trend_lookup: Duration, started: Instant) -> Self {
+        let generation = if cached {
+            Default::default()
+        } else {
+            story.timings
+        };
+        Self {
+            id: story.id.clone(),
+            topic: story.topic.clone(),
+            trend: story.trend.clone(),
+            style: story.style,
+            story: story.text.clone(),
+            model: story.model.to_string(),
+            prompt_tokens: story.prompt_tokens,
+            tokens: story.tokens,
+            finish_reason: story.finish_reason,
+            cached,
+            seed: story.seed,
+            timings: Timings {
+                trend_lookup_ms: millis(trend_lookup),
+                queue_ms: generation.queue_ms,
+                prefill_ms: generation.prefill_ms,
+                ttft_ms: generation.ttft_ms,
+                generation_ms: generation.generation_ms,
+                total_ms: millis(started.elapsed()),
+            },
+        }
+    }
+}
+
+/// Writes a story. Without a topic: the top current trend.
+#[utoipa::path(
+    post,
+    path = "/v1/stories",
+    tag = "stories",
+    request_body = StoryRequest,
+    responses(
+        (status = 200, description = "The story (JSON), or Server-Sent Events with `\"stream\": true` or `Accept: text/event-stream`: `token` events `{\"text\"}`, then one `done` event with this body, or one `error` event", body = StoryResponse),
+        (status = 400, description = "Invalid JSON, unknown field, wrong type or out-of-range value", body = ErrorBody),
+        (status = 401, description = "Missing or wrong API key", body = ErrorBody),
+        (status = 413, description = "Body over `api.max_body_bytes`", body = ErrorBody),
+        (status = 415, description = "Not application/json", body = ErrorBody),
+        (status = 429, description = "Inference queue full or rate limited (see Retry-After)", body = ErrorBody),
+        (status = 503, description = "Not ready, no trends, or shutting down (see Retry-After)", body = ErrorBody),
+        (status = 504, description = "Not finished within `inference.request_timeout_secs`", body = ErrorBody),
+    ),
+    security((), ("api_key" = []))
+)]
+pub async fn post_story(
+    request: HttpRequest,
+    state: web::Data<AppState>,
+    body: web::Json<StoryRequest>,
+) -> Result<HttpResponse, ApiError> {
+    serve(&request, &state, body.into_inner(), false).await
+}
+
+/// The same request as a URL: a load balancer can route a topic to one replica by
+/// hashing `topic`, and any HTTP cache may keep the answer for the story cache's TTL.
+#[utoipa::path(
+    get,
+    path = "/v1/stories",
+    tag = "stories",
+    params(StoryQuery),
+    responses(
+        (status = 200, description = "As POST /v1/stories; `Cache-Control: public, max-age=<story cache TTL>` when the story may be shared", body = StoryResponse),
+        (status = 400, description = "Invalid parameter", body = ErrorBody),
+        (status = 429, description = "Inference queue full or rate limited", body = ErrorBody),
+        (status = 503, description = "Not ready or shutting down", body = ErrorBody),
+        (status = 504, description = "Timed out", body = ErrorBody),
+    ),
+    security((), ("api_key" = []))
+)]
+pub async fn get_story(
+    request: HttpRequest,
+    state: web::Data<AppState>,
+    query: web::Query<StoryRequest>,
+) -> Result<HttpResponse, ApiError> {
+    serve(&request, &state, query.into_inner(), true).await
+}
+
+/// The query parameters of `GET /v1/stories` (documentation of [`StoryRequest`] as a URL).
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+#[allow(dead_code)] // documents the query; the handler reads `StoryRequest`
+pub struct StoryQuery {
+    topic: Option<String>,
+    style: Option<Style>,
+    max_tokens: Option<u32>,
+    temperature: Option<f32>,
+    top_p: Option<f32>,
+    top_k: Option<u32>,
+    repetition_penalty: Option<f32>,
+    seed: Option<u64>,
+    stream: Option<bool>,
+}
+
+/// One code path for both story endpoints.
+async fn serve(
+    request: &HttpRequest,
+    state: &AppState,
+    story_request: StoryRequest,
+    http_cacheable: bool,
+) -> Result<HttpResponse, ApiError> {
+    let started = Instant::now();
+    if state.lifecycle.shutting_down() {
+        return Err(ApiError::ShuttingDown);
+    }
+    let valid = state.stories.validate(story_request)?;
+    let trend_lookup = started.elapsed();
+    let stream = valid.stream || sse::accepts_event_stream(request);
+    let story = state.stories.start(&valid)?;
+    if stream {
+        let request_id = super::request_id(request);
+        return Ok(sse::respond(story, trend_lookup, started, request_id));
+    }
+    let (story, cached) = story.finish().await?;
+    let body = StoryResponse::new(&story, cached, trend_lookup, started);
+    let mut response = HttpResponse::Ok();
+    if http_cacheable && valid.cacheable {
+        let ttl = state.stories.cache().ttl().as_secs();
+        response.insert_header(CacheControl(vec![
+            CacheDirective::Public,
+            CacheDirective::MaxAge(ttl as u32),
+        ]));
+    } else {
+        response.insert_header(CacheControl(vec![CacheDirective::NoStore]));
+    }
+    Ok(response.json(body))
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct TrendingQuery {
+    /// How many of the top trends (default `stories.trending.top_k`, at most `trends.max_trends`).
+    limit: Option<usize>,
+}
+
+/// The stories of the top trends, as pre-generation keeps them.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct TrendingStories {
+    pub stories: Vec<TrendingStory>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct TrendingStory {
+    pub rank: usize,
+    pub topic: String,
+    /// `ready` (story below) or `pending` (not written yet; never waited for).
+    pub status: TrendingStatus,
+    pub story: Option<StoryResponse>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum TrendingStatus {
+    Ready,
+    Pending,
+}
+
+/// Stories for the top trends, from the story cache; entries not written yet are pending.
+#[utoipa::path(
+    get,
+    path = "/v1/stories/trending",
+    tag = "stories",
+    params(TrendingQuery),
+    responses(
+        (status = 200, body = TrendingStories),
+        (status = 400, description = "Invalid limit", body = ErrorBody),
+    ),
+    security((), ("api_key" = []))
+)]
+pub async fn trending(
+    state: web::Data<AppState>,
+    query: web::Query<TrendingQuery>,
+) -> Result<HttpResponse, ApiError> {
+    let started = Instant::now();
+    let max = state.max_trends;
+    let limit = query
+        .limit
+        .unwrap_or(state.stories.config().trending.top_k.max(1));
+    if limit == 0 || limit > max {
+        return Err(ApiError::BadRequest(format!(
+            "`limit` must be between 1 and {max}, got {limit}"
+        )));
+    }
+    let stories = state
+        .stories
+        .top_trends(limit)
+        .into_iter()
+        .map(|trend| {
+            let story = state.stories.default_story(&trend.topic);
+            TrendingStory {
+                rank: trend.rank,
+                topic: trend.topic,
+                status: if story.is_some() {
+                    TrendingStatus::Ready
+                } else {
+                    TrendingStatus::Pending
+                },
+                story: story
+                    .map(|s: Arc<Story>| StoryResponse::new(&s, true, Duration::ZERO, started)),
+            }
+        })
+        .collect();
+    Ok(HttpResponse::Ok()
+        .insert_header((header::CACHE_CONTROL, "no-cache"))
+        .json(TrendingStories { stories }))
+}

@@ -1,0 +1,150 @@
+//! Stories: from a client's request to a finished (or streamed) story.
+//!
+//! - `config`: `[stories]` defaults, limits, cache and pre-generation settings.
+//! - `prompt`: styles, topic cleaning, the chat template and injection-safe tokenization.
+//! - `validate`: a [`StoryRequest`] (everything optional) into a [`ValidStoryRequest`]
+//!   (topic resolved in the trend snapshot, defaults filled, each rule checked by name).
+//! - `cache`: finished stories (TTL, LRU bound) and in-flight generations that identical
+//!   requests share ([`StoryCache`]).
+//! - `service`: the pipeline handlers call ([`StoryService`]): cache, coalescing,
+//!   admission, and the task that drives one generation for all its subscribers.
+//! - `pregen`: keeps stories written for the top trends at low priority.
+
+pub mod cache;
+pub mod config;
+pub mod pregen;
+pub mod prompt;
+pub mod service;
+pub mod validate;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+pub use cache::{StoryCache, StoryKey};
+pub use config::StoriesConfig;
+pub use prompt::Style;
+pub use service::{StoryEvent, StoryService, StoryStream};
+pub use validate::{ValidStoryRequest, ValidationError};
+
+use crate::engine::FinishReason;
+use crate::inference::InferError;
+
+/// A story request as a client sends it, as a JSON body (`POST /v1/stories`) or as query
+/// parameters (`GET /v1/stories`). Every field is optional; unknown fields are refused.
+#[derive(Debug, Clone, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct StoryRequest {
+    /// What the story is about (at most `stories.max_topic_chars` characters are kept;
+    /// control characters are removed). Absent: the top current trend.
+    pub topic: Option<String>,
+    /// Absent: `stories.default_style`.
+    pub style: Option<Style>,
+    /// New tokens at most, 1..=`inference.max_new_tokens`.
+    #[schema(minimum = 1)]
+    pub max_tokens: Option<u32>,
+    /// 0 is greedy.
+    #[schema(minimum = 0.0)]
+    pub temperature: Option<f32>,
+    /// Nucleus sampling mass, in (0, 1].
+    pub top_p: Option<f32>,
+    /// 0 disables top-k.
+    pub top_k: Option<u32>,
+    /// Above 1 discourages repeated tokens; must be above 0.
+    pub repetition_penalty: Option<f32>,
+    /// Same seed, same parameters, same model: same story (and always cacheable).
+    pub seed: Option<u64>,
+    /// Server-Sent Events instead of one JSON answer (`Accept: text/event-stream` too).
+    pub stream: Option<bool>,
+}
+
+/// The trend a story's topic matched, as written into the story.
+#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
+pub struct TrendRef {
+    /// Sources listing the topic (`hackernews`, `reddit`, `google_trends`, `wikipedia`, `file`).
+    pub sources: Vec<String>,
+    /// 1-based rank in the merged ranking when the story was requested.
+    pub rank: usize,
+    pub url: Option<String>,
+    /// Why it trends, as the source tells (put into the prompt).
+    pub context: Option<String>,
+}
+
+/// Stage timings of the generation that wrote a story, in milliseconds.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, ToSchema)]
+pub struct GenerationTimings {
+    /// Waiting for a batch slot.
+    pub queue_ms: f64,
+    /// Prefill of the prompt.
+    pub prefill_ms: f64,
+    /// From submission to the first token.
+    pub ttft_ms: f64,
+    /// From submission to the last token.
+    pub generation_ms: f64,
+}
+
+/// A finished story, as cached and shared by every request that asked for it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Story {
+    pub id: String,
+    pub topic: String,
+    pub trend: Option<TrendRef>,
+    pub style: Style,
+    pub text: String,
+    pub model: Arc<str>,
+    pub prompt_tokens: usize,
+    pub tokens: usize,
+    pub finish_reason: FinishReason,
+    /// The seed the request gave; `None` when the server picked one.
+    pub seed: Option<u64>,
+    pub timings: GenerationTimings,
+}
+
+impl Story {
+    /// Bytes the cache charges for this story.
+    pub fn size(&self) -> usize {
+        self.text.len() + self.topic.len() + self.id.len() + 256
+    }
+}
+
+/// Why a story request failed; the API layer picks the HTTP status from it.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum StoryError {
+    #[error(transparent)]
+    Invalid(#[from] ValidationError),
+    #[error(transparent)]
+    Inference(#[from] InferError),
+    /// The request's deadline (`inference.request_timeout_secs`) passed.
+    #[error("the story was not finished within {}s", .0.as_secs())]
+    Timeout(Duration),
+    /// The generation was given up (its last client left, or the server is stopping).
+    #[error("the generation was cancelled")]
+    Cancelled,
+    /// Pre-generation only: a user request took the slot.
+    #[error("the background generation gave its slot to a user request")]
+    Preempted,
+    /// No trend is known and the request named no topic.
+    #[error("no trending topic is available; name a topic")]
+    NoTrends,
+}
+
+impl StoryError {
+    /// Stable machine-readable name: the `code` of HTTP error bodies and the metric label.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::Invalid(e) => e.code(),
+            Self::Inference(e) => e.code(),
+            Self::Timeout(_) => "timeout",
+            Self::Cancelled => "cancelled",
+            Self::Preempted => "preempted",
+            Self::NoTrends => "no_trends",
+        }
+    }
+}
+
+/// Milliseconds of a duration, as the API reports timings.
+pub fn millis(d: Duration) -> f64 {
+    (d.as_secs_f64() * 1e6).round() / 1e3
+}

@@ -1,0 +1,422 @@
+//! [`StoryService`]: the story pipeline the handlers and pre-generation call.
+//!
+//! `validate` checks a request against the trend snapshot and the limits. `start` then
+//! answers from the cache, joins an identical generation in flight, or builds the prompt,
+//! submits it to the inference pool (refused at once when full) and spawns the task that
+//! drives the generation: it feeds every delta to the flight's subscribers, stores the
+//! finished story, and cancels the generation when the last subscriber leaves.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::StreamExt;
+
+use super::cache::{Flight, FlightEvent, Lookup, StoryCache, StoryKey, Subscription};
+use super::prompt::PromptTemplate;
+use super::validate::{validate, ValidStoryRequest};
+use super::{millis, GenerationTimings, StoriesConfig, Story, StoryError, StoryRequest};
+use crate::engine::{FinishReason, GenerationStats, SamplingParams};
+use crate::inference::{InferError, InferenceHandle, ResponseStream, StreamEvent};
+use crate::metrics::Metrics;
+use crate::trends::{Trend, TrendsHandle};
+
+/// Everything a story needs; cheap to share (`Arc`) between HTTP workers.
+pub struct StoryService {
+    inference: InferenceHandle,
+    trends: TrendsHandle,
+    cache: Arc<StoryCache>,
+    template: PromptTemplate,
+    config: StoriesConfig,
+    max_new_tokens: usize,
+    request_timeout: Duration,
+    model: Arc<str>,
+    metrics: Arc<Metrics>,
+}
+
+/// What a story stream yields.
+#[derive(Debug, Clone, PartialEq)]
+pub enum StoryEvent {
+    /// New text.
+    Delta(String),
+    /// The finished story; `cached` when it came from the cache without a generation.
+    Done {
+        story: Arc<Story>,
+        cached: bool,
+    },
+    Failed(StoryError),
+}
+
+/// One request's view of its story: a cached one, or a generation (its own or shared).
+pub struct StoryStream {
+    source: Source,
+    ended: bool,
+}
+
+enum Source {
+    Cached { story: Arc<Story>, sent: bool },
+    Live(Subscription),
+}
+
+impl StoryStream {
+    /// The next event; `None` after the end.
+    pub async fn next(&mut self) -> Option<StoryEvent> {
+        if self.ended {
+            return None;
+        }
+        let event = match &mut self.source {
+            Source::Cached { story, sent } => {
+                if !*sent {
+                    *sent = true;
+                    return Some(StoryEvent::Delta(story.text.clone()));
+                }
+                StoryEvent::Done {
+                    story: Arc::clone(story),
+                    cached: true,
+                }
+            }
+            Source::Live(subscription) => match subscription.next().await {
+                FlightEvent::Delta(text) => return Some(StoryEvent::Delta(text)),
+                FlightEvent::End(Ok(story)) => StoryEvent::Done {
+                    story,
+                    cached: false,
+                },
+                FlightEvent::End(Err(e)) => StoryEvent::Failed(e),
+            },
+        };
+        self.ended = true;
+        Some(event)
+    }
+
+    /// Waits for the end: the story and whether it came from the cache.
+    ///
+    /// # Errors
+    /// The generation's failure.
+    pub async fn finish(self) -> Result<(Arc<Story>, bool), StoryError> {
+        match self.source {
+            Source::Cached { story, .. } => Ok((story, true)),
+            Source::Live(subscription) => subscription.finish().await.map(|s| (s, false)),
+        }
+    }
+}
+
+/// Who waits for a generation: a client, or nobody (pre-generation).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Requester {
+    User,
+    Background,
+}
+
+impl Requester {
+    fn label(self) -> &'static str {
+        match self {
+            Requester::User => "user",
+            Requester::Background => "background",
+        }
+    }
+}
+
+impl StoryService {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        inference: InferenceHandle,
+        trends: TrendsHandle,
+        template: PromptTemplate,
+        config: StoriesConfig,
+        inference_config: &crate::config::InferenceConfig,
+        model: Arc<str>,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        Self {
+            inference,
+            trends,
+            cache: Arc::new(StoryCache::new(config.cache.clone())),
+            template,
+            config,
+            max_new_tokens: inference_config.max_new_tokens,
+            request_timeout: Duration::from_secs(inference_config.request_timeout_secs),
+            model,
+            metrics,
+        }
+    }
+
+    pub fn cache(&self) -> &Arc<StoryCache> {
+        &self.cache
+    }
+
+    pub fn config(&self) -> &StoriesConfig {
+        &self.config
+    }
+
+    pub fn model(&self) -> &Arc<str> {
+        &self.model
+    }
+
+    /// True when an inference worker has its model loaded.
+    pub fn ready(&self) -> bool {
+        self.inference.ready()
+    }
+
+    /// The first `n` trends of the current ranking.
+    pub fn top_trends(&self, n: usize) -> Vec<Trend> {
+        self.trends
+            .snapshot()
+            .trends
+            .iter()
+            .take(n)
+            .cloned()
+            .collect()
+    }
+
+    /// The cached story of a plain request (defaults, no seed) for `topic`, as
+    /// pre-generation writes it.
+    pub fn default_story(&self, topic: &str) -> Option<Arc<Story>> {
+        let request = self
+            .validate(StoryRequest {
+                topic: Some(topic.to_string()),
+                ..StoryRequest::default()
+            })
+            .ok()?;
+        self.cache.get(&request.key)
+    }
+
+    /// One short generation through the whole prompt path, so the first user request
+    /// does not pay for the engine's first allocations.
+    ///
+    /// # Errors
+    /// The generation's failure.
+    pub async fn warm_up(&self) -> Result<(), StoryError> {
+        let prompt = self
+            .template
+            .build(self.config.default_style, "warm-up", None)
+            .map_err(|e| StoryError::Inference(InferError::Generation(e.to_string())))?;
+        let params = SamplingParams {
+            max_tokens: 2,
+            ..SamplingParams::default()
+        };
+        self.inference.submit(prompt.ids, params)?.collect().await?;
+        Ok(())
+    }
+
+    /// Checks a request against the current trends and the limits.
+    ///
+    /// # Errors
+    /// `Invalid` for a broken rule, `NoTrends` when no topic is given and none trends.
+    pub fn validate(&self, request: StoryRequest) -> Result<ValidStoryRequest, StoryError> {
+        let snapshot = self.trends.snapshot();
+        validate(
+            request,
+            &self.config,
+            self.max_new_tokens,
+            &snapshot,
+            &self.model,
+        )?
+        .ok_or(StoryError::NoTrends)
+    }
+
+    /// Starts (or joins, or answers from the cache) the story of a valid request.
+    ///
+    /// # Errors
+    /// `Inference(Overloaded | NotReady)` when the pool refuses a new generation, or a
+    /// prompt that cannot be built.
+    pub fn start(&self, request: &ValidStoryRequest) -> Result<StoryStream, StoryError> {
+        let live = |subscription| StoryStream {
+            source: Source::Live(subscription),
+            ended: false,
+        };
+        if !request.cacheable {
+            let (flight, subscription) = StoryCache::private_flight();
+            self.launch(request, flight, None, Requester::User)?;
+            return Ok(live(subscription));
+        }
+        match self.cache.lookup(&request.key) {
+            Lookup::Hit(story) => {
+                self.metrics.cache_result("hit");
+                Ok(StoryStream {
+                    source: Source::Cached { story, sent: false },
+                    ended: false,
+                })
+            }
+            Lookup::Follow(subscription) => {
+                self.metrics.cache_result("coalesced");
+                Ok(live(subscription))
+            }
+            Lookup::Lead(flight, subscription) => {
+                self.metrics.cache_result("miss");
+                let landing = Landing {
+                    cache: Arc::clone(&self.cache),
+                    key: request.key.clone(),
+                    shared: true,
+                };
+                match self.launch(request, Arc::clone(&flight), Some(landing), Requester::User) {
+                    Ok(()) => Ok(live(subscription)),
+                    Err(e) => {
+                        // Followers that joined meanwhile get the same refusal.
+                        self.cache.land(&request.key, &flight);
+                        flight.end(Err(e.clone()));
+                        Err(e)
+                    }
+                }
+            }
+        }
+    }
+
+    /// Writes the story of a trend at background priority unless a fresh one is cached
+    /// or being written; waits for it. Used by pre-generation.
+    ///
+    /// # Errors
+    /// As `start`, plus `Preempted` when a user request took the slot.
+    pub async fn pregenerate(&self, topic: &str) -> Result<bool, StoryError> {
+        let request = self.validate(StoryRequest {
+            topic: Some(topic.to_string()),
+            ..StoryRequest::default()
+        })?;
+        if self.cache.get(&request.key).is_some() || self.cache.in_flight(&request.key) {
+            return Ok(false);
+        }
+        let (flight, subscription) = StoryCache::private_flight();
+        let landing = Landing {
+            cache: Arc::clone(&self.cache),
+            key: request.key.clone(),
+            shared: false,
+        };
+        self.launch(&request, flight, Some(landing), Requester::Background)?;
+        subscription.finish().await.map(|_| true)
+    }
+
+    /// Builds the prompt, submits it, and spawns the task that drives the flight.
+    fn launch(
+        &self,
+        request: &ValidStoryRequest,
+        flight: Arc<Flight>,
+        landing: Option<Landing>,
+        requester: Requester,
+    ) -> Result<(), StoryError> {
+        let context = request.trend.as_ref().and_then(|t| t.context.as_deref());
+        let prompt = self
+            .template
+            .build(request.style, &request.topic, context)
+            .map_err(|e| StoryError::Inference(InferError::Generation(e.to_string())))?;
+        let prompt_tokens = prompt.ids.len();
+        let submitted = match requester {
+            Requester::User => self.inference.submit(prompt.ids, request.params.clone()),
+            Requester::Background => self
+                .inference
+                .submit_background(prompt.ids, request.params.clone()),
+        };
+        let stream = submitted.inspect_err(|e| {
+            self.metrics.generation_ended(requester.label(), e.code());
+        })?;
+        let story = Story {
+            id: format!("story-{:016x}", rand::random::<u64>()),
+            topic: request.topic.clone(),
+            trend: request.trend.clone(),
+            style: request.style,
+            text: String::new(),
+            model: Arc::clone(&self.model),
+            prompt_tokens,
+            tokens: 0,
+            finish_reason: FinishReason::Stop,
+            seed: request.seed,
+            timings: GenerationTimings::default(),
+        };
+        let driver = Driver {
+            stream,
+            flight,
+            landing,
+            story,
+            requester,
+            timeout: self.request_timeout,
+            metrics: Arc::clone(&self.metrics),
+        };
+        actix_web::rt::spawn(driver.run());
+        Ok(())
+    }
+}
+
+/// Where a finished story goes: into the cache, and (for a shared flight) out of the map
+/// of flights.
+struct Landing {
+    cache: Arc<StoryCache>,
+    key: StoryKey,
+    shared: bool,
+}
+
+/// The task of one generation.
+struct Driver {
+    stream: ResponseStream,
+    flight: Arc<Flight>,
+    landing: Option<Landing>,
+    /// Filled as the generation goes.
+    story: Story,
+    requester: Requester,
+    timeout: Duration,
+    metrics: Arc<Metrics>,
+}
+
+impl Driver {
+    async fn run(mut self) {
+        let result = self.generate().await;
+        let outcome = result.as_ref().map_or_else(StoryError::code, |_| "ok");
+        self.metrics
+            .generation_ended(self.requester.label(), outcome);
+        let result = result.map(Arc::new);
+        if let Some(landing) = &self.landing {
+            if let Ok(story) = &result {
+                if matches!(
+                    story.finish_reason,
+                    FinishReason::Stop | FinishReason::Length
+                ) {
+                    landing.cache.insert(landing.key.clone(), Arc::clone(story));
+                }
+            }
+            // After the insert: a lookup in between finds the story, never nothing.
+            if landing.shared {
+                landing.cache.land(&landing.key, &self.flight);
+            }
+        }
+        self.flight.end(result);
+    }
+
+    /// Reads the engine's events into the flight until the end, or until the last
+    /// subscriber leaves (dropping the stream cancels the sequence at the next step).
+    async fn generate(&mut self) -> Result<Story, StoryError> {
+        loop {
+            let event = tokio::select! {
+                event = self.stream.next() => event,
+                () = self.flight.cancelled() => return Err(StoryError::Cancelled),
+            };
+            match event {
+                Some(Ok(StreamEvent::Token { text, .. })) => {
+                    if !text.is_empty() {
+                        self.story.text.push_str(&text);
+                        self.flight.push(text);
+                    }
+                }
+                Some(Ok(StreamEvent::Done(stats))) => return self.finish(&stats),
+                Some(Err(e)) => return Err(e.into()),
+                None => return Err(InferError::Incomplete.into()),
+            }
+        }
+    }
+
+    fn finish(&mut self, stats: &GenerationStats) -> Result<Story, StoryError> {
+        match stats.finish_reason {
+            FinishReason::Cancelled => return Err(StoryError::Timeout(self.timeout)),
+            FinishReason::Preempted => return Err(StoryError::Preempted),
+            FinishReason::Error => return Err(InferError::Incomplete.into()),
+            FinishReason::Stop | FinishReason::Length => {}
+        }
+        self.metrics.observe_generation(stats);
+        let ttft = stats.time_to_first_token.unwrap_or_default();
+        let mut story = self.story.clone();
+        story.tokens = stats.generated_tokens;
+        story.finish_reason = stats.finish_reason;
+        story.timings = GenerationTimings {
+            queue_ms: millis(stats.queue_time),
+            prefill_ms: millis(stats.prefill_time),
+            ttft_ms: millis(ttft),
+            generation_ms: millis(ttft + stats.decode_time),
+        };
+        Ok(story)
+    }
+}

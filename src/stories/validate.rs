@@ -1,0 +1,337 @@
+//! [`StoryRequest`] into [`ValidStoryRequest`]: the topic cleaned and looked up in the
+//! trend snapshot, defaults filled in, every parameter checked with an error naming it.
+
+use std::sync::Arc;
+
+use super::cache::StoryKey;
+use super::prompt::{clean_topic, PromptError, Style};
+use super::{StoriesConfig, StoryRequest, TrendRef};
+use crate::engine::SamplingParams;
+use crate::trends::{Trend, TrendSnapshot};
+
+/// Highest temperature accepted: above it the text is noise.
+pub const MAX_TEMPERATURE: f32 = 5.0;
+/// Highest repetition penalty accepted.
+pub const MAX_REPETITION_PENALTY: f32 = 10.0;
+
+/// One rule a request broke; the message names the field, the rule and the value given.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum ValidationError {
+    #[error("`topic` is empty once control characters and spaces are removed")]
+    EmptyTopic,
+    #[error("`{field}` must be {rule}, got {value}")]
+    OutOfRange {
+        field: &'static str,
+        rule: String,
+        value: String,
+    },
+    #[error("the request body or query is invalid: {0}")]
+    Malformed(String),
+}
+
+impl ValidationError {
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::EmptyTopic => "empty_topic",
+            Self::OutOfRange { .. } => "out_of_range",
+            Self::Malformed(_) => "invalid_request",
+        }
+    }
+
+    fn range(field: &'static str, rule: impl Into<String>, value: impl ToString) -> Self {
+        Self::OutOfRange {
+            field,
+            rule: rule.into(),
+            value: value.to_string(),
+        }
+    }
+}
+
+/// A request with every rule checked and every default resolved.
+#[derive(Debug, Clone)]
+pub struct ValidStoryRequest {
+    /// The cleaned topic (the trend's own title when none was given).
+    pub topic: String,
+    /// The current trend the topic matches, if any.
+    pub trend: Option<TrendRef>,
+    pub style: Style,
+    /// Sampling as the engine gets it; `seed` is random when the client gave none.
+    pub params: SamplingParams,
+    /// The seed the client gave.
+    pub seed: Option<u64>,
+    pub stream: bool,
+    /// Identifies identical requests for the cache and for sharing one generation.
+    pub key: StoryKey,
+    /// May be cached and shared (a seed was given, or `cache_unseeded` is on).
+    pub cacheable: bool,
+}
+
+/// Checks `request` against `config` and the limits of the engine.
+///
+/// # Errors
+/// The first rule broken; `Ok(None)`-like absence of trends is the caller's
+/// (`topic` missing and no trend known gives [`super::StoryError::NoTrends`]).
+pub fn validate(
+    request: StoryRequest,
+    config: &StoriesConfig,
+    max_new_tokens: usize,
+    snapshot: &TrendSnapshot,
+    model: &Arc<str>,
+) -> Result<Option<ValidStoryRequest>, ValidationError> {
+    let (topic, trend) = match &request.topic {
+        Some(raw) => {
+            let topic = clean_topic(raw, config.max_topic_chars).map_err(|e| match e {
+                PromptError::EmptyTopic => ValidationError::EmptyTopic,
+                other => ValidationError::Malformed(other.to_string()),
+            })?;
+            let trend = snapshot.find(&topic).map(trend_ref);
+            (topic, trend)
+        }
+        None => match snapshot.trends.first() {
+            Some(top) => (top.topic.clone(), Some(trend_ref(top))),
+            None => return Ok(None),
+        },
+    };
+    let max_tokens = match request.max_tokens {
+        Some(n) if n == 0 || n as usize > max_new_tokens => {
+            return Err(ValidationError::range(
+                "max_tokens",
+                format!("between 1 and {max_new_tokens}"),
+                n,
+            ))
+        }
+        Some(n) => n as usize,
+        None => config.default_max_tokens,
+    };
+    let temperature = request.temperature.unwrap_or(config.default_temperature);
+    if !(temperature.is_finite() && (0.0..=MAX_TEMPERATURE).contains(&temperature)) {
+        return Err(ValidationError::range(
+            "temperature",
+            format!("between 0 and {MAX_TEMPERATURE}"),
+            temperature,
+        ));
+    }
+    let top_p = request.top_p.unwrap_or(config.default_top_p);
+    if !(top_p > 0.0 && top_p <= 1.0) {
+        return Err(ValidationError::range("top_p", "in (0, 1]", top_p));
+    }
+    let top_k = request.top_k.map_or(config.default_top_k, |k| k as usize);
+    let repetition_penalty = request
+        .repetition_penalty
+        .unwrap_or(config.default_repetition_penalty);
+    if !(repetition_penalty > 0.0 && repetition_penalty <= MAX_REPETITION_PENALTY) {
+        return Err(ValidationError::range(
+            "repetition_penalty",
+            format!("above 0 and at most {MAX_REPETITION_PENALTY}"),
+            repetition_penalty,
+        ));
+    }
+    let style = request.style.unwrap_or(config.default_style);
+    let params = SamplingParams {
+        temperature,
+        top_k,
+        top_p,
+        repetition_penalty,
+        seed: request.seed.unwrap_or_else(rand::random),
+        max_tokens,
+        stop: Vec::new(),
+        ignore_eos: false,
+    };
+    let key = StoryKey::new(&topic, style, model, &params, request.seed);
+    Ok(Some(ValidStoryRequest {
+        cacheable: request.seed.is_some() || config.cache.cache_unseeded,
+        topic,
+        trend,
+        style,
+        params,
+        seed: request.seed,
+        stream: request.stream.unwrap_or(false),
+        key,
+    }))
+}
+
+fn trend_ref(trend: &Trend) -> TrendRef {
+    TrendRef {
+        sources: trend
+            .sources
+            .iter()
+            .map(|s| s.as_str().to_string())
+            .collect(),
+        rank: trend.rank,
+        url: trend.url.clone(),
+        context: None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::trends::{Freshness, TrendSnapshot};
+    use std::time::SystemTime;
+
+    fn snapshot(topics: &[&str]) -> TrendSnapshot {
+        let now = SystemTime::now();
+        TrendSnapshot {
+            trends: topics
+                .iter()
+                .enumerate()
+                .map(|(i, t)| Trend {
+                    topic: t.to_string(),
+                    sources: vec![crate::trends::SourceKind::File],
+                    rank: i + 1,
+                    score: 1.0,
+                    url: None,
+                    first_seen: now,
+                    last_seen: now,
+                    fetched_at: now,
+                    stale: false,
+                })
+                .collect(),
+            freshness: Freshness::Default,
+            built_at: now,
+            sources: Vec::new(),
+        }
+    }
+
+    fn check(request: StoryRequest) -> Result<Option<ValidStoryRequest>, ValidationError> {
+        validate(
+            request,
+            &StoriesConfig::default(),
+            512,
+            &snapshot(&["Solar eclipse", "Rust 2.0"]),
+            &Arc::from("m"),
+        )
+    }
+
+    fn field_of(err: ValidationError) -> &'static str {
+        match err {
+            ValidationError::OutOfRange { field, .. } => field,
+            other => panic!("expected OutOfRange, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn no_topic_takes_the_top_trend() {
+        let valid = check(StoryRequest::default()).unwrap().unwrap();
+        assert_eq!(valid.topic, "Solar eclipse");
+        assert_eq!(valid.trend.unwrap().rank, 1);
+        assert_eq!(valid.style, Style::default());
+        assert_eq!(valid.params.max_tokens, 128);
+        let none = validate(
+            StoryRequest::default(),
+            &StoriesConfig::default(),
+            512,
+            &snapshot(&[]),
+            &Arc::from("m"),
+        );
+        assert!(matches!(none, Ok(None)), "no trend and no topic");
+    }
+
+    #[test]
+    fn a_topic_matching_a_trend_carries_it() {
+        let valid = check(StoryRequest {
+            topic: Some("  rust 2.0\n".into()),
+            ..StoryRequest::default()
+        })
+        .unwrap()
+        .unwrap();
+        assert_eq!(valid.topic, "rust 2.0");
+        assert_eq!(valid.trend.unwrap().rank, 2);
+    }
+
+    #[test]
+    fn an_empty_topic_after_cleaning_is_refused() {
+        let err = check(StoryRequest {
+            topic: Some(" \n\t\u{0}\u{7} ".into()),
+            ..StoryRequest::default()
+        })
+        .unwrap_err();
+        assert_eq!(err, ValidationError::EmptyTopic);
+    }
+
+    #[test]
+    fn each_out_of_range_field_is_named() {
+        let cases = [
+            (
+                StoryRequest {
+                    max_tokens: Some(0),
+                    ..StoryRequest::default()
+                },
+                "max_tokens",
+            ),
+            (
+                StoryRequest {
+                    max_tokens: Some(513),
+                    ..StoryRequest::default()
+                },
+                "max_tokens",
+            ),
+            (
+                StoryRequest {
+                    temperature: Some(-0.1),
+                    ..StoryRequest::default()
+                },
+                "temperature",
+            ),
+            (
+                StoryRequest {
+                    temperature: Some(f32::NAN),
+                    ..StoryRequest::default()
+                },
+                "temperature",
+            ),
+            (
+                StoryRequest {
+                    top_p: Some(0.0),
+                    ..StoryRequest::default()
+                },
+                "top_p",
+            ),
+            (
+                StoryRequest {
+                    top_p: Some(1.01),
+                    ..StoryRequest::default()
+                },
+                "top_p",
+            ),
+            (
+                StoryRequest {
+                    repetition_penalty: Some(0.0),
+                    ..StoryRequest::default()
+                },
+                "repetition_penalty",
+            ),
+        ];
+        for (request, field) in cases {
+            assert_eq!(field_of(check(request).unwrap_err()), field);
+        }
+    }
+
+    #[test]
+    fn a_seed_makes_the_request_cacheable_and_keys_differ_by_parameters() {
+        let seeded = |seed, max_tokens| {
+            check(StoryRequest {
+                topic: Some("Tides".into()),
+                seed: Some(seed),
+                max_tokens: Some(max_tokens),
+                ..StoryRequest::default()
+            })
+            .unwrap()
+            .unwrap()
+        };
+        let a = seeded(7, 32);
+        assert!(a.cacheable);
+        assert_eq!(a.params.seed, 7);
+        assert_eq!(a.key, seeded(7, 32).key);
+        assert_ne!(a.key, seeded(8, 32).key);
+        assert_ne!(a.key, seeded(7, 33).key);
+        let unseeded = check(StoryRequest {
+            topic: Some("TIDES".into()),
+            max_tokens: Some(32),
+            ..StoryRequest::default()
+        })
+        .unwrap()
+        .unwrap();
+        assert_ne!(unseeded.key, a.key, "no seed is its own key");
+    }
+}
