@@ -110,3 +110,98 @@ pub fn golden(dir: &Path) -> Golden {
     let text = std::fs::read_to_string(dir.join("golden.json")).expect("golden.json");
     serde_json::from_str(&text).expect("golden.json schema")
 }
+
+/// A server config over the tiny model: one worker thread, no pre-generation (tests that
+/// want it turn it on), the embedded trend list.
+pub fn tiny_server_config() -> trendstory::config::Config {
+    let mut config = trendstory::config::Config {
+        model: trendstory::config::ModelConfig {
+            dir: required_model(TINY),
+        },
+        runtime: runtime(),
+        ..trendstory::config::Config::default()
+    };
+    config.inference.threads_per_worker = 1;
+    config.server.http_workers = 2;
+    config.stories.trending.enabled = false;
+    config
+}
+
+/// Starts `server::run` on 127.0.0.1 (an unused port) on the current actix system and
+/// waits until `/readyz` says ready; returns the base URL.
+pub async fn start_server(config: trendstory::config::Config) -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    actix_web::rt::spawn(trendstory::server::run(config, listener));
+    wait_ready(&base).await;
+    base
+}
+
+/// Polls `/readyz` until it answers 200 (at most a minute).
+pub async fn wait_ready(base: &str) {
+    let client = awc::Client::default();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        if let Ok(response) = client.get(format!("{base}/readyz")).send().await {
+            if response.status() == 200 {
+                return;
+            }
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{base} not ready within a minute"
+        );
+        actix_web::rt::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
+/// A client without awc's default 5 s timeout (stories may take longer under load).
+pub fn client() -> awc::Client {
+    awc::Client::builder()
+        .timeout(std::time::Duration::from_secs(60))
+        .finish()
+}
+
+/// The value of one sample in OpenMetrics text, e.g.
+/// `metric(&text, "trendstory_story_cache_lookups_total{result=\"hit\"}")`; 0 when absent.
+pub fn metric(text: &str, sample: &str) -> f64 {
+    text.lines()
+        .find_map(|line| {
+            line.strip_prefix(sample)
+                .and_then(|rest| rest.strip_prefix(' '))
+                .and_then(|value| value.trim().parse().ok())
+        })
+        .unwrap_or(0.0)
+}
+
+/// One Server-Sent Event.
+#[derive(Debug, Clone)]
+pub struct SseEvent {
+    pub event: String,
+    pub data: serde_json::Value,
+}
+
+/// Splits an SSE body into events (comments skipped); panics on a malformed frame.
+pub fn parse_sse(body: &str) -> Vec<SseEvent> {
+    body.split("\n\n")
+        .filter(|frame| !frame.trim().is_empty())
+        .filter(|frame| !frame.starts_with(':'))
+        .map(|frame| {
+            let mut event = None;
+            let mut data = None;
+            for line in frame.lines() {
+                if let Some(v) = line.strip_prefix("event: ") {
+                    event = Some(v.to_string());
+                } else if let Some(v) = line.strip_prefix("data: ") {
+                    data = Some(serde_json::from_str(v).expect("data is JSON"));
+                } else {
+                    panic!("unexpected SSE line {line:?} in {frame:?}");
+                }
+            }
+            SseEvent {
+                event: event.expect("event line"),
+                data: data.expect("data line"),
+            }
+        })
+        .collect()
+}

@@ -1,0 +1,517 @@
+//! The story API over real HTTP on 127.0.0.1, through the same `server::run` as `main`,
+//! on the tiny model: response shapes, SSE, coalescing, the cache, cancellation, overload,
+//! pre-generation, access control, and the OpenAPI document.
+
+mod common;
+
+use std::time::Duration;
+
+use actix_web::http::header;
+use futures_util::StreamExt;
+use serde_json::{json, Value};
+
+use common::{client, metric, parse_sse, start_server, tiny_server_config, SseEvent};
+
+/// Keys every story answer has, in any order.
+const STORY_KEYS: [&str; 12] = [
+    "id",
+    "topic",
+    "trend",
+    "style",
+    "story",
+    "model",
+    "prompt_tokens",
+    "tokens",
+    "finish_reason",
+    "cached",
+    "seed",
+    "timings",
+];
+const TIMING_KEYS: [&str; 6] = [
+    "trend_lookup_ms",
+    "queue_ms",
+    "prefill_ms",
+    "ttft_ms",
+    "generation_ms",
+    "total_ms",
+];
+
+fn keys(value: &Value) -> Vec<String> {
+    let mut keys: Vec<String> = value
+        .as_object()
+        .unwrap_or_else(|| panic!("not an object: {value}"))
+        .keys()
+        .cloned()
+        .collect();
+    keys.sort();
+    keys
+}
+
+fn sorted(names: &[&str]) -> Vec<String> {
+    let mut names: Vec<String> = names.iter().map(|s| s.to_string()).collect();
+    names.sort();
+    names
+}
+
+async fn post(base: &str, body: Value) -> (u16, Value) {
+    let mut response = client()
+        .post(format!("{base}/v1/stories"))
+        .send_json(&body)
+        .await
+        .expect("request");
+    let json = response.json::<Value>().limit(1 << 20).await.expect("json");
+    (response.status().as_u16(), json)
+}
+
+async fn get_json(base: &str, path: &str) -> (u16, Value) {
+    let mut response = client()
+        .get(format!("{base}{path}"))
+        .send()
+        .await
+        .expect("request");
+    let json = response.json::<Value>().limit(1 << 22).await.expect("json");
+    (response.status().as_u16(), json)
+}
+
+async fn metrics(base: &str) -> String {
+    let mut response = client()
+        .get(format!("{base}/metrics"))
+        .send()
+        .await
+        .unwrap();
+    String::from_utf8(response.body().limit(1 << 22).await.unwrap().to_vec()).unwrap()
+}
+
+fn generations(text: &str, outcome: &str) -> f64 {
+    metric(
+        text,
+        &format!("trendstory_story_generations_total{{priority=\"user\",outcome=\"{outcome}\"}}"),
+    )
+}
+
+/// Reads SSE events one by one from a streaming response.
+struct SseReader {
+    body: futures_util::stream::LocalBoxStream<
+        'static,
+        Result<actix_web::web::Bytes, awc::error::PayloadError>,
+    >,
+    buffer: String,
+}
+
+impl SseReader {
+    fn new<S>(body: S) -> Self
+    where
+        S: futures_util::Stream<Item = Result<actix_web::web::Bytes, awc::error::PayloadError>>
+            + 'static,
+    {
+        Self {
+            body: body.boxed_local(),
+            buffer: String::new(),
+        }
+    }
+
+    async fn next_event(&mut self) -> Option<SseEvent> {
+        loop {
+            if let Some(end) = self.buffer.find("\n\n") {
+                let frame: String = self.buffer.drain(..end + 2).collect();
+                if frame.starts_with(':') {
+                    continue;
+                }
+                return parse_sse(&frame).into_iter().next();
+            }
+            let chunk = self.body.next().await?.expect("body chunk");
+            self.buffer.push_str(std::str::from_utf8(&chunk).expect("utf-8"));
+        }
+    }
+
+    /// Every remaining event.
+    async fn rest(&mut self) -> Vec<SseEvent> {
+        let mut events = Vec::new();
+        while let Some(event) = self.next_event().await {
+            events.push(event);
+        }
+        events
+    }
+}
+
+/// Deltas joined, and the final event.
+fn story_of(events: &[SseEvent]) -> (String, &SseEvent) {
+    let (last, tokens) = events.split_last().expect("events");
+    let text = tokens
+        .iter()
+        .map(|e| {
+            assert_eq!(e.event, "token", "{e:?}");
+            e.data["text"].as_str().unwrap().to_string()
+        })
+        .collect();
+    (text, last)
+}
+
+async fn open_stream(base: &str, body: Value) -> SseReader {
+    let response = client()
+        .post(format!("{base}/v1/stories"))
+        .insert_header((header::ACCEPT, "text/event-stream"))
+        .send_json(&body)
+        .await
+        .expect("stream request");
+    assert_eq!(response.status(), 200);
+    assert_eq!(
+        response.headers().get(header::CONTENT_TYPE).unwrap(),
+        "text/event-stream"
+    );
+    SseReader::new(response)
+}
+
+#[actix_web::test]
+async fn every_endpoint_answers_with_its_shape() {
+    let base = start_server(tiny_server_config()).await;
+
+    let (status, story) = post(&base, json!({"topic": "Tides of Saturn", "max_tokens": 12, "seed": 3, "style": "poem"})).await;
+    assert_eq!(status, 200, "{story}");
+    assert_eq!(keys(&story), sorted(&STORY_KEYS));
+    assert_eq!(keys(&story["timings"]), sorted(&TIMING_KEYS));
+    assert_eq!(story["topic"], "Tides of Saturn");
+    assert_eq!(story["style"], "poem");
+    assert_eq!(story["tokens"], 12);
+    assert_eq!(story["finish_reason"], "length");
+    assert_eq!(story["cached"], false);
+    assert_eq!(story["seed"], 3);
+    assert!(story["trend"].is_null(), "not a current trend");
+    assert!(story["prompt_tokens"].as_u64().unwrap() > 10);
+    assert!(story["model"].as_str().unwrap().contains("random weights"));
+
+    // No topic: the top trend, carried with its rank and sources.
+    let (status, top) = post(&base, json!({"max_tokens": 4})).await;
+    assert_eq!(status, 200, "{top}");
+    let (_, trends) = get_json(&base, "/v1/trends?limit=3").await;
+    assert_eq!(top["topic"], trends["trends"][0]["topic"]);
+    assert_eq!(top["trend"]["rank"], 1);
+    assert_eq!(top["trend"]["sources"], json!(["file"]));
+    assert_eq!(
+        keys(&trends),
+        sorted(&["freshness", "built_at", "age_secs", "trends"])
+    );
+    assert_eq!(trends["trends"].as_array().unwrap().len(), 3);
+    assert_eq!(
+        keys(&trends["trends"][0]),
+        sorted(&[
+            "topic", "rank", "score", "sources", "url", "context", "first_seen", "last_seen",
+            "fetched_at", "age_secs", "stale"
+        ])
+    );
+    let (status, only_file) = get_json(&base, "/v1/trends?source=file&limit=1").await;
+    assert_eq!((status, only_file["trends"].as_array().unwrap().len()), (200, 1));
+    let (status, none) = get_json(&base, "/v1/trends?source=reddit").await;
+    assert_eq!((status, none["trends"].as_array().unwrap().len()), (200, 0));
+
+    // GET: the same request as a URL, cacheable by HTTP caches.
+    let mut response = client()
+        .get(format!("{base}/v1/stories?topic=Tides%20of%20Saturn&max_tokens=12&seed=3&style=poem"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(
+        response.headers().get(header::CACHE_CONTROL).unwrap(),
+        "public, max-age=600"
+    );
+    let again: Value = response.json().limit(1 << 20).await.unwrap();
+    assert_eq!(again["story"], story["story"], "same request, same story");
+    assert_eq!(again["cached"], true);
+    assert_eq!(again["id"], story["id"]);
+    assert!(response.headers().get("x-request-id").is_some());
+
+    let (status, trending) = get_json(&base, "/v1/stories/trending?limit=2").await;
+    assert_eq!(status, 200);
+    let entries = trending["stories"].as_array().unwrap();
+    assert_eq!(entries.len(), 2);
+    assert_eq!(keys(&entries[0]), sorted(&["rank", "topic", "status", "story"]));
+    assert_eq!(entries[0]["status"], "pending", "pre-generation is off here");
+
+    let (status, health) = get_json(&base, "/healthz").await;
+    assert_eq!((status, health), (200, json!({"status": "ok"})));
+    let (status, ready) = get_json(&base, "/readyz").await;
+    assert_eq!(status, 200);
+    assert_eq!(ready["warmed_up"], true);
+    assert_eq!(ready["shutting_down"], false);
+
+    let text = metrics(&base).await;
+    for family in [
+        "trendstory_http_request_duration_seconds_bucket{",
+        "trendstory_inference_queue_depth ",
+        "trendstory_inference_batch_size ",
+        "trendstory_inference_generated_tokens_total ",
+        "trendstory_inference_time_to_first_token_seconds_bucket{",
+        "trendstory_inference_prefill_tokens_per_second_bucket{",
+        "trendstory_inference_decode_tokens_per_second_bucket{",
+        "trendstory_story_cache_lookups_total{result=\"hit\"}",
+        "trendstory_story_cache_lookups_total{result=\"miss\"}",
+        "trendstory_trend_source_up{source=\"file\"}",
+        "trendstory_trend_source_age_seconds{source=\"file\"}",
+        "trendstory_inference_worker_restarts_total ",
+    ] {
+        assert!(text.contains(family), "metrics lack {family}:\n{text}");
+    }
+    assert!(metric(&text, "trendstory_inference_generated_tokens_total") >= 16.0);
+    assert!(
+        text.contains("route=\"/v1/stories\",method=\"POST\",status=\"200\""),
+        "request durations are labelled by route pattern"
+    );
+}
+
+#[actix_web::test]
+async fn sse_deltas_make_the_final_story() {
+    let base = start_server(tiny_server_config()).await;
+    let mut stream = open_stream(&base, json!({"topic": "Moon city", "max_tokens": 40, "seed": 9})).await;
+    let events = stream.rest().await;
+    let (text, last) = story_of(&events);
+    assert_eq!(last.event, "done");
+    assert_eq!(keys(&last.data), sorted(&STORY_KEYS));
+    assert_eq!(last.data["story"], text.as_str());
+    assert_eq!(last.data["tokens"], 40);
+    // `"stream": true` in the body does the same; the seed makes it the cached story.
+    let mut response = client()
+        .post(format!("{base}/v1/stories"))
+        .send_json(&json!({"topic": "Moon city", "max_tokens": 40, "seed": 9, "stream": true}))
+        .await
+        .unwrap();
+    let body = response.body().limit(1 << 20).await.unwrap();
+    let events = parse_sse(std::str::from_utf8(&body).unwrap());
+    let (cached_text, last) = story_of(&events);
+    assert_eq!(cached_text, text);
+    assert_eq!(last.data["cached"], true);
+}
+
+#[actix_web::test]
+async fn identical_requests_share_one_generation_and_late_joiners_get_everything() {
+    let base = start_server(tiny_server_config()).await;
+    let body = json!({"topic": "Lighthouse", "max_tokens": 400, "seed": 11});
+    let before = metrics(&base).await;
+
+    // N identical requests at once: one generation.
+    let answers = futures_util::future::join_all((0..5).map(|_| post(&base, body.clone()))).await;
+    let first = &answers[0].1;
+    for (status, answer) in &answers {
+        assert_eq!(*status, 200, "{answer}");
+        assert_eq!(answer["story"], first["story"]);
+        assert_eq!(answer["id"], first["id"], "one story, shared");
+    }
+    let after = metrics(&base).await;
+    assert_eq!(generations(&after, "ok") - generations(&before, "ok"), 1.0);
+    let coalesced = |t: &str| metric(t, "trendstory_story_cache_lookups_total{result=\"coalesced\"}");
+    let hits = |t: &str| metric(t, "trendstory_story_cache_lookups_total{result=\"hit\"}");
+    assert_eq!(
+        coalesced(&after) - coalesced(&before) + hits(&after) - hits(&before),
+        4.0,
+        "the other four joined the flight (or, if it had ended, hit the cache)"
+    );
+
+    // A cached request does not touch the inference pool.
+    let (status, cached) = post(&base, body.clone()).await;
+    assert_eq!((status, &cached["cached"]), (200, &json!(true)));
+    let later = metrics(&base).await;
+    assert_eq!(generations(&later, "ok"), generations(&after, "ok"));
+    assert_eq!(
+        metric(&later, "trendstory_inference_generated_tokens_total"),
+        metric(&after, "trendstory_inference_generated_tokens_total")
+    );
+
+    // A streaming joiner that arrives after the first deltas still gets the whole text.
+    let fresh = json!({"topic": "Lighthouse", "max_tokens": 400, "seed": 12});
+    let mut early = open_stream(&base, fresh.clone()).await;
+    let first_delta = early.next_event().await.unwrap();
+    assert_eq!(first_delta.event, "token");
+    let mut late = open_stream(&base, fresh).await;
+    let mut early_events = vec![first_delta];
+    early_events.extend(early.rest().await);
+    let late_events = late.rest().await;
+    let (early_text, early_done) = story_of(&early_events);
+    let (late_text, late_done) = story_of(&late_events);
+    assert_eq!(late_text, early_text);
+    assert_eq!(late_done.data["id"], early_done.data["id"], "one generation");
+    assert_eq!(late_done.data["story"], early_text.as_str());
+}
+
+#[actix_web::test]
+async fn a_client_that_disconnects_frees_its_slot() {
+    let base = start_server(tiny_server_config()).await;
+    let before = metrics(&base).await;
+    let mut stream = open_stream(&base, json!({"topic": "Long tale", "max_tokens": 450, "seed": 5})).await;
+    assert_eq!(stream.next_event().await.unwrap().event, "token");
+    let (_, ready) = get_json(&base, "/readyz").await;
+    assert_eq!(ready["inference"]["in_flight"], 1);
+    drop(stream);
+    let freed = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            let (_, ready) = get_json(&base, "/readyz").await;
+            if ready["inference"]["in_flight"] == 0 {
+                return;
+            }
+            actix_web::rt::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    assert!(freed.is_ok(), "the slot was not freed after the disconnect");
+    let after = metrics(&base).await;
+    assert_eq!(
+        generations(&after, "cancelled") - generations(&before, "cancelled"),
+        1.0
+    );
+    assert_eq!(generations(&after, "ok"), generations(&before, "ok"));
+}
+
+#[actix_web::test]
+async fn overload_is_refused_with_retry_after_and_recovers() {
+    let mut config = tiny_server_config();
+    config.inference.max_batch_size = 1;
+    config.inference.max_queue = 0;
+    config.inference.retry_after_secs = 2;
+    let base = start_server(config).await;
+    let mut holder = open_stream(&base, json!({"topic": "Slot holder", "max_tokens": 450, "seed": 1})).await;
+    assert_eq!(holder.next_event().await.unwrap().event, "token");
+    let response = client()
+        .post(format!("{base}/v1/stories"))
+        .send_json(&json!({"topic": "Another", "max_tokens": 4, "seed": 2}))
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 429);
+    assert_eq!(response.headers().get(header::RETRY_AFTER).unwrap(), "2");
+    let mut response = response;
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "overloaded");
+    drop(holder);
+    let recovered = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            let (status, _) = post(&base, json!({"topic": "Another", "max_tokens": 4, "seed": 2})).await;
+            if status == 200 {
+                return;
+            }
+            assert_eq!(status, 429);
+            actix_web::rt::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    assert!(recovered.is_ok(), "never served again after the load dropped");
+}
+
+#[actix_web::test]
+async fn pregeneration_fills_the_trending_stories() {
+    let mut config = tiny_server_config();
+    config.stories.trending.enabled = true;
+    config.stories.trending.top_k = 2;
+    config.stories.trending.check_interval_secs = 1;
+    config.stories.default_max_tokens = 8;
+    let base = start_server(config).await;
+    let ready = tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            let (status, body) = get_json(&base, "/v1/stories/trending?limit=2").await;
+            assert_eq!(status, 200);
+            let entries = body["stories"].as_array().unwrap().clone();
+            if entries.iter().all(|e| e["status"] == "ready") {
+                return entries;
+            }
+            actix_web::rt::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await
+    .expect("trending stories written within 30 s");
+    assert_eq!(ready[0]["story"]["topic"], ready[0]["topic"]);
+    assert_eq!(ready[0]["story"]["tokens"], 8);
+    // A plain request for the top topic is then a cache hit.
+    let (status, story) = post(&base, json!({"topic": ready[0]["topic"]})).await;
+    assert_eq!(status, 200);
+    assert_eq!(story["cached"], true);
+    assert_eq!(story["story"], ready[0]["story"]["story"]);
+    let text = metrics(&base).await;
+    assert!(
+        metric(&text, "trendstory_story_generations_total{priority=\"background\",outcome=\"ok\"}") >= 2.0
+    );
+}
+
+#[actix_web::test]
+async fn api_keys_and_rate_limits_guard_v1_only() {
+    let mut config = tiny_server_config();
+    config.api.api_keys = vec!["k-123".into()];
+    config.api.rate_limit_per_second = 1;
+    config.api.rate_limit_burst = 2;
+    let base = start_server(config).await;
+    let mut response = client()
+        .get(format!("{base}/v1/trends"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 401);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "unauthorized");
+    assert_eq!(
+        body["error"]["request_id"].as_str().unwrap(),
+        response.headers().get("x-request-id").unwrap().to_str().unwrap()
+    );
+    let authed = || {
+        client()
+            .get(format!("{base}/v1/trends"))
+            .insert_header((header::AUTHORIZATION, "Bearer k-123"))
+            .send()
+    };
+    assert_eq!(authed().await.unwrap().status(), 200);
+    assert_eq!(authed().await.unwrap().status(), 200);
+    let limited = authed().await.unwrap();
+    assert_eq!(limited.status(), 429);
+    assert!(limited.headers().get(header::RETRY_AFTER).is_some());
+    // Probes, metrics and the document stay open.
+    for path in ["/healthz", "/readyz", "/metrics", "/openapi.json"] {
+        let response = client().get(format!("{base}{path}")).send().await.unwrap();
+        assert_eq!(response.status(), 200, "{path}");
+    }
+}
+
+#[actix_web::test]
+async fn the_openapi_document_is_valid_and_lists_every_route() {
+    let base = start_server(tiny_server_config()).await;
+    let (status, document) = get_json(&base, "/openapi.json").await;
+    assert_eq!(status, 200);
+    assert_eq!(document["openapi"], "3.1.0");
+    let paths = document["paths"].as_object().unwrap();
+    for (path, method) in [
+        ("/v1/stories", "post"),
+        ("/v1/stories", "get"),
+        ("/v1/stories/trending", "get"),
+        ("/v1/trends", "get"),
+        ("/healthz", "get"),
+        ("/readyz", "get"),
+        ("/metrics", "get"),
+        ("/openapi.json", "get"),
+    ] {
+        assert!(paths[path][method].is_object(), "{method} {path} missing");
+        // Each documented route is served.
+        if method == "get" {
+            let response = client().get(format!("{base}{path}")).send().await.unwrap();
+            assert_ne!(response.status(), 404, "{path} documented but not routed");
+        }
+    }
+    assert_eq!(paths.len(), 7, "no undocumented or stale paths: {:?}", paths.keys());
+
+    // Checked by openapi-spec-validator from PyPI, in the project's Python environment.
+    let python = common::repo_path(".venv/bin/python");
+    assert!(
+        python.is_file(),
+        "{} is missing: run ./scripts/test.sh (it creates the Python environment)",
+        python.display()
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("openapi.json");
+    std::fs::write(&file, serde_json::to_vec(&document).unwrap()).unwrap();
+    let output = std::process::Command::new(&python)
+        .args([
+            "-c",
+            "import json, sys\nfrom openapi_spec_validator import validate\nfrom openapi_spec_validator.validation import OpenAPIV31SpecValidator\nvalidate(json.load(open(sys.argv[1])), cls=OpenAPIV31SpecValidator)\nprint('valid')",
+        ])
+        .arg(&file)
+        .output()
+        .expect("run the validator");
+    assert!(
+        output.status.success(),
+        "the OpenAPI document is invalid:\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
