@@ -9,6 +9,7 @@
 //! - [`server`]: the actix-web server over the trend cache and the inference pool (`run`).
 //! - [`trends`]: trend-cache actor refreshing upstream sources in the background; snapshots for handlers.
 //! - [`inference`]: supervised pool of engine workers on their own threads; admission, routing, response streams.
+//! - [`stories`]: the story pipeline: styles and injection-safe chat prompts.
 
 pub mod bench;
 pub mod config;
@@ -16,4 +17,5 @@ pub mod engine;
 pub mod inference;
 pub mod runtime;
 pub mod server;
+pub mod stories;
 pub mod trends;
