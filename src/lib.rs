@@ -2,12 +2,15 @@
 //! TinyLlama running on ONNX Runtime.
 //!
 //! # Layout
+//! - [`api`]: the HTTP API: routes, SSE, errors, access control, probes, OpenAPI.
 //! - [`bench`]: `trendstory bench-engine`, the engine measured alone against a bare matmul graph.
 //! - [`config`]: one TOML file plus environment overrides, validated at start-up.
 //! - [`runtime`]: finds and loads the ONNX Runtime shared library once per process.
 //! - [`engine`]: synchronous model code (no actix): tokenizer, ONNX session, generation.
-//! - [`server`]: the actix-web server over the trend cache and the inference pool (`run`).
+//! - [`server`]: starts everything and runs actix-web until SIGTERM (`run`), with graceful shutdown.
 //! - [`trends`]: trend-cache actor refreshing upstream sources in the background; snapshots for handlers.
+//! - [`stories`]: the story pipeline: validation, chat prompts, cache and coalescing, pre-generation.
+//! - [`metrics`]: Prometheus metrics, declared once.
 //! - [`inference`]: supervised pool of engine workers on their own threads; admission, routing, response streams.
 
 pub mod api;

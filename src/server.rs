@@ -21,7 +21,7 @@ use crate::config::Config;
 use crate::engine::{ModelInfo, TextTokenizer};
 use crate::inference::{model_factory, InferencePool};
 use crate::metrics::Metrics;
-use crate::stories::prompt::PromptTemplate;
+use crate::stories::prompt::{ChatTemplate, PromptBuilder};
 use crate::stories::{pregen, StoryService};
 use crate::trends::TrendsActor;
 
@@ -98,8 +98,10 @@ pub async fn run(config: Config, listener: TcpListener) -> std::io::Result<()> {
 fn start_services(config: &Config) -> anyhow::Result<AppState> {
     let info = ModelInfo::load(&config.model.dir)?;
     let model: Arc<str> = Arc::from(info.model_id.as_str());
-    let tokenizer = Arc::new(TextTokenizer::load(&info.tokenizer_path(), &info)?);
-    let template = PromptTemplate::load(&config.model.dir, tokenizer)?;
+    let tokenizer = TextTokenizer::load(&info.tokenizer_path(), &info)?;
+    let template = ChatTemplate::load(&config.model.dir)?;
+    tracing::info!(template = template.origin(), "chat template loaded");
+    let prompts = PromptBuilder::new(&template, &tokenizer)?;
     let access = Access::from_config(&config.api)?;
     let metrics = Arc::new(Metrics::new());
     let trends = TrendsActor::start(config.trends.clone());
@@ -107,7 +109,7 @@ fn start_services(config: &Config) -> anyhow::Result<AppState> {
     let stories = Arc::new(StoryService::new(
         inference.clone(),
         trends.clone(),
-        template,
+        prompts,
         config.stories.clone(),
         &config.inference,
         Arc::clone(&model),

@@ -38,6 +38,12 @@ impl TextTokenizer {
         Ok(Self { inner, byte_tokens })
     }
 
+    /// The Hugging Face tokenizer itself, for callers that need more than [`Self::encode`]:
+    /// the story prompt builder encodes template and user text apart and reads offsets.
+    pub fn hf_tokenizer(&self) -> &Tokenizer {
+        &self.inner
+    }
+
     /// True for byte-fallback tokens, which carry one raw byte of UTF-8 text.
     pub fn is_byte_token(&self, id: u32) -> bool {
         self.byte_tokens.get(id as usize).copied().unwrap_or(false)

@@ -12,7 +12,7 @@ use std::time::Duration;
 use futures_util::StreamExt;
 
 use super::cache::{Flight, FlightEvent, Lookup, StoryCache, StoryKey, Subscription};
-use super::prompt::PromptTemplate;
+use super::prompt::PromptBuilder;
 use super::validate::{validate, ValidStoryRequest};
 use super::{millis, GenerationTimings, StoriesConfig, Story, StoryError, StoryRequest};
 use crate::engine::{FinishReason, GenerationStats, SamplingParams};
@@ -25,7 +25,7 @@ pub struct StoryService {
     inference: InferenceHandle,
     trends: TrendsHandle,
     cache: Arc<StoryCache>,
-    template: PromptTemplate,
+    prompts: PromptBuilder,
     config: StoriesConfig,
     max_new_tokens: usize,
     request_timeout: Duration,
@@ -120,7 +120,7 @@ impl StoryService {
     pub fn new(
         inference: InferenceHandle,
         trends: TrendsHandle,
-        template: PromptTemplate,
+        prompts: PromptBuilder,
         config: StoriesConfig,
         inference_config: &crate::config::InferenceConfig,
         model: Arc<str>,
@@ -130,7 +130,7 @@ impl StoryService {
             inference,
             trends,
             cache: Arc::new(StoryCache::new(config.cache.clone())),
-            template,
+            prompts,
             config,
             max_new_tokens: inference_config.max_new_tokens,
             request_timeout: Duration::from_secs(inference_config.request_timeout_secs),
@@ -186,7 +186,7 @@ impl StoryService {
     /// The generation's failure.
     pub async fn warm_up(&self) -> Result<(), StoryError> {
         let prompt = self
-            .template
+            .prompts
             .build(self.config.default_style, "warm-up", None)
             .map_err(|e| StoryError::Inference(InferError::Generation(e.to_string())))?;
         let params = SamplingParams {
@@ -293,7 +293,7 @@ impl StoryService {
     ) -> Result<(), StoryError> {
         let context = request.trend.as_ref().and_then(|t| t.context.as_deref());
         let prompt = self
-            .template
+            .prompts
             .build(request.style, &request.topic, context)
             .map_err(|e| StoryError::Inference(InferError::Generation(e.to_string())))?;
         let prompt_tokens = prompt.ids.len();
