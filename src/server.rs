@@ -112,6 +112,7 @@ fn start_services(config: &Config) -> anyhow::Result<AppState> {
         prompts,
         config.stories.clone(),
         &config.inference,
+        info.max_position_embeddings,
         Arc::clone(&model),
         Arc::clone(&metrics),
     ));

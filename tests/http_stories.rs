@@ -120,7 +120,8 @@ impl SseReader {
                 return parse_sse(&frame).into_iter().next();
             }
             let chunk = self.body.next().await?.expect("body chunk");
-            self.buffer.push_str(std::str::from_utf8(&chunk).expect("utf-8"));
+            self.buffer
+                .push_str(std::str::from_utf8(&chunk).expect("utf-8"));
         }
     }
 
@@ -166,7 +167,11 @@ async fn open_stream(base: &str, body: Value) -> SseReader {
 async fn every_endpoint_answers_with_its_shape() {
     let base = start_server(tiny_server_config()).await;
 
-    let (status, story) = post(&base, json!({"topic": "Tides of Saturn", "max_tokens": 12, "seed": 3, "style": "poem"})).await;
+    let (status, story) = post(
+        &base,
+        json!({"topic": "Tides of Saturn", "max_tokens": 12, "seed": 3, "style": "poem"}),
+    )
+    .await;
     assert_eq!(status, 200, "{story}");
     assert_eq!(keys(&story), sorted(&STORY_KEYS));
     assert_eq!(keys(&story["timings"]), sorted(&TIMING_KEYS));
@@ -195,18 +200,32 @@ async fn every_endpoint_answers_with_its_shape() {
     assert_eq!(
         keys(&trends["trends"][0]),
         sorted(&[
-            "topic", "rank", "score", "sources", "url", "context", "first_seen", "last_seen",
-            "fetched_at", "age_secs", "stale"
+            "topic",
+            "rank",
+            "score",
+            "sources",
+            "url",
+            "context",
+            "first_seen",
+            "last_seen",
+            "fetched_at",
+            "age_secs",
+            "stale"
         ])
     );
     let (status, only_file) = get_json(&base, "/v1/trends?source=file&limit=1").await;
-    assert_eq!((status, only_file["trends"].as_array().unwrap().len()), (200, 1));
+    assert_eq!(
+        (status, only_file["trends"].as_array().unwrap().len()),
+        (200, 1)
+    );
     let (status, none) = get_json(&base, "/v1/trends?source=reddit").await;
     assert_eq!((status, none["trends"].as_array().unwrap().len()), (200, 0));
 
     // GET: the same request as a URL, cacheable by HTTP caches.
     let mut response = client()
-        .get(format!("{base}/v1/stories?topic=Tides%20of%20Saturn&max_tokens=12&seed=3&style=poem"))
+        .get(format!(
+            "{base}/v1/stories?topic=Tides%20of%20Saturn&max_tokens=12&seed=3&style=poem"
+        ))
         .send()
         .await
         .unwrap();
@@ -225,8 +244,14 @@ async fn every_endpoint_answers_with_its_shape() {
     assert_eq!(status, 200);
     let entries = trending["stories"].as_array().unwrap();
     assert_eq!(entries.len(), 2);
-    assert_eq!(keys(&entries[0]), sorted(&["rank", "topic", "status", "story"]));
-    assert_eq!(entries[0]["status"], "pending", "pre-generation is off here");
+    assert_eq!(
+        keys(&entries[0]),
+        sorted(&["rank", "topic", "status", "story"])
+    );
+    assert_eq!(
+        entries[0]["status"], "pending",
+        "pre-generation is off here"
+    );
 
     let (status, health) = get_json(&base, "/healthz").await;
     assert_eq!((status, health), (200, json!({"status": "ok"})));
@@ -262,7 +287,11 @@ async fn every_endpoint_answers_with_its_shape() {
 #[actix_web::test]
 async fn sse_deltas_make_the_final_story() {
     let base = start_server(tiny_server_config()).await;
-    let mut stream = open_stream(&base, json!({"topic": "Moon city", "max_tokens": 40, "seed": 9})).await;
+    let mut stream = open_stream(
+        &base,
+        json!({"topic": "Moon city", "max_tokens": 40, "seed": 9}),
+    )
+    .await;
     let events = stream.rest().await;
     let (text, last) = story_of(&events);
     assert_eq!(last.event, "done");
@@ -285,7 +314,7 @@ async fn sse_deltas_make_the_final_story() {
 #[actix_web::test]
 async fn identical_requests_share_one_generation_and_late_joiners_get_everything() {
     let base = start_server(tiny_server_config()).await;
-    let body = json!({"topic": "Lighthouse", "max_tokens": 400, "seed": 11});
+    let body = json!({"topic": "Lighthouse", "max_tokens": 300, "seed": 11});
     let before = metrics(&base).await;
 
     // N identical requests at once: one generation.
@@ -298,7 +327,12 @@ async fn identical_requests_share_one_generation_and_late_joiners_get_everything
     }
     let after = metrics(&base).await;
     assert_eq!(generations(&after, "ok") - generations(&before, "ok"), 1.0);
-    let coalesced = |t: &str| metric(t, "trendstory_story_cache_lookups_total{result=\"coalesced\"}");
+    let coalesced = |t: &str| {
+        metric(
+            t,
+            "trendstory_story_cache_lookups_total{result=\"coalesced\"}",
+        )
+    };
     let hits = |t: &str| metric(t, "trendstory_story_cache_lookups_total{result=\"hit\"}");
     assert_eq!(
         coalesced(&after) - coalesced(&before) + hits(&after) - hits(&before),
@@ -317,7 +351,7 @@ async fn identical_requests_share_one_generation_and_late_joiners_get_everything
     );
 
     // A streaming joiner that arrives after the first deltas still gets the whole text.
-    let fresh = json!({"topic": "Lighthouse", "max_tokens": 400, "seed": 12});
+    let fresh = json!({"topic": "Lighthouse", "max_tokens": 300, "seed": 12});
     let mut early = open_stream(&base, fresh.clone()).await;
     let first_delta = early.next_event().await.unwrap();
     assert_eq!(first_delta.event, "token");
@@ -328,7 +362,10 @@ async fn identical_requests_share_one_generation_and_late_joiners_get_everything
     let (early_text, early_done) = story_of(&early_events);
     let (late_text, late_done) = story_of(&late_events);
     assert_eq!(late_text, early_text);
-    assert_eq!(late_done.data["id"], early_done.data["id"], "one generation");
+    assert_eq!(
+        late_done.data["id"], early_done.data["id"],
+        "one generation"
+    );
     assert_eq!(late_done.data["story"], early_text.as_str());
 }
 
@@ -336,7 +373,11 @@ async fn identical_requests_share_one_generation_and_late_joiners_get_everything
 async fn a_client_that_disconnects_frees_its_slot() {
     let base = start_server(tiny_server_config()).await;
     let before = metrics(&base).await;
-    let mut stream = open_stream(&base, json!({"topic": "Long tale", "max_tokens": 450, "seed": 5})).await;
+    let mut stream = open_stream(
+        &base,
+        json!({"topic": "Long tale", "max_tokens": 300, "seed": 5}),
+    )
+    .await;
     assert_eq!(stream.next_event().await.unwrap().event, "token");
     let (_, ready) = get_json(&base, "/readyz").await;
     assert_eq!(ready["inference"]["in_flight"], 1);
@@ -367,7 +408,11 @@ async fn overload_is_refused_with_retry_after_and_recovers() {
     config.inference.max_queue = 0;
     config.inference.retry_after_secs = 2;
     let base = start_server(config).await;
-    let mut holder = open_stream(&base, json!({"topic": "Slot holder", "max_tokens": 450, "seed": 1})).await;
+    let mut holder = open_stream(
+        &base,
+        json!({"topic": "Slot holder", "max_tokens": 300, "seed": 1}),
+    )
+    .await;
     assert_eq!(holder.next_event().await.unwrap().event, "token");
     let response = client()
         .post(format!("{base}/v1/stories"))
@@ -382,7 +427,11 @@ async fn overload_is_refused_with_retry_after_and_recovers() {
     drop(holder);
     let recovered = tokio::time::timeout(Duration::from_secs(10), async {
         loop {
-            let (status, _) = post(&base, json!({"topic": "Another", "max_tokens": 4, "seed": 2})).await;
+            let (status, _) = post(
+                &base,
+                json!({"topic": "Another", "max_tokens": 4, "seed": 2}),
+            )
+            .await;
             if status == 200 {
                 return;
             }
@@ -391,7 +440,10 @@ async fn overload_is_refused_with_retry_after_and_recovers() {
         }
     })
     .await;
-    assert!(recovered.is_ok(), "never served again after the load dropped");
+    assert!(
+        recovered.is_ok(),
+        "never served again after the load dropped"
+    );
 }
 
 #[actix_web::test]
@@ -424,7 +476,10 @@ async fn pregeneration_fills_the_trending_stories() {
     assert_eq!(story["story"], ready[0]["story"]["story"]);
     let text = metrics(&base).await;
     assert!(
-        metric(&text, "trendstory_story_generations_total{priority=\"background\",outcome=\"ok\"}") >= 2.0
+        metric(
+            &text,
+            "trendstory_story_generations_total{priority=\"background\",outcome=\"ok\"}"
+        ) >= 2.0
     );
 }
 
@@ -445,7 +500,12 @@ async fn api_keys_and_rate_limits_guard_v1_only() {
     assert_eq!(body["error"]["code"], "unauthorized");
     assert_eq!(
         body["error"]["request_id"].as_str().unwrap(),
-        response.headers().get("x-request-id").unwrap().to_str().unwrap()
+        response
+            .headers()
+            .get("x-request-id")
+            .unwrap()
+            .to_str()
+            .unwrap()
     );
     let authed = || {
         client()
@@ -489,7 +549,12 @@ async fn the_openapi_document_is_valid_and_lists_every_route() {
             assert_ne!(response.status(), 404, "{path} documented but not routed");
         }
     }
-    assert_eq!(paths.len(), 7, "no undocumented or stale paths: {:?}", paths.keys());
+    assert_eq!(
+        paths.len(),
+        7,
+        "no undocumented or stale paths: {:?}",
+        paths.keys()
+    );
 
     // Checked by openapi-spec-validator from PyPI, in the project's Python environment.
     let python = common::repo_path(".venv/bin/python");

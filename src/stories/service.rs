@@ -13,7 +13,7 @@ use futures_util::StreamExt;
 
 use super::cache::{Flight, FlightEvent, Lookup, StoryCache, StoryKey, Subscription};
 use super::prompt::PromptBuilder;
-use super::validate::{validate, ValidStoryRequest};
+use super::validate::{validate, ValidStoryRequest, ValidationError};
 use super::{millis, GenerationTimings, StoriesConfig, Story, StoryError, StoryRequest};
 use crate::engine::{FinishReason, GenerationStats, SamplingParams};
 use crate::inference::{InferError, InferenceHandle, ResponseStream, StreamEvent};
@@ -28,6 +28,9 @@ pub struct StoryService {
     prompts: PromptBuilder,
     config: StoriesConfig,
     max_new_tokens: usize,
+    /// Prompt plus new tokens must fit here: the model's context, capped by
+    /// `inference.max_prompt_tokens` for the prompt part.
+    limits: PromptLimits,
     request_timeout: Duration,
     model: Arc<str>,
     metrics: Arc<Metrics>,
@@ -123,6 +126,7 @@ impl StoryService {
         prompts: PromptBuilder,
         config: StoriesConfig,
         inference_config: &crate::config::InferenceConfig,
+        context_tokens: usize,
         model: Arc<str>,
         metrics: Arc<Metrics>,
     ) -> Self {
@@ -133,6 +137,10 @@ impl StoryService {
             prompts,
             config,
             max_new_tokens: inference_config.max_new_tokens,
+            limits: PromptLimits {
+                context_tokens,
+                max_prompt_tokens: inference_config.max_prompt_tokens,
+            },
             request_timeout: Duration::from_secs(inference_config.request_timeout_secs),
             model,
             metrics,
@@ -297,6 +305,8 @@ impl StoryService {
             .build(request.style, &request.topic, context)
             .map_err(|e| StoryError::Inference(InferError::Generation(e.to_string())))?;
         let prompt_tokens = prompt.ids.len();
+        self.limits
+            .check(prompt_tokens, request.params.max_tokens)?;
         let submitted = match requester {
             Requester::User => self.inference.submit(prompt.ids, request.params.clone()),
             Requester::Background => self
@@ -329,6 +339,41 @@ impl StoryService {
             metrics: Arc::clone(&self.metrics),
         };
         actix_web::rt::spawn(driver.run());
+        Ok(())
+    }
+}
+
+/// The token limits a built prompt must respect.
+struct PromptLimits {
+    context_tokens: usize,
+    max_prompt_tokens: usize,
+}
+
+impl PromptLimits {
+    /// Refuses, as the client's error, a prompt too long or a `max_tokens` that would
+    /// run past the model's context with this prompt.
+    fn check(&self, prompt_tokens: usize, max_tokens: usize) -> Result<(), ValidationError> {
+        if prompt_tokens > self.max_prompt_tokens {
+            return Err(ValidationError::OutOfRange {
+                field: "topic",
+                rule: format!(
+                    "short enough for a prompt of at most {} tokens",
+                    self.max_prompt_tokens
+                ),
+                value: format!("a prompt of {prompt_tokens} tokens"),
+            });
+        }
+        let room = self.context_tokens.saturating_sub(prompt_tokens);
+        if max_tokens > room {
+            return Err(ValidationError::OutOfRange {
+                field: "max_tokens",
+                rule: format!(
+                    "at most {room} with this prompt of {prompt_tokens} tokens (the model's context is {} tokens)",
+                    self.context_tokens
+                ),
+                value: max_tokens.to_string(),
+            });
+        }
         Ok(())
     }
 }

@@ -1,0 +1,269 @@
+//! Bad inputs over real HTTP: each gets its status and the one JSON error shape with the
+//! request id, and the server still serves afterwards.
+
+mod common;
+
+use actix_web::http::header;
+use serde_json::{json, Value};
+
+use common::{client, start_server, tiny_server_config};
+
+/// One bad request: how it is sent and what must come back.
+struct Case {
+    name: &'static str,
+    method: &'static str,
+    path: String,
+    content_type: Option<&'static str>,
+    body: Vec<u8>,
+    status: u16,
+    code: &'static str,
+}
+
+fn post(name: &'static str, body: impl Into<Vec<u8>>, status: u16, code: &'static str) -> Case {
+    Case {
+        name,
+        method: "POST",
+        path: "/v1/stories".into(),
+        content_type: Some("application/json"),
+        body: body.into(),
+        status,
+        code,
+    }
+}
+
+fn get(name: &'static str, path: &str, status: u16, code: &'static str) -> Case {
+    Case {
+        name,
+        method: "GET",
+        path: path.into(),
+        content_type: None,
+        body: Vec::new(),
+        status,
+        code,
+    }
+}
+
+async fn send(base: &str, case: &Case) -> (u16, Value, Option<String>) {
+    let c = client();
+    let url = format!("{base}{}", case.path);
+    let mut request = match case.method {
+        "POST" => c.post(url),
+        "GET" => c.get(url),
+        "DELETE" => c.delete(url),
+        other => panic!("method {other}"),
+    };
+    if let Some(content_type) = case.content_type {
+        request = request.insert_header((header::CONTENT_TYPE, content_type));
+    }
+    let mut response = request
+        .send_body(case.body.clone())
+        .await
+        .unwrap_or_else(|e| panic!("{}: {e}", case.name));
+    let id = response
+        .headers()
+        .get("x-request-id")
+        .map(|v| v.to_str().unwrap().to_string());
+    let body = response.body().limit(1 << 20).await.unwrap();
+    let json = serde_json::from_slice(&body).unwrap_or_else(|e| {
+        panic!(
+            "{}: body is not JSON ({e}): {:?}",
+            case.name,
+            String::from_utf8_lossy(&body)
+        )
+    });
+    (response.status().as_u16(), json, id)
+}
+
+#[actix_web::test]
+async fn every_bad_input_gets_its_status_and_a_json_error() {
+    let base = start_server(tiny_server_config()).await;
+    let nested = format!("{{\"topic\": {}1{}}}", "[".repeat(5_000), "]".repeat(5_000));
+    let big_topic = format!("{{\"topic\": \"{}\"}}", "a".repeat(1 << 20));
+    let cases = [
+        post("invalid JSON", "{\"topic\": ", 400, "invalid_request"),
+        post("not an object", "[1, 2]", 400, "invalid_request"),
+        post(
+            "unknown field",
+            r#"{"topic": "x", "colour": "red"}"#,
+            400,
+            "invalid_request",
+        ),
+        post(
+            "wrong type",
+            r#"{"max_tokens": "ten"}"#,
+            400,
+            "invalid_request",
+        ),
+        post(
+            "negative max_tokens",
+            r#"{"max_tokens": -1}"#,
+            400,
+            "invalid_request",
+        ),
+        post(
+            "float max_tokens",
+            r#"{"max_tokens": 1.5}"#,
+            400,
+            "invalid_request",
+        ),
+        post(
+            "max_tokens above the cap",
+            r#"{"max_tokens": 513}"#,
+            400,
+            "out_of_range",
+        ),
+        post(
+            "max_tokens zero",
+            r#"{"max_tokens": 0}"#,
+            400,
+            "out_of_range",
+        ),
+        post(
+            "negative temperature",
+            r#"{"temperature": -0.5}"#,
+            400,
+            "out_of_range",
+        ),
+        post("top_p zero", r#"{"top_p": 0}"#, 400, "out_of_range"),
+        post("top_p above one", r#"{"top_p": 1.5}"#, 400, "out_of_range"),
+        post(
+            "repetition_penalty zero",
+            r#"{"repetition_penalty": 0}"#,
+            400,
+            "out_of_range",
+        ),
+        post(
+            "unknown style",
+            r#"{"style": "opera"}"#,
+            400,
+            "invalid_request",
+        ),
+        post(
+            "empty topic",
+            r#"{"topic": "  \n\t\u0000 "}"#,
+            400,
+            "empty_topic",
+        ),
+        post(
+            "max_tokens past the context",
+            r#"{"topic": "x", "max_tokens": 500}"#,
+            400,
+            "out_of_range",
+        ),
+        post(
+            "duplicate keys",
+            r#"{"topic": "a", "topic": "b"}"#,
+            400,
+            "invalid_request",
+        ),
+        post("deeply nested", nested, 400, "invalid_request"),
+        post(
+            "malformed UTF-8",
+            [b"{\"topic\": \"".as_slice(), &[0xff, 0xfe, 0xc3], b"\"}"].concat(),
+            400,
+            "invalid_request",
+        ),
+        post("1 MB topic", big_topic, 413, "payload_too_large"),
+        Case {
+            content_type: Some("text/plain"),
+            ..post(
+                "wrong content type",
+                r#"{"topic": "x"}"#,
+                415,
+                "unsupported_media_type",
+            )
+        },
+        Case {
+            content_type: None,
+            ..post(
+                "no content type",
+                r#"{"topic": "x"}"#,
+                415,
+                "unsupported_media_type",
+            )
+        },
+        get("unknown path", "/v2/everything", 404, "not_found"),
+        Case {
+            method: "DELETE",
+            ..get("wrong method", "/v1/stories", 405, "method_not_allowed")
+        },
+        get(
+            "bad query number",
+            "/v1/stories?max_tokens=-3",
+            400,
+            "invalid_request",
+        ),
+        get(
+            "unknown query parameter",
+            "/v1/stories?colour=red",
+            400,
+            "invalid_request",
+        ),
+        get(
+            "query above the cap",
+            "/v1/stories?topic=x&max_tokens=9999",
+            400,
+            "out_of_range",
+        ),
+        get(
+            "unknown trend source",
+            "/v1/trends?source=myspace",
+            400,
+            "invalid_request",
+        ),
+        get(
+            "trends limit zero",
+            "/v1/trends?limit=0",
+            400,
+            "invalid_request",
+        ),
+        get(
+            "trending limit too big",
+            "/v1/stories/trending?limit=500",
+            400,
+            "invalid_request",
+        ),
+    ];
+    for case in &cases {
+        let (status, body, id) = send(&base, case).await;
+        assert_eq!(status, case.status, "{}: {body}", case.name);
+        assert_eq!(body["error"]["code"], case.code, "{}: {body}", case.name);
+        assert!(
+            !body["error"]["message"].as_str().unwrap_or("").is_empty(),
+            "{}: a message says why: {body}",
+            case.name
+        );
+        let id = id.unwrap_or_else(|| panic!("{}: no x-request-id header", case.name));
+        assert_eq!(body["error"]["request_id"], id.as_str(), "{}", case.name);
+    }
+    // Field-named messages.
+    let (_, body, _) = send(&base, &cases[6]).await;
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("max_tokens") && message.contains("512"),
+        "{message}"
+    );
+
+    // A long topic within the body limit is capped, not refused.
+    let (status, story) = {
+        let mut response = client()
+            .post(format!("{base}/v1/stories"))
+            .send_json(&json!({"topic": "word ".repeat(1000), "max_tokens": 2}))
+            .await
+            .unwrap();
+        let json: Value = response.json().limit(1 << 20).await.unwrap();
+        (response.status().as_u16(), json)
+    };
+    assert_eq!(status, 200, "{story}");
+    assert!(story["topic"].as_str().unwrap().chars().count() <= 200);
+
+    // Still serving.
+    let mut response = client()
+        .post(format!("{base}/v1/stories"))
+        .send_json(&json!({"topic": "after the storm", "max_tokens": 3}))
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let story: Value = response.json().await.unwrap();
+    assert_eq!(story["tokens"], 3);
+}
