@@ -60,6 +60,80 @@ async fn default_config_serves_the_embedded_list_offline() {
 }
 
 #[actix_web::test]
+async fn merged_trends_say_why_they_trend() {
+    let upstream = FakeUpstream::start();
+    upstream.serve_all_fixtures();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("topics.json");
+    std::fs::write(
+        &path,
+        r#"[{"topic": "Kraków", "context": "The file's Kraków"},
+            {"topic": "Local fair", "context": " Stalls&nbsp;&amp;\n\u0007rides "},
+            "No context here"]"#,
+    )
+    .unwrap();
+    let mut config = upstream.config();
+    config.sources.file.enabled = true;
+    config.sources.file.path = Some(path);
+    config.sources.file.weight = 0.5;
+    let handle = TrendsActor::start_with_clock(config.clone(), clock());
+    let snapshot = handle.refresh().await.unwrap();
+    let context = |topic: &str| {
+        snapshot
+            .find(topic)
+            .unwrap_or_else(|| panic!("{topic} missing"))
+            .context
+            .clone()
+    };
+    // Wikipedia (weight 1) outranks the file (weight 0.5) for the same topic.
+    assert_eq!(context("Kraków").as_deref(), Some("City in Poland"));
+    assert_eq!(
+        context("Super Bowl halftime show").as_deref(),
+        Some("Who's performing at the halftime show & when it starts (ESPN); Halftime show ratings (Variety)")
+    );
+    assert_eq!(
+        context(
+            "Scientists teach crows to count out loud — and they’re better at it than toddlers"
+        )
+        .as_deref(),
+        Some("r/science (Animal Science)")
+    );
+    assert_eq!(
+        context("The James Webb telescope finds water vapour around a rocky exoplanet").as_deref(),
+        Some("example.org")
+    );
+    assert_eq!(context("Local fair").as_deref(), Some("Stalls & rides"));
+    assert_eq!(context("No context here"), None);
+
+    // `trendstory trends` prints it under the topic.
+    let text = trendstory::trends::cli::render_text(&snapshot);
+    assert!(text.contains("Kraków  [wikipedia, file]"), "{text}");
+    assert!(text.contains("\n               City in Poland\n"), "{text}");
+
+    // In JSON the field is always there, null when no source gave one.
+    let json = serde_json::to_value(&*snapshot).unwrap();
+    let trends = json["trends"].as_array().unwrap();
+    assert!(trends.iter().all(|t| t.get("context").is_some()));
+    let otani = trends
+        .iter()
+        .find(|t| t["topic"] == "Ōtani <3 Dodgers")
+        .unwrap();
+    assert!(otani["context"].is_null(), "{otani}");
+
+    // With the file weighted above Wikipedia, its context wins.
+    config.sources.file.weight = 2.0;
+    let handle = TrendsActor::start_with_clock(config, clock());
+    let snapshot = handle.refresh().await.unwrap();
+    let krakow = snapshot.find("Kraków").unwrap();
+    assert_eq!(
+        krakow.sources,
+        [SourceKind::Wikipedia, SourceKind::File],
+        "one topic"
+    );
+    assert_eq!(krakow.context.as_deref(), Some("The file's Kraków"));
+}
+
+#[actix_web::test]
 async fn all_sources_merge_into_one_ranking() {
     let upstream = FakeUpstream::start();
     upstream.serve_all_fixtures();

@@ -96,6 +96,9 @@ pub fn render_text(snapshot: &TrendSnapshot) -> String {
                 .unwrap_or_default(),
             if t.stale { "  (stale)" } else { "" }
         );
+        if let Some(context) = &t.context {
+            let _ = writeln!(out, "               {context}");
+        }
     }
     out
 }

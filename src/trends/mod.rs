@@ -83,6 +83,9 @@ pub struct RawTrend {
     pub score: f64,
     /// A page a reader can follow, when the source gives one.
     pub url: Option<String>,
+    /// Why it trends, as the source tells it (news headlines, article description,
+    /// subreddit, linked site); raw upstream text, cleaned and capped in the merge.
+    pub context: Option<String>,
 }
 
 /// One entry of the merged ranking.
@@ -97,6 +100,9 @@ pub struct Trend {
     /// Merged score: per source normalized to 0..=1, weighted, summed across sources.
     pub score: f64,
     pub url: Option<String>,
+    /// Why it trends, for the story prompt: cleaned, at most
+    /// [`normalize::MAX_CONTEXT_CHARS`], from the highest-weighted source that gives one.
+    pub context: Option<String>,
     /// When a successful fetch first listed this topic (kept across refreshes).
     #[serde(serialize_with = "ser_time")]
     pub first_seen: SystemTime,

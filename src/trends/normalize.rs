@@ -5,11 +5,18 @@
 //! upstream scales differ by orders of magnitude (HN points vs. Wikipedia views) and are
 //! heavy-tailed; a source without usable scores is ranked by position instead. A topic
 //! listed by several sources sums their weighted scores, so agreement lifts it.
+//!
+//! A topic's context (why it trends) is upstream text too: it gets the same cleaning as
+//! titles, capped at [`MAX_CONTEXT_CHARS`], and comes from the highest-weighted source that
+//! gives one for the topic.
 
 use std::collections::HashMap;
 use std::time::SystemTime;
 
 use super::{RawTrend, SourceKind};
+
+/// Longest context kept; longer text is cut at a word boundary and ends with `…`.
+pub const MAX_CONTEXT_CHARS: usize = 300;
 
 /// One source's contribution to a merge.
 pub struct SourceInput<'a> {
@@ -32,6 +39,8 @@ pub struct Merged {
     pub sources: Vec<SourceKind>,
     pub score: f64,
     pub url: Option<String>,
+    /// Cleaned; see the module doc for which source it comes from.
+    pub context: Option<String>,
     pub last_seen: SystemTime,
     pub fetched_at: SystemTime,
     pub stale: bool,
@@ -167,6 +176,8 @@ pub fn merge(inputs: &[SourceInput<'_>], max_title_chars: usize) -> Vec<Merged> 
     // (merged index, source) pairs already counted, and the contribution that named the topic.
     let mut counted: HashMap<(usize, SourceKind), f64> = HashMap::new();
     let mut best: HashMap<usize, f64> = HashMap::new();
+    // (source weight, contribution) of the item whose context a topic holds.
+    let mut context_from: HashMap<usize, (f64, f64)> = HashMap::new();
 
     for input in inputs {
         for (item, norm) in input.items.iter().zip(normalized_scores(input.items)) {
@@ -185,6 +196,7 @@ pub fn merge(inputs: &[SourceInput<'_>], max_title_chars: usize) -> Vec<Merged> 
                     sources: Vec::new(),
                     score: 0.0,
                     url: None,
+                    context: None,
                     last_seen: input.fetched_at,
                     fetched_at: input.attempted_at,
                     stale: true,
@@ -214,6 +226,21 @@ pub fn merge(inputs: &[SourceInput<'_>], max_title_chars: usize) -> Vec<Merged> 
             if entry.url.is_none() {
                 entry.url = item.url.clone();
             }
+            // Highest source weight wins; between equal weights, the better-scored item.
+            let rank = (input.weight, contribution);
+            let outranks = context_from
+                .get(&at)
+                .is_none_or(|held| rank.0 > held.0 || (rank.0 == held.0 && rank.1 > held.1));
+            if outranks {
+                if let Some(context) = item
+                    .context
+                    .as_deref()
+                    .and_then(|c| clean_title(c, MAX_CONTEXT_CHARS))
+                {
+                    entry.context = Some(context);
+                    context_from.insert(at, rank);
+                }
+            }
             entry.last_seen = entry.last_seen.max(input.fetched_at);
             entry.fetched_at = entry.fetched_at.max(input.attempted_at);
             entry.stale &= input.stale;
@@ -240,6 +267,14 @@ mod tests {
             title: title.into(),
             score,
             url: None,
+            context: None,
+        }
+    }
+
+    fn with_context(title: &str, score: f64, context: &str) -> RawTrend {
+        RawTrend {
+            context: Some(context.into()),
+            ..raw(title, score)
         }
     }
 
@@ -334,6 +369,82 @@ mod tests {
         assert_eq!(merged.len(), 1);
         assert!((merged[0].score - 1.0).abs() < 1e-9);
         assert_eq!(merged[0].sources, vec![SourceKind::Wikipedia]);
+    }
+
+    #[test]
+    fn context_comes_from_the_highest_weighted_source_that_has_one() {
+        let hn = [with_context("Rust 2.0 released", 500.0, "github.com")];
+        let reddit = [with_context(
+            "rust 2.0 released!",
+            900.0,
+            "r/programming (News)",
+        )];
+        let google = [raw("Rust 2.0 Released", 50.0)];
+        let wiki = [with_context(
+            "Cats",
+            10.0,
+            "  Small &amp; furry\n\tanimals\u{0007} ",
+        )];
+        let mut inputs = [
+            input(SourceKind::HackerNews, &hn, false),
+            input(SourceKind::Reddit, &reddit, false),
+            input(SourceKind::GoogleTrends, &google, false),
+            input(SourceKind::Wikipedia, &wiki, false),
+        ];
+        inputs[0].weight = 0.5;
+        inputs[1].weight = 2.0;
+        inputs[2].weight = 3.0; // highest weight, but no context
+        let merged = merge(&inputs, 120);
+        let rust = merged
+            .iter()
+            .find(|m| m.key == "rust 2 0 released")
+            .unwrap();
+        assert_eq!(rust.sources.len(), 3);
+        assert_eq!(rust.context.as_deref(), Some("r/programming (News)"));
+        let cats = merged.iter().find(|m| m.key == "cats").unwrap();
+        assert_eq!(cats.context.as_deref(), Some("Small & furry animals"));
+
+        // Order of the inputs does not matter: the weight decides.
+        inputs.reverse();
+        let merged = merge(&inputs, 120);
+        let rust = merged
+            .iter()
+            .find(|m| m.key == "rust 2 0 released")
+            .unwrap();
+        assert_eq!(rust.context.as_deref(), Some("r/programming (News)"));
+
+        // Equal weights: the better-scored item's context.
+        let a = [
+            with_context("Topic", 10.0, "weak"),
+            with_context("Other", 1000.0, "x"),
+        ];
+        let b = [with_context("topic", 100.0, "strong")];
+        let merged = merge(
+            &[
+                input(SourceKind::HackerNews, &a, false),
+                input(SourceKind::Reddit, &b, false),
+            ],
+            120,
+        );
+        let topic = merged.iter().find(|m| m.key == "topic").unwrap();
+        assert_eq!(topic.context.as_deref(), Some("strong"));
+    }
+
+    #[test]
+    fn context_is_cleaned_and_capped() {
+        let long = format!("{} end", "word ".repeat(100));
+        let items = [
+            with_context("Long", 3.0, &long),
+            with_context("Blank", 2.0, " \u{200b}&nbsp;\n "),
+            raw("None", 1.0),
+        ];
+        let merged = merge(&[input(SourceKind::Wikipedia, &items, false)], 120);
+        let long = merged[0].context.as_deref().unwrap();
+        assert_eq!(merged[0].topic, "Long");
+        assert!(long.chars().count() <= MAX_CONTEXT_CHARS, "{long}");
+        assert!(long.ends_with("word…"), "cut at a word boundary: {long}");
+        assert_eq!(merged[1].context, None, "nothing left after cleaning");
+        assert_eq!(merged[2].context, None);
     }
 
     #[test]

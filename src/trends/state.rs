@@ -174,6 +174,7 @@ impl TrendsState {
                     rank: i + 1,
                     score: m.score,
                     url: m.url,
+                    context: m.context,
                     first_seen,
                     last_seen: m.last_seen,
                     fetched_at: m.fetched_at,
@@ -220,6 +221,7 @@ mod tests {
                     title: (*title).into(),
                     score: 100.0 - i as f64,
                     url: None,
+                    context: None,
                 })
                 .collect()),
             latency: Duration::from_millis(5),

@@ -2,8 +2,8 @@
 //! (`default_trends.json`) so the server has topics with no network at all.
 //!
 //! Format: a JSON array whose entries are either a topic string or
-//! `{"topic": "...", "score": 12.5, "url": "https://..."}` (score and url optional). Without
-//! scores, order is rank.
+//! `{"topic": "...", "score": 12.5, "url": "https://...", "context": "why it trends"}`
+//! (score, url and context optional). Without scores, order is rank.
 
 use std::path::Path;
 
@@ -26,6 +26,7 @@ enum Entry {
         topic: String,
         score: Option<f64>,
         url: Option<String>,
+        context: Option<String>,
     },
 }
 
@@ -38,11 +39,18 @@ pub fn parse(bytes: &[u8]) -> Result<Vec<RawTrend>, TrendsError> {
                 title,
                 score: 0.0,
                 url: None,
+                context: None,
             },
-            Entry::Detailed { topic, score, url } => RawTrend {
+            Entry::Detailed {
+                topic,
+                score,
+                url,
+                context,
+            } => RawTrend {
                 title: topic,
                 score: score.unwrap_or(0.0),
                 url,
+                context,
             },
         })
         .collect())
@@ -107,7 +115,25 @@ mod tests {
         assert_eq!(items[1].score, 3.5);
         assert_eq!(items[1].url.as_deref(), Some("https://example.org"));
         assert_eq!(items[2].score, 0.0);
+        assert!(items.iter().all(|t| t.context.is_none()));
         assert!(parse(br#"{"topics": []}"#).is_err());
+    }
+
+    #[test]
+    fn reads_an_optional_context() {
+        let items = parse(
+            br#"["Plain", {"topic": "Eclipse", "context": "Visible across Europe &amp; Africa"}, {"topic": "Null", "context": null}]"#,
+        )
+        .unwrap();
+        assert_eq!(items.len(), 3);
+        assert_eq!(items[0].context, None);
+        assert_eq!(
+            items[1].context.as_deref(),
+            Some("Visible across Europe &amp; Africa"),
+            "raw: cleaned in the merge"
+        );
+        assert_eq!(items[2].context, None);
+        assert!(parse(br#"[{"topic": "x", "context": 5}]"#).is_err());
     }
 
     #[actix_web::test]

@@ -1,7 +1,9 @@
 //! Google Trends daily trending searches: RSS 2.0 with the `ht:` namespace. Each `<item>`
 //! gives a `<title>` (the search), `<ht:approx_traffic>` such as `20,000+` (the score) and
-//! `<ht:news_item>`s whose first `<ht:news_item_url>` becomes the link. Parsed as a stream
-//! of XML events with quick-xml; a document whose root is not `<rss>` is rejected.
+//! `<ht:news_item>`s whose first `<ht:news_item_url>` becomes the link, and whose first
+//! [`CONTEXT_HEADLINES`] headlines (`<ht:news_item_title>`, with `<ht:news_item_source>`
+//! in parentheses) joined by `"; "` become the context. Parsed as a stream of XML events
+//! with quick-xml; a document whose root is not `<rss>` is rejected.
 
 use quick_xml::events::Event;
 use quick_xml::Reader;
@@ -12,6 +14,9 @@ use crate::trends::{RawTrend, SourceKind, TrendsError};
 
 const SOURCE: SourceKind = SourceKind::GoogleTrends;
 
+/// News headlines of an item that make up its context.
+pub const CONTEXT_HEADLINES: usize = 2;
+
 /// Which text field the parser is inside.
 #[derive(Clone, Copy, PartialEq)]
 enum Field {
@@ -19,6 +24,8 @@ enum Field {
     Title,
     Traffic,
     NewsUrl,
+    NewsTitle,
+    NewsSource,
 }
 
 #[derive(Default)]
@@ -26,6 +33,31 @@ struct ItemDraft {
     title: String,
     traffic: String,
     news_url: String,
+    /// One per `<ht:news_item>` seen so far.
+    news: Vec<NewsDraft>,
+}
+
+#[derive(Default)]
+struct NewsDraft {
+    title: String,
+    source: String,
+}
+
+impl ItemDraft {
+    /// `"headline (source); headline (source)"` from the first news items with a headline.
+    fn context(&self) -> Option<String> {
+        let headlines: Vec<String> = self
+            .news
+            .iter()
+            .filter(|news| !news.title.trim().is_empty())
+            .take(CONTEXT_HEADLINES)
+            .map(|news| match news.source.trim() {
+                "" => news.title.trim().to_string(),
+                source => format!("{} ({source})", news.title.trim()),
+            })
+            .collect();
+        (!headlines.is_empty()).then(|| headlines.join("; "))
+    }
 }
 
 /// Parses `"20,000+"` into `20000`.
@@ -57,7 +89,7 @@ pub fn parse(bytes: &[u8]) -> Result<Vec<RawTrend>, TrendsError> {
                     }
                     seen_root = true;
                 }
-                field = match (name.as_ref(), &item) {
+                field = match (name.as_ref(), &mut item) {
                     (b"item", _) => {
                         item = Some(ItemDraft::default());
                         Field::None
@@ -65,6 +97,12 @@ pub fn parse(bytes: &[u8]) -> Result<Vec<RawTrend>, TrendsError> {
                     (b"title", Some(_)) => Field::Title,
                     (b"approx_traffic", Some(_)) => Field::Traffic,
                     (b"news_item_url", Some(draft)) if draft.news_url.is_empty() => Field::NewsUrl,
+                    (b"news_item", Some(draft)) => {
+                        draft.news.push(NewsDraft::default());
+                        Field::None
+                    }
+                    (b"news_item_title", Some(_)) => Field::NewsTitle,
+                    (b"news_item_source", Some(_)) => Field::NewsSource,
                     _ => Field::None,
                 };
             }
@@ -76,9 +114,10 @@ pub fn parse(bytes: &[u8]) -> Result<Vec<RawTrend>, TrendsError> {
                 if end.local_name().as_ref() == b"item" {
                     if let Some(draft) = item.take() {
                         items.push(RawTrend {
-                            title: draft.title,
+                            context: draft.context(),
                             score: parse_traffic(&draft.traffic),
                             url: Some(draft.news_url).filter(|u| !u.trim().is_empty()),
+                            title: draft.title,
                         });
                     }
                 }
@@ -136,6 +175,17 @@ fn push_text(item: &mut Option<ItemDraft>, field: Field, text: &str) {
         Field::Title => draft.title.push_str(text),
         Field::Traffic => draft.traffic.push_str(text),
         Field::NewsUrl => draft.news_url.push_str(text),
+        // A headline outside any <ht:news_item> has no item to belong to.
+        Field::NewsTitle => {
+            if let Some(news) = draft.news.last_mut() {
+                news.title.push_str(text);
+            }
+        }
+        Field::NewsSource => {
+            if let Some(news) = draft.news.last_mut() {
+                news.source.push_str(text);
+            }
+        }
         Field::None => {}
     }
 }
@@ -183,6 +233,35 @@ mod tests {
     }
 
     #[test]
+    fn context_is_the_first_headlines_with_their_sources() {
+        let items = parse(&fixture("google_trends_us.xml")).unwrap();
+        let contexts: Vec<Option<&str>> = items.iter().map(|t| t.context.as_deref()).collect();
+        assert_eq!(
+            contexts,
+            [
+                Some("Who's performing at the halftime show & when it starts (ESPN); Halftime show ratings (Variety)"),
+                Some("Beyoncé & Jay-Z announce a surprise tour (Billboard)"),
+                None,
+                Some("Winter storm"),
+            ]
+        );
+    }
+
+    #[test]
+    fn context_skips_empty_headlines_and_stops_after_two() {
+        let feed = br#"<rss xmlns:ht="https://trends.google.com/trending/rss"><channel><item>
+            <title>Topic</title>
+            <ht:news_item><ht:news_item_title> </ht:news_item_title><ht:news_item_source>Empty</ht:news_item_source></ht:news_item>
+            <ht:news_item><ht:news_item_title>First</ht:news_item_title></ht:news_item>
+            <ht:news_item><ht:news_item_source>Source</ht:news_item_source><ht:news_item_title>Second</ht:news_item_title></ht:news_item>
+            <ht:news_item><ht:news_item_title>Third</ht:news_item_title></ht:news_item>
+            </item></channel></rss>"#;
+        let items = parse(feed).unwrap();
+        assert_eq!(items[0].title, "Topic", "news titles stay out of the title");
+        assert_eq!(items[0].context.as_deref(), Some("First; Second (Source)"));
+    }
+
+    #[test]
     fn rejects_broken_documents() {
         assert!(
             parse(b"<rss><channel><item><title>x</title></channel></rss>").is_err(),
@@ -215,5 +294,14 @@ mod tests {
         );
         assert_eq!(items[2].title, "nipah virus outbreak latest news");
         assert_eq!(items[2].score, 500.0);
+        assert_eq!(
+            items[0].context.as_deref(),
+            Some(
+                "Nvidia shares are down after a report that its OpenAI investment stalled. \
+                 Here's what's happening (CNBC); \
+                 Amazon in talks to invest up to $50bn in OpenAI - report (Sharecast.com)"
+            )
+        );
+        assert!(items.iter().all(|t| t.context.is_some()));
     }
 }

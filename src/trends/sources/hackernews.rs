@@ -1,7 +1,8 @@
 //! Hacker News: `topstories.json` (ranked ids), then `item/{id}.json` for the top `limit`,
 //! at most `max_concurrent_requests` at a time, keeping the ranking order. Dead, deleted and
 //! non-story items (jobs, polls) are skipped; a story without a `url` (Ask/Tell HN) links to
-//! its discussion page.
+//! its discussion page. The context is the linked site's domain (`github.com`), or for a
+//! story without a link its kind (`Ask HN`, `Show HN`...).
 
 use futures_util::stream::{self, StreamExt};
 use serde::Deserialize;
@@ -44,14 +45,52 @@ pub fn parse_item(bytes: &[u8]) -> Result<Option<RawTrend>, TrendsError> {
     let Some(title) = item.title else {
         return Ok(None);
     };
+    let context = match item.url.as_deref().and_then(domain) {
+        Some(domain) => domain,
+        None => discussion_kind(&title).to_string(),
+    };
     Ok(Some(RawTrend {
-        title,
         score: item.score.unwrap_or(0.0),
         url: Some(
             item.url
                 .unwrap_or_else(|| format!("https://news.ycombinator.com/item?id={}", item.id)),
         ),
+        context: Some(context),
+        title,
     }))
+}
+
+/// The host of an absolute URL, lower-case, without `www.`, port or credentials.
+fn domain(url: &str) -> Option<String> {
+    let (_, rest) = url.trim().split_once("://")?;
+    let authority = rest.split(['/', '?', '#']).next()?;
+    let host = authority.rsplit('@').next()?;
+    let host = match host.strip_prefix('[') {
+        Some(ipv6) => ipv6.split(']').next()?,
+        None => host.split(':').next()?,
+    };
+    let host = host.to_ascii_lowercase();
+    let host = host.strip_prefix("www.").unwrap_or(&host);
+    (!host.is_empty()).then(|| host.to_string())
+}
+
+/// `Ask HN`, `Show HN`, `Tell HN` or `Launch HN` from a title's prefix, for stories without
+/// a link; any other linkless story is a discussion on the site.
+fn discussion_kind(title: &str) -> &'static str {
+    const KINDS: [&str; 4] = ["Ask HN", "Show HN", "Tell HN", "Launch HN"];
+    let start = title.trim_start();
+    KINDS
+        .into_iter()
+        .find(|kind| {
+            start
+                .get(..kind.len())
+                .is_some_and(|p| p.eq_ignore_ascii_case(kind))
+                && {
+                    let rest = &start[kind.len()..];
+                    rest.is_empty() || rest.starts_with([':', ' ', '\t'])
+                }
+        })
+        .unwrap_or("Hacker News discussion")
 }
 
 /// Fetches the top stories. Single item failures are skipped; if every item fails, the
@@ -119,6 +158,7 @@ mod tests {
         );
         assert_eq!(story.score, 412.0);
         assert_eq!(story.url.as_deref(), Some("https://example.org/zoe-engine"));
+        assert_eq!(story.context.as_deref(), Some("example.org"));
 
         let ask = parse_item(&fixture("hn_item_ask.json")).unwrap().unwrap();
         assert_eq!(
@@ -126,6 +166,7 @@ mod tests {
             Some("https://news.ycombinator.com/item?id=41300002")
         );
         assert_eq!(ask.score, 0.0, "score missing");
+        assert_eq!(ask.context.as_deref(), Some("Ask HN"), "no url");
 
         for skipped in [
             "hn_item_dead.json",
@@ -138,6 +179,37 @@ mod tests {
     }
 
     #[test]
+    fn context_is_the_domain_or_the_kind_of_discussion() {
+        assert_eq!(
+            domain("https://www.GitHub.com/rust-lang/rust/pull/1").as_deref(),
+            Some("github.com")
+        );
+        assert_eq!(
+            domain("http://user:pw@blog.example.co.uk:8080?q=1").as_deref(),
+            Some("blog.example.co.uk")
+        );
+        assert_eq!(domain("https://[::1]:8080/x").as_deref(), Some("::1"));
+        assert_eq!(domain("not a url"), None);
+        assert_eq!(domain("https:///path"), None);
+
+        assert_eq!(discussion_kind("Show HN: My project"), "Show HN");
+        assert_eq!(discussion_kind("  tell hn:  a thing"), "Tell HN");
+        assert_eq!(discussion_kind("Launch HN: Acme (YC W25)"), "Launch HN");
+        assert_eq!(discussion_kind("Ask HN"), "Ask HN");
+        assert_eq!(discussion_kind("Ask HNews"), "Hacker News discussion");
+        assert_eq!(discussion_kind("Why Rust?"), "Hacker News discussion");
+
+        let story2 = parse_item(&fixture("hn_item_story2.json"))
+            .unwrap()
+            .unwrap();
+        assert_eq!(story2.context.as_deref(), Some("example.org"));
+        let linkless = parse_item(br#"{"id": 7, "type": "story", "title": "Poll results"}"#)
+            .unwrap()
+            .unwrap();
+        assert_eq!(linkless.context.as_deref(), Some("Hacker News discussion"));
+    }
+
+    #[test]
     fn needs_shared_recorded_payloads_are_accepted() {
         if let Some(bytes) = shared_recording("hn__topstories_2023-08.json") {
             let ids = parse_top_ids(&bytes).unwrap();
@@ -147,6 +219,7 @@ mod tests {
         if let Some(bytes) = shared_recording("hn__item_41236745_tellhn_text_html.json") {
             let item = parse_item(&bytes).unwrap().unwrap();
             assert!(item.title.starts_with("Tell HN"), "{}", item.title);
+            assert_eq!(item.context.as_deref(), Some("Tell HN"));
             assert_eq!(item.score, 169.0);
             assert_eq!(
                 item.url.as_deref(),

@@ -1,6 +1,7 @@
 //! Reddit: one listing, `r/{subreddit}/hot.json?limit=N&raw_json=1` (`raw_json` keeps `&`
 //! unescaped in titles). Stickied posts (moderator announcements) and `over_18` posts are
-//! skipped; engagement is upvotes plus comments.
+//! skipped; engagement is upvotes plus comments. The context is the subreddit, with the
+//! post's flair when it has one: `r/science (Animal Science)`.
 
 use serde::Deserialize;
 
@@ -34,6 +35,9 @@ struct Post {
     #[serde(default)]
     num_comments: f64,
     permalink: Option<String>,
+    subreddit: Option<String>,
+    subreddit_name_prefixed: Option<String>,
+    link_flair_text: Option<String>,
     #[serde(default)]
     stickied: bool,
     #[serde(default)]
@@ -51,12 +55,29 @@ pub fn parse(bytes: &[u8]) -> Result<Vec<RawTrend>, TrendsError> {
         .filter(|post| !post.stickied && !post.over_18)
         .filter_map(|post| {
             Some(RawTrend {
+                context: context(&post),
                 title: post.title?,
                 score: post.score.max(0.0) + post.num_comments.max(0.0),
                 url: post.permalink.map(|p| format!("https://www.reddit.com{p}")),
             })
         })
         .collect())
+}
+
+fn non_empty(text: &Option<String>) -> Option<&str> {
+    text.as_deref().map(str::trim).filter(|t| !t.is_empty())
+}
+
+/// `r/{subreddit}`, plus ` ({flair})` when the post has a flair text.
+fn context(post: &Post) -> Option<String> {
+    let subreddit = match non_empty(&post.subreddit_name_prefixed) {
+        Some(prefixed) => prefixed.to_string(),
+        None => format!("r/{}", non_empty(&post.subreddit)?),
+    };
+    Some(match non_empty(&post.link_flair_text) {
+        Some(flair) => format!("{subreddit} ({flair})"),
+        None => subreddit,
+    })
 }
 
 pub async fn fetch(fetcher: &Fetcher, config: &RedditConfig) -> Result<Vec<RawTrend>, TrendsError> {
@@ -94,6 +115,32 @@ mod tests {
             Some("https://www.reddit.com/r/soccer/comments/1abc02/mbappe_hat_trick/")
         );
         assert_eq!(items[2].url, None, "permalink missing");
+        let contexts: Vec<Option<&str>> = items.iter().map(|t| t.context.as_deref()).collect();
+        assert_eq!(
+            contexts,
+            [
+                Some("r/science (Animal Science)"),
+                Some("r/soccer"),
+                Some("r/todayilearned"),
+            ]
+        );
+    }
+
+    #[test]
+    fn context_prefers_the_prefixed_name_and_needs_a_subreddit() {
+        let listing = br#"{"data": {"children": [
+            {"data": {"title": "a", "subreddit": "worldnews", "subreddit_name_prefixed": "r/worldnews", "link_flair_text": "  "}},
+            {"data": {"title": "b", "subreddit_name_prefixed": "u/someone"}},
+            {"data": {"title": "c", "link_flair_text": "Flair without a subreddit"}}
+        ]}}"#;
+        let items = parse(listing).unwrap();
+        assert_eq!(
+            items[0].context.as_deref(),
+            Some("r/worldnews"),
+            "blank flair"
+        );
+        assert_eq!(items[1].context.as_deref(), Some("u/someone"));
+        assert_eq!(items[2].context, None);
     }
 
     #[test]
@@ -122,6 +169,22 @@ mod tests {
             "Reddit, what went 0-100 real fucking quick?"
         );
         assert!(items.iter().all(|t| !t.title.contains("EXTRAVAGANZA")));
+        // Flairs of the recording, on the 13th and 72nd post kept.
+        assert_eq!(
+            items[12].context.as_deref(),
+            Some("r/AskReddit (serious replies only)")
+        );
+        assert_eq!(
+            items[71].context.as_deref(),
+            Some("r/AskReddit (serious replies only)")
+        );
+        assert_eq!(
+            items
+                .iter()
+                .filter(|t| t.context.as_deref() == Some("r/AskReddit"))
+                .count(),
+            95
+        );
         assert!(items.iter().all(|t| t
             .url
             .as_deref()

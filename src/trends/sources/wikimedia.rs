@@ -2,7 +2,8 @@
 //! `{base}/{lang}/featured/{yyyy}/{mm}/{dd}` (`mostread.articles[]`: title, views, rank).
 //! Today's feed (UTC) is asked first; when it has no `mostread` yet (or is a 404), the
 //! previous day's is used. The main page and non-article pages (namespaces other than 0,
-//! such as `Special:`) are skipped.
+//! such as `Special:`) are skipped. The context is the article's short `description`
+//! ("City in Poland"), or when it has none the start of its `extract` (the lead paragraph).
 
 use std::time::SystemTime;
 
@@ -52,7 +53,12 @@ struct Article {
     namespace: Option<Namespace>,
     content_urls: Option<ContentUrls>,
     lang: Option<String>,
+    description: Option<String>,
+    extract: Option<String>,
 }
+
+/// Longest part of an extract kept as context (the merge caps it further at a word).
+const EXTRACT_CHARS: usize = 600;
 
 #[derive(Deserialize)]
 struct Namespace {
@@ -100,12 +106,18 @@ pub fn parse(bytes: &[u8]) -> Result<Vec<RawTrend>, TrendsError> {
                         .as_ref()
                         .map(|lang| format!("https://{lang}.wikipedia.org/wiki/{}", article.title))
                 });
+            let context = [&article.description, &article.extract]
+                .into_iter()
+                .flatten()
+                .find(|text| !text.trim().is_empty())
+                .map(|text| text.chars().take(EXTRACT_CHARS).collect());
             RawTrend {
                 title: article
                     .normalizedtitle
                     .unwrap_or_else(|| article.title.replace('_', " ")),
                 score: article.views,
                 url,
+                context,
             }
         })
         .collect())
@@ -166,6 +178,30 @@ mod tests {
             items[2].url.as_deref(),
             Some("https://en.wikipedia.org/wiki/Dune:_Part_Two")
         );
+        let contexts: Vec<Option<&str>> = items.iter().map(|t| t.context.as_deref()).collect();
+        assert_eq!(
+            contexts,
+            [
+                Some("City in Poland"),
+                Some("2025 video game"),
+                Some("Dune: Part Two is a 2024 American epic science fiction film directed by Denis Villeneuve."),
+            ],
+            "description first, else the extract"
+        );
+    }
+
+    #[test]
+    fn long_extracts_are_shortened() {
+        let extract = "Lead paragraph. ".repeat(200);
+        let feed = serde_json::json!({"mostread": {"articles": [
+            {"title": "Long", "views": 5, "description": " ", "extract": extract},
+            {"title": "Bare", "views": 4}
+        ]}});
+        let items = parse(feed.to_string().as_bytes()).unwrap();
+        let context = items[0].context.as_deref().unwrap();
+        assert!(context.starts_with("Lead paragraph. Lead"), "{context}");
+        assert_eq!(context.chars().count(), EXTRACT_CHARS);
+        assert_eq!(items[1].context, None);
     }
 
     #[test]
@@ -203,5 +239,17 @@ mod tests {
         assert!(items
             .iter()
             .any(|t| t.title == "UFC Fight Night: Bermudez vs. Korean Zombie"));
+        assert_eq!(
+            items[0].context.as_deref(),
+            Some("American football player, quarterback")
+        );
+        // Two articles have no description: their extracts stand in.
+        let super_bowl = items.iter().find(|t| t.title == "Super Bowl XLIX").unwrap();
+        assert!(super_bowl
+            .context
+            .as_deref()
+            .unwrap()
+            .starts_with("Super Bowl XLIX was an American football game"));
+        assert!(items.iter().all(|t| t.context.is_some()));
     }
 }
