@@ -580,3 +580,53 @@ async fn the_openapi_document_is_valid_and_lists_every_route() {
         String::from_utf8_lossy(&output.stderr)
     );
 }
+
+#[actix_web::test]
+async fn a_trend_s_context_reaches_the_story_and_its_prompt() {
+    let dir = tempfile::tempdir().unwrap();
+    let list = dir.path().join("trends.json");
+    std::fs::write(
+        &list,
+        r#"[{"topic": "Comet Atlas", "url": "https://example.org/atlas",
+             "context": "A comet brighter than Venus, visible at dusk for the next week"},
+            "Plain topic"]"#,
+    )
+    .unwrap();
+    let mut config = tiny_server_config();
+    config.trends.sources.file.path = Some(list);
+    let base = start_server(config).await;
+    let (_, trends) = get_json(&base, "/v1/trends").await;
+    assert_eq!(trends["trends"][0]["topic"], "Comet Atlas");
+    assert_eq!(
+        trends["trends"][0]["context"],
+        "A comet brighter than Venus, visible at dusk for the next week"
+    );
+    assert!(trends["trends"][1]["context"].is_null());
+
+    let (status, with_context) = post(
+        &base,
+        json!({"topic": "comet atlas", "max_tokens": 2, "seed": 1}),
+    )
+    .await;
+    assert_eq!(status, 200, "{with_context}");
+    assert_eq!(with_context["trend"]["rank"], 1);
+    assert_eq!(with_context["trend"]["url"], "https://example.org/atlas");
+    assert_eq!(
+        with_context["trend"]["context"],
+        trends["trends"][0]["context"]
+    );
+    // The same words without the trend behind them: the context is in the prompt.
+    let (_, without) = post(
+        &base,
+        json!({"topic": "comet atlases", "max_tokens": 2, "seed": 1}),
+    )
+    .await;
+    assert!(without["trend"].is_null());
+    assert!(
+        with_context["prompt_tokens"].as_u64().unwrap()
+            > without["prompt_tokens"].as_u64().unwrap() + 10,
+        "{} vs {}",
+        with_context["prompt_tokens"],
+        without["prompt_tokens"]
+    );
+}

@@ -66,7 +66,7 @@ impl TrendView {
                 .map(|s| s.as_str().to_string())
                 .collect(),
             url: trend.url.clone(),
-            context: None,
+            context: trend.context.clone(),
             first_seen: format_time(trend.first_seen),
             last_seen: format_time(trend.last_seen),
             fetched_at: format_time(trend.fetched_at),

@@ -159,7 +159,7 @@ fn trend_ref(trend: &Trend) -> TrendRef {
             .collect(),
         rank: trend.rank,
         url: trend.url.clone(),
-        context: None,
+        context: trend.context.clone(),
     }
 }
 
@@ -181,6 +181,7 @@ mod tests {
                     rank: i + 1,
                     score: 1.0,
                     url: None,
+                    context: Some(format!("why {t} trends")),
                     first_seen: now,
                     last_seen: now,
                     fetched_at: now,
@@ -236,7 +237,9 @@ mod tests {
         .unwrap()
         .unwrap();
         assert_eq!(valid.topic, "rust 2.0");
-        assert_eq!(valid.trend.unwrap().rank, 2);
+        let trend = valid.trend.unwrap();
+        assert_eq!(trend.rank, 2);
+        assert_eq!(trend.context.as_deref(), Some("why Rust 2.0 trends"));
     }
 
     #[test]
