@@ -630,3 +630,78 @@ async fn a_trend_s_context_reaches_the_story_and_its_prompt() {
         without["prompt_tokens"]
     );
 }
+
+#[actix_web::test]
+async fn cors_allows_only_the_configured_origins() {
+    let mut config = tiny_server_config();
+    config.api.cors_allowed_origins = vec!["https://app.example".into()];
+    let base = start_server(config).await;
+    let preflight = client()
+        .request(
+            actix_web::http::Method::OPTIONS,
+            format!("{base}/v1/stories"),
+        )
+        .insert_header((header::ORIGIN, "https://app.example"))
+        .insert_header((header::ACCESS_CONTROL_REQUEST_METHOD, "POST"))
+        .insert_header((header::ACCESS_CONTROL_REQUEST_HEADERS, "content-type"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(preflight.status(), 200);
+    assert_eq!(
+        preflight
+            .headers()
+            .get(header::ACCESS_CONTROL_ALLOW_ORIGIN)
+            .unwrap(),
+        "https://app.example"
+    );
+    let allowed = client()
+        .get(format!("{base}/v1/trends"))
+        .insert_header((header::ORIGIN, "https://app.example"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        allowed
+            .headers()
+            .get(header::ACCESS_CONTROL_ALLOW_ORIGIN)
+            .unwrap(),
+        "https://app.example"
+    );
+    let foreign = client()
+        .get(format!("{base}/v1/trends"))
+        .insert_header((header::ORIGIN, "https://evil.example"))
+        .send()
+        .await
+        .unwrap();
+    assert!(foreign
+        .headers()
+        .get(header::ACCESS_CONTROL_ALLOW_ORIGIN)
+        .is_none());
+}
+
+#[actix_web::test]
+async fn a_passed_deadline_is_a_504() {
+    let mut config = tiny_server_config();
+    config.inference.max_batch_size = 1;
+    config.inference.request_timeout_secs = 1;
+    let base = start_server(config).await;
+    // One at a time, each a few hundred milliseconds: the later ones cannot finish in 1 s.
+    let answers = futures_util::future::join_all((0..8).map(|seed| {
+        post(
+            &base,
+            json!({"topic": "Queue", "max_tokens": 300, "seed": seed}),
+        )
+    }))
+    .await;
+    let timed_out: Vec<&Value> = answers
+        .iter()
+        .filter(|(status, _)| *status == 504)
+        .map(|(_, body)| body)
+        .collect();
+    assert!(!timed_out.is_empty(), "no request ran past its deadline");
+    assert_eq!(timed_out[0]["error"]["code"], "timeout");
+    for (status, body) in &answers {
+        assert!(*status == 200 || *status == 504, "{status}: {body}");
+    }
+}
