@@ -21,7 +21,8 @@ use crate::config::Config;
 use crate::engine::{ModelInfo, TextTokenizer};
 use crate::inference::{model_factory, InferencePool};
 use crate::metrics::Metrics;
-use crate::stories::prompt::{ChatTemplate, PromptBuilder};
+use crate::stories::prompt::PromptBuilder;
+use crate::stories::template::ChatTemplate;
 use crate::stories::{pregen, StoryService};
 use crate::trends::TrendsActor;
 

@@ -1,7 +1,9 @@
 //! Stories: from a client's request to a finished (or streamed) story.
 //!
 //! - `config`: `[stories]` defaults, limits, cache and pre-generation settings.
-//! - `prompt`: styles, topic cleaning, the chat template and injection-safe tokenization.
+//! - `prompt`: styles, topic cleaning and injection-safe tokenization of story prompts.
+//! - `template`: the model's chat template (`tokenizer_config.json` or a built-in fallback),
+//!   checked at load and rendered with minijinja.
 //! - `validate`: a [`StoryRequest`] (everything optional) into a [`ValidStoryRequest`]
 //!   (topic resolved in the trend snapshot, defaults filled, each rule checked by name).
 //! - `cache`: finished stories (TTL, LRU bound) and in-flight generations that identical
@@ -15,6 +17,7 @@ pub mod config;
 pub mod pregen;
 pub mod prompt;
 pub mod service;
+pub mod template;
 pub mod validate;
 
 use std::sync::Arc;
