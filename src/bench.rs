@@ -131,6 +131,7 @@ fn run_level(
         engine.submit(GenerationRequest {
             id: i as u64,
             priority: Priority::Interactive,
+            shared_prefix: 0,
             prompt_ids: synthetic_prompt(info, prompt_tokens, i),
             params: SamplingParams {
                 max_tokens: new_tokens,

@@ -41,7 +41,7 @@ impl Harness {
     }
 
     fn submit(&mut self, prompt_ids: Vec<u32>, params: SamplingParams) -> Output {
-        self.submit_with(prompt_ids, params, None, Priority::Interactive)
+        self.submit_with(prompt_ids, params, None, Priority::Interactive, 0)
     }
 
     fn submit_with(
@@ -50,6 +50,7 @@ impl Harness {
         params: SamplingParams,
         deadline: Option<Instant>,
         priority: Priority,
+        shared_prefix: usize,
     ) -> Output {
         let (events, rx) = event_channel();
         self.next_id += 1;
@@ -57,6 +58,7 @@ impl Harness {
             id: self.next_id,
             priority,
             prompt_ids,
+            shared_prefix,
             params,
             deadline,
             received_at: Instant::now(),
@@ -339,6 +341,7 @@ fn a_user_request_takes_a_background_slot_within_one_step() {
             greedy(64),
             None,
             Priority::Background,
+            0,
         )
     };
     let mut first = background(&mut h, 0);
@@ -374,6 +377,42 @@ fn a_user_request_takes_a_background_slot_within_one_step() {
 }
 
 #[test]
+fn a_kept_shared_prefix_gives_the_same_tokens() {
+    let dir = common::required_model(common::TINY);
+    let golden = common::golden(&dir);
+    let mut h = Harness::new(&dir, limits());
+    for p in &golden.prompts {
+        let prefix = p.input_ids.len() - 1;
+        // Miss (prefills the prefix as its own chunk and keeps it), then hit, then a whole
+        // prompt equal to the prefix (nothing left after it: no reuse, still golden).
+        for _ in 0..2 {
+            let mut out = h.submit_with(
+                p.input_ids.clone(),
+                greedy(golden.max_new_tokens),
+                None,
+                Priority::Interactive,
+                prefix,
+            );
+            h.run_until_idle();
+            assert_golden(&mut out, &p.output_ids, &p.text);
+        }
+        let mut whole = h.submit_with(
+            p.input_ids.clone(),
+            greedy(golden.max_new_tokens),
+            None,
+            Priority::Interactive,
+            p.input_ids.len(),
+        );
+        h.run_until_idle();
+        assert_golden(&mut whole, &p.output_ids, &p.text);
+    }
+    let stats = h.engine.stats();
+    assert_eq!(stats.prefix_hits, golden.prompts.len() as u64);
+    let reused: usize = golden.prompts.iter().map(|p| p.input_ids.len() - 1).sum();
+    assert_eq!(stats.prefix_tokens_reused, reused as u64);
+}
+
+#[test]
 fn passed_deadline_cancels() {
     let dir = common::required_model(common::TINY);
     let golden = common::golden(&dir);
@@ -383,6 +422,7 @@ fn passed_deadline_cancels() {
         greedy(8),
         Some(Instant::now()),
         Priority::Interactive,
+        0,
     );
     h.run_until_idle();
     assert_eq!(out.finish_reason(), FinishReason::Cancelled);

@@ -6,7 +6,8 @@
 //! 2. admits waiting requests while the batch-size and KV-token budgets allow (the KV budget
 //!    counts padding: rows x the longest possible row); user requests go before background
 //!    ones and, when the batch is full, take a background sequence's place (`Preempted`);
-//! 3. prefills admitted prompts alone (batch of one, no padding waste), at most
+//! 3. prefills admitted prompts alone (batch of one, no padding waste), starting from the
+//!    kept KV of a shared prefix when the request names one (see `prefix_cache`), at most
 //!    `prefill_chunk_tokens` prompt tokens per step while other streams are decoding, so a
 //!    long prompt delays their next token by one chunk, not by the whole prompt;
 //! 4. when prefilled sequences are ready, or many rows have finished, rebuilds the batch
@@ -22,6 +23,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::kv_cache::RowSource;
+use super::prefix_cache::PrefixCache;
 use super::sequence::Sequence;
 use super::session::push_mask_row;
 use super::{
@@ -61,6 +63,9 @@ pub struct EngineStats {
     pub decode_time: Duration,
     pub prefill_tokens: u64,
     pub prefill_time: Duration,
+    /// Prefills that started from a kept shared prefix, and the prompt tokens they skipped.
+    pub prefix_hits: u64,
+    pub prefix_tokens_reused: u64,
     pub rebuilds: u64,
     pub rebuild_time: Duration,
     /// Wall time of whole `step` calls.
@@ -102,6 +107,7 @@ pub struct BatchEngine {
     /// Prefilled sequences (first token sampled) with their cache, to join the batch.
     ready: VecDeque<(Sequence, KvCache)>,
     batch: Option<Batch>,
+    prefixes: PrefixCache,
     stats: EngineStats,
 }
 
@@ -115,6 +121,7 @@ impl BatchEngine {
             prefilling: VecDeque::new(),
             ready: VecDeque::new(),
             batch: None,
+            prefixes: PrefixCache::default(),
             stats: EngineStats::default(),
         }
     }
@@ -233,12 +240,22 @@ impl BatchEngine {
                 break;
             };
             seq.mark_admitted(now);
-            let cache = KvCache::empty(self.model.info(), 1)?;
-            let prefill = Prefill {
-                seq,
-                cache,
-                done: 0,
+            let prefix = shared_prefix(&seq);
+            let kept = match prefix {
+                0 => None,
+                n => self
+                    .prefixes
+                    .copy_of(self.model.info(), &seq.request.prompt_ids[..n])?,
             };
+            let (cache, done) = match kept {
+                Some(cache) => {
+                    self.stats.prefix_hits += 1;
+                    self.stats.prefix_tokens_reused += prefix as u64;
+                    (cache, prefix)
+                }
+                None => (KvCache::empty(self.model.info(), 1)?, 0),
+            };
+            let prefill = Prefill { seq, cache, done };
             // User prompts are prefilled before background ones.
             let at = match prefill.seq.request.priority {
                 Priority::Interactive => self
@@ -308,7 +325,11 @@ impl BatchEngine {
                 break;
             };
             let prompt = &p.seq.request.prompt_ids;
-            let chunk = (prompt.len() - p.done)
+            // A shared prefix not kept yet is prefilled as a chunk of its own, then kept.
+            let prefix = shared_prefix(&p.seq);
+            let keep_prefix = p.done < prefix && !self.prefixes.contains(&prompt[..prefix]);
+            let stop = if keep_prefix { prefix } else { prompt.len() };
+            let chunk = (stop - p.done)
                 .min(self.limits.prefill_chunk_tokens)
                 .min(budget);
             let total = p.done + chunk;
@@ -331,6 +352,10 @@ impl BatchEngine {
             p.cache = out.cache;
             p.done = total;
             budget = budget.saturating_sub(chunk);
+            if keep_prefix && p.done == prefix {
+                let ids = &p.seq.request.prompt_ids[..prefix];
+                self.prefixes.insert(self.model.info(), ids, &p.cache)?;
+            }
             if p.done < p.seq.prompt_len() {
                 self.prefilling.push_front(p);
                 continue;
@@ -451,6 +476,17 @@ impl BatchEngine {
             cache: out.cache,
         });
         Ok(())
+    }
+}
+
+/// The request's shared prefix, when it leaves at least one prompt token to prefill (the
+/// last prompt token's logits give the first new token).
+fn shared_prefix(seq: &Sequence) -> usize {
+    let n = seq.request.shared_prefix;
+    if n < seq.prompt_len() {
+        n
+    } else {
+        0
     }
 }
 

@@ -6,7 +6,8 @@
 //! - [`session`]: the ONNX session and one forward pass over a left-padded batch.
 //! - [`kv_cache`]: the per-layer key/value tensors carried from one step to the next.
 //! - [`generate`]: greedy generation of a fixed batch, the reference path for parity tests.
-//! - [`batch`]: the continuous-batching engine (scheduler, prefill, decode, KV rebuilds).
+//! - [`batch`]: the continuous-batching engine (scheduler, prefill, decode, KV rebuilds);
+//!   `prefix_cache` keeps the KV of shared prompt prefixes.
 //! - `sequence`, `sampler`, `detokenizer`: one request's state, token choice and text.
 //! - [`request`]: requests, events and the step-driven [`Engine`] trait the workers drive.
 
@@ -15,6 +16,7 @@ mod detokenizer;
 pub mod generate;
 pub mod kv_cache;
 pub mod model_info;
+mod prefix_cache;
 pub mod request;
 mod sampler;
 mod sequence;

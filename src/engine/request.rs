@@ -68,6 +68,9 @@ pub struct GenerationRequest {
     pub priority: Priority,
     /// Prompt token ids, BOS included.
     pub prompt_ids: Vec<u32>,
+    /// How many leading prompt ids are a prefix many requests share (chat template and
+    /// system prompt): the engine keeps their KV and reuses it. 0 for none.
+    pub shared_prefix: usize,
     pub params: SamplingParams,
     /// Past this instant the request ends with `FinishReason::Cancelled`.
     pub deadline: Option<Instant>,

@@ -74,23 +74,26 @@ impl InferenceHandle {
         prompt_ids: Vec<u32>,
         params: SamplingParams,
     ) -> Result<ResponseStream, InferError> {
-        self.router
-            .submit(prompt_ids, params, Priority::Interactive)
+        self.submit_prompt(prompt_ids, 0, params, Priority::Interactive)
     }
 
-    /// As [`InferenceHandle::submit`], for work nobody waits for (story pre-generation):
-    /// it has its own budget of `max_background` requests, is admitted by the engines only
-    /// in capacity no user request wants, and ends as `Preempted` when a user needs its
-    /// slot.
+    /// As [`InferenceHandle::submit`], with the number of leading prompt ids that are a
+    /// prefix many requests share (the engines keep its KV), and a priority. `Background`
+    /// work (story pre-generation) has its own budget of `max_background` requests, is
+    /// admitted by the engines only in capacity no user request wants, and ends as
+    /// `Preempted` when a user needs its slot.
     ///
     /// # Errors
-    /// As `submit`; `Overloaded` when `max_background` requests are already in flight.
-    pub fn submit_background(
+    /// As `submit`; `Overloaded` also when the budget of the priority is used up.
+    pub fn submit_prompt(
         &self,
         prompt_ids: Vec<u32>,
+        shared_prefix: usize,
         params: SamplingParams,
+        priority: Priority,
     ) -> Result<ResponseStream, InferError> {
-        self.router.submit(prompt_ids, params, Priority::Background)
+        self.router
+            .submit(prompt_ids, shared_prefix, params, priority)
     }
 
     /// True when at least one worker has an engine loaded (for `/readyz`).

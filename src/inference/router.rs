@@ -64,6 +64,7 @@ impl Router {
     pub fn submit(
         &self,
         prompt_ids: Vec<u32>,
+        shared_prefix: usize,
         params: SamplingParams,
         priority: Priority,
     ) -> Result<ResponseStream, InferError> {
@@ -102,6 +103,7 @@ impl Router {
             id: self.next_id.fetch_add(1, Ordering::Relaxed),
             priority,
             prompt_ids,
+            shared_prefix,
             params,
             // `None` only if the timeout is too large to add to a clock reading.
             deadline: received_at.checked_add(self.request_timeout),

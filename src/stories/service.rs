@@ -15,7 +15,7 @@ use super::cache::{Flight, FlightEvent, Lookup, StoryCache, StoryKey, Subscripti
 use super::prompt::PromptBuilder;
 use super::validate::{validate, ValidStoryRequest, ValidationError};
 use super::{millis, GenerationTimings, StoriesConfig, Story, StoryError, StoryRequest};
-use crate::engine::{FinishReason, GenerationStats, SamplingParams};
+use crate::engine::{FinishReason, GenerationStats, Priority, SamplingParams};
 use crate::inference::{InferError, InferenceHandle, ResponseStream, StreamEvent};
 use crate::metrics::Metrics;
 use crate::trends::{Trend, TrendsHandle};
@@ -188,7 +188,8 @@ impl StoryService {
     }
 
     /// One short generation through the whole prompt path, so the first user request
-    /// does not pay for the engine's first allocations.
+    /// does not pay for the engine's first allocations, and the default style's shared
+    /// prefix is already kept.
     ///
     /// # Errors
     /// The generation's failure.
@@ -201,7 +202,13 @@ impl StoryService {
             max_tokens: 2,
             ..SamplingParams::default()
         };
-        self.inference.submit(prompt.ids, params)?.collect().await?;
+        let stream = self.inference.submit_prompt(
+            prompt.ids,
+            prompt.prefix_tokens,
+            params,
+            Priority::Interactive,
+        )?;
+        stream.collect().await?;
         Ok(())
     }
 
@@ -307,12 +314,16 @@ impl StoryService {
         let prompt_tokens = prompt.ids.len();
         self.limits
             .check(prompt_tokens, request.params.max_tokens)?;
-        let submitted = match requester {
-            Requester::User => self.inference.submit(prompt.ids, request.params.clone()),
-            Requester::Background => self
-                .inference
-                .submit_background(prompt.ids, request.params.clone()),
+        let priority = match requester {
+            Requester::User => Priority::Interactive,
+            Requester::Background => Priority::Background,
         };
+        let submitted = self.inference.submit_prompt(
+            prompt.ids,
+            prompt.prefix_tokens,
+            request.params.clone(),
+            priority,
+        );
         let stream = submitted.inspect_err(|e| {
             self.metrics.generation_ended(requester.label(), e.code());
         })?;
