@@ -74,14 +74,6 @@ impl PrefixCache {
         });
         Ok(())
     }
-
-    pub fn len(&self) -> usize {
-        self.entries.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
-    }
 }
 
 fn copy(info: &ModelInfo, cache: &KvCache, len: usize) -> Result<KvCache, EngineError> {
