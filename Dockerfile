@@ -1,30 +1,60 @@
-# TrendStory container image.
+# syntax=docker/dockerfile:1
+# TrendStory container image. Every RUN step is a project script that CI runs too
+# (scripts/fetch-onnxruntime.sh, scripts/image.sh); the runtime stage only copies files.
 #
-# The build stage compiles the release binary and fetches the pinned ONNX Runtime library
-# (from the onnxruntime wheel on PyPI, checked by sha256). The model is not baked in: mount
-# an exported folder (scripts/fetch-model.sh or scripts/export_onnx.py) at /models/current.
-#   docker build -t trendstory .
-#   docker run -p 8080:8080 -v $PWD/onnx/tinyllama-1.1b-chat-int4:/models/current:ro trendstory
-FROM rust:1.95-bookworm AS build
-RUN apt-get update && apt-get install -y --no-install-recommends python3 python3-pip \
-    && rm -rf /var/lib/apt/lists/*
+#   docker build -t trendstory .                                  # model mounted at /models/current
+#   docker build --build-arg MODEL=hub -t trendstory .            # TinyLlama int4 baked in (needs the hub)
+#   docker build --target model --build-arg MODEL=hub -t trendstory-model .   # model image (k8s init container)
+#   docker run --rm -p 8080:8080 -v "$PWD/onnx/tinyllama-1.1b-chat-int4:/models/current:ro" trendstory
+#
+# MODEL: none (default; mount an exported folder at /models/current), tiny (2-layer
+# random-weights stand-in, for smoke tests), hub (scripts/fetch-model.sh).
+# Expected size without a model: about 135 MB (README, Deploy); MODEL=hub adds about 0.9 GB.
+
+ARG RUST_VERSION=1.95
+ARG PYTHON_VERSION=3.11
+
+# 1. Python tools: the pinned ONNX Runtime library (the same script and checksum as CI) and
+#    the model chosen by MODEL.
+FROM python:${PYTHON_VERSION}-slim-bookworm AS tools
+WORKDIR /src
+COPY scripts/fetch-onnxruntime.sh scripts/
+RUN ./scripts/fetch-onnxruntime.sh
+COPY scripts/ scripts/
+ARG MODEL=none
+RUN ./scripts/image.sh model "${MODEL}" /stage/models/current
+
+# 2. Rust build: the dependencies first, in their own layer (rebuilt only when Cargo.toml,
+#    Cargo.lock or scripts/image.sh change), then the crate; then the runtime files.
+FROM rust:${RUST_VERSION}-slim-bookworm AS build
 WORKDIR /src
 COPY Cargo.toml Cargo.lock ./
-COPY src ./src
-COPY scripts/fetch-onnxruntime.sh ./scripts/
-RUN PYTHON=python3 ./scripts/fetch-onnxruntime.sh && cargo build --release --locked
+COPY scripts/image.sh scripts/
+RUN ./scripts/image.sh deps
+COPY src/ src/
+RUN ./scripts/image.sh build release
+COPY scripts/healthcheck.sh scripts/
+COPY k8s/base/trendstory.toml k8s/base/
+COPY --from=tools /src/.cache/onnxruntime/ .cache/onnxruntime/
+RUN ./scripts/image.sh rootfs target/release/trendstory /rootfs
 
-FROM debian:bookworm-slim
-RUN apt-get update && apt-get install -y --no-install-recommends ca-certificates \
-    && rm -rf /var/lib/apt/lists/* \
-    && useradd --system --uid 10001 trendstory
-COPY --from=build /src/target/release/trendstory /usr/local/bin/trendstory
-COPY --from=build /src/.cache/onnxruntime/libonnxruntime.so.1.32.0 /opt/onnxruntime/
-ENV ORT_DYLIB_PATH=/opt/onnxruntime/libonnxruntime.so.1.32.0 \
-    TRENDSTORY_MODEL__DIR=/models/current \
-    TRENDSTORY_SERVER__HOST=0.0.0.0 \
-    TRENDSTORY_SERVER__PORT=8080
-USER trendstory
+# 3. The model alone, for a Kubernetes init container that copies it into a shared volume.
+FROM debian:bookworm-slim AS model
+COPY --from=tools /stage/models/current/ /model/
+USER 10001:10001
+CMD ["cp", "-R", "/model/.", "/models/current/"]
+
+# 4. Runtime: Debian slim, the binary, ONNX Runtime, the config, the model (if any); no
+#    build tools, no package manager step, a numeric non-root user (runAsNonRoot can check
+#    it). TLS to the trend sources uses rustls with built-in roots: no ca-certificates.
+FROM debian:bookworm-slim AS runtime
+COPY --from=build /rootfs/ /
+COPY --from=tools /stage/models/current/ /models/current/
+ENV TRENDSTORY_CONFIG=/etc/trendstory/trendstory.toml \
+    ORT_DYLIB_PATH=/opt/onnxruntime/libonnxruntime.so.1.32.0
+USER 10001:10001
 EXPOSE 8080
+HEALTHCHECK --interval=10s --timeout=5s --start-period=120s --retries=3 \
+    CMD ["/usr/local/bin/trendstory-healthcheck"]
 ENTRYPOINT ["/usr/local/bin/trendstory"]
 CMD ["serve"]

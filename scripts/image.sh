@@ -1,0 +1,126 @@
+#!/usr/bin/env bash
+# The steps of the container image (Dockerfile), as one script that CI runs too.
+#
+#   scripts/image.sh stub DIR            stub sources for DIR/Cargo.toml (every target it names)
+#   scripts/image.sh deps                in a folder with Cargo.toml + Cargo.lock and no src/:
+#                                        build the dependencies alone (a cached image layer),
+#                                        then forget the stub crate so the real build redoes it
+#   scripts/image.sh build [PROFILE]     cargo build --locked of the binary (release in the image;
+#                                        CI builds dev), prints its path
+#   scripts/image.sh model KIND DEST     the model baked into the image: none (mount one at
+#                                        /models/current), tiny (2-layer random-weights
+#                                        stand-in, seconds), hub (TinyLlama-1.1B-Chat int4 via
+#                                        scripts/fetch-model.sh; needs the Hugging Face hub)
+#   scripts/image.sh rootfs BINARY DEST  the runtime stage's files under DEST (copied to / in
+#                                        the image): the binary without debug info, the
+#                                        pinned ONNX Runtime library, the default config
+#                                        (k8s/base/trendstory.toml, the ConfigMap's file),
+#                                        the health check and the model mount point;
+#                                        prints each file's size
+#
+# CI (tests/deploy) runs `stub` + `cargo check` of the stub, `build dev`, `rootfs` on that binary
+# and then serves the tiny model from that tree with the ConfigMap's config; test.sh builds
+# the tiny model with the same exporter call as `model tiny`.
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+
+ORT_LIB_NAME="libonnxruntime.so.1.32.0"
+
+die() {
+    echo "image.sh: $*" >&2
+    exit 1
+}
+
+# Stub sources for every target Cargo.toml declares, so `cargo build` resolves and
+# compiles all dependencies without the real code.
+stub() {
+    local dir="$1"
+    [[ -f "$dir/Cargo.toml" ]] || die "$dir/Cargo.toml is missing"
+    [[ ! -e "$dir/src" ]] || die "$dir/src exists: stubs go only where the sources are not"
+    mkdir -p "$dir/src"
+    echo "// stub for the dependency layer" > "$dir/src/lib.rs"
+    echo "fn main() {}" > "$dir/src/main.rs"
+    # Any other declared target path (benches, examples, extra bins) gets an empty main.
+    local path
+    grep -E '^\s*path\s*=\s*"' "$dir/Cargo.toml" | sed -E 's/^\s*path\s*=\s*"([^"]+)".*/\1/' |
+        while read -r path; do
+            if [[ ! -e "$dir/$path" ]]; then
+                mkdir -p "$dir/$(dirname "$path")"
+                echo "fn main() {}" > "$dir/$path"
+            fi
+        done
+}
+
+deps() {
+    [[ -f Cargo.lock ]] || die "run in a folder with Cargo.toml and Cargo.lock"
+    stub .
+    cargo build --release --locked
+    # The stub's own outputs must not look up to date once the real sources arrive (their
+    # files may be older than these artifacts), so drop them with the stub.
+    rm -rf src target/release/trendstory target/release/libtrendstory.* \
+        target/release/.fingerprint/trendstory-* target/release/deps/trendstory-* \
+        target/release/deps/libtrendstory-*
+}
+
+build() {
+    local profile="${1:-release}" dir
+    cargo build --locked --profile "$profile" --bin trendstory >&2
+    dir="$profile"
+    [[ "$profile" == "dev" ]] && dir="debug"
+    echo "${CARGO_TARGET_DIR:-target}/$dir/trendstory"
+}
+
+model() {
+    local kind="$1" dest="$2"
+    mkdir -p "$dest"
+    case "$kind" in
+        none)
+            echo "image.sh: no model baked in: mount an exported folder at /models/current"
+            ;;
+        tiny)
+            # shellcheck disable=SC1091
+            source "$ROOT/scripts/python-env.sh"
+            rm -rf "$dest"
+            "$PYTHON_ENV_PY" "$ROOT/scripts/export_onnx.py" --random-init --preset tiny --out "$dest"
+            ;;
+        hub)
+            "$ROOT/scripts/fetch-model.sh"
+            rm -rf "$dest"
+            cp -a "$ROOT/onnx/tinyllama-1.1b-chat-int4" "$dest"
+            ;;
+        *)
+            die "model: KIND is none, tiny or hub (got '$kind')"
+            ;;
+    esac
+}
+
+rootfs() {
+    local binary="$1" dest="$2"
+    local lib="$ROOT/.cache/onnxruntime/$ORT_LIB_NAME"
+    [[ -x "$binary" ]] || die "rootfs: $binary is not an executable"
+    [[ -f "$lib" ]] || die "rootfs: $lib is missing (run scripts/fetch-onnxruntime.sh)"
+    mkdir -p "$dest/usr/local/bin" "$dest/opt/onnxruntime" "$dest/etc/trendstory" "$dest/models/current"
+    # Debug info is most of a release binary with `debug = 1` (145 MB against 20 MB); the
+    # symbol table stays, so panics and profiles still name functions.
+    if command -v objcopy >/dev/null; then
+        objcopy --strip-debug "$binary" "$dest/usr/local/bin/trendstory"
+    else
+        echo "image.sh: objcopy not found: copying $binary with its debug info" >&2
+        cp "$binary" "$dest/usr/local/bin/trendstory"
+    fi
+    install -m 0755 "$ROOT/scripts/healthcheck.sh" "$dest/usr/local/bin/trendstory-healthcheck"
+    install -m 0755 "$lib" "$dest/opt/onnxruntime/$ORT_LIB_NAME"
+    install -m 0644 "$ROOT/k8s/base/trendstory.toml" "$dest/etc/trendstory/trendstory.toml"
+    echo "image.sh: runtime files under $dest (bytes):"
+    (cd "$dest" && find . -type f -printf '%s\t%p\n' | sort -k2)
+    echo "image.sh: total $(du -sb "$dest" | cut -f1) bytes"
+}
+
+case "${1:-}" in
+    stub) [[ $# -eq 2 ]] || die "usage: image.sh stub DIR"; stub "$2" ;;
+    deps) deps ;;
+    build) [[ $# -le 2 ]] || die "usage: image.sh build [PROFILE]"; build "${2:-release}" ;;
+    model) [[ $# -eq 3 ]] || die "usage: image.sh model none|tiny|hub DEST"; model "$2" "$3" ;;
+    rootfs) [[ $# -eq 3 ]] || die "usage: image.sh rootfs BINARY DEST"; rootfs "$2" "$3" ;;
+    *) die "usage: image.sh stub DIR | deps | build [PROFILE] | model KIND DEST | rootfs BINARY DEST" ;;
+esac
