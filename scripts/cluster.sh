@@ -1,0 +1,244 @@
+#!/usr/bin/env bash
+# TrendStory replicas on one machine behind nginx, the same routing as in Kubernetes.
+#
+#   scripts/cluster.sh up N [--port P] [--base-port B] [--config FILE] [--binary PATH]
+#   scripts/cluster.sh status              replicas, their pids, ports and /readyz; nginx
+#   scripts/cluster.sh stop I [SIGNAL]     signal replica I (TERM by default; KILL to crash it)
+#   scripts/cluster.sh start I             start replica I again, as `up` did, and wait until ready
+#   scripts/cluster.sh down                stop every process this script started, nothing else
+#
+# `up` starts N replicas of one binary with one shared config (--config, or the defaults),
+# on 127.0.0.1:B+1..B+N (B = 18100), and nginx on 127.0.0.1:P (8080); it waits until each
+# replica is ready. Environment variables reach the replicas (TRENDSTORY_MODEL__DIR=...,
+# ORT_DYLIB_PATH=...); per replica only server.host and server.port are set, and, unless
+# set already, inference.threads_per_worker and server.http_workers share the cores and
+# server.log_format is json.
+#
+# Routing (scripts/cluster-nginx.conf.in): GET /v1/stories?topic= by consistent hash of the
+# topic, so one replica's story cache and coalescing serve every client of that topic; all
+# else round robin. A replica that refuses connections, times out or answers 502/503
+# (draining, warming up) is skipped for the request and left out for fail_timeout, then
+# tried again (passive checks). Responses carry X-Upstream: the replica(s) nginx tried.
+#
+# State (pids, logs, nginx.conf) lives in $CLUSTER_STATE_DIR (default target/cluster).
+# Needs nginx (Debian package) and curl.
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+STATE="${CLUSTER_STATE_DIR:-$ROOT/target/cluster}"
+READY_TIMEOUT="${CLUSTER_READY_TIMEOUT:-120}"
+# Debian puts nginx in /usr/sbin, which a non-root PATH may lack.
+NGINX="$(command -v nginx || echo /usr/sbin/nginx)"
+
+die() {
+    echo "cluster.sh: $*" >&2
+    exit 1
+}
+
+# The pid in $1 if that process is alive and its command line contains $2 (so a pid the
+# system reused for another program is never signalled).
+owned_pid() {
+    local file="$1" marker="$2" pid
+    [[ -f "$file" ]] || return 1
+    pid="$(cat "$file")"
+    [[ "$pid" =~ ^[0-9]+$ && -r "/proc/$pid/cmdline" ]] || return 1
+    tr '\0' ' ' < "/proc/$pid/cmdline" | grep -qF -- "$marker" || return 1
+    echo "$pid"
+}
+
+replica_port() { echo $(( $(cat "$STATE/base-port") + $1 )); }
+
+readyz() {
+    curl -s -o /dev/null -m 2 -w '%{http_code}' "http://127.0.0.1:$1/readyz" || true
+}
+
+start_replica() {
+    local i="$1" port binary config
+    port="$(replica_port "$i")"
+    binary="$(cat "$STATE/binary")"
+    config="$(cat "$STATE/config")"
+    if owned_pid "$STATE/replica-$i.pid" "$binary" >/dev/null; then
+        die "replica $i is running already"
+    fi
+    local args=()
+    [[ -n "$config" ]] && args=(--config "$config")
+    (
+        # shellcheck source=/dev/null
+        source "$STATE/env.sh"
+        export TRENDSTORY_SERVER__HOST=127.0.0.1 TRENDSTORY_SERVER__PORT="$port"
+        # setsid: the replica outlives this shell and ignores its terminal's signals.
+        exec setsid "$binary" "${args[@]}" serve >> "$STATE/replica-$i.log" 2>&1 < /dev/null
+    ) &
+    echo $! > "$STATE/replica-$i.pid"
+    echo "cluster.sh: replica $i: pid $!, 127.0.0.1:$port, log $STATE/replica-$i.log"
+}
+
+wait_ready() {
+    local i="$1" port deadline
+    port="$(replica_port "$i")"
+    deadline=$(( $(date +%s) + READY_TIMEOUT ))
+    until [[ "$(readyz "$port")" == 200 ]]; do
+        owned_pid "$STATE/replica-$i.pid" "$(cat "$STATE/binary")" >/dev/null ||
+            die "replica $i exited; its log: $STATE/replica-$i.log"
+        (( $(date +%s) < deadline )) || die "replica $i not ready after ${READY_TIMEOUT}s"
+        sleep 0.2
+    done
+}
+
+write_nginx_conf() {
+    local n="$1" port="$2" servers="" i
+    for i in $(seq 1 "$n"); do
+        servers+="        server 127.0.0.1:$(replica_port "$i") max_fails=1 fail_timeout=5s;"$'\n'
+    done
+    mkdir -p "$STATE/nginx-tmp"
+    local template
+    template="$(cat "$ROOT/scripts/cluster-nginx.conf.in")"
+    template="${template//@STATE@/$STATE}"
+    template="${template//@PORT@/$port}"
+    template="${template//@SERVERS@/$servers}"
+    printf '%s\n' "$template" > "$STATE/nginx.conf"
+}
+
+cmd_up() {
+    local n="${1:-}"
+    [[ "$n" =~ ^[1-9][0-9]*$ ]] || die "usage: cluster.sh up N [--port P] [--base-port B] [--config FILE] [--binary PATH]"
+    shift
+    local port=8080 base=18100 config="" binary=""
+    while [[ $# -gt 0 ]]; do
+        case "$1" in
+            --port) port="$2"; shift 2 ;;
+            --base-port) base="$2"; shift 2 ;;
+            --config) config="$(realpath "$2")"; shift 2 ;;
+            --binary) binary="$(realpath "$2")"; shift 2 ;;
+            *) die "unknown option $1" ;;
+        esac
+    done
+    [[ -x "$NGINX" ]] || die "nginx is not installed (apt-get install nginx, or scripts/deploy-tools.sh)"
+    command -v curl >/dev/null || die "curl is not installed"
+    if [[ -z "$binary" ]]; then
+        binary="$ROOT/target/release/trendstory"
+        [[ -x "$binary" ]] || binary="$ROOT/target/debug/trendstory"
+    fi
+    [[ -x "$binary" ]] || die "no binary at $binary: cargo build --release (or --binary PATH)"
+    [[ -z "$config" || -f "$config" ]] || die "no config file $config"
+    if [[ -f "$STATE/replicas" ]]; then
+        die "a cluster is up already in $STATE (cluster.sh down first)"
+    fi
+    mkdir -p "$STATE"
+    # A failed `up` stops whatever it had started.
+    trap '[[ "${UP_DONE:-}" == 1 ]] || { echo "cluster.sh: up failed: stopping what it started" >&2; cmd_down; }' EXIT
+    rm -f "$STATE"/replica-*.log "$STATE"/access.log "$STATE"/nginx-error.log
+    echo "$n" > "$STATE/replicas"
+    echo "$base" > "$STATE/base-port"
+    echo "$port" > "$STATE/port"
+    echo "$binary" > "$STATE/binary"
+    echo "$config" > "$STATE/config"
+    # One shared configuration: the file plus this environment, kept for `start`.
+    local cores threads
+    cores="$(nproc)"
+    threads=$(( cores / n ))
+    (( threads >= 1 )) || threads=1
+    {
+        export -p | grep -E '^declare -x (TRENDSTORY_|ORT_DYLIB_PATH=|RUST_LOG=)' |
+            sed 's/^declare -x /export /' || true
+        [[ -n "${TRENDSTORY_INFERENCE__THREADS_PER_WORKER:-}" ]] ||
+            echo "export TRENDSTORY_INFERENCE__THREADS_PER_WORKER=$threads"
+        [[ -n "${TRENDSTORY_SERVER__HTTP_WORKERS:-}" ]] ||
+            echo "export TRENDSTORY_SERVER__HTTP_WORKERS=$threads"
+        [[ -n "${TRENDSTORY_SERVER__LOG_FORMAT:-}" ]] ||
+            echo "export TRENDSTORY_SERVER__LOG_FORMAT=json"
+        [[ -n "${ORT_DYLIB_PATH:-}" ]] ||
+            echo "export ORT_DYLIB_PATH=$ROOT/.cache/onnxruntime/libonnxruntime.so.1.32.0"
+    } > "$STATE/env.sh"
+    local i
+    for i in $(seq 1 "$n"); do
+        start_replica "$i"
+    done
+    write_nginx_conf "$n" "$port"
+    "$NGINX" -t -q -p "$STATE" -c "$STATE/nginx.conf" || die "nginx rejected $STATE/nginx.conf"
+    "$NGINX" -p "$STATE" -c "$STATE/nginx.conf"
+    for i in $(seq 1 "$n"); do
+        wait_ready "$i"
+    done
+    UP_DONE=1
+    echo "cluster.sh: $n replicas ready behind http://127.0.0.1:$port"
+}
+
+cmd_status() {
+    [[ -f "$STATE/replicas" ]] || { echo "cluster.sh: no cluster in $STATE"; return 0; }
+    local n binary i pid port
+    n="$(cat "$STATE/replicas")"
+    binary="$(cat "$STATE/binary")"
+    printf '%-9s %-8s %-17s %s\n' replica pid address readyz
+    for i in $(seq 1 "$n"); do
+        port="$(replica_port "$i")"
+        if pid="$(owned_pid "$STATE/replica-$i.pid" "$binary")"; then
+            printf '%-9s %-8s %-17s %s\n' "$i" "$pid" "127.0.0.1:$port" "$(readyz "$port")"
+        else
+            printf '%-9s %-8s %-17s %s\n' "$i" "-" "127.0.0.1:$port" "stopped"
+        fi
+    done
+    if pid="$(owned_pid "$STATE/nginx.pid" "$STATE/nginx.conf")"; then
+        echo "nginx     $pid 127.0.0.1:$(cat "$STATE/port") (log $STATE/access.log)"
+    else
+        echo "nginx     stopped"
+    fi
+}
+
+cmd_stop() {
+    local i="${1:-}" signal="${2:-TERM}" pid
+    [[ -f "$STATE/replicas" ]] || die "no cluster in $STATE"
+    [[ "$i" =~ ^[0-9]+$ ]] || die "usage: cluster.sh stop I [SIGNAL]"
+    pid="$(owned_pid "$STATE/replica-$i.pid" "$(cat "$STATE/binary")")" ||
+        die "replica $i is not running"
+    kill -s "$signal" "$pid"
+    echo "cluster.sh: sent SIG$signal to replica $i (pid $pid)"
+}
+
+cmd_start() {
+    local i="${1:-}"
+    [[ -f "$STATE/replicas" ]] || die "no cluster in $STATE"
+    [[ "$i" =~ ^[0-9]+$ ]] && (( i >= 1 && i <= $(cat "$STATE/replicas") )) ||
+        die "usage: cluster.sh start I (1..$(cat "$STATE/replicas"))"
+    start_replica "$i"
+    wait_ready "$i"
+    echo "cluster.sh: replica $i ready"
+}
+
+cmd_down() {
+    [[ -f "$STATE/replicas" ]] || { echo "cluster.sh: no cluster in $STATE"; return 0; }
+    local n binary i pid pids=()
+    n="$(cat "$STATE/replicas")"
+    binary="$(cat "$STATE/binary")"
+    if pid="$(owned_pid "$STATE/nginx.pid" "$STATE/nginx.conf")"; then
+        kill -QUIT "$pid" 2>/dev/null || true
+        pids+=("$pid")
+    fi
+    for i in $(seq 1 "$n"); do
+        if pid="$(owned_pid "$STATE/replica-$i.pid" "$binary")"; then
+            kill -TERM "$pid" 2>/dev/null || true
+            pids+=("$pid")
+        fi
+    done
+    # Replicas drain (server.shutdown_drain_secs) and finish streams before they exit.
+    local deadline=$(( $(date +%s) + 60 ))
+    for pid in "${pids[@]}"; do
+        while kill -0 "$pid" 2>/dev/null && (( $(date +%s) < deadline )); do
+            sleep 0.1
+        done
+        if kill -0 "$pid" 2>/dev/null; then
+            echo "cluster.sh: pid $pid still running after 60 s: SIGKILL" >&2
+            kill -KILL "$pid" 2>/dev/null || true
+        fi
+    done
+    rm -f "$STATE/replicas" "$STATE"/replica-*.pid "$STATE/nginx.pid"
+    echo "cluster.sh: down (logs kept in $STATE)"
+}
+
+case "${1:-}" in
+    up) shift; cmd_up "$@" ;;
+    status) cmd_status ;;
+    stop) shift; cmd_stop "$@" ;;
+    start) shift; cmd_start "$@" ;;
+    down) cmd_down ;;
+    *) die "usage: cluster.sh up N [options] | status | stop I [SIGNAL] | start I | down" ;;
+esac
