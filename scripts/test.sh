@@ -1,13 +1,16 @@
 #!/usr/bin/env bash
 # Installs what the tests need and runs them: the ONNX Runtime library, the Python venv,
-# the tiny test models (rebuilt only when the exporter changes), the Python exporter tests
-# and `cargo test`. Idempotent and fast on a second run.
+# nginx (scripts/deploy-tools.sh), the tiny test models (rebuilt only when the exporter
+# changes), the Python exporter tests, `cargo test`, then the deploy tests (Dockerfile lint,
+# Kubernetes overlays rendered and validated, the image layout serving the ConfigMap's
+# config, a replica killed behind nginx). Idempotent and fast on a second run.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 
 ./scripts/fetch-onnxruntime.sh
 source scripts/python-env.sh
+./scripts/deploy-tools.sh
 
 # Builds a tiny test model into $1 (with the tokenizer folder $2, or the project's own
 # tokenizer), again only when the exporter, its corpus or that tokenizer changed.
@@ -48,3 +51,7 @@ echo "test.sh: Python exporter tests"
 
 echo "test.sh: cargo test"
 cargo test --all-targets "$@" "${SKIP_SHARED[@]}"
+
+# After cargo test: these run its debug binary (scripts/image.sh build dev finds it fresh).
+echo "test.sh: deploy tests (Dockerfile, Kubernetes overlays, image layout, cluster failover)"
+"$PYTHON_ENV_PY" -m pytest -q tests/deploy

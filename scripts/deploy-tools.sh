@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# Installs what the deploy tests (tests/deploy) need beyond the Python venv: nginx, the
+# Debian package scripts/cluster.sh balances with (and curl, which it also uses). kubectl (with kustomize), hadolint and
+# kubernetes-validate come from PyPI, pinned in requirements.txt (scripts/python-env.sh).
+# Idempotent: when nginx is there it only checks, in milliseconds.
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+
+missing=()
+command -v nginx >/dev/null || [[ -x /usr/sbin/nginx ]] || missing+=(nginx)
+command -v curl >/dev/null || missing+=(curl)
+if [[ ${#missing[@]} -gt 0 ]]; then
+    sudo=()
+    if [[ "$(id -u)" -ne 0 ]]; then
+        if command -v sudo >/dev/null && sudo -n true 2>/dev/null; then
+            sudo=(sudo -n)
+        else
+            echo "deploy-tools: ${missing[*]} missing; as root: apt-get install ${missing[*]}" >&2
+            exit 1
+        fi
+    fi
+    echo "deploy-tools: installing ${missing[*]} (apt-get)"
+    # Outside a container nothing stops the package from starting a system nginx on port
+    # 80; only scripts/cluster.sh's own instances should run, so forbid service starts
+    # during the install (Docker images ship this file already).
+    policy=/usr/sbin/policy-rc.d
+    if [[ ! -e "$policy" ]]; then
+        printf '#!/bin/sh\nexit 101\n' | "${sudo[@]}" tee "$policy" >/dev/null
+        "${sudo[@]}" chmod 0755 "$policy"
+        trap '"${sudo[@]}" rm -f "$policy"' EXIT
+    fi
+    "${sudo[@]}" apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -qq --no-install-recommends \
+        "${missing[@]}" >/dev/null
+fi
+
+for tool in kubectl hadolint kubernetes-validate; do
+    [[ -x "$ROOT/.venv/bin/$tool" ]] || {
+        echo "deploy-tools: .venv/bin/$tool is missing: run scripts/python-env.sh" >&2
+        exit 1
+    }
+done
+echo "deploy-tools: nginx $( (nginx -v 2>&1 || /usr/sbin/nginx -v 2>&1) | sed 's/.*nginx\///'), $("$ROOT/.venv/bin/kubectl" version --client 2>/dev/null | head -1)"
