@@ -82,6 +82,7 @@ model() {
             source "$ROOT/scripts/python-env.sh"
             rm -rf "$dest"
             "$PYTHON_ENV_PY" "$ROOT/scripts/export_onnx.py" --random-init --preset tiny --out "$dest"
+            rm -rf "$dest/hf"   # the random checkpoint the export started from
             ;;
         hub)
             "$ROOT/scripts/fetch-model.sh"
