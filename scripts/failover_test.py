@@ -5,8 +5,9 @@ load from this machine to 127.0.0.1 only, one replica stopped and started again.
     scripts/failover_test.py --replicas 3 --signal KILL --duration 60 --kill-at 20 --restart-at 35
 
 Clients send GET /v1/stories?topic=...&seed=... (a new seed each time, so every request is
-a generation), a share of them as Server-Sent Events. At --kill-at the replica --victim gets
---signal (KILL: a crash; TERM: graceful shutdown); at --restart-at it is started again. The
+a generation), a share of them as Server-Sent Events. At --kill-at the replica --victim (by
+default the one that has served the most so far: topics hash unevenly over a few replicas)
+gets --signal (KILL: a crash; TERM: graceful shutdown); at --restart-at it is started again. The
 report counts requests sent, succeeded and failed (and why), which replica served each
 (nginx's X-Upstream header), requests nginx retried past the stopped replica, and when the
 restarted replica served again after it was ready.
@@ -128,7 +129,7 @@ def error_code(body: bytes) -> str:
     try:
         return json.loads(body)["error"]["code"]
     except (ValueError, KeyError, TypeError):
-        return "(no JSON error)"
+        return "from nginx" if b"nginx" in body else "(no JSON error)"
 
 
 def read_events(resp: http.client.HTTPResponse) -> tuple[bool, str]:
@@ -143,6 +144,18 @@ def read_events(resp: http.client.HTTPResponse) -> tuple[bool, str]:
         elif line.startswith("data:") and event == "error":
             return False, f"SSE error {error_code(line[5:].encode())}"
     return False, "stream cut (no done event)"
+
+
+def busiest(load: Load, args: argparse.Namespace) -> int:
+    """The replica that has answered the most requests so far (1..N)."""
+    counts = {i: 0 for i in range(1, args.replicas + 1)}
+    with load.lock:
+        for o in load.outcomes:
+            if o.ok and o.upstreams:
+                i = int(o.upstreams[-1].rsplit(":", 1)[1]) - args.base_port
+                if i in counts:
+                    counts[i] += 1
+    return max(counts, key=lambda i: (counts[i], -i))
 
 
 def cluster(*args: str, env: dict) -> str:
@@ -237,7 +250,8 @@ def analyse(args, outcomes: list[Outcome], events: dict, victim_addr: str) -> di
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--replicas", type=int, default=3)
-    ap.add_argument("--victim", type=int, default=1, help="replica to stop (1..N)")
+    ap.add_argument("--victim", type=int, default=0,
+                    help="replica to stop (1..N); 0: the one that has served the most")
     ap.add_argument("--signal", choices=["KILL", "TERM"], default="KILL")
     ap.add_argument("--duration", type=float, default=60, help="seconds of load")
     ap.add_argument("--kill-at", type=float, default=20)
@@ -256,8 +270,8 @@ def main() -> int:
     ap.add_argument("--json", type=Path, help="write the report here too")
     ap.add_argument("--check", action="store_true", help="exit 1 when a rule above is broken")
     args = ap.parse_args()
-    if not 1 <= args.victim <= args.replicas or not args.kill_at < args.restart_at < args.duration:
-        ap.error("need 1 <= victim <= replicas and kill-at < restart-at < duration")
+    if not 0 <= args.victim <= args.replicas or not args.kill_at < args.restart_at < args.duration:
+        ap.error("need 0 <= victim <= replicas and kill-at < restart-at < duration")
 
     env = dict(os.environ)
     state = Path(env.setdefault("CLUSTER_STATE_DIR", str(ROOT / "target" / "cluster")))
@@ -266,7 +280,6 @@ def main() -> int:
         up += ["--binary", args.binary]
     if args.config:
         up += ["--config", args.config]
-    victim_addr = f"127.0.0.1:{args.base_port + args.victim}"
     print(cluster(*up, env=env), end="", flush=True)
     try:
         t0 = time.monotonic()
@@ -277,6 +290,9 @@ def main() -> int:
             t.start()
         events: dict = {}
         time.sleep(max(0.0, args.kill_at - load.now()))
+        if args.victim == 0:
+            args.victim = busiest(load, args)
+        victim_addr = f"127.0.0.1:{args.base_port + args.victim}"
         pid = replica_pid(state, args.victim)
         flight = load.snapshot()
         events["in_flight_at_stop"] = len(flight)
