@@ -9,7 +9,7 @@
 #
 # MODEL: none (default; mount an exported folder at /models/current), tiny (2-layer
 # random-weights stand-in, for smoke tests), hub (scripts/fetch-model.sh).
-# Expected size without a model: about 135 MB (README, Deploy); MODEL=hub adds about 0.9 GB.
+# Expected size without a model: about 130 MB unpacked (README, Deploy); MODEL=hub adds about 0.9 GB.
 
 ARG RUST_VERSION=1.95
 ARG PYTHON_VERSION=3.11
