@@ -413,6 +413,61 @@ fn a_kept_shared_prefix_gives_the_same_tokens() {
 }
 
 #[test]
+fn prompts_prefilled_together_match_golden() {
+    let dir = common::required_model(common::TINY);
+    let golden = common::golden(&dir);
+    let together = EngineLimits {
+        prefill_chunk_tokens: 256,
+        ..limits()
+    };
+    let mut h = Harness::new(&dir, together);
+    let lengths: Vec<usize> = golden.prompts.iter().map(|p| p.input_ids.len()).collect();
+    assert!(
+        lengths.iter().min() != lengths.iter().max(),
+        "rows of different lengths: {lengths:?}"
+    );
+    let mut outs: Vec<Output> = golden
+        .prompts
+        .iter()
+        .map(|p| h.submit(p.input_ids.clone(), greedy(golden.max_new_tokens)))
+        .collect();
+    h.run_until_idle();
+    for (out, p) in outs.iter_mut().zip(&golden.prompts) {
+        assert_golden(out, &p.output_ids, &p.text);
+    }
+    assert_eq!(h.engine.stats().batched_prefills, 1, "one pass for all");
+
+    // Rows with different kept positions: the first starts from its kept prefix.
+    let first = &golden.prompts[0];
+    let prefix = first.input_ids.len() - 1;
+    let with_prefix = |h: &mut Harness| {
+        h.submit_with(
+            first.input_ids.clone(),
+            greedy(golden.max_new_tokens),
+            None,
+            Priority::Interactive,
+            prefix,
+        )
+    };
+    let mut keep = with_prefix(&mut h);
+    h.run_until_idle();
+    assert_golden(&mut keep, &first.output_ids, &first.text);
+    let mut outs = vec![with_prefix(&mut h)];
+    outs.extend(
+        golden.prompts[1..]
+            .iter()
+            .map(|p| h.submit(p.input_ids.clone(), greedy(golden.max_new_tokens))),
+    );
+    h.run_until_idle();
+    for (out, p) in outs.iter_mut().zip(&golden.prompts) {
+        assert_golden(out, &p.output_ids, &p.text);
+    }
+    let stats = h.engine.stats();
+    assert_eq!(stats.batched_prefills, 2);
+    assert_eq!(stats.prefix_hits, 1);
+}
+
+#[test]
 fn passed_deadline_cancels() {
     let dir = common::required_model(common::TINY);
     let golden = common::golden(&dir);
