@@ -986,6 +986,28 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
+def quantization_manifest(precision: str, block_size: int, accuracy_level: int,
+                          zero_points: bool) -> dict | None:
+    """manifest.json's "quantization" entry (None for fp32)."""
+    if precision == "fp32":
+        return None
+    return {"op": "com.microsoft.MatMulNBits", "bits": 4, "block_size": block_size,
+            "accuracy_level": accuracy_level, "symmetric": not zero_points}
+
+
+def quantization_matches(out_dir: Path, exporter_args: list[str]) -> bool:
+    """Whether out_dir/manifest.json records the quantization these exporter arguments ask for
+    (--precision, --block-size, --accuracy-level, --zero-points; others are ignored). For the
+    shell scripts that skip an export already done: a different request means re-exporting."""
+    try:
+        man = json.loads((Path(out_dir) / "manifest.json").read_text())
+    except (OSError, ValueError):
+        return False
+    a = parse_args(["--hf-dir", "-", "--out", "-", *exporter_args])
+    return man.get("quantization") == quantization_manifest(a.precision, a.block_size,
+                                                            a.accuracy_level, a.zero_points)
+
+
 def export(hf_dir: Path, out_dir: Path, *, source: str, random_weights: bool, precision: str,
            block_size: int, accuracy_level: int, golden_tokens: int | None,
            linear_only: bool = False, threads: int = 1, zero_points: bool = False) -> dict:
@@ -1012,9 +1034,8 @@ def export(hf_dir: Path, out_dir: Path, *, source: str, random_weights: bool, pr
         build_linear_only(cfg, weights, out_dir, block_size, accuracy_level, zero_points)
         manifest = {"name": out_dir.name, "source": source, "random_weights": random_weights,
                     "linear_only": True, "precision": "int4",
-                    "quantization": {"op": "com.microsoft.MatMulNBits", "bits": 4,
-                                     "block_size": block_size, "accuracy_level": accuracy_level,
-                                     "symmetric": not zero_points},
+                    "quantization": quantization_manifest("int4", block_size, accuracy_level,
+                                                          zero_points),
                     "inputs": {"x": ["batch_size", "sequence_length", dm["hidden"]]},
                     "outputs": {"logits": ["batch_size", "sequence_length", dm["vocab"]]},
                     "num_hidden_layers": dm["layers"], "hidden_size": dm["hidden"],
@@ -1052,9 +1073,7 @@ def export(hf_dir: Path, out_dir: Path, *, source: str, random_weights: bool, pr
         "source": source,
         "random_weights": random_weights,
         "precision": precision,
-        "quantization": None if precision == "fp32" else {
-            "op": "com.microsoft.MatMulNBits", "bits": 4, "block_size": block_size,
-            "accuracy_level": accuracy_level, "symmetric": not zero_points},
+        "quantization": quantization_manifest(precision, block_size, accuracy_level, zero_points),
         "num_hidden_layers": dm["layers"],
         "hidden_size": dm["hidden"],
         "intermediate_size": dm["inter"],

@@ -373,6 +373,13 @@ def test_zero_points_cli(tmp_path, tiny_int4):
     assert man["quantization"]["symmetric"] is False and man["quantization"]["block_size"] == 128
     m = onnx.load(str(out / "model.onnx"), load_external_data=False)
     assert all(len(n.input) == 4 for n in m.graph.node if n.op_type == "MatMulNBits")
+    # what fetch-model.sh / run.sh ask before reusing an export
+    assert E.quantization_matches(out, ["--zero-points", "--block-size", "128"])
+    assert not E.quantization_matches(out, ["--block-size", "128"])
+    assert not E.quantization_matches(out, [])
+    assert E.quantization_matches(tiny_int4, []) and E.quantization_matches(tiny_int4, ["--block-size", "32"])
+    assert not E.quantization_matches(tiny_int4, ["--zero-points"])
+    assert not E.quantization_matches(tmp_path / "nothing-here", [])
 
 
 # ---------------------------------------------------------------------------------------------
