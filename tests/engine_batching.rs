@@ -468,6 +468,44 @@ fn prompts_prefilled_together_match_golden() {
 }
 
 #[test]
+fn finished_rows_never_run_past_the_context() {
+    // The tiny model has 512 positions. One row finishes early and waits in the batch
+    // (fewer dead rows than live ones: no rebuild) while three others run almost to the
+    // end of the context; the waiting row must not count positions past it.
+    let dir = common::required_model(common::TINY);
+    let mut h = Harness::new(
+        &dir,
+        EngineLimits {
+            max_batch_size: 4,
+            max_prompt_tokens: 64,
+            max_new_tokens: 500,
+            max_total_kv_tokens: 4096,
+            prefill_chunk_tokens: 256,
+        },
+    );
+    let prompt = |len: usize, salt: u32| -> Vec<u32> {
+        std::iter::once(1)
+            .chain((0..len as u32 - 1).map(|i| 300 + (i * 7 + salt) % 700))
+            .collect()
+    };
+    let ignore_eos = |max_tokens| SamplingParams {
+        max_tokens,
+        ignore_eos: true,
+        ..SamplingParams::default()
+    };
+    let mut short = h.submit(prompt(60, 0), ignore_eos(4));
+    let mut long: Vec<Output> = (1..4)
+        .map(|salt| h.submit(prompt(10, salt), ignore_eos(490)))
+        .collect();
+    h.run_until_idle();
+    assert_eq!(short.finish_reason(), FinishReason::Length);
+    for out in &mut long {
+        assert_eq!(out.finish_reason(), FinishReason::Length);
+        assert_eq!(out.tokens.len(), 490);
+    }
+}
+
+#[test]
 fn passed_deadline_cancels() {
     let dir = common::required_model(common::TINY);
     let golden = common::golden(&dir);

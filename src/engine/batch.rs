@@ -585,10 +585,21 @@ impl BatchEngine {
         let mut attention_mask = Vec::with_capacity(n * (past + 1));
         let mut position_ids = Vec::with_capacity(n);
         for row in &rows {
-            let token = row.seq.as_ref().map_or(0, |s| s.next_input);
-            input_ids.push(i64::from(token));
-            push_mask_row(&mut attention_mask, past + 1, row.len + 1);
-            position_ids.push(row.len as i64);
+            match &row.seq {
+                Some(seq) => {
+                    input_ids.push(i64::from(seq.next_input));
+                    push_mask_row(&mut attention_mask, past + 1, row.len + 1);
+                    position_ids.push(row.len as i64);
+                }
+                // A finished row waiting for the next rebuild: a placeholder that attends
+                // only to itself at position 0, so it never runs past the model's context
+                // however long the others go on. Its output is ignored.
+                None => {
+                    input_ids.push(0);
+                    push_mask_row(&mut attention_mask, past + 1, 1);
+                    position_ids.push(0);
+                }
+            }
         }
         let started = Instant::now();
         let mut out = self.model.forward(
@@ -606,10 +617,10 @@ impl BatchEngine {
         let eos = self.model.info().eos_token_id;
         let mut live = 0;
         for (i, row) in rows.iter_mut().enumerate() {
-            row.len += 1;
             let Some(seq) = row.seq.as_mut() else {
                 continue;
             };
+            row.len += 1;
             live += 1;
             let logits = &mut out.last_logits[i * vocab..(i + 1) * vocab];
             if let Some(reason) = seq.advance(logits, &self.tokenizer, eos) {
