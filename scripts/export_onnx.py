@@ -3,13 +3,15 @@
 
 No torch: weights are read from safetensors with our own parser (numpy has no bfloat16),
 the graph is built with onnx.helper, linear layers are quantized to int4 for ONNX Runtime's
-`com.microsoft.MatMulNBits`, and golden greedy outputs are computed with onnxruntime.
+`com.microsoft.MatMulNBits` (symmetric by default; --zero-points: asymmetric, a 4-bit zero
+point per block), and golden greedy outputs are computed with onnxruntime.
 
 Modes (see --help):
   --hf-dir DIR --out onnx/NAME          export an existing HF Llama folder
   --random-init --preset tinyllama      TinyLlama-1.1B shape, random weights (same run cost)
   --random-init --preset tiny           2-layer model + self-trained 1k BPE tokenizer, for tests
   --linear-only                         only the int4 matmuls (a benchmark baseline)
+  --block-size 32|128, --zero-points    int4 block size; asymmetric int4 with zero points
 
 Output folder: model.onnx + model.onnx.data, tokenizer.json (+tokenizer_config.json),
 config.json, golden.json and manifest.json (written last: marks a complete export).
@@ -210,7 +212,7 @@ def write_safetensors(path: Path, specs, produce, dtype: str = "F32") -> None:
 
 
 # --------------------------------------------------------------------------------------------
-# int4 quantization (MatMulNBits, symmetric Q4_0 style)
+# int4 quantization (MatMulNBits: symmetric Q4_0 style, or asymmetric with zero points)
 # --------------------------------------------------------------------------------------------
 
 def quantize_q4(w: np.ndarray, block_size: int):
@@ -238,14 +240,70 @@ def quantize_q4(w: np.ndarray, block_size: int):
     return np.ascontiguousarray(packed), np.ascontiguousarray(d.reshape(-1))
 
 
-def dequantize_q4(packed: np.ndarray, scales: np.ndarray, k: int) -> np.ndarray:
-    """Inverse of quantize_q4: returns float32 [N, K]."""
+def dequantize_q4(packed: np.ndarray, scales: np.ndarray, k: int,
+                  zero_points: np.ndarray | None = None) -> np.ndarray:
+    """Inverse of quantize_q4 (or, with zero_points, of quantize_q4_asym): float32 [N, K]."""
     n, nb, half = packed.shape
     q = np.empty((n, nb, half * 2), dtype=np.float32)
     q[..., 0::2] = packed & 0x0F
     q[..., 1::2] = packed >> 4
-    w = (q - 8.0) * scales.reshape(n, nb, 1)
+    if zero_points is None:
+        zp = np.float32(8.0)
+    else:
+        zp = unpack_zero_points(zero_points, nb).astype(np.float32)[..., None]
+    w = (q - zp) * scales.reshape(n, nb, 1)
     return w.reshape(n, nb * half * 2)[:, :k]
+
+
+def quantize_q4_asym(w: np.ndarray, block_size: int):
+    """Asymmetric int4 (min/max per block, with a zero point) for MatMulNBits' zero_points.
+
+    Per block of `block_size` consecutive K elements of a row, with lo = min(min(w), 0) and
+    hi = max(max(w), 0) (the range always holds 0, so the zero point fits in 4 bits):
+    scale = (hi - lo) / 15, zp = clip(round(-lo / scale), 0, 15),
+    q = clip(round(w / scale) + zp, 0, 15); ONNX Runtime dequantizes (q - zp) * scale.
+    Every value is then within scale / 2 of its dequantized value.
+    Returns (B uint8 [N, n_blocks, block_size/2] packed as in quantize_q4,
+             scales float32 [N * n_blocks],
+             zero_points uint8 [N, ceil(n_blocks / 2)]: the contrib-op contract's packed
+             layout, two 4-bit zero points per byte along a row, block 2j in the low nibble,
+             2j+1 in the high one; an odd row count pads the last high nibble with 8).
+    """
+    w = np.asarray(w, dtype=np.float32)
+    n, k = w.shape
+    nb = (k + block_size - 1) // block_size
+    if nb * block_size != k:
+        w = np.pad(w, ((0, 0), (0, nb * block_size - k)))
+    blocks = w.reshape(n, nb, block_size)
+    lo = np.minimum(blocks.min(axis=2), np.float32(0.0))
+    hi = np.maximum(blocks.max(axis=2), np.float32(0.0))
+    scale = ((hi - lo) / np.float32(15.0)).astype(np.float32)
+    with np.errstate(divide="ignore"):
+        inv = np.where(scale != 0, np.float32(1.0) / scale, np.float32(0.0)).astype(np.float32)
+    zp = np.clip(np.rint(-lo * inv), 0, 15).astype(np.uint8)
+    q = np.rint(blocks * inv[..., None]) + zp[..., None]
+    q = np.clip(q, 0, 15).astype(np.uint8)
+    packed = (q[..., 0::2] | (q[..., 1::2] << 4)).astype(np.uint8)
+    return (np.ascontiguousarray(packed), np.ascontiguousarray(scale.reshape(-1)),
+            pack_zero_points(zp))
+
+
+def pack_zero_points(zp: np.ndarray) -> np.ndarray:
+    """uint8 [N, n_blocks] of 4-bit values -> uint8 [N, ceil(n_blocks / 2)], low nibble first."""
+    n, nb = zp.shape
+    if nb % 2:
+        zp = np.concatenate([zp, np.full((n, 1), 8, dtype=np.uint8)], axis=1)
+    return np.ascontiguousarray((zp[:, 0::2] | (zp[:, 1::2] << 4)).astype(np.uint8))
+
+
+def unpack_zero_points(packed: np.ndarray, n_blocks: int) -> np.ndarray:
+    """Inverse of pack_zero_points: uint8 [N, n_blocks]."""
+    packed = np.asarray(packed, dtype=np.uint8)
+    packed = packed.reshape(packed.shape[0], -1)
+    zp = np.empty((packed.shape[0], packed.shape[1] * 2), dtype=np.uint8)
+    zp[:, 0::2] = packed & 0x0F
+    zp[:, 1::2] = packed >> 4
+    return zp[:, :n_blocks]
 
 
 # --------------------------------------------------------------------------------------------
@@ -322,12 +380,15 @@ class Linear:
     Several HF weights that read the same input (q/k/v, gate/up) can be fused into one node:
     their rows are concatenated, so the output is the concatenation of the separate outputs.
     int4 quantization is per output row (blocks run along K), so quantizing the concatenated
-    matrix gives exactly the blocks, scales and nibbles of quantizing each weight alone.
+    matrix gives exactly the blocks, scales, zero points and nibbles of quantizing each weight
+    alone.
     """
 
-    def __init__(self, g: GraphBuilder, precision: str, block_size: int, accuracy_level: int):
+    def __init__(self, g: GraphBuilder, precision: str, block_size: int, accuracy_level: int,
+                 zero_points: bool = False):
         self.g, self.precision = g, precision
         self.block_size, self.accuracy_level = block_size, accuracy_level
+        self.zero_points = zero_points
 
     def __call__(self, x: str, w, name: str) -> str:
         g = self.g
@@ -337,10 +398,14 @@ class Linear:
         if self.precision == "fp32":
             wt = g.init(f"{name}.weight_t", np.ascontiguousarray(w.T.astype(np.float32)))
             return g.op("MatMul", [x, wt], name=f"{name}/MatMul")
-        packed, scales = quantize_q4(w, self.block_size)
-        b = g.init(f"{name}.qweight", packed)
-        s = g.init(f"{name}.scales", scales)
-        return g.op("MatMulNBits", [x, b, s], domain=MS_DOMAIN, name=f"{name}/MatMulNBits",
+        if self.zero_points:
+            packed, scales, zp = quantize_q4_asym(w, self.block_size)
+            inputs = [x, g.init(f"{name}.qweight", packed), g.init(f"{name}.scales", scales),
+                      g.init(f"{name}.zero_points", zp)]
+        else:
+            packed, scales = quantize_q4(w, self.block_size)
+            inputs = [x, g.init(f"{name}.qweight", packed), g.init(f"{name}.scales", scales)]
+        return g.op("MatMulNBits", inputs, domain=MS_DOMAIN, name=f"{name}/MatMulNBits",
                     K=k, N=n, bits=4, block_size=self.block_size,
                     accuracy_level=self.accuracy_level)
 
@@ -367,7 +432,7 @@ def model_dims(cfg: dict) -> dict:
 
 
 def build_decoder(cfg: dict, weights: SafeTensorsDir, out_dir: Path, precision: str,
-                  block_size: int, accuracy_level: int) -> None:
+                  block_size: int, accuracy_level: int, zero_points: bool = False) -> None:
     """Write out_dir/model.onnx (+ model.onnx.data) for a Llama decoder with past.
 
     On a small CPU a decode step is dominated by per-node dispatch overhead outside the int4
@@ -396,7 +461,7 @@ def build_decoder(cfg: dict, weights: SafeTensorsDir, out_dir: Path, precision: 
         raise SystemExit(f"error: hidden_act {cfg.get('hidden_act')!r} is not supported")
 
     g = GraphBuilder(out_dir / "model.onnx.data")
-    lin = Linear(g, precision, block_size, accuracy_level)
+    lin = Linear(g, precision, block_size, accuracy_level, zero_points)
     W = weights.get_f32
 
     def norm(x, delta, wname, name):
@@ -555,7 +620,7 @@ def lm_head_name(cfg: dict, weights: SafeTensorsDir) -> str:
 
 
 def build_linear_only(cfg: dict, weights: SafeTensorsDir, out_dir: Path, block_size: int,
-                      accuracy_level: int) -> None:
+                      accuracy_level: int, zero_points: bool = False) -> None:
     """Benchmark baseline: exactly the decoder's int4 MatMulNBits nodes, nothing else.
 
     Per layer the same fused matmuls as build_decoder: qkv, o, gate_up, down. Only shape glue
@@ -568,7 +633,7 @@ def build_linear_only(cfg: dict, weights: SafeTensorsDir, out_dir: Path, block_s
     L, H, V = dm["layers"], dm["hidden"], dm["vocab"]
     kv_dim = dm["kv_heads"] * dm["head_dim"]
     g = GraphBuilder(out_dir / "model.onnx.data")
-    lin = Linear(g, "int4", block_size, accuracy_level)
+    lin = Linear(g, "int4", block_size, accuracy_level, zero_points)
     W = weights.get_f32
     split_qkv = g.const_i64([H, 2 * kv_dim], "split_qkv")
     split_mlp = g.const_i64([dm["inter"], dm["inter"]], "split_mlp")
@@ -921,9 +986,31 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
+def quantization_manifest(precision: str, block_size: int, accuracy_level: int,
+                          zero_points: bool) -> dict | None:
+    """manifest.json's "quantization" entry (None for fp32)."""
+    if precision == "fp32":
+        return None
+    return {"op": "com.microsoft.MatMulNBits", "bits": 4, "block_size": block_size,
+            "accuracy_level": accuracy_level, "symmetric": not zero_points}
+
+
+def quantization_matches(out_dir: Path, exporter_args: list[str]) -> bool:
+    """Whether out_dir/manifest.json records the quantization these exporter arguments ask for
+    (--precision, --block-size, --accuracy-level, --zero-points; others are ignored). For the
+    shell scripts that skip an export already done: a different request means re-exporting."""
+    try:
+        man = json.loads((Path(out_dir) / "manifest.json").read_text())
+    except (OSError, ValueError):
+        return False
+    a = parse_args(["--hf-dir", "-", "--out", "-", *exporter_args])
+    return man.get("quantization") == quantization_manifest(a.precision, a.block_size,
+                                                            a.accuracy_level, a.zero_points)
+
+
 def export(hf_dir: Path, out_dir: Path, *, source: str, random_weights: bool, precision: str,
            block_size: int, accuracy_level: int, golden_tokens: int | None,
-           linear_only: bool = False, threads: int = 1) -> dict:
+           linear_only: bool = False, threads: int = 1, zero_points: bool = False) -> dict:
     hf_dir, out_dir = Path(hf_dir), Path(out_dir)
     cfg_path = hf_dir / "config.json"
     if not cfg_path.exists():
@@ -939,15 +1026,16 @@ def export(hf_dir: Path, out_dir: Path, *, source: str, random_weights: bool, pr
     for stale in ("golden.json", "model.onnx", "model.onnx.data"):
         if (out_dir / stale).exists():
             (out_dir / stale).unlink()
+    if zero_points and precision != "int4":
+        raise SystemExit("error: zero points are for int4 exports only")
     weights = SafeTensorsDir(hf_dir)
     t0 = time.time()
     if linear_only:
-        build_linear_only(cfg, weights, out_dir, block_size, accuracy_level)
+        build_linear_only(cfg, weights, out_dir, block_size, accuracy_level, zero_points)
         manifest = {"name": out_dir.name, "source": source, "random_weights": random_weights,
                     "linear_only": True, "precision": "int4",
-                    "quantization": {"op": "com.microsoft.MatMulNBits", "bits": 4,
-                                     "block_size": block_size, "accuracy_level": accuracy_level,
-                                     "symmetric": True},
+                    "quantization": quantization_manifest("int4", block_size, accuracy_level,
+                                                          zero_points),
                     "inputs": {"x": ["batch_size", "sequence_length", dm["hidden"]]},
                     "outputs": {"logits": ["batch_size", "sequence_length", dm["vocab"]]},
                     "num_hidden_layers": dm["layers"], "hidden_size": dm["hidden"],
@@ -960,7 +1048,7 @@ def export(hf_dir: Path, out_dir: Path, *, source: str, random_weights: bool, pr
         log(f"linear-only graph written to {out_dir} in {time.time() - t0:.1f}s")
         return manifest
 
-    build_decoder(cfg, weights, out_dir, precision, block_size, accuracy_level)
+    build_decoder(cfg, weights, out_dir, precision, block_size, accuracy_level, zero_points)
     log(f"graph written to {out_dir}/model.onnx in {time.time() - t0:.1f}s")
     if not (hf_dir / "tokenizer.json").exists():
         raise SystemExit(f"error: {hf_dir}/tokenizer.json not found")
@@ -985,9 +1073,7 @@ def export(hf_dir: Path, out_dir: Path, *, source: str, random_weights: bool, pr
         "source": source,
         "random_weights": random_weights,
         "precision": precision,
-        "quantization": None if precision == "fp32" else {
-            "op": "com.microsoft.MatMulNBits", "bits": 4, "block_size": block_size,
-            "accuracy_level": accuracy_level, "symmetric": True},
+        "quantization": quantization_manifest(precision, block_size, accuracy_level, zero_points),
         "num_hidden_layers": dm["layers"],
         "hidden_size": dm["hidden"],
         "intermediate_size": dm["inter"],
@@ -1024,6 +1110,10 @@ def parse_args(argv=None):
     ap.add_argument("--precision", choices=["int4", "fp32"], default="int4")
     ap.add_argument("--block-size", type=int, choices=[32, 128], default=32)
     ap.add_argument("--accuracy-level", type=int, choices=[0, 1, 2, 3, 4], default=4)
+    ap.add_argument("--zero-points", action="store_true",
+                    help="asymmetric int4: per-block min/max scale and a 4-bit zero point "
+                    "(MatMulNBits input zero_points; manifest quantization.symmetric false). "
+                    "Default: symmetric, the op's default zero point 8")
     ap.add_argument("--golden-tokens", type=int, help="greedy tokens per golden prompt "
                     "(default 16 for tiny, 8 otherwise)")
     ap.add_argument("--no-golden", action="store_true")
@@ -1037,6 +1127,8 @@ def parse_args(argv=None):
         ap.error("--hf-dir needs --out")
     if args.linear_only and args.precision != "int4":
         ap.error("--linear-only is int4 only")
+    if args.zero_points and args.precision != "int4":
+        ap.error("--zero-points is int4 only")
     return args
 
 
@@ -1070,7 +1162,7 @@ def main(argv=None) -> int:
     golden = None if (args.no_golden or args.linear_only) else (args.golden_tokens or golden_default)
     export(hf_dir, out, source=source, random_weights=random_weights, precision=args.precision,
            block_size=args.block_size, accuracy_level=args.accuracy_level, golden_tokens=golden,
-           linear_only=args.linear_only, threads=args.threads)
+           linear_only=args.linear_only, threads=args.threads, zero_points=args.zero_points)
     log(f"done in {time.time() - t0:.1f}s")
     return 0
 

@@ -3,7 +3,9 @@
 # onnx/tinyllama-1.1b-chat-int4/ (int4 MatMulNBits, see scripts/export_onnx.py).
 #
 # Needs internet. Idempotent: skips the download for files already in the cache and the
-# export when onnx/tinyllama-1.1b-chat-int4/manifest.json lists complete files.
+# export when onnx/tinyllama-1.1b-chat-int4/manifest.json lists complete files. Extra arguments
+# go to the exporter, e.g. `./scripts/fetch-model.sh --block-size 128 --zero-points` (default:
+# symmetric int4, block 32); with them, an export holding another quantization is redone.
 # Honours HF_ENDPOINT (mirror) and HF_TOKEN.
 #
 # Exit codes: 0 ok, 3 hub unreachable (scripts/run.sh then falls back to the random-weight
@@ -24,9 +26,14 @@ source "$here/python-env.sh"
 PY="$PYTHON_ENV_PY"
 
 # 1. Already exported? manifest.json is written last; check its listed files still match.
-if [[ -f "$OUT_DIR/manifest.json" ]] && "$PY" - "$OUT_DIR" <<'PYEOF'
+if [[ -f "$OUT_DIR/manifest.json" ]] && "$PY" - "$here" "$OUT_DIR" "$@" <<'PYEOF'
 import hashlib, json, os, sys
-d = sys.argv[1]
+sys.path.insert(0, sys.argv[1])
+import export_onnx
+d = sys.argv[2]
+if sys.argv[3:] and not export_onnx.quantization_matches(d, sys.argv[3:]):
+    print(f"fetch-model: {d} holds another quantization than requested; re-exporting")
+    sys.exit(1)
 m = json.load(open(os.path.join(d, "manifest.json")))
 for name, digest in m.get("files", {}).items():
     p = os.path.join(d, name)

@@ -8,6 +8,8 @@
 #   4. a release build, then `trendstory serve` (extra arguments are passed to it).
 # Idempotent: a second run reuses the library, the venv, the model and the build.
 # TRENDSTORY_MODEL__DIR=... skips step 3 and serves that folder.
+# TRENDSTORY_EXPORT_ARGS="--block-size 128 --zero-points" (for example) passes exporter options
+# to step 3 (either model); a model folder exported with another quantization is then redone.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
@@ -15,9 +17,16 @@ cd "$ROOT"
 ./scripts/fetch-onnxruntime.sh
 source scripts/python-env.sh
 
+# Whether folder $1's manifest.json records the quantization EXPORT_ARGS ask for.
+quantization_matches() {
+    "$PYTHON_ENV_PY" -c 'import sys; sys.path.insert(0, "scripts"); import export_onnx as E
+sys.exit(0 if E.quantization_matches(sys.argv[1], sys.argv[2:]) else 1)' "$1" "${EXPORT_ARGS[@]}"
+}
+
 if [[ -z "${TRENDSTORY_MODEL__DIR:-}" ]]; then
+    read -r -a EXPORT_ARGS <<< "${TRENDSTORY_EXPORT_ARGS:-}"
     set +e
-    ./scripts/fetch-model.sh
+    ./scripts/fetch-model.sh "${EXPORT_ARGS[@]}"
     rc=$?
     set -e
     if [[ $rc -eq 0 ]]; then
@@ -30,8 +39,9 @@ if [[ -z "${TRENDSTORY_MODEL__DIR:-}" ]]; then
 # shape, size and speed with RANDOM weights. Every story it writes is noise.
 ################################################################################
 MSG
-        if [[ ! -f onnx/tinyllama-bench/manifest.json ]]; then
-            "$PYTHON_ENV_PY" scripts/export_onnx.py --random-init --preset tinyllama
+        if [[ ! -f onnx/tinyllama-bench/manifest.json ]] || \
+                { ((${#EXPORT_ARGS[@]})) && ! quantization_matches onnx/tinyllama-bench; }; then
+            "$PYTHON_ENV_PY" scripts/export_onnx.py --random-init --preset tinyllama "${EXPORT_ARGS[@]}"
         fi
         export TRENDSTORY_MODEL__DIR="onnx/tinyllama-bench"
     else

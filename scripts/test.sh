@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Installs what the tests need and runs them: the ONNX Runtime library, the Python venv,
-# nginx (scripts/deploy-tools.sh), the tiny test models (rebuilt only when the exporter
-# changes), the Python exporter tests, `cargo test`, then the deploy tests (Dockerfile lint,
-# Kubernetes overlays rendered and validated, the image layout serving the ConfigMap's
-# config, a replica killed behind nginx). Idempotent and fast on a second run.
+# the tiny test models (rebuilt only when the exporter changes), headless Chromium, nginx
+# (scripts/deploy-tools.sh), the Python exporter tests, `cargo test`, the browser tests of
+# the web page, then the deploy tests (Dockerfile lint, Kubernetes overlays rendered and
+# validated, the image layout serving the ConfigMap's config, a replica killed behind
+# nginx). Idempotent and fast on a second run.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
@@ -11,6 +12,27 @@ cd "$ROOT"
 ./scripts/fetch-onnxruntime.sh
 source scripts/python-env.sh
 ./scripts/deploy-tools.sh
+
+# The browser tests (tests/browser) drive Debian's chromium through chromedriver. Installed
+# with apt-get when missing (CI runs as root on a fresh machine); CHROMIUM and CHROMEDRIVER
+# may name other binaries instead.
+ensure_chromium() {
+    local browser="${CHROMIUM:-$(command -v chromium || true)}"
+    local driver="${CHROMEDRIVER:-$(command -v chromedriver || true)}"
+    if [[ -x "$browser" && -x "$driver" ]]; then
+        return
+    fi
+    if [[ "$(id -u)" != 0 ]] || ! command -v apt-get >/dev/null; then
+        echo "test.sh: the browser tests need chromium and chromedriver: run" \
+            "'apt-get install chromium chromium-driver' as root (or set CHROMIUM and CHROMEDRIVER)" >&2
+        exit 1
+    fi
+    echo "test.sh: installing chromium and chromium-driver (apt-get)"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+        chromium chromium-driver fonts-liberation >/dev/null
+}
+ensure_chromium
 
 # Builds a tiny test model into $1 (with the tokenizer folder $2, or the project's own
 # tokenizer), again only when the exporter, its corpus or that tokenizer changed.
@@ -51,6 +73,13 @@ echo "test.sh: Python exporter tests"
 
 echo "test.sh: cargo test"
 cargo test --all-targets "$@" "${SKIP_SHARED[@]}"
+
+# The web page in headless Chromium against target/debug/trendstory with the tiny model;
+# the tests start and stop their servers on free 127.0.0.1 ports. Screenshots and server
+# logs: target/browser-artifacts/.
+echo "test.sh: browser tests"
+cargo build --quiet --bin trendstory
+timeout 600 "$PYTHON_ENV_PY" -m pytest -q tests/browser
 
 # After cargo test: these run its debug binary (scripts/image.sh build dev finds it fresh).
 echo "test.sh: deploy tests (Dockerfile, Kubernetes overlays, image layout, cluster failover)"

@@ -36,11 +36,22 @@ enum Command {
         concurrency: Vec<usize>,
         #[arg(long, default_value_t = 64)]
         prompt_tokens: usize,
+        /// Leading prompt tokens every request shares, declared as a shared prefix (the
+        /// engine keeps their KV): story prompts share their chat template this way.
+        #[arg(long, default_value_t = 0)]
+        shared_prefix_tokens: usize,
         #[arg(long, default_value_t = 64)]
         new_tokens: usize,
         /// A `--linear-only` export of the same model, timed in the same run as a baseline.
         #[arg(long)]
         baseline: Option<PathBuf>,
+        /// Closed loop instead of levels: keep this many requests in flight, each finished
+        /// one replaced at once by a new unique prompt.
+        #[arg(long, conflicts_with_all = ["concurrency", "baseline"])]
+        users: Option<usize>,
+        /// Length of the closed loop, in seconds.
+        #[arg(long, default_value_t = 60, requires = "users")]
+        duration: u64,
         /// Also print the report as one JSON object on the last line.
         #[arg(long)]
         json: bool,
@@ -79,21 +90,47 @@ fn main() -> anyhow::Result<()> {
             model,
             concurrency,
             prompt_tokens,
+            shared_prefix_tokens,
             new_tokens,
             baseline,
+            users,
+            duration,
             json,
         } => {
             if concurrency.is_empty()
                 || concurrency.contains(&0)
                 || prompt_tokens == 0
                 || new_tokens == 0
+                || users == Some(0)
+                || duration == 0
             {
-                anyhow::bail!("--concurrency, --prompt-tokens and --new-tokens must be positive");
+                anyhow::bail!("--concurrency, --users, --duration, --prompt-tokens and --new-tokens must be positive");
+            }
+            if shared_prefix_tokens >= prompt_tokens {
+                anyhow::bail!("--shared-prefix-tokens must be below --prompt-tokens (at least one token of each prompt is its own)");
+            }
+            let model = model.unwrap_or_else(|| config.model.dir.clone());
+            if let Some(users) = users {
+                let options = trendstory::bench::closed_loop::ClosedLoopOptions {
+                    model,
+                    users,
+                    duration: std::time::Duration::from_secs(duration),
+                    prompt_tokens,
+                    shared_prefix_tokens,
+                    new_tokens,
+                };
+                let report = trendstory::bench::closed_loop::run(&config, &options)?;
+                report.print();
+                if json {
+                    println!("{}", serde_json::to_string(&report)?);
+                }
+                return Ok(());
             }
             let options = trendstory::bench::BenchOptions {
-                model: model.unwrap_or_else(|| config.model.dir.clone()),
+                model,
                 concurrency,
                 prompt_tokens,
+                shared_prefix_tokens,
                 new_tokens,
                 baseline,
             };

@@ -413,6 +413,99 @@ fn a_kept_shared_prefix_gives_the_same_tokens() {
 }
 
 #[test]
+fn prompts_prefilled_together_match_golden() {
+    let dir = common::required_model(common::TINY);
+    let golden = common::golden(&dir);
+    let together = EngineLimits {
+        prefill_chunk_tokens: 256,
+        ..limits()
+    };
+    let mut h = Harness::new(&dir, together);
+    let lengths: Vec<usize> = golden.prompts.iter().map(|p| p.input_ids.len()).collect();
+    assert!(
+        lengths.iter().min() != lengths.iter().max(),
+        "rows of different lengths: {lengths:?}"
+    );
+    let mut outs: Vec<Output> = golden
+        .prompts
+        .iter()
+        .map(|p| h.submit(p.input_ids.clone(), greedy(golden.max_new_tokens)))
+        .collect();
+    h.run_until_idle();
+    for (out, p) in outs.iter_mut().zip(&golden.prompts) {
+        assert_golden(out, &p.output_ids, &p.text);
+    }
+    assert_eq!(h.engine.stats().batched_prefills, 1, "one pass for all");
+
+    // Rows with different kept positions: the first starts from its kept prefix.
+    let first = &golden.prompts[0];
+    let prefix = first.input_ids.len() - 1;
+    let with_prefix = |h: &mut Harness| {
+        h.submit_with(
+            first.input_ids.clone(),
+            greedy(golden.max_new_tokens),
+            None,
+            Priority::Interactive,
+            prefix,
+        )
+    };
+    let mut keep = with_prefix(&mut h);
+    h.run_until_idle();
+    assert_golden(&mut keep, &first.output_ids, &first.text);
+    let mut outs = vec![with_prefix(&mut h)];
+    outs.extend(
+        golden.prompts[1..]
+            .iter()
+            .map(|p| h.submit(p.input_ids.clone(), greedy(golden.max_new_tokens))),
+    );
+    h.run_until_idle();
+    for (out, p) in outs.iter_mut().zip(&golden.prompts) {
+        assert_golden(out, &p.output_ids, &p.text);
+    }
+    let stats = h.engine.stats();
+    assert_eq!(stats.batched_prefills, 2);
+    assert_eq!(stats.prefix_hits, 1);
+}
+
+#[test]
+fn finished_rows_never_run_past_the_context() {
+    // The tiny model has 512 positions. One row finishes early and waits in the batch
+    // (fewer dead rows than live ones: no rebuild) while three others run almost to the
+    // end of the context; the waiting row must not count positions past it.
+    let dir = common::required_model(common::TINY);
+    let mut h = Harness::new(
+        &dir,
+        EngineLimits {
+            max_batch_size: 4,
+            max_prompt_tokens: 64,
+            max_new_tokens: 500,
+            max_total_kv_tokens: 4096,
+            prefill_chunk_tokens: 256,
+        },
+    );
+    let prompt = |len: usize, salt: u32| -> Vec<u32> {
+        std::iter::once(1)
+            .chain((0..len as u32 - 1).map(|i| 300 + (i * 7 + salt) % 700))
+            .collect()
+    };
+    let ignore_eos = |max_tokens| SamplingParams {
+        max_tokens,
+        ignore_eos: true,
+        ..SamplingParams::default()
+    };
+    let mut short = h.submit(prompt(60, 0), ignore_eos(4));
+    let mut long: Vec<Output> = (1..4)
+        .map(|salt| h.submit(prompt(10, salt), ignore_eos(490)))
+        .collect();
+    h.run_until_idle();
+    assert_eq!(short.finish_reason(), FinishReason::Length);
+    for out in &mut long {
+        assert_eq!(out.finish_reason(), FinishReason::Length);
+        assert_eq!(out.tokens.len(), 490);
+    }
+}
+
+#[test]
 fn passed_deadline_cancels() {
     let dir = common::required_model(common::TINY);
     let golden = common::golden(&dir);

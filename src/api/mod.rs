@@ -4,6 +4,7 @@
 //! - `trends`: `GET /v1/trends`.
 //! - `probes`: `/healthz`, `/readyz`, `/metrics` and the [`probes::Lifecycle`] flags.
 //! - `openapi`: `/openapi.json`, generated from the handlers' own types.
+//! - `page`: the web page at `/` and its files under `/static/` (not in the API document).
 //! - `access`: API keys and rate limiting on `/v1/*`; `config`: `[api]`.
 //! - `errors`: [`errors::ApiError`], the one JSON error shape, the request id header.
 //!
@@ -15,6 +16,7 @@ pub mod access;
 pub mod config;
 pub mod errors;
 pub mod openapi;
+pub mod page;
 pub mod probes;
 pub mod sse;
 pub mod stories;
@@ -101,6 +103,7 @@ pub fn configure(config: &mut web::ServiceConfig, api: &ApiConfig) {
         .route("/readyz", web::get().to(probes::readyz))
         .route("/metrics", web::get().to(probes::metrics))
         .route("/openapi.json", web::get().to(openapi::document))
+        .configure(page::configure)
         .default_service(web::to(errors::not_found));
 }
 

@@ -6,10 +6,11 @@
 //! 2. admits waiting requests while the batch-size and KV-token budgets allow (the KV budget
 //!    counts padding: rows x the longest possible row); user requests go before background
 //!    ones and, when the batch is full, take a background sequence's place (`Preempted`);
-//! 3. prefills admitted prompts alone (batch of one, no padding waste), starting from the
-//!    kept KV of a shared prefix when the request names one (see `prefix_cache`), at most
-//!    `prefill_chunk_tokens` prompt tokens per step while other streams are decoding, so a
-//!    long prompt delays their next token by one chunk, not by the whole prompt;
+//! 3. prefills admitted prompts, starting from the kept KV of a shared prefix when the
+//!    request names one (see `prefix_cache`); prompts that can finish together share one
+//!    pass, a long one goes alone in chunks; at most `prefill_chunk_tokens` prompt tokens
+//!    per step while other streams are decoding, so a long prompt delays their next token
+//!    by one chunk, not by the whole prompt;
 //! 4. when prefilled sequences are ready, or many rows have finished, rebuilds the batch
 //!    cache (the only KV copy; finished rows otherwise stay as cheap dead rows until then);
 //! 5. runs one decode step for every row in one `session.run`.
@@ -63,6 +64,8 @@ pub struct EngineStats {
     pub decode_time: Duration,
     pub prefill_tokens: u64,
     pub prefill_time: Duration,
+    /// Passes that prefilled several prompts together.
+    pub batched_prefills: u64,
     /// Prefills that started from a kept shared prefix, and the prompt tokens they skipped.
     pub prefix_hits: u64,
     pub prefix_tokens_reused: u64,
@@ -77,6 +80,16 @@ struct Prefill {
     seq: Sequence,
     cache: KvCache,
     done: usize,
+}
+
+/// A prefilled sequence (first token sampled) waiting to join the batch, with the cache
+/// holding its prompt: its own, or one shared with the rows it was prefilled with.
+struct Ready {
+    seq: Sequence,
+    cache: Arc<KvCache>,
+    row: usize,
+    /// End (exclusive) of the row's real positions in `cache`.
+    end: usize,
 }
 
 /// A batch row: a live sequence, or a finished one kept until the next rebuild.
@@ -104,8 +117,8 @@ pub struct BatchEngine {
     limits: EngineLimits,
     waiting: VecDeque<Sequence>,
     prefilling: VecDeque<Prefill>,
-    /// Prefilled sequences (first token sampled) with their cache, to join the batch.
-    ready: VecDeque<(Sequence, KvCache)>,
+    /// Prefilled sequences, to join the batch at the next rebuild.
+    ready: VecDeque<Ready>,
     batch: Option<Batch>,
     prefixes: PrefixCache,
     stats: EngineStats,
@@ -157,7 +170,7 @@ impl BatchEngine {
             .prefilling
             .iter()
             .map(|p| &p.seq)
-            .chain(self.ready.iter().map(|(s, _)| s))
+            .chain(self.ready.iter().map(|r| &r.seq))
             .chain(batch.filter_map(|r| r.seq.as_ref()))
             .chain(std::iter::once(extra));
         let (rows, longest) = admitted.fold((0, 0), |(rows, longest), s| {
@@ -208,8 +221,8 @@ impl BatchEngine {
         for p in extract(&mut self.prefilling, |p| cancelled(&p.seq)) {
             p.seq.finish(FinishReason::Cancelled);
         }
-        for (seq, _) in extract(&mut self.ready, |(s, _)| cancelled(s)) {
-            seq.finish(FinishReason::Cancelled);
+        for r in extract(&mut self.ready, |r| cancelled(&r.seq)) {
+            r.seq.finish(FinishReason::Cancelled);
         }
         if let Some(batch) = &mut self.batch {
             for row in &mut batch.rows {
@@ -293,9 +306,9 @@ impl BatchEngine {
                 return true;
             }
         }
-        if let Some(i) = self.ready.iter().rposition(|(s, _)| background(s)) {
-            if let Some((seq, _)) = self.ready.remove(i) {
-                seq.finish(FinishReason::Preempted);
+        if let Some(i) = self.ready.iter().rposition(|r| background(&r.seq)) {
+            if let Some(r) = self.ready.remove(i) {
+                r.seq.finish(FinishReason::Preempted);
                 return true;
             }
         }
@@ -311,8 +324,10 @@ impl BatchEngine {
         false
     }
 
-    /// Runs prefill chunks: all pending prompts when nothing is decoding, otherwise at
-    /// most `prefill_chunk_tokens` tokens so decoding streams are not stalled for long.
+    /// Runs prefill: all pending prompts when nothing is decoding, otherwise at most
+    /// `prefill_chunk_tokens` tokens (padding included) so decoding streams are not stalled
+    /// for long. Prompts that can finish together go in one pass (`prefill_together`);
+    /// a long prompt, or one whose shared prefix must first be kept, goes alone in chunks.
     fn prefill(&mut self) -> Result<(), EngineError> {
         let decoding = self.batch.as_ref().is_some_and(|b| b.live() > 0);
         let mut budget = if decoding {
@@ -320,53 +335,190 @@ impl BatchEngine {
         } else {
             usize::MAX
         };
-        while budget > 0 {
-            let Some(mut p) = self.prefilling.pop_front() else {
-                break;
+        self.adopt_kept_prefixes()?;
+        while budget > 0 && !self.prefilling.is_empty() {
+            let together = self.batchable(budget);
+            let spent = if together >= 2 {
+                self.prefill_together(together)?
+            } else {
+                self.prefill_chunk(budget)?
             };
-            let prompt = &p.seq.request.prompt_ids;
-            // A shared prefix not kept yet is prefilled as a chunk of its own, then kept.
+            budget = budget.saturating_sub(spent);
+        }
+        Ok(())
+    }
+
+    /// True when `p` must first prefill its shared prefix alone, to keep it.
+    fn must_keep_prefix(&self, p: &Prefill) -> bool {
+        let prefix = shared_prefix(&p.seq);
+        p.done < prefix && !self.prefixes.contains(&p.seq.request.prompt_ids[..prefix])
+    }
+
+    /// Sequences admitted before their shared prefix was kept start from it now.
+    fn adopt_kept_prefixes(&mut self) -> Result<(), EngineError> {
+        for p in self.prefilling.iter_mut().filter(|p| p.done == 0) {
             let prefix = shared_prefix(&p.seq);
-            let keep_prefix = p.done < prefix && !self.prefixes.contains(&prompt[..prefix]);
-            let stop = if keep_prefix { prefix } else { prompt.len() };
-            let chunk = (stop - p.done)
-                .min(self.limits.prefill_chunk_tokens)
-                .min(budget);
-            let total = p.done + chunk;
-            let input = StepInput {
-                batch: 1,
-                seq_len: chunk,
-                input_ids: prompt[p.done..total]
-                    .iter()
-                    .map(|&t| i64::from(t))
-                    .collect(),
-                attention_mask: vec![1; total],
-                position_ids: (p.done as i64..total as i64).collect(),
-            };
-            let started = Instant::now();
-            let mut out = self.model.forward(input, p.cache)?;
-            let spent = started.elapsed();
-            self.stats.prefill_time += spent;
-            self.stats.prefill_tokens += chunk as u64;
-            p.seq.add_prefill_time(spent);
-            p.cache = out.cache;
-            p.done = total;
-            budget = budget.saturating_sub(chunk);
-            if keep_prefix && p.done == prefix {
-                let ids = &p.seq.request.prompt_ids[..prefix];
-                self.prefixes.insert(self.model.info(), ids, &p.cache)?;
-            }
-            if p.done < p.seq.prompt_len() {
-                self.prefilling.push_front(p);
+            if prefix == 0 {
                 continue;
             }
-            let eos = self.model.info().eos_token_id;
-            match p.seq.advance(&mut out.last_logits, &self.tokenizer, eos) {
-                Some(reason) => p.seq.finish(reason),
-                None => self.ready.push_back((p.seq, p.cache)),
+            let ids = &p.seq.request.prompt_ids[..prefix];
+            if let Some(cache) = self.prefixes.copy_of(self.model.info(), ids)? {
+                self.stats.prefix_hits += 1;
+                self.stats.prefix_tokens_reused += prefix as u64;
+                p.cache = cache;
+                p.done = prefix;
             }
         }
         Ok(())
+    }
+
+    /// How many sequences at the front of `prefilling` can finish their prompts in one
+    /// pass: each has at most a chunk left and no prefix to keep first, and rows × the
+    /// longest rest (the padded size of the pass) fits the budget.
+    fn batchable(&self, budget: usize) -> usize {
+        let (mut rows, mut longest) = (0, 0);
+        for p in &self.prefilling {
+            let rest = p.seq.prompt_len() - p.done;
+            let padded = (rows + 1) * longest.max(rest);
+            if rest > self.limits.prefill_chunk_tokens
+                || self.must_keep_prefix(p)
+                || padded > budget
+            {
+                break;
+            }
+            rows += 1;
+            longest = longest.max(rest);
+        }
+        rows
+    }
+
+    /// Prefills the front sequence alone, one chunk (at most `budget` tokens; a shared
+    /// prefix not kept yet is a chunk of its own, then kept). Returns the tokens spent.
+    fn prefill_chunk(&mut self, budget: usize) -> Result<usize, EngineError> {
+        let Some(mut p) = self.prefilling.pop_front() else {
+            return Ok(0);
+        };
+        let prefix = shared_prefix(&p.seq);
+        let keep_prefix = self.must_keep_prefix(&p);
+        let prompt = &p.seq.request.prompt_ids;
+        let stop = if keep_prefix { prefix } else { prompt.len() };
+        let chunk = (stop - p.done)
+            .min(self.limits.prefill_chunk_tokens)
+            .min(budget);
+        let total = p.done + chunk;
+        let input = StepInput {
+            batch: 1,
+            seq_len: chunk,
+            input_ids: prompt[p.done..total]
+                .iter()
+                .map(|&t| i64::from(t))
+                .collect(),
+            attention_mask: vec![1; total],
+            position_ids: (p.done as i64..total as i64).collect(),
+            logits_at: None,
+        };
+        let started = Instant::now();
+        let mut out = self.model.forward(input, p.cache)?;
+        let spent = started.elapsed();
+        self.stats.prefill_time += spent;
+        self.stats.prefill_tokens += chunk as u64;
+        p.seq.add_prefill_time(spent);
+        p.cache = out.cache;
+        p.done = total;
+        if keep_prefix && p.done == prefix {
+            let ids = &p.seq.request.prompt_ids[..prefix];
+            self.prefixes.insert(self.model.info(), ids, &p.cache)?;
+        }
+        if p.done < p.seq.prompt_len() {
+            self.prefilling.push_front(p);
+            return Ok(chunk);
+        }
+        let eos = self.model.info().eos_token_id;
+        match p.seq.advance(&mut out.last_logits, &self.tokenizer, eos) {
+            Some(reason) => p.seq.finish(reason),
+            None => {
+                let end = p.cache.past_len();
+                self.ready.push_back(Ready {
+                    seq: p.seq,
+                    cache: Arc::new(p.cache),
+                    row: 0,
+                    end,
+                });
+            }
+        }
+        Ok(chunk)
+    }
+
+    /// Finishes the prompts of the first `n` prefilling sequences in one pass. Their kept
+    /// positions (a shared prefix, earlier chunks) are gathered left-padded to the longest;
+    /// their remaining tokens follow, each row padded at its end to the longest rest, so
+    /// every row's real positions stay contiguous; the mask hides both paddings and each
+    /// row's first token comes from the logits of its own last real position. Returns the
+    /// padded tokens spent.
+    fn prefill_together(&mut self, n: usize) -> Result<usize, EngineError> {
+        let rows: Vec<Prefill> = self.prefilling.drain(..n).collect();
+        let info = self.model.info();
+        let past = rows.iter().map(|p| p.done).max().unwrap_or(0);
+        let width = rows
+            .iter()
+            .map(|p| p.seq.prompt_len() - p.done)
+            .max()
+            .unwrap_or(0);
+        let sources: Vec<RowSource> = rows
+            .iter()
+            .map(|p| RowSource::last(&p.cache, 0, p.done))
+            .collect();
+        let cache = KvCache::gather(info, &sources)?;
+        drop(sources);
+        let pad = i64::from(info.eos_token_id);
+        let mut input_ids = Vec::with_capacity(n * width);
+        let mut attention_mask = Vec::with_capacity(n * (past + width));
+        let mut position_ids = Vec::with_capacity(n * width);
+        let mut logits_at = Vec::with_capacity(n);
+        for p in &rows {
+            let rest = &p.seq.request.prompt_ids[p.done..];
+            input_ids.extend(rest.iter().map(|&t| i64::from(t)));
+            input_ids.extend(std::iter::repeat_n(pad, width - rest.len()));
+            push_mask_row(&mut attention_mask, past, p.done);
+            attention_mask.extend(std::iter::repeat_n(1, rest.len()));
+            attention_mask.extend(std::iter::repeat_n(0, width - rest.len()));
+            position_ids.extend((p.done..p.done + width).map(|i| i as i64));
+            logits_at.push(rest.len() - 1);
+        }
+        let started = Instant::now();
+        let mut out = self.model.forward(
+            StepInput {
+                batch: n,
+                seq_len: width,
+                input_ids,
+                attention_mask,
+                position_ids,
+                logits_at: Some(logits_at),
+            },
+            cache,
+        )?;
+        let spent = started.elapsed();
+        self.stats.prefill_time += spent;
+        self.stats.batched_prefills += 1;
+        let vocab = self.model.info().vocab_size;
+        let eos = self.model.info().eos_token_id;
+        let shared = Arc::new(out.cache);
+        for (i, mut p) in rows.into_iter().enumerate() {
+            let rest = p.seq.prompt_len() - p.done;
+            self.stats.prefill_tokens += rest as u64;
+            p.seq.add_prefill_time(spent);
+            let logits = &mut out.last_logits[i * vocab..(i + 1) * vocab];
+            match p.seq.advance(logits, &self.tokenizer, eos) {
+                Some(reason) => p.seq.finish(reason),
+                None => self.ready.push_back(Ready {
+                    seq: p.seq,
+                    cache: Arc::clone(&shared),
+                    row: i,
+                    end: past + rest,
+                }),
+            }
+        }
+        Ok(n * width)
     }
 
     /// Rebuilds the batch cache when sequences are ready to join or half the rows are
@@ -387,19 +539,16 @@ impl BatchEngine {
         if let Some(b) = &old {
             for (i, row) in b.rows.iter().enumerate() {
                 if row.seq.is_some() {
-                    sources.push(RowSource {
-                        cache: &b.cache,
-                        row: i,
-                        len: row.len,
-                    });
+                    sources.push(RowSource::last(&b.cache, i, row.len));
                 }
             }
         }
-        for (seq, cache) in &ready {
+        for r in &ready {
             sources.push(RowSource {
-                cache,
-                row: 0,
-                len: seq.prompt_len(),
+                cache: &r.cache,
+                row: r.row,
+                len: r.seq.prompt_len(),
+                end: r.end,
             });
         }
         let cache = if sources.is_empty() {
@@ -411,9 +560,9 @@ impl BatchEngine {
         if let Some(b) = old {
             rows.extend(b.rows.into_iter().filter(|r| r.seq.is_some()));
         }
-        rows.extend(ready.into_iter().map(|(seq, _)| Row {
-            len: seq.prompt_len(),
-            seq: Some(seq),
+        rows.extend(ready.into_iter().map(|r| Row {
+            len: r.seq.prompt_len(),
+            seq: Some(r.seq),
         }));
         self.batch = cache.map(|cache| Batch { rows, cache });
         self.stats.rebuilds += 1;
@@ -436,10 +585,21 @@ impl BatchEngine {
         let mut attention_mask = Vec::with_capacity(n * (past + 1));
         let mut position_ids = Vec::with_capacity(n);
         for row in &rows {
-            let token = row.seq.as_ref().map_or(0, |s| s.next_input);
-            input_ids.push(i64::from(token));
-            push_mask_row(&mut attention_mask, past + 1, row.len + 1);
-            position_ids.push(row.len as i64);
+            match &row.seq {
+                Some(seq) => {
+                    input_ids.push(i64::from(seq.next_input));
+                    push_mask_row(&mut attention_mask, past + 1, row.len + 1);
+                    position_ids.push(row.len as i64);
+                }
+                // A finished row waiting for the next rebuild: a placeholder that attends
+                // only to itself at position 0, so it never runs past the model's context
+                // however long the others go on. Its output is ignored.
+                None => {
+                    input_ids.push(0);
+                    push_mask_row(&mut attention_mask, past + 1, 1);
+                    position_ids.push(0);
+                }
+            }
         }
         let started = Instant::now();
         let mut out = self.model.forward(
@@ -449,6 +609,7 @@ impl BatchEngine {
                 input_ids,
                 attention_mask,
                 position_ids,
+                logits_at: None,
             },
             cache,
         )?;
@@ -456,10 +617,10 @@ impl BatchEngine {
         let eos = self.model.info().eos_token_id;
         let mut live = 0;
         for (i, row) in rows.iter_mut().enumerate() {
-            row.len += 1;
             let Some(seq) = row.seq.as_mut() else {
                 continue;
             };
+            row.len += 1;
             live += 1;
             let logits = &mut out.last_logits[i * vocab..(i + 1) * vocab];
             if let Some(reason) = seq.advance(logits, &self.tokenizer, eos) {
@@ -542,8 +703,8 @@ impl Engine for BatchEngine {
         for p in self.prefilling.drain(..) {
             p.seq.fail(reason);
         }
-        for (seq, _) in self.ready.drain(..) {
-            seq.fail(reason);
+        for r in self.ready.drain(..) {
+            r.seq.fail(reason);
         }
         if let Some(batch) = self.batch.take() {
             for seq in batch.rows.into_iter().filter_map(|r| r.seq) {

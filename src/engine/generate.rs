@@ -83,6 +83,7 @@ pub fn greedy_generate(
             input_ids,
             attention_mask,
             position_ids,
+            logits_at: None,
         },
         KvCache::empty(&info, batch)?,
     )?;
@@ -127,6 +128,7 @@ pub fn greedy_generate(
                 input_ids: next,
                 attention_mask,
                 position_ids,
+                logits_at: None,
             },
             step.cache,
         )?;

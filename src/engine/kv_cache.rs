@@ -49,8 +49,9 @@ impl KvCache {
         self.past_len
     }
 
-    /// Builds a new batch cache from rows of existing caches. Each row keeps its last
-    /// `len` positions (its real tokens: rows are left-padded), right-aligned in the new
+    /// Builds a new batch cache from rows of existing caches. Each row keeps its `len`
+    /// real positions ending at `end` (the cache's length for a left-padded row; earlier
+    /// for a row of a batched prefill with trailing padding), right-aligned in the new
     /// cache, whose length is the longest `len`; the rest is zero padding the attention
     /// mask hides. This is the one place the engine copies KV data: when rows join or
     /// leave the batch, never on an ordinary decode step.
@@ -59,10 +60,10 @@ impl KvCache {
         let past_len = rows.iter().map(|r| r.len).max().unwrap_or(0);
         let batch = rows.len();
         for r in rows {
-            if r.row >= r.cache.batch || r.len > r.cache.past_len {
+            if r.row >= r.cache.batch || r.len > r.end || r.end > r.cache.past_len {
                 return Err(EngineError::InvalidInput(format!(
-                    "row {} with {} positions is outside a cache of batch {} and length {}",
-                    r.row, r.len, r.cache.batch, r.cache.past_len
+                    "row {} with {} positions ending at {} is outside a cache of batch {} and length {}",
+                    r.row, r.len, r.end, r.cache.batch, r.cache.past_len
                 )));
             }
         }
@@ -75,7 +76,7 @@ impl KvCache {
                     .map_err(EngineError::inference)?;
                 let src_len = r.cache.past_len;
                 for h in 0..heads {
-                    let from = ((r.row * heads + h) * src_len + (src_len - r.len)) * dim;
+                    let from = ((r.row * heads + h) * src_len + (r.end - r.len)) * dim;
                     let to = ((dest_row * heads + h) * past_len + (past_len - r.len)) * dim;
                     let n = r.len * dim;
                     data[to..to + n].copy_from_slice(&src[from..from + n]);
@@ -96,10 +97,23 @@ impl KvCache {
     }
 }
 
-/// One row to take into a gathered cache: `cache`'s row `row`, whose last `len`
-/// positions are real tokens.
+/// One row to take into a gathered cache: `cache`'s row `row`, whose `len` positions
+/// ending at `end` (exclusive) are real tokens.
 pub struct RowSource<'a> {
     pub cache: &'a KvCache,
     pub row: usize,
     pub len: usize,
+    pub end: usize,
+}
+
+impl<'a> RowSource<'a> {
+    /// A left-padded row: its real positions are the cache's last `len`.
+    pub fn last(cache: &'a KvCache, row: usize, len: usize) -> Self {
+        Self {
+            cache,
+            row,
+            len,
+            end: cache.past_len,
+        }
+    }
 }

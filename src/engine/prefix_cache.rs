@@ -77,5 +77,5 @@ impl PrefixCache {
 }
 
 fn copy(info: &ModelInfo, cache: &KvCache, len: usize) -> Result<KvCache, EngineError> {
-    KvCache::gather(info, &[RowSource { cache, row: 0, len }])
+    KvCache::gather(info, &[RowSource::last(cache, 0, len)])
 }

@@ -45,6 +45,9 @@ pub struct StepInput {
     pub attention_mask: Vec<i64>,
     /// `[batch, seq_len]` positions of the new tokens, counted over real tokens only.
     pub position_ids: Vec<i64>,
+    /// Per row, the index among the new positions whose logits to return; `None`: the last
+    /// (rows of a batched prefill end with padding, so their last real token is earlier).
+    pub logits_at: Option<Vec<usize>>,
 }
 
 /// Appends one row of a left-padded attention mask: `width` positions whose last `real`
@@ -56,7 +59,7 @@ pub(crate) fn push_mask_row(mask: &mut Vec<i64>, width: usize, real: usize) {
 
 /// What a forward pass returns.
 pub struct StepOutput {
-    /// `[batch, vocab]`: logits of the last position of every row.
+    /// `[batch, vocab]`: logits of the last position of every row (or of `logits_at`).
     pub last_logits: Vec<f32>,
     /// The cache extended by this step's positions.
     pub cache: KvCache,
@@ -178,6 +181,7 @@ impl OnnxModel {
             input_ids,
             attention_mask,
             position_ids,
+            logits_at,
         } = input;
         let total = past.past_len + seq_len;
         if past.batch != batch
@@ -185,6 +189,9 @@ impl OnnxModel {
             || input_ids.len() != batch * seq_len
             || position_ids.len() != batch * seq_len
             || attention_mask.len() != batch * total
+            || logits_at
+                .as_ref()
+                .is_some_and(|at| at.len() != batch || at.iter().any(|&i| i >= seq_len))
         {
             return Err(EngineError::InvalidInput(format!(
                 "step shapes disagree: batch {batch}, seq {seq_len}, past {} (cache batch {}), ids {}, mask {}, positions {}",
@@ -236,9 +243,15 @@ impl OnnxModel {
                 )));
             }
             let rows = shape[1] as usize;
+            if logits_at.is_some() && rows != seq_len {
+                return Err(EngineError::GraphContract(format!(
+                    "logits cover {rows} of {seq_len} positions; the contract is every position"
+                )));
+            }
             let mut last = Vec::with_capacity(batch * vocab);
             for b in 0..batch {
-                let start = (b * rows + rows - 1) * vocab;
+                let at = logits_at.as_ref().map_or(rows - 1, |at| at[b]);
+                let start = (b * rows + at) * vocab;
                 last.extend_from_slice(&data[start..start + vocab]);
             }
             last

@@ -23,10 +23,8 @@ def failover(binary, tmp_path, signal: str) -> dict:
         # Shorter than the default 5 s, to keep CI quick; the drain still has to hold.
         "TRENDSTORY_SERVER__SHUTDOWN_DRAIN_SECS": "1",
     })
-    # The tiny model's context is 512 positions. A finished row stays in the engine's batch
-    # until the next rebuild and its position keeps counting (BatchEngine::decode adds 1 to
-    # every row's len), up to prompt + 2 x max_tokens: at 256 that passes 512 and the
-    # worker crashes (RotaryEmbedding position out of range). 128 stays below.
+    # Short stories keep the run short; 128 new tokens also stayed inside the tiny model's
+    # 512 positions before the engine stopped advancing finished rows (06ed9f3).
     args = [sys.executable, str(REPO / "scripts" / "failover_test.py"), "--replicas", "2",
             "--signal", signal, "--duration", "10", "--kill-at", "3", "--restart-at", "5",
             "--concurrency", "6", "--max-tokens", "128", "--binary", str(binary),

@@ -13,13 +13,13 @@ import export_onnx as E  # noqa: E402
 
 
 def build_tiny(out: Path, *, dtype="f32", precision="int4", accuracy_level=4, golden=16,
-               tokenizer=None, linear_only=False, seed=0):
+               tokenizer=None, linear_only=False, seed=0, block_size=32, zero_points=False):
     """Random-init tiny preset: HF folder in out/hf, export in out (quiet)."""
     with contextlib.redirect_stderr(io.StringIO()):
         E.write_random_hf("tiny", out / "hf", dtype, seed, tokenizer)
         E.export(out / "hf", out, source="random-init:tiny", random_weights=True,
-                 precision=precision, block_size=32, accuracy_level=accuracy_level,
-                 golden_tokens=golden, linear_only=linear_only)
+                 precision=precision, block_size=block_size, accuracy_level=accuracy_level,
+                 golden_tokens=golden, linear_only=linear_only, zero_points=zero_points)
     return out
 
 
@@ -37,3 +37,11 @@ def tiny_fp32(tmp_path_factory):
 def tiny_int4_exact(tmp_path_factory):
     """int4 with accuracy_level 0 (fp32 compute): matches a numpy dequantized reference tightly."""
     return build_tiny(tmp_path_factory.mktemp("tiny_int4_acc0"), accuracy_level=0, golden=None)
+
+
+@pytest.fixture(scope="session")
+def tiny_int4_zp(tmp_path_factory):
+    """Asymmetric int4 (--zero-points), block 128: K=128 and K=384 give 1 and 3 blocks per row,
+    so the packed zero points have an odd count (a padded high nibble)."""
+    return build_tiny(tmp_path_factory.mktemp("tiny_int4_zp"), block_size=128, zero_points=True,
+                      golden=None)

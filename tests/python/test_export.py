@@ -211,6 +211,178 @@ def test_matmulnbits_matches_numpy_reference():
 
 
 # ---------------------------------------------------------------------------------------------
+# Asymmetric int4 (--zero-points)
+# ---------------------------------------------------------------------------------------------
+
+def matmulnbits_session(packed, scales, zero_points, n, k, block, accuracy_level=0):
+    """An ORT session of one MatMulNBits node y = x @ dequant(B).T, x float32 [2, 3, K]."""
+    import onnxruntime as ort
+    from onnx import helper
+    names = ["x", "B", "S"] + (["Z"] if zero_points is not None else [])
+    inits = [numpy_helper.from_array(packed, "B"), numpy_helper.from_array(scales, "S")]
+    if zero_points is not None:
+        inits.append(numpy_helper.from_array(zero_points, "Z"))
+    node = helper.make_node("MatMulNBits", names, ["y"], domain="com.microsoft", K=k, N=n, bits=4,
+                            block_size=block, accuracy_level=accuracy_level)
+    g = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3, k])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 3, n])], inits)
+    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17),
+                                                helper.make_opsetid("com.microsoft", 1)])
+    model.ir_version = 8
+    return ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+
+
+@pytest.mark.parametrize("block,k", [(32, 256), (32, 96), (128, 384), (128, 640)])
+def test_asymmetric_q4_small_matrix(block, k):
+    """quantize_q4_asym: error <= scale/2, the packed zero-point layout ONNX Runtime reads
+    (checked by hand and by one MatMulNBits node), and a real gain on off-centre blocks."""
+    rng = np.random.default_rng(block + k)
+    n = 24
+    # rows with an offset: their blocks sit off zero, where a zero point pays off
+    w = (rng.standard_normal((n, k)) + rng.uniform(-3, 3, (n, 1))).astype(np.float32)
+    w[0, :block] = 0.0  # an all-zero block: scale 0, dequantizes to exact zeros
+    w[1, :block] = np.linspace(0.5, 2.0, block)  # all positive: lo is clamped to 0, zp 0
+    packed, scales, zp = E.quantize_q4_asym(w, block)
+    nb = k // block
+    assert packed.dtype == np.uint8 and packed.shape == (n, nb, block // 2)
+    assert scales.dtype == np.float32 and scales.shape == (n * nb,)
+    assert zp.dtype == np.uint8 and zp.shape == (n, (nb + 1) // 2)  # (N, ceil(k_blocks*4/8))
+    # by hand: block 2j in the low nibble, 2j+1 in the high one; odd counts pad with 8
+    z = np.stack([zp & 0x0F, zp >> 4], -1).reshape(n, -1)
+    if nb % 2:
+        assert (z[:, nb] == 8).all()
+    z = z[:, :nb].astype(np.float32)
+    np.testing.assert_array_equal(z, E.unpack_zero_points(zp, nb))
+    assert z.max() <= 15 and len(np.unique(z)) > 4  # zero points really vary
+    assert z[1, 0] == 0
+    q = np.stack([packed & 0x0F, packed >> 4], -1).reshape(n, nb, block).astype(np.float32)
+    d = scales.reshape(n, nb, 1)
+    deq = ((q - z[..., None]) * d).reshape(n, k)
+    np.testing.assert_array_equal(deq, E.dequantize_q4(packed, scales, k, zp))
+    assert scales[0] == 0 and (deq[0, :block] == 0).all()
+    err = np.abs(w - deq).reshape(n, nb, block)
+    assert (err <= d / 2 * 1.0001 + 1e-7).all()
+    # the symmetric format spends half its levels on the wrong side of an off-centre block
+    ps, ss = E.quantize_q4(w, block)
+    rms_sym = np.sqrt(((w - E.dequantize_q4(ps, ss, k)) ** 2).mean())
+    rms_asym = np.sqrt(((w - deq) ** 2).mean())
+    assert rms_asym < 0.75 * rms_sym, (rms_asym, rms_sym)
+    # ONNX Runtime reads the same zero points: one node, fp32 compute (accuracy_level 0)
+    x = rng.standard_normal((2, 3, k)).astype(np.float32)
+    ref = x @ deq.T
+    y = matmulnbits_session(packed, scales, zp, n, k, block).run(None, {"x": x})[0]
+    np.testing.assert_allclose(y, ref, rtol=1e-4, atol=1e-4 * np.abs(ref).max())
+    # ... and would not with the nibbles swapped or without them (the test can fail)
+    swapped = ((zp >> 4) | (zp << 4)).astype(np.uint8)
+    y_bad = matmulnbits_session(packed, scales, swapped, n, k, block).run(None, {"x": x})[0]
+    assert np.abs(y_bad - ref).max() > 0.1 * np.abs(ref).max()
+    # int8 activations (accuracy_level 4, the exports' default) stay close too
+    y4 = matmulnbits_session(packed, scales, zp, n, k, block, 4).run(None, {"x": x})[0]
+    assert np.linalg.norm(y4 - ref) / np.linalg.norm(ref) < 0.02
+
+
+def test_zero_points_export_graph_and_manifest(tiny_int4_zp):
+    m = onnx.load(str(tiny_int4_zp / "model.onnx"))
+    inits = {t.name: numpy_helper.to_array(t) for t in m.graph.initializer}
+    mm = [n for n in m.graph.node if n.op_type == "MatMulNBits"]
+    assert len(mm) == 2 * 4 + 1
+    st = E.SafeTensorsDir(tiny_int4_zp / "hf")
+    parts = {"self_attn.qkv_proj": [f"self_attn.{x}_proj" for x in "qkv"],
+             "self_attn.o_proj": ["self_attn.o_proj"],
+             "mlp.gate_up_proj": ["mlp.gate_proj", "mlp.up_proj"], "mlp.down_proj": ["mlp.down_proj"]}
+    for node in mm:
+        a = {x.name: onnx.helper.get_attribute_value(x) for x in node.attribute}
+        assert a["bits"] == 4 and a["block_size"] == 128 and a["accuracy_level"] == 4
+        base = node.name.removesuffix("/MatMulNBits")
+        assert list(node.input[1:]) == [f"{base}.qweight", f"{base}.scales", f"{base}.zero_points"]
+        n, k = a["N"], a["K"]
+        nb = -(-k // 128)
+        zp = inits[f"{base}.zero_points"]
+        assert zp.dtype == np.uint8 and zp.shape == (n, (nb + 1) // 2)
+        # fused rows quantize exactly as each weight alone, zero points included
+        if base == "lm_head":
+            names = ["lm_head.weight"]
+        else:
+            layer, kind = base.rsplit(".", 2)[0], ".".join(base.rsplit(".", 2)[1:])
+            names = [f"{layer}.{p}.weight" for p in parts[kind]]
+        w = np.concatenate([st.get_f32(x) for x in names], axis=0)
+        packed, scales, z = E.quantize_q4_asym(w, 128)
+        np.testing.assert_array_equal(inits[f"{base}.qweight"], packed)
+        np.testing.assert_array_equal(inits[f"{base}.scales"], scales)
+        np.testing.assert_array_equal(zp, z)
+        row = 0
+        for x in names:
+            pw = st.get_f32(x)
+            np.testing.assert_array_equal(zp[row:row + len(pw)], E.quantize_q4_asym(pw, 128)[2])
+            row += len(pw)
+    man = json.loads((tiny_int4_zp / "manifest.json").read_text())
+    assert man["quantization"] == {"op": "com.microsoft.MatMulNBits", "bits": 4, "block_size": 128,
+                                   "accuracy_level": 4, "symmetric": False}
+    for f, digest in man["files"].items():
+        assert E.sha256_file(tiny_int4_zp / f) == digest, f
+
+
+def test_zero_points_graph_matches_numpy_dequantized_reference(tmp_path):
+    d = build_tiny(tmp_path / "zp_acc0", accuracy_level=0, golden=None, block_size=32,
+                   zero_points=True)
+    cfg = cfg_of(d)
+    ids = encode(d, "Scientists found a faint comet 🚀 in late autumn.")
+    got = E.run_full(E.make_session(d / "model.onnx"), cfg, np.array([ids]))[0]
+    ref = numpy_forward(d / "hf", ids, dequant_block=32, zero_points=True)
+    np.testing.assert_allclose(got, ref, rtol=1e-3, atol=1e-3 * np.abs(ref).max())
+    # and it is not the symmetric model: the references differ by far more than that
+    sym = numpy_forward(d / "hf", ids, dequant_block=32)
+    assert np.abs(sym - ref).max() > 0.05 * np.abs(ref).max()
+
+
+def test_zero_points_logits_close_to_fp32(tiny_int4_zp, tiny_fp32, tmp_path):
+    """The --zero-points export (block 128, accuracy level 4) runs in onnxruntime and its logits
+    stay close to the fp32 export's: as close as the symmetric block-128 export's, or closer."""
+    import contextlib
+    import io
+    sym = tmp_path / "sym128"
+    with contextlib.redirect_stderr(io.StringIO()):
+        E.export(tiny_fp32 / "hf", sym, source="x", random_weights=True, precision="int4",
+                 block_size=128, accuracy_level=4, golden_tokens=None)
+    cfg = cfg_of(tiny_int4_zp)
+    ids = encode(tiny_fp32, "The tennis final lasted almost four hours under heavy rain, and the "
+                 "crowd stayed until the end.")
+    ref = E.run_full(E.make_session(tiny_fp32 / "model.onnx"), cfg, np.array([ids]))[0]
+    a = E.run_full(E.make_session(tiny_int4_zp / "model.onnx"), cfg, np.array([ids]))[0]
+    s = E.run_full(E.make_session(sym / "model.onnx"), cfg, np.array([ids]))[0]
+    assert a.shape == ref.shape and np.isfinite(a).all()
+    cos = (a * ref).sum(-1) / np.linalg.norm(a, axis=-1) / np.linalg.norm(ref, axis=-1)
+    assert (cos > 0.98).all(), cos
+    rel = np.linalg.norm(a - ref) / np.linalg.norm(ref)
+    rel_sym = np.linalg.norm(s - ref) / np.linalg.norm(ref)
+    assert rel < 0.2 and rel < 1.25 * rel_sym, (rel, rel_sym)
+    assert (a.argmax(-1) == ref.argmax(-1)).mean() >= 0.9
+
+
+def test_zero_points_cli(tmp_path, tiny_int4):
+    import contextlib
+    import io
+    with pytest.raises(SystemExit):
+        E.parse_args(["--random-init", "--preset", "tiny", "--precision", "fp32", "--zero-points"])
+    assert E.parse_args(["--random-init", "--preset", "tiny"]).zero_points is False
+    out = tmp_path / "lin_zp"
+    with contextlib.redirect_stderr(io.StringIO()):
+        assert E.main(["--hf-dir", str(tiny_int4 / "hf"), "--out", str(out), "--linear-only",
+                       "--zero-points", "--block-size", "128"]) == 0
+    man = json.loads((out / "manifest.json").read_text())
+    assert man["quantization"]["symmetric"] is False and man["quantization"]["block_size"] == 128
+    m = onnx.load(str(out / "model.onnx"), load_external_data=False)
+    assert all(len(n.input) == 4 for n in m.graph.node if n.op_type == "MatMulNBits")
+    # what fetch-model.sh / run.sh ask before reusing an export
+    assert E.quantization_matches(out, ["--zero-points", "--block-size", "128"])
+    assert not E.quantization_matches(out, ["--block-size", "128"])
+    assert not E.quantization_matches(out, [])
+    assert E.quantization_matches(tiny_int4, []) and E.quantization_matches(tiny_int4, ["--block-size", "32"])
+    assert not E.quantization_matches(tiny_int4, ["--zero-points"])
+    assert not E.quantization_matches(tmp_path / "nothing-here", [])
+
+
+# ---------------------------------------------------------------------------------------------
 # bf16 safetensors
 # ---------------------------------------------------------------------------------------------
 
@@ -255,8 +427,9 @@ def test_bf16_tiny_export(tmp_path):
 # Numerics
 # ---------------------------------------------------------------------------------------------
 
-def numpy_forward(hf_dir, ids, dequant_block=None):
-    """Plain numpy Llama forward (float64), optionally with int4-dequantized linear weights."""
+def numpy_forward(hf_dir, ids, dequant_block=None, zero_points=False):
+    """Plain numpy Llama forward (float64), optionally with int4-dequantized linear weights
+    (symmetric, or asymmetric with zero points)."""
     cfg = cfg_of(hf_dir)
     dm = E.model_dims(cfg)
     st = E.SafeTensorsDir(hf_dir)
@@ -264,8 +437,12 @@ def numpy_forward(hf_dir, ids, dequant_block=None):
     def W(n):
         w = st.get_f32(n).astype(np.float64)
         if dequant_block and n.endswith(("_proj.weight", "lm_head.weight")):
-            p, s = E.quantize_q4(w.astype(np.float32), dequant_block)
-            w = E.dequantize_q4(p, s, w.shape[1]).astype(np.float64)
+            if zero_points:
+                p, s, z = E.quantize_q4_asym(w.astype(np.float32), dequant_block)
+                w = E.dequantize_q4(p, s, w.shape[1], z).astype(np.float64)
+            else:
+                p, s = E.quantize_q4(w.astype(np.float32), dequant_block)
+                w = E.dequantize_q4(p, s, w.shape[1]).astype(np.float64)
         return w
 
     def rms(x, n):

@@ -1,6 +1,13 @@
 //! `trendstory bench-engine`: the batching engine alone (no HTTP, no actors) at several
 //! concurrency levels, and optionally the bare int4 matmul graph as a baseline measured in
 //! the same run, so figures from this shared, noisy machine can be compared as ratios.
+//! With `--users`, the closed loop of `closed_loop` instead: N requests always in flight.
+//!
+//! Prompts are synthetic token ids; with `--shared-prefix-tokens N` every prompt starts
+//! with the same N tokens (as story prompts share their chat template and system prompt)
+//! and the requests say so, so the engine's shared-prefix KV cache is measured.
+
+pub mod closed_loop;
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -11,6 +18,8 @@ use ort::value::Tensor;
 use serde::Serialize;
 
 use crate::config::{Config, InferenceConfig};
+use tokio::sync::mpsc::UnboundedReceiver;
+
 use crate::engine::{
     event_channel, open_session, BatchEngine, Engine, GenerationEvent, GenerationRequest,
     ModelInfo, Priority, SamplingParams, SessionOptions,
@@ -21,6 +30,8 @@ pub struct BenchOptions {
     pub model: PathBuf,
     pub concurrency: Vec<usize>,
     pub prompt_tokens: usize,
+    /// Leading prompt tokens every request shares (and declares as its shared prefix).
+    pub shared_prefix_tokens: usize,
     pub new_tokens: usize,
     /// A `--linear-only` export of the same model: the bare matmul baseline.
     pub baseline: Option<PathBuf>,
@@ -50,6 +61,7 @@ pub struct BenchReport {
     pub threads_per_worker: usize,
     pub spin_threads: bool,
     pub prompt_tokens: usize,
+    pub shared_prefix_tokens: usize,
     pub new_tokens: usize,
     pub levels: Vec<LevelReport>,
 }
@@ -57,30 +69,22 @@ pub struct BenchReport {
 /// Runs the benchmark and returns its figures.
 pub fn run(config: &Config, options: &BenchOptions) -> anyhow::Result<BenchReport> {
     let max_concurrency = options.concurrency.iter().copied().max().unwrap_or(1);
-    // The configured engine, with limits that admit every stream of the largest level.
-    let inference = InferenceConfig {
-        max_batch_size: max_concurrency,
-        max_prompt_tokens: options.prompt_tokens,
-        max_new_tokens: options.new_tokens,
-        max_total_kv_tokens: max_concurrency * (options.prompt_tokens + options.new_tokens),
-        ..config.inference.clone()
-    };
-    let mut engine = BatchEngine::load(&options.model, &config.runtime, &inference)?;
+    let (mut engine, session_options) = load_engine(
+        config,
+        &options.model,
+        max_concurrency,
+        options.prompt_tokens,
+        options.new_tokens,
+    )?;
     let info = engine.model().info().clone();
-    let session_options = SessionOptions::from_config(&inference);
+    let prompts = Prompts::new(&info, options.prompt_tokens, options.shared_prefix_tokens);
     let mut baseline = match &options.baseline {
         Some(dir) => Some(Baseline::load(dir, config, &session_options)?),
         None => None,
     };
 
-    // Warm-up: first runs allocate ONNX Runtime's buffers.
-    run_level(
-        &mut engine,
-        &info,
-        1,
-        options.prompt_tokens,
-        4.min(options.new_tokens),
-    )?;
+    // Warm-up: first runs allocate ONNX Runtime's buffers (and keep the shared prefix).
+    run_level(&mut engine, &prompts, 1, 4.min(options.new_tokens))?;
 
     let mut levels = Vec::new();
     for &concurrency in &options.concurrency {
@@ -90,13 +94,7 @@ pub fn run(config: &Config, options: &BenchOptions) -> anyhow::Result<BenchRepor
             Some(b) => Some(b.step_time(concurrency)?),
             None => None,
         };
-        let mut level = run_level(
-            &mut engine,
-            &info,
-            concurrency,
-            options.prompt_tokens,
-            options.new_tokens,
-        )?;
+        let mut level = run_level(&mut engine, &prompts, concurrency, options.new_tokens)?;
         if let (Some(b), Some(before)) = (baseline.as_mut(), before) {
             let step = (before + b.step_time(concurrency)?) / 2;
             let ms = step.as_secs_f64() * 1e3;
@@ -110,29 +108,70 @@ pub fn run(config: &Config, options: &BenchOptions) -> anyhow::Result<BenchRepor
         threads_per_worker: session_options.intra_threads,
         spin_threads: session_options.spin_threads,
         prompt_tokens: options.prompt_tokens,
+        shared_prefix_tokens: options.shared_prefix_tokens,
         new_tokens: options.new_tokens,
         levels,
     })
 }
 
-/// Submits `concurrency` identical-length requests at once and runs the engine dry.
-fn run_level(
-    engine: &mut BatchEngine,
-    info: &ModelInfo,
-    concurrency: usize,
+/// The configured engine, with limits that admit `streams` requests of this size at once.
+fn load_engine(
+    config: &Config,
+    model: &std::path::Path,
+    streams: usize,
     prompt_tokens: usize,
     new_tokens: usize,
-) -> anyhow::Result<LevelReport> {
-    let before = engine.stats();
-    let run_time_before = engine.model().run_time();
-    let mut receivers = Vec::new();
-    for i in 0..concurrency {
+) -> anyhow::Result<(BatchEngine, SessionOptions)> {
+    let inference = InferenceConfig {
+        max_batch_size: streams,
+        max_prompt_tokens: prompt_tokens,
+        max_new_tokens: new_tokens,
+        max_total_kv_tokens: streams * (prompt_tokens + new_tokens),
+        ..config.inference.clone()
+    };
+    let engine = BatchEngine::load(model, &config.runtime, &inference)?;
+    Ok((engine, SessionOptions::from_config(&inference)))
+}
+
+/// Synthetic prompts: `len` tokens, the first `shared` the same for every prompt.
+pub(crate) struct Prompts {
+    bos: u32,
+    vocab: u64,
+    len: usize,
+    shared: usize,
+}
+
+impl Prompts {
+    fn new(info: &ModelInfo, len: usize, shared: usize) -> Self {
+        Self {
+            bos: info.bos_token_id,
+            vocab: info.vocab_size as u64,
+            len,
+            shared: shared.min(len),
+        }
+    }
+
+    /// Prompt number `salt`: BOS and the shared tokens, then tokens unique to `salt`.
+    fn get(&self, salt: usize) -> Vec<u32> {
+        let mut ids = vec![self.bos];
+        ids.extend(self.tokens(usize::MAX, self.shared.saturating_sub(1)));
+        ids.extend(self.tokens(salt, self.len - ids.len()));
+        ids
+    }
+
+    /// A request for prompt `salt` with `new_tokens` fixed-length new tokens.
+    fn request(
+        &self,
+        id: u64,
+        salt: usize,
+        new_tokens: usize,
+    ) -> (GenerationRequest, UnboundedReceiver<GenerationEvent>) {
         let (events, rx) = event_channel();
-        engine.submit(GenerationRequest {
-            id: i as u64,
+        let request = GenerationRequest {
+            id,
             priority: Priority::Interactive,
-            shared_prefix: 0,
-            prompt_ids: synthetic_prompt(info, prompt_tokens, i),
+            prompt_ids: self.get(salt),
+            shared_prefix: self.shared,
             params: SamplingParams {
                 max_tokens: new_tokens,
                 ignore_eos: true,
@@ -141,7 +180,35 @@ fn run_level(
             deadline: None,
             received_at: Instant::now(),
             events,
-        });
+        };
+        (request, rx)
+    }
+
+    /// `n` deterministic ordinary vocabulary ids (xorshift from `salt`).
+    fn tokens(&self, salt: usize, n: usize) -> impl Iterator<Item = u32> + '_ {
+        let mut x = 0x9E37_79B9_7F4A_7C15u64 ^ salt as u64;
+        (0..n).map(move |_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (300 + x % (self.vocab - 300)) as u32
+        })
+    }
+}
+
+/// Submits `concurrency` identical-length requests at once and runs the engine dry.
+fn run_level(
+    engine: &mut BatchEngine,
+    prompts: &Prompts,
+    concurrency: usize,
+    new_tokens: usize,
+) -> anyhow::Result<LevelReport> {
+    let before = engine.stats();
+    let run_time_before = engine.model().run_time();
+    let mut receivers = Vec::new();
+    for i in 0..concurrency {
+        let (request, rx) = prompts.request(i as u64, i, new_tokens);
+        engine.submit(request);
         receivers.push(rx);
     }
     while engine.has_work() {
@@ -188,21 +255,6 @@ fn run_level(
         baseline_step_ms: None,
         engine_over_baseline: None,
     })
-}
-
-/// A deterministic prompt of `len` tokens (BOS, then ordinary vocabulary ids) that differs
-/// per request so no two rows are identical.
-fn synthetic_prompt(info: &ModelInfo, len: usize, salt: usize) -> Vec<u32> {
-    let vocab = info.vocab_size as u64;
-    let mut ids = vec![info.bos_token_id];
-    let mut x = 0x9E37_79B9_7F4A_7C15u64 ^ salt as u64;
-    while ids.len() < len {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        ids.push((300 + x % (vocab - 300)) as u32);
-    }
-    ids
 }
 
 fn mean(values: &[f64]) -> f64 {
@@ -272,11 +324,12 @@ impl BenchReport {
     /// The human-readable table.
     pub fn print_table(&self) {
         println!(
-            "model: {} | threads/worker {} | spin {} | prompt {} tokens | {} new tokens",
+            "model: {} | threads/worker {} | spin {} | prompt {} tokens ({} shared) | {} new tokens",
             self.model,
             self.threads_per_worker,
             self.spin_threads,
             self.prompt_tokens,
+            self.shared_prefix_tokens,
             self.new_tokens
         );
         println!(

@@ -1,0 +1,302 @@
+#!/usr/bin/env python3
+"""int4 quality against fp32: next-token agreement and KL divergence on real English text.
+
+Given an fp32 export (--ref) and one or more int4 exports of the SAME weights (for example
+`export_onnx.py --hf-dir onnx/tinyllama-bench/hf --out onnx/q-b32`, `... --block-size 128`,
+`... --block-size 128 --zero-points`), runs a plain English text (scripts/quality_text.txt by
+default) through every model in windows of --window tokens, each window starting with BOS,
+one full-sequence forward pass per window (the decoder-with-past graph with an empty past, no
+KV cache), and reports per int4 variant, over every position of every window:
+
+  - top-1 agreement: the share of positions where argmax(int4 logits) == argmax(fp32 logits);
+  - KL(p_fp32 || p_int4) of the next-token distributions, in nats: mean, median, p95, max.
+
+No perplexity: on a random-weights checkpoint the text's own next tokens mean nothing, but the
+distance to the fp32 model still measures the quantization error for that weight distribution.
+
+Verdict against a baseline variant (--baseline, default the symmetric block-32 export): the
+comparison is paired (same positions), so the text's own variation cancels. A variant "meets"
+the baseline unless it is worse beyond noise:
+  - KL: mean of the per-position difference KL_variant - KL_baseline above 2 standard errors;
+  - top-1: b - c > 2 sqrt(b + c) (a sign/McNemar test at ~95%), where b counts positions only
+    the baseline agrees with fp32 on and c positions only the variant does.
+The standard errors treat positions as independent; positions in one window share context,
+so the per-window signs (how many windows the variant is worse in) are reported as well.
+
+  .venv/bin/python scripts/quant_quality.py --ref onnx/q-fp32 onnx/q-b32 onnx/q-b128 onnx/q-b128-zp
+  ... --json    machine-readable output on stdout (the table then goes to stderr)
+"""
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import math
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import export_onnx as E  # noqa: E402
+
+DEFAULT_TEXT = Path(__file__).resolve().parent / "quality_text.txt"
+
+
+def log(msg: str) -> None:
+    print(f"[quant_quality] {msg}", file=sys.stderr, flush=True)
+
+
+def read_manifest(d: Path) -> dict:
+    p = d / "manifest.json"
+    if not p.exists():
+        raise SystemExit(f"error: {p} not found (not a complete export_onnx.py export)")
+    return json.loads(p.read_text())
+
+
+def describe(man: dict) -> str:
+    q = man.get("quantization")
+    if man.get("precision") == "fp32" or not q:
+        return "fp32"
+    kind = "symmetric" if q.get("symmetric", True) else "asymmetric (zero points)"
+    return f"int4 {kind}, block {q['block_size']}, accuracy level {q['accuracy_level']}"
+
+
+def check_same_model(ref: Path, ref_man: dict, d: Path, man: dict, allow_other_source: bool):
+    keys = ("num_hidden_layers", "hidden_size", "intermediate_size", "num_attention_heads",
+            "num_key_value_heads", "head_dim", "vocab_size")
+    for k in keys:
+        if man.get(k) != ref_man.get(k):
+            raise SystemExit(f"error: {d} has {k}={man.get(k)}, {ref} has {ref_man.get(k)}")
+    tok, ref_tok = man["files"].get("tokenizer.json"), ref_man["files"].get("tokenizer.json")
+    if tok != ref_tok:
+        raise SystemExit(f"error: {d} and {ref} have different tokenizers")
+    if man.get("source") != ref_man.get("source"):
+        msg = (f"{d} was exported from {man.get('source')!r}, {ref} from "
+               f"{ref_man.get('source')!r}: not provably the same weights")
+        if not allow_other_source:
+            raise SystemExit(f"error: {msg} (--allow-other-source to compare anyway)")
+        log(f"warning: {msg}")
+
+
+def windows_of(ids: list[int], bos: int, window: int, max_windows: int | None,
+               min_tokens: int = 16) -> list[list[int]]:
+    """Non-overlapping windows of `window` tokens: BOS + the next window-1 text tokens.
+
+    A last, shorter window is kept when it has at least min_tokens text tokens."""
+    step = window - 1
+    out = []
+    for start in range(0, len(ids), step):
+        chunk = ids[start:start + step]
+        if len(chunk) < min_tokens:
+            break
+        out.append([bos] + chunk)
+        if max_windows and len(out) == max_windows:
+            break
+    return out
+
+
+def log_softmax(logits: np.ndarray) -> np.ndarray:
+    x = logits.astype(np.float64)
+    m = x.max(axis=-1, keepdims=True)
+    return x - m - np.log(np.exp(x - m).sum(axis=-1, keepdims=True))
+
+
+def run_model(d: Path, cfg: dict, windows: list[list[int]], threads: int):
+    """Log-probabilities [positions, vocab] (float64) over all windows, and timings."""
+    t0 = time.time()
+    sess = E.make_session(d / "model.onnx", threads)
+    t_load = time.time() - t0
+    t1 = time.time()
+    out = [log_softmax(E.run_full(sess, cfg, np.array([w], dtype=np.int64))[0]) for w in windows]
+    t_run = time.time() - t1
+    del sess
+    gc.collect()
+    return np.concatenate(out, axis=0), t_load, t_run
+
+
+def compare(lp_ref: np.ndarray, lp: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per position: KL(p_ref || p) in nats, and whether the argmaxes agree."""
+    kl = (np.exp(lp_ref) * (lp_ref - lp)).sum(axis=-1)
+    kl = np.maximum(kl, 0.0)  # tiny negative values from rounding
+    return kl, lp_ref.argmax(-1) == lp.argmax(-1)
+
+
+def paired(kl_v, agree_v, kl_b, agree_b, window_ids) -> dict:
+    diff = kl_v - kl_b
+    n = len(diff)
+    se = float(diff.std(ddof=1) / math.sqrt(n)) if n > 1 else float("inf")
+    only_base = int((agree_b & ~agree_v).sum())
+    only_var = int((agree_v & ~agree_b).sum())
+    wins = sorted(set(window_ids.tolist()))
+    kl_worse_windows = sum(int(diff[window_ids == w].mean() > 0) for w in wins)
+    top1_worse_windows = sum(int(agree_v[window_ids == w].sum() < agree_b[window_ids == w].sum())
+                             for w in wins)
+    kl_worse = bool(diff.mean() > 2 * se)
+    kl_better = bool(diff.mean() < -2 * se)
+    margin = 2 * math.sqrt(only_base + only_var)
+    top1_worse = bool(only_base - only_var > margin)
+    top1_better = bool(only_var - only_base > margin)
+    if kl_worse or top1_worse:
+        verdict = "fails"
+    elif kl_better or top1_better:
+        verdict = "meets (better beyond noise)"
+    elif diff.mean() <= 0 and only_var >= only_base:
+        verdict = "meets (at least as good, raw)"
+    else:
+        verdict = "meets (worse within noise)"
+    return {"kl_diff_mean": float(diff.mean()), "kl_diff_se": se,
+            "kl_ratio": float(kl_v.mean() / kl_b.mean()) if kl_b.mean() > 0 else None,
+            "top1_only_baseline_agrees": only_base, "top1_only_variant_agrees": only_var,
+            "kl_worse_beyond_noise": kl_worse, "kl_better_beyond_noise": kl_better,
+            "top1_worse_beyond_noise": top1_worse, "top1_better_beyond_noise": top1_better,
+            "windows": len(wins), "windows_kl_worse": kl_worse_windows,
+            "windows_top1_worse": top1_worse_windows, "verdict": verdict}
+
+
+def markdown(report: dict) -> str:
+    base = report["baseline"]
+    lines = [
+        f"reference: {report['ref']} (fp32); text: {report['text']} ({report['text_tokens']} "
+        f"tokens); {report['windows']} windows of <= {report['window']} tokens (BOS + text), "
+        f"{report['positions']} positions",
+        f"fp32 next-token distribution: mean entropy {report['ref_entropy_mean']:.3f} nats "
+        f"(uniform: {math.log(report['vocab_size']):.3f}), mean top-1 probability "
+        f"{report['ref_top1_prob_mean']:.3f}, median top-1/top-2 logit gap "
+        f"{report['ref_top2_gap_median']:.3f}",
+        "",
+        "| variant | quantization | top-1 agreement | mean KL (nats) | median KL | p95 KL | max KL |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for v in report["variants"]:
+        lines.append(
+            f"| {v['name']} | {v['quantization']} | {v['top1_agreement'] * 100:.1f}% "
+            f"({v['top1_agree_count']}/{report['positions']}) | {v['kl_mean']:.4g} | "
+            f"{v['kl_median']:.4g} | {v['kl_p95']:.4g} | {v['kl_max']:.4g} |")
+    if base:
+        lines += ["", f"Against the baseline {base} (paired, same positions):", "",
+                  "| variant | KL - baseline KL (mean +- 2 SE) | KL ratio | top-1: only baseline / "
+                  "only variant agrees | windows worse (KL, top-1) | verdict |",
+                  "| --- | --- | --- | --- | --- | --- |"]
+        for v in report["variants"]:
+            c = v.get("vs_baseline")
+            if not c:
+                continue
+            ratio = f"{c['kl_ratio']:.2f}x" if c["kl_ratio"] is not None else "-"
+            lines.append(
+                f"| {v['name']} | {c['kl_diff_mean']:+.4g} +- {2 * c['kl_diff_se']:.2g} | {ratio} | "
+                f"{c['top1_only_baseline_agrees']} / {c['top1_only_variant_agrees']} | "
+                f"{c['windows_kl_worse']}/{c['windows']}, {c['windows_top1_worse']}/{c['windows']} | "
+                f"{c['verdict']} |")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--ref", type=Path, required=True, help="the fp32 export (--precision fp32)")
+    ap.add_argument("variants", type=Path, nargs="+", help="int4 exports of the same weights")
+    ap.add_argument("--text", type=Path, default=DEFAULT_TEXT, help="plain text (default %(default)s)")
+    ap.add_argument("--window", type=int, default=128, help="tokens per window, BOS included")
+    ap.add_argument("--max-windows", type=int, help="use only the first N windows")
+    ap.add_argument("--baseline", help="variant (folder name) the others are judged against "
+                    "(default: the symmetric block-32 int4 variant, if any)")
+    ap.add_argument("--threads", type=int, default=2, help="ORT intra-op threads")
+    ap.add_argument("--allow-other-source", action="store_true",
+                    help="compare exports whose manifests name different sources")
+    ap.add_argument("--json", action="store_true", help="JSON report on stdout")
+    args = ap.parse_args(argv)
+    if args.window < 2:
+        ap.error("--window must be at least 2")
+
+    t_start = time.time()
+    ref_man = read_manifest(args.ref)
+    if ref_man.get("precision") != "fp32":
+        log(f"warning: {args.ref} is {describe(ref_man)}, not fp32")
+    mans = []
+    for d in args.variants:
+        man = read_manifest(d)
+        check_same_model(args.ref, ref_man, d, man, args.allow_other_source)
+        mans.append(man)
+    names = [d.name for d in args.variants]
+    if len(set(names)) != len(names):
+        raise SystemExit("error: variant folder names must differ")
+    baseline = args.baseline
+    if baseline is None:
+        for d, man in zip(args.variants, mans):
+            q = man.get("quantization") or {}
+            if q.get("block_size") == 32 and q.get("symmetric", True) and man.get("precision") == "int4":
+                baseline = d.name
+                break
+    elif baseline not in names:
+        raise SystemExit(f"error: --baseline {baseline} is not one of {names}")
+
+    cfg = json.loads((args.ref / "config.json").read_text())
+    from tokenizers import Tokenizer
+    tok = Tokenizer.from_file(str(args.ref / "tokenizer.json"))
+    text = args.text.read_text(encoding="utf-8")
+    ids = tok.encode(text, add_special_tokens=False).ids
+    bos = int(ref_man.get("bos_token_id", 1))
+    windows = windows_of(ids, bos, args.window, args.max_windows)
+    if not windows:
+        raise SystemExit(f"error: {args.text} has too few tokens ({len(ids)})")
+    window_ids = np.concatenate([np.full(len(w), i) for i, w in enumerate(windows)])
+    positions = int(window_ids.size)
+    log(f"{len(ids)} text tokens -> {len(windows)} windows, {positions} positions")
+
+    lp_ref, t_load, t_run = run_model(args.ref, cfg, windows, args.threads)
+    log(f"{args.ref}: fp32 reference, load {t_load:.1f}s, run {t_run:.1f}s")
+    p_ref = np.exp(lp_ref)
+    entropy = -(p_ref * lp_ref).sum(-1)
+    top2 = np.sort(lp_ref, axis=-1)[:, -2:]  # log-prob gap == logit gap
+    del p_ref
+
+    results, per_pos = [], {}
+    for d, man in zip(args.variants, mans):
+        lp, t_load, t_run = run_model(d, cfg, windows, args.threads)
+        kl, agree = compare(lp_ref, lp)
+        del lp
+        per_pos[d.name] = (kl, agree)
+        results.append({
+            "name": d.name, "path": str(d), "quantization": describe(man),
+            "manifest_quantization": man.get("quantization"),
+            "top1_agreement": float(agree.mean()), "top1_agree_count": int(agree.sum()),
+            "kl_mean": float(kl.mean()), "kl_median": float(np.median(kl)),
+            "kl_p95": float(np.percentile(kl, 95)), "kl_max": float(kl.max()),
+            "load_seconds": round(t_load, 2), "run_seconds": round(t_run, 2)})
+        log(f"{d}: {describe(man)}: top-1 {agree.mean() * 100:.1f}%, mean KL {kl.mean():.4g} "
+            f"(load {t_load:.1f}s, run {t_run:.1f}s)")
+    if baseline:
+        kl_b, agree_b = per_pos[baseline]
+        for r in results:
+            if r["name"] != baseline:
+                kl_v, agree_v = per_pos[r["name"]]
+                r["vs_baseline"] = paired(kl_v, agree_v, kl_b, agree_b, window_ids)
+
+    report = {
+        "ref": str(args.ref), "ref_source": ref_man.get("source"),
+        "random_weights": bool(ref_man.get("random_weights")),
+        "text": str(args.text), "text_tokens": len(ids), "window": args.window,
+        "windows": len(windows), "positions": positions, "vocab_size": int(cfg["vocab_size"]),
+        "threads": args.threads,
+        "ref_entropy_mean": float(entropy.mean()),
+        "ref_top1_prob_mean": float(np.exp(top2[:, 1]).mean()),
+        "ref_top2_gap_median": float(np.median(top2[:, 1] - top2[:, 0])),
+        "baseline": baseline, "variants": results,
+        "seconds": round(time.time() - t_start, 1),
+    }
+    table = markdown(report)
+    if report["random_weights"]:
+        table += ("\n\nRandom weights: these figures measure the quantization error for this "
+                  "weight distribution, not language quality.")
+    if args.json:
+        print(table, file=sys.stderr)
+        print(json.dumps(report, indent=2))
+    else:
+        print(table)
+    log(f"done in {report['seconds']}s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,126 @@
+//! The web page: `GET /` and its assets under `/static/`, embedded in the binary with
+//! `include_str!` (no build step, no CDN, no request to any other origin).
+//!
+//! The page is plain HTML, CSS and JavaScript that talks only to this server's own API
+//! (`/readyz`, `/v1/trends`, `/v1/stories`, `/v1/stories/trending`). Every asset is served
+//! with a strict Content-Security-Policy: scripts, styles and images only from this origin,
+//! no inline code, `fetch` only to this origin, no framing. The script inserts trend and
+//! story text with `textContent`, never as HTML. These routes are not part of the JSON API,
+//! so the OpenAPI document leaves them out.
+
+use actix_web::http::header::{self, HeaderValue};
+use actix_web::{web, HttpResponse};
+
+/// The policy of every page response; the page needs nothing else.
+pub const CONTENT_SECURITY_POLICY: &str = "default-src 'none'; script-src 'self'; \
+     style-src 'self'; img-src 'self'; connect-src 'self'; base-uri 'none'; \
+     form-action 'none'; frame-ancestors 'none'";
+
+/// One embedded file: its path, content type and text.
+struct Asset {
+    path: &'static str,
+    content_type: &'static str,
+    body: &'static str,
+}
+
+const INDEX: Asset = Asset {
+    path: "/",
+    content_type: "text/html; charset=utf-8",
+    body: include_str!("page/index.html"),
+};
+
+/// The files the page loads, each at its own route (so metrics label them by path).
+const STATIC: [Asset; 3] = [
+    Asset {
+        path: "/static/app.js",
+        content_type: "text/javascript; charset=utf-8",
+        body: include_str!("page/app.js"),
+    },
+    Asset {
+        path: "/static/style.css",
+        content_type: "text/css; charset=utf-8",
+        body: include_str!("page/style.css"),
+    },
+    Asset {
+        path: "/static/favicon.svg",
+        content_type: "image/svg+xml",
+        body: include_str!("page/favicon.svg"),
+    },
+];
+
+/// Registers `GET /` and the `/static/` files (and `HEAD`, answered without the body).
+pub fn configure(config: &mut web::ServiceConfig) {
+    for asset in std::iter::once(&INDEX).chain(STATIC.iter()) {
+        let (content_type, body) = (asset.content_type, asset.body);
+        let handler = move || async move { respond(content_type, body) };
+        config.service(
+            web::resource(asset.path)
+                .route(web::get().to(handler))
+                .route(web::head().to(handler)),
+        );
+    }
+}
+
+/// One asset with the page's security headers. `no-cache`: browsers revalidate, so a new
+/// binary's page is seen at once (the files are small).
+fn respond(content_type: &'static str, body: &'static str) -> HttpResponse {
+    HttpResponse::Ok()
+        .insert_header((header::CONTENT_TYPE, content_type))
+        .insert_header((
+            header::CONTENT_SECURITY_POLICY,
+            HeaderValue::from_static(CONTENT_SECURITY_POLICY),
+        ))
+        .insert_header((header::X_CONTENT_TYPE_OPTIONS, "nosniff"))
+        .insert_header((header::REFERRER_POLICY, "no-referrer"))
+        .insert_header((header::X_FRAME_OPTIONS, "DENY"))
+        .insert_header((header::CACHE_CONTROL, "no-cache"))
+        .body(body)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An ` on<letters>=` attribute (`onclick=`, `onerror=`...).
+    fn has_inline_handler(html: &str) -> bool {
+        html.match_indices(" on").any(|(at, _)| {
+            let rest = &html[at + 3..];
+            let name_len = rest.find(|c: char| !c.is_ascii_lowercase()).unwrap_or(0);
+            name_len > 0 && rest[name_len..].starts_with('=')
+        })
+    }
+
+    #[test]
+    fn the_page_loads_only_its_own_assets() {
+        for asset in &STATIC {
+            assert!(
+                INDEX.body.contains(asset.path),
+                "index.html does not reference {}",
+                asset.path
+            );
+        }
+        for text in [INDEX.body, STATIC[0].body, STATIC[1].body] {
+            assert!(!text.contains("http://"), "no other origin");
+            assert!(!text.contains("https://"), "no other origin");
+        }
+    }
+
+    #[test]
+    fn no_inline_code_and_no_html_insertion() {
+        // The policy forbids inline scripts, styles and handlers; the page must not need them.
+        assert!(!INDEX.body.contains("<script>"));
+        assert!(!INDEX.body.contains("style="));
+        assert!(!has_inline_handler(INDEX.body), "no inline event handler");
+        // Text from trends and stories is inserted as text only.
+        let script = STATIC[0].body;
+        for sink in [
+            "innerHTML",
+            "outerHTML",
+            "insertAdjacentHTML",
+            "document.write",
+            "eval(",
+        ] {
+            assert!(!script.contains(sink), "app.js uses {sink}");
+        }
+    }
+}
