@@ -253,22 +253,13 @@ impl BatchEngine {
                 break;
             };
             seq.mark_admitted(now);
-            let prefix = shared_prefix(&seq);
-            let kept = match prefix {
-                0 => None,
-                n => self
-                    .prefixes
-                    .copy_of(self.model.info(), &seq.request.prompt_ids[..n])?,
+            // A kept shared prefix is adopted by `prefill`, which follows in the same step.
+            let cache = KvCache::empty(self.model.info(), 1)?;
+            let prefill = Prefill {
+                seq,
+                cache,
+                done: 0,
             };
-            let (cache, done) = match kept {
-                Some(cache) => {
-                    self.stats.prefix_hits += 1;
-                    self.stats.prefix_tokens_reused += prefix as u64;
-                    (cache, prefix)
-                }
-                None => (KvCache::empty(self.model.info(), 1)?, 0),
-            };
-            let prefill = Prefill { seq, cache, done };
             // User prompts are prefilled before background ones.
             let at = match prefill.seq.request.priority {
                 Priority::Interactive => self
@@ -354,7 +345,8 @@ impl BatchEngine {
         p.done < prefix && !self.prefixes.contains(&p.seq.request.prompt_ids[..prefix])
     }
 
-    /// Sequences admitted before their shared prefix was kept start from it now.
+    /// Admitted sequences whose shared prefix is kept start from a copy of it: those
+    /// admitted this step, and those admitted before another sequence kept it.
     fn adopt_kept_prefixes(&mut self) -> Result<(), EngineError> {
         for p in self.prefilling.iter_mut().filter(|p| p.done == 0) {
             let prefix = shared_prefix(&p.seq);
