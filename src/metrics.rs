@@ -16,7 +16,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::{Registry, Unit};
 
-use crate::engine::GenerationStats;
+use crate::engine::{GenerationStats, Priority};
 use crate::inference::PoolStatus;
 use crate::trends::TrendSnapshot;
 
@@ -241,7 +241,11 @@ impl Metrics {
     }
 
     /// Counts a generation's end.
-    pub fn generation_ended(&self, priority: &'static str, outcome: &'static str) {
+    pub fn generation_ended(&self, priority: Priority, outcome: &'static str) {
+        let priority = match priority {
+            Priority::Interactive => "user",
+            Priority::Background => "background",
+        };
         self.generations
             .get_or_create(&GenerationLabels { priority, outcome })
             .inc();

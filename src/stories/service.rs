@@ -102,22 +102,6 @@ impl StoryStream {
     }
 }
 
-/// Who waits for a generation: a client, or nobody (pre-generation).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Requester {
-    User,
-    Background,
-}
-
-impl Requester {
-    fn label(self) -> &'static str {
-        match self {
-            Requester::User => "user",
-            Requester::Background => "background",
-        }
-    }
-}
-
 impl StoryService {
     #[allow(clippy::too_many_arguments)]
     pub fn new(
@@ -240,7 +224,7 @@ impl StoryService {
         };
         if !request.cacheable {
             let (flight, subscription) = StoryCache::private_flight();
-            self.launch(request, flight, None, Requester::User)?;
+            self.launch(request, flight, None, Priority::Interactive)?;
             return Ok(live(subscription));
         }
         match self.cache.lookup(&request.key) {
@@ -262,7 +246,12 @@ impl StoryService {
                     key: request.key.clone(),
                     shared: true,
                 };
-                match self.launch(request, Arc::clone(&flight), Some(landing), Requester::User) {
+                match self.launch(
+                    request,
+                    Arc::clone(&flight),
+                    Some(landing),
+                    Priority::Interactive,
+                ) {
                     Ok(()) => Ok(live(subscription)),
                     Err(e) => {
                         // Followers that joined meanwhile get the same refusal.
@@ -294,7 +283,7 @@ impl StoryService {
             key: request.key.clone(),
             shared: false,
         };
-        self.launch(&request, flight, Some(landing), Requester::Background)?;
+        self.launch(&request, flight, Some(landing), Priority::Background)?;
         subscription.finish().await.map(|_| true)
     }
 
@@ -304,7 +293,7 @@ impl StoryService {
         request: &ValidStoryRequest,
         flight: Arc<Flight>,
         landing: Option<Landing>,
-        requester: Requester,
+        priority: Priority,
     ) -> Result<(), StoryError> {
         let context = request.trend.as_ref().and_then(|t| t.context.as_deref());
         let prompt = self
@@ -314,10 +303,6 @@ impl StoryService {
         let prompt_tokens = prompt.ids.len();
         self.limits
             .check(prompt_tokens, request.params.max_tokens)?;
-        let priority = match requester {
-            Requester::User => Priority::Interactive,
-            Requester::Background => Priority::Background,
-        };
         let submitted = self.inference.submit_prompt(
             prompt.ids,
             prompt.prefix_tokens,
@@ -325,7 +310,7 @@ impl StoryService {
             priority,
         );
         let stream = submitted.inspect_err(|e| {
-            self.metrics.generation_ended(requester.label(), e.code());
+            self.metrics.generation_ended(priority, e.code());
         })?;
         let story = Story {
             id: format!("story-{:016x}", rand::random::<u64>()),
@@ -345,7 +330,7 @@ impl StoryService {
             flight,
             landing,
             story,
-            requester,
+            priority,
             timeout: self.request_timeout,
             metrics: Arc::clone(&self.metrics),
         };
@@ -404,7 +389,7 @@ struct Driver {
     landing: Option<Landing>,
     /// Filled as the generation goes.
     story: Story,
-    requester: Requester,
+    priority: Priority,
     timeout: Duration,
     metrics: Arc<Metrics>,
 }
@@ -413,8 +398,7 @@ impl Driver {
     async fn run(mut self) {
         let result = self.generate().await;
         let outcome = result.as_ref().map_or_else(StoryError::code, |_| "ok");
-        self.metrics
-            .generation_ended(self.requester.label(), outcome);
+        self.metrics.generation_ended(self.priority, outcome);
         let result = result.map(Arc::new);
         if let Some(landing) = &self.landing {
             if let Ok(story) = &result {
