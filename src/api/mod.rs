@@ -57,6 +57,22 @@ pub struct AppState {
     pub max_trends: usize,
 }
 
+impl AppState {
+    /// A list endpoint's `limit`, checked against `trends.max_trends`.
+    ///
+    /// # Errors
+    /// `BadRequest` naming the bounds when it is 0 or above them.
+    pub fn trend_limit(&self, limit: usize) -> Result<usize, errors::ApiError> {
+        let max = self.max_trends;
+        if limit == 0 || limit > max {
+            return Err(errors::ApiError::BadRequest(format!(
+                "`limit` must be between 1 and {max}, got {limit}"
+            )));
+        }
+        Ok(limit)
+    }
+}
+
 /// The request's id (set by `TracingLogger`, also in its log lines).
 pub fn request_id(request: &HttpRequest) -> Option<String> {
     request

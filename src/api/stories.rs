@@ -226,15 +226,11 @@ pub async fn trending(
     query: web::Query<TrendingQuery>,
 ) -> Result<HttpResponse, ApiError> {
     let started = Instant::now();
-    let max = state.max_trends;
-    let limit = query
-        .limit
-        .unwrap_or(state.stories.config().trending.top_k.max(1));
-    if limit == 0 || limit > max {
-        return Err(ApiError::BadRequest(format!(
-            "`limit` must be between 1 and {max}, got {limit}"
-        )));
-    }
+    let limit = state.trend_limit(
+        query
+            .limit
+            .unwrap_or(state.stories.config().trending.top_k.max(1)),
+    )?;
     let stories = state
         .stories
         .top_trends(limit)

@@ -92,13 +92,7 @@ pub async fn list(
     state: web::Data<AppState>,
     query: web::Query<TrendsQuery>,
 ) -> Result<HttpResponse, ApiError> {
-    let max = state.max_trends;
-    let limit = query.limit.unwrap_or(max);
-    if limit == 0 || limit > max {
-        return Err(ApiError::BadRequest(format!(
-            "`limit` must be between 1 and {max}, got {limit}"
-        )));
-    }
+    let limit = state.trend_limit(query.limit.unwrap_or(state.max_trends))?;
     let source = match &query.source {
         Some(name) => Some(
             SourceKind::ALL
