@@ -240,22 +240,28 @@ const FRESHNESS = {
   expired: "Expired: the sources have not answered for a long time",
 };
 
-async function loadTrends() {
-  const meta = $("trends-meta");
+// GETs a JSON list from the API; on failure says why in `meta` (asking for a key when one
+// is needed) and returns null.
+async function fetchList(url, meta) {
   let response;
   try {
-    response = await fetch("/v1/trends?limit=20", { headers: headers(), cache: "no-store" });
+    response = await fetch(url, { headers: headers(), cache: "no-store" });
   } catch {
     meta.textContent = describe(new Problem({})).text;
-    return;
+    return null;
   }
   if (!response.ok) {
     const problem = await Problem.fromResponse(response);
     meta.textContent = describe(problem).text;
     if (problem.code === "unauthorized") askForKey();
-    return;
+    return null;
   }
-  renderTrends(await response.json());
+  return response.json();
+}
+
+async function loadTrends() {
+  const body = await fetchList("/v1/trends?limit=20", $("trends-meta"));
+  if (body) renderTrends(body);
 }
 
 function renderTrends(body) {
@@ -569,20 +575,8 @@ function stopStory(replaced = false) {
 
 async function loadCached() {
   const meta = $("cached-meta");
-  let response;
-  try {
-    response = await fetch("/v1/stories/trending", { headers: headers(), cache: "no-store" });
-  } catch {
-    meta.textContent = describe(new Problem({})).text;
-    return;
-  }
-  if (!response.ok) {
-    const problem = await Problem.fromResponse(response);
-    meta.textContent = describe(problem).text;
-    if (problem.code === "unauthorized") askForKey();
-    return;
-  }
-  const body = await response.json();
+  const body = await fetchList("/v1/stories/trending", meta);
+  if (!body) return;
   const ready = body.stories.filter((s) => s.status === "ready").length;
   meta.textContent = body.stories.length
     ? `Written in the background for the top trends: ${ready} of ${body.stories.length} ready.`
