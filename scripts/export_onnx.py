@@ -215,6 +215,22 @@ def write_safetensors(path: Path, specs, produce, dtype: str = "F32") -> None:
 # int4 quantization (MatMulNBits: symmetric Q4_0 style, or asymmetric with zero points)
 # --------------------------------------------------------------------------------------------
 
+def split_blocks(w: np.ndarray, block_size: int) -> np.ndarray:
+    """float32 [N, n_blocks, block_size]: each row's K elements in blocks, the last one
+    zero-padded when K is not a multiple of block_size."""
+    w = np.asarray(w, dtype=np.float32)
+    n, k = w.shape
+    nb = (k + block_size - 1) // block_size
+    if nb * block_size != k:
+        w = np.pad(w, ((0, 0), (0, nb * block_size - k)))
+    return w.reshape(n, nb, block_size)
+
+
+def pack_nibbles(q: np.ndarray) -> np.ndarray:
+    """4-bit values (uint8) -> two per byte along the last axis, the even one in the low nibble."""
+    return np.ascontiguousarray((q[..., 0::2] | (q[..., 1::2] << 4)).astype(np.uint8))
+
+
 def quantize_q4(w: np.ndarray, block_size: int):
     """Quantize an HF linear weight [N, K] (out, in) for com.microsoft.MatMulNBits.
 
@@ -223,12 +239,7 @@ def quantize_q4(w: np.ndarray, block_size: int):
     Returns (B uint8 [N, n_blocks, block_size/2] with the even element in the low nibble,
              scales float32 [N * n_blocks]).
     """
-    w = np.asarray(w, dtype=np.float32)
-    n, k = w.shape
-    nb = (k + block_size - 1) // block_size
-    if nb * block_size != k:
-        w = np.pad(w, ((0, 0), (0, nb * block_size - k)))
-    blocks = w.reshape(n, nb, block_size)
+    blocks = split_blocks(w, block_size)
     idx = np.abs(blocks).argmax(axis=2)
     m = np.take_along_axis(blocks, idx[..., None], axis=2)[..., 0]
     d = (m / np.float32(-8.0)).astype(np.float32)
@@ -236,8 +247,7 @@ def quantize_q4(w: np.ndarray, block_size: int):
         inv = np.where(d != 0, np.float32(1.0) / d, np.float32(0.0)).astype(np.float32)
     q = np.rint(blocks * inv[..., None]) + 8
     q = np.clip(q, 0, 15).astype(np.uint8)
-    packed = (q[..., 0::2] | (q[..., 1::2] << 4)).astype(np.uint8)
-    return np.ascontiguousarray(packed), np.ascontiguousarray(d.reshape(-1))
+    return pack_nibbles(q), np.ascontiguousarray(d.reshape(-1))
 
 
 def dequantize_q4(packed: np.ndarray, scales: np.ndarray, k: int,
@@ -269,12 +279,7 @@ def quantize_q4_asym(w: np.ndarray, block_size: int):
              layout, two 4-bit zero points per byte along a row, block 2j in the low nibble,
              2j+1 in the high one; an odd row count pads the last high nibble with 8).
     """
-    w = np.asarray(w, dtype=np.float32)
-    n, k = w.shape
-    nb = (k + block_size - 1) // block_size
-    if nb * block_size != k:
-        w = np.pad(w, ((0, 0), (0, nb * block_size - k)))
-    blocks = w.reshape(n, nb, block_size)
+    blocks = split_blocks(w, block_size)
     lo = np.minimum(blocks.min(axis=2), np.float32(0.0))
     hi = np.maximum(blocks.max(axis=2), np.float32(0.0))
     scale = ((hi - lo) / np.float32(15.0)).astype(np.float32)
@@ -283,9 +288,7 @@ def quantize_q4_asym(w: np.ndarray, block_size: int):
     zp = np.clip(np.rint(-lo * inv), 0, 15).astype(np.uint8)
     q = np.rint(blocks * inv[..., None]) + zp[..., None]
     q = np.clip(q, 0, 15).astype(np.uint8)
-    packed = (q[..., 0::2] | (q[..., 1::2] << 4)).astype(np.uint8)
-    return (np.ascontiguousarray(packed), np.ascontiguousarray(scale.reshape(-1)),
-            pack_zero_points(zp))
+    return pack_nibbles(q), np.ascontiguousarray(scale.reshape(-1)), pack_zero_points(zp)
 
 
 def pack_zero_points(zp: np.ndarray) -> np.ndarray:
@@ -293,7 +296,7 @@ def pack_zero_points(zp: np.ndarray) -> np.ndarray:
     n, nb = zp.shape
     if nb % 2:
         zp = np.concatenate([zp, np.full((n, 1), 8, dtype=np.uint8)], axis=1)
-    return np.ascontiguousarray((zp[:, 0::2] | (zp[:, 1::2] << 4)).astype(np.uint8))
+    return pack_nibbles(zp)
 
 
 def unpack_zero_points(packed: np.ndarray, n_blocks: int) -> np.ndarray:
