@@ -279,8 +279,9 @@ impl Flight {
         self.cancel.notified().await;
     }
 
-    /// Subscribers now (metrics, tests).
-    pub fn subscribers(&self) -> usize {
+    /// Subscribers now.
+    #[cfg(test)]
+    fn subscribers(&self) -> usize {
         self.subscribers.load(Ordering::SeqCst)
     }
 

@@ -139,10 +139,6 @@ impl StoryService {
         &self.config
     }
 
-    pub fn model(&self) -> &Arc<str> {
-        &self.model
-    }
-
     /// True when an inference worker has its model loaded.
     pub fn ready(&self) -> bool {
         self.inference.ready()
