@@ -22,6 +22,18 @@ Graph contract (decoder-with-past, same names as optimum / transformers.js):
   outputs logits float32 [batch_size, sequence_length, vocab];
           present.{i}.{key,value} float32 [batch_size, num_kv_heads, total_sequence_length,
           head_dim] = Concat(past, new, axis=2)
+
+GQA_CONTRACT (--attention gqa): ONNX Runtime's fused
+GroupQueryAttention with a slot KV cache, as onnxruntime-genai runs it on CPU:
+  inputs  input_ids int64 [batch_size, sequence_length]; seqlens_k int32 [batch_size] = each
+          row's total length (past + new) - 1; total_sequence_length int32 scalar = the
+          largest total; past_key_values.{i}.{key,value} float32
+          [batch_size, num_kv_heads, past_sequence_length, head_dim]
+  outputs logits; present.{i}.{key,value} [batch_size, num_kv_heads, present_sequence_length,
+          head_dim]. Row b's new tokens are written at positions seqlens_k[b] + 1 - S .. and
+          RoPE positions are the same. When past and present are bound to one buffer of
+          max_sequence_length positions, present_sequence_length is that length and nothing is
+          copied: each row lives in its own slot, right-padded.
 """
 from __future__ import annotations
 
@@ -435,7 +447,8 @@ def model_dims(cfg: dict) -> dict:
 
 
 def build_decoder(cfg: dict, weights: SafeTensorsDir, out_dir: Path, precision: str,
-                  block_size: int, accuracy_level: int, zero_points: bool = False) -> None:
+                  block_size: int, accuracy_level: int, zero_points: bool = False,
+                  attention: str = "explicit") -> None:
     """Write out_dir/model.onnx (+ model.onnx.data) for a Llama decoder with past.
 
     On a small CPU a decode step is dominated by per-node dispatch overhead outside the int4
@@ -445,9 +458,13 @@ def build_decoder(cfg: dict, weights: SafeTensorsDir, out_dir: Path, precision: 
       - q/k/v and gate/up: one MatMulNBits each (rows concatenated, see Linear), then Split;
       - RoPE: com.microsoft.RotaryEmbedding on [B, heads, S, hd] with the caller's
         position_ids (so left padding keeps working);
-      - attention stays explicit (MatMul / Where / Softmax / MatMul) because the fused
-        attention ops assume right padding or equal q/kv head counts.
-    Per layer: 4 matmuls + 20 other nodes (was 7 + ~40 before fusion).
+      - attention "explicit" (the optimum contract, left padding): MatMul / Where / Softmax /
+        MatMul over Concat(past, new). Per layer: 4 matmuls + 20 other nodes.
+      - attention "gqa": one com.microsoft.GroupQueryAttention per layer on the packed QKV
+        matmul output, with RoPE inside (do_rotary) and per-row lengths (seqlens_k) instead
+        of a mask and position ids, so rows are right-padded and a caller may bind past and
+        present to one preallocated buffer (no concatenation). Per layer: 4 matmuls + 4
+        other nodes. See GQA_CONTRACT.
     """
     import onnx
     from onnx import TensorProto, helper
@@ -486,8 +503,6 @@ def build_decoder(cfg: dict, weights: SafeTensorsDir, out_dir: Path, precision: 
             g.op_counts.get("SkipSimplifiedLayerNormalization", 0) + 1
         return normed, total
 
-    mask_value = g.const_f32(MASK_VALUE, "mask_value")
-
     # Embedding (float32 Gather).
     embed = g.init("model.embed_tokens.weight", W("model.embed_tokens.weight"))
     x = g.op("Gather", [embed, "input_ids"], name="embed/Gather", axis=0)
@@ -497,16 +512,17 @@ def build_decoder(cfg: dict, weights: SafeTensorsDir, out_dir: Path, precision: 
     cos_cache = g.init("rope.cos", cos_t)
     sin_cache = g.init("rope.sin", sin_t)
 
-    mask = attention_mask_bool(g, groups)
-
-    shape_qkv = g.const_i64([0, 0, nh + 2 * kvh, hd], "shape_qkv")
-    split_qkv = g.const_i64([nh, kvh, kvh], "split_qkv")
-    shape_qg = g.const_i64([0, kvh, -1, hd], "shape_qg")
-    shape_heads = g.const_i64([0, nh, -1, hd], "shape_heads")
-    shape_hidden = g.const_i64([0, 0, nh * hd], "shape_hidden")
+    if attention == "explicit":
+        mask_value = g.const_f32(MASK_VALUE, "mask_value")
+        mask = attention_mask_bool(g, groups)
+        shape_qkv = g.const_i64([0, 0, nh + 2 * kvh, hd], "shape_qkv")
+        split_qkv = g.const_i64([nh, kvh, kvh], "split_qkv")
+        shape_qg = g.const_i64([0, kvh, -1, hd], "shape_qg")
+        shape_heads = g.const_i64([0, nh, -1, hd], "shape_heads")
+        shape_hidden = g.const_i64([0, 0, nh * hd], "shape_hidden")
     split_mlp = g.const_i64([dm["inter"], dm["inter"]], "split_mlp")
 
-    def attention(h, i, pk, pv):
+    def attention_block(h, i, pk, pv):
         """Self-attention of layer i on the normed input h [B, S, H]: returns the o_proj
         output [B, S, H]; writes present.{i}.key|value."""
         p = f"model.layers.{i}"
@@ -537,6 +553,21 @@ def build_decoder(cfg: dict, weights: SafeTensorsDir, out_dir: Path, precision: 
         ctx = g.op("Reshape", [ctx, shape_hidden], name=f"/{p}/ctx_merge")  # [B, S, H]
         return lin(ctx, W(f"{p}.self_attn.o_proj.weight"), f"{p}.self_attn.o_proj")
 
+    def fused_attention(h, i, pk, pv):
+        """Layer i's attention as one GroupQueryAttention on the packed q|k|v [B, S, (nh+2kvh)*hd]
+        (Linear concatenates the q, k, v rows in that order, which is GQA's packed layout)."""
+        p = f"model.layers.{i}"
+        qkv = lin(h, [W(f"{p}.self_attn.{n}_proj.weight") for n in "qkv"], f"{p}.self_attn.qkv_proj")
+        ctx = f"/{p}/gqa_out"
+        g.nodes.append(helper.make_node(
+            "GroupQueryAttention",
+            [qkv, "", "", pk, pv, "seqlens_k", "total_sequence_length", cos_cache, sin_cache],
+            [ctx, f"present.{i}.key", f"present.{i}.value"], name=f"/{p}/gqa", domain=MS_DOMAIN,
+            num_heads=nh, kv_num_heads=kvh, do_rotary=1, rotary_interleaved=0,
+            scale=1.0 / math.sqrt(hd)))
+        g.op_counts["GroupQueryAttention"] = g.op_counts.get("GroupQueryAttention", 0) + 1
+        return lin(ctx, W(f"{p}.self_attn.o_proj.weight"), f"{p}.self_attn.o_proj")
+
     def mlp(h, i):
         """SwiGLU MLP: down(silu(gate(h)) * up(h)), gate and up as one matmul."""
         p = f"model.layers.{i}"
@@ -547,12 +578,24 @@ def build_decoder(cfg: dict, weights: SafeTensorsDir, out_dir: Path, precision: 
         return lin(g.op("Mul", [act, up], name=f"/{p}/mlp/mul"),
                    W(f"{p}.mlp.down_proj.weight"), f"{p}.mlp.down_proj")
 
-    inputs = [
-        helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["batch_size", "sequence_length"]),
-        helper.make_tensor_value_info("attention_mask", TensorProto.INT64,
-                                      ["batch_size", "total_sequence_length"]),
-        helper.make_tensor_value_info("position_ids", TensorProto.INT64, ["batch_size", "sequence_length"]),
-    ]
+    ids_input = helper.make_tensor_value_info("input_ids", TensorProto.INT64,
+                                              ["batch_size", "sequence_length"])
+    if attention == "explicit":
+        inputs = [
+            ids_input,
+            helper.make_tensor_value_info("attention_mask", TensorProto.INT64,
+                                          ["batch_size", "total_sequence_length"]),
+            helper.make_tensor_value_info("position_ids", TensorProto.INT64,
+                                          ["batch_size", "sequence_length"]),
+        ]
+        attend, present_len = attention_block, "total_sequence_length"
+    else:
+        inputs = [
+            ids_input,
+            helper.make_tensor_value_info("seqlens_k", TensorProto.INT32, ["batch_size"]),
+            helper.make_tensor_value_info("total_sequence_length", TensorProto.INT32, []),
+        ]
+        attend, present_len = fused_attention, "present_sequence_length"
     outputs = [helper.make_tensor_value_info("logits", TensorProto.FLOAT,
                                              ["batch_size", "sequence_length", V])]
     present_outputs = []
@@ -566,9 +609,9 @@ def build_decoder(cfg: dict, weights: SafeTensorsDir, out_dir: Path, precision: 
                 nm, TensorProto.FLOAT, ["batch_size", kvh, "past_sequence_length", hd]))
         for nm in (f"present.{i}.key", f"present.{i}.value"):
             present_outputs.append(helper.make_tensor_value_info(
-                nm, TensorProto.FLOAT, ["batch_size", kvh, "total_sequence_length", hd]))
+                nm, TensorProto.FLOAT, ["batch_size", kvh, present_len, hd]))
         h, x = norm(x, delta, f"{p}.input_layernorm.weight", f"/{p}/input_layernorm")
-        delta = attention(h, i, pk, pv)
+        delta = attend(h, i, pk, pv)
         h, x = norm(x, delta, f"{p}.post_attention_layernorm.weight", f"/{p}/post_attention_layernorm")
         delta = mlp(h, i)
         log(f"  layer {i + 1}/{L} done")
@@ -924,8 +967,15 @@ def run_full(sess, cfg: dict, ids_2d: np.ndarray, mask_2d: np.ndarray | None = N
         mask_2d = np.ones((b, s), dtype=np.int64)
     if position_ids is None:
         position_ids = np.clip(np.cumsum(mask_2d, axis=1) - 1, 0, None).astype(np.int64)
-    feed = {"input_ids": ids_2d, "attention_mask": np.asarray(mask_2d, dtype=np.int64),
-            "position_ids": position_ids}
+    if "seqlens_k" in {i.name for i in sess.get_inputs()}:
+        # GQA contract: rows are right-padded, so a mask of ones is all it takes.
+        if not np.all(mask_2d == 1):
+            raise ValueError("a GQA graph takes right-padded rows (seqlens_k), not a mask")
+        feed = {"input_ids": ids_2d, "seqlens_k": np.full((b,), s - 1, dtype=np.int32),
+                "total_sequence_length": np.array(s, dtype=np.int32)}
+    else:
+        feed = {"input_ids": ids_2d, "attention_mask": np.asarray(mask_2d, dtype=np.int64),
+                "position_ids": position_ids}
     empty = np.zeros((b, dm["kv_heads"], 0, dm["head_dim"]), dtype=np.float32)
     for i in range(dm["layers"]):
         feed[f"past_key_values.{i}.key"] = empty
@@ -1013,7 +1063,8 @@ def quantization_matches(out_dir: Path, exporter_args: list[str]) -> bool:
 
 def export(hf_dir: Path, out_dir: Path, *, source: str, random_weights: bool, precision: str,
            block_size: int, accuracy_level: int, golden_tokens: int | None,
-           linear_only: bool = False, threads: int = 1, zero_points: bool = False) -> dict:
+           linear_only: bool = False, threads: int = 1, zero_points: bool = False,
+           attention: str = "explicit") -> dict:
     hf_dir, out_dir = Path(hf_dir), Path(out_dir)
     cfg_path = hf_dir / "config.json"
     if not cfg_path.exists():
@@ -1051,7 +1102,8 @@ def export(hf_dir: Path, out_dir: Path, *, source: str, random_weights: bool, pr
         log(f"linear-only graph written to {out_dir} in {time.time() - t0:.1f}s")
         return manifest
 
-    build_decoder(cfg, weights, out_dir, precision, block_size, accuracy_level, zero_points)
+    build_decoder(cfg, weights, out_dir, precision, block_size, accuracy_level, zero_points,
+                  attention)
     log(f"graph written to {out_dir}/model.onnx in {time.time() - t0:.1f}s")
     if not (hf_dir / "tokenizer.json").exists():
         raise SystemExit(f"error: {hf_dir}/tokenizer.json not found")
@@ -1076,6 +1128,7 @@ def export(hf_dir: Path, out_dir: Path, *, source: str, random_weights: bool, pr
         "source": source,
         "random_weights": random_weights,
         "precision": precision,
+        "attention": attention,
         "quantization": quantization_manifest(precision, block_size, accuracy_level, zero_points),
         "num_hidden_layers": dm["layers"],
         "hidden_size": dm["hidden"],
@@ -1113,6 +1166,10 @@ def parse_args(argv=None):
     ap.add_argument("--precision", choices=["int4", "fp32"], default="int4")
     ap.add_argument("--block-size", type=int, choices=[32, 128], default=32)
     ap.add_argument("--accuracy-level", type=int, choices=[0, 1, 2, 3, 4], default=4)
+    ap.add_argument("--attention", choices=["explicit", "gqa"], default="explicit",
+                    help="gqa: fused GroupQueryAttention over a slot KV cache (seqlens_k); "
+                         "explicit: the optimum decoder-with-past contract (attention_mask, "
+                         "left padding)")
     ap.add_argument("--zero-points", action="store_true",
                     help="asymmetric int4: per-block min/max scale and a 4-bit zero point "
                     "(MatMulNBits input zero_points; manifest quantization.symmetric false). "
@@ -1165,7 +1222,8 @@ def main(argv=None) -> int:
     golden = None if (args.no_golden or args.linear_only) else (args.golden_tokens or golden_default)
     export(hf_dir, out, source=source, random_weights=random_weights, precision=args.precision,
            block_size=args.block_size, accuracy_level=args.accuracy_level, golden_tokens=golden,
-           linear_only=args.linear_only, threads=args.threads, zero_points=args.zero_points)
+           linear_only=args.linear_only, threads=args.threads, zero_points=args.zero_points,
+           attention=args.attention)
     log(f"done in {time.time() - t0:.1f}s")
     return 0
 

@@ -81,6 +81,8 @@ impl Harness {
 struct Output {
     rx: UnboundedReceiver<GenerationEvent>,
     tokens: Vec<u32>,
+    /// The raw logit of each chosen token.
+    logits: Vec<f32>,
     text: String,
     done: Option<GenerationStats>,
     error: Option<String>,
@@ -91,6 +93,7 @@ impl Output {
         Self {
             rx,
             tokens: Vec::new(),
+            logits: Vec::new(),
             text: String::new(),
             done: None,
             error: None,
@@ -104,8 +107,13 @@ impl Output {
                 "event after the final one: {event:?}"
             );
             match event {
-                GenerationEvent::Token { token_id, text } => {
+                GenerationEvent::Token {
+                    token_id,
+                    text,
+                    logit,
+                } => {
                     self.tokens.push(token_id);
+                    self.logits.push(logit);
                     self.text.push_str(&text);
                 }
                 GenerationEvent::Done(stats) => self.done = Some(stats),
@@ -134,9 +142,13 @@ fn greedy(max_tokens: usize) -> SamplingParams {
     }
 }
 
-fn assert_golden(out: &mut Output, expected: &[u32], what: &str) {
+/// The golden ids, and each chosen token's logit within 1e-3 of the golden one: the tiny
+/// model's ids hardly depend on context, its logits do, so a KV mix-up shows there.
+fn assert_golden(out: &mut Output, golden: &common::GoldenPrompt, what: &str) {
     out.drain();
-    assert_eq!(out.tokens, expected, "{what}");
+    let expected = &golden.output_ids;
+    assert_eq!(&out.tokens, expected, "{what}");
+    common::assert_logits_close(&out.logits, &golden.top1_logits, what);
     let stats = out.done.as_ref().expect("finished");
     assert_eq!(stats.generated_tokens, expected.len());
     assert!(stats.time_to_first_token.is_some());
@@ -145,326 +157,362 @@ fn assert_golden(out: &mut Output, expected: &[u32], what: &str) {
 /// One request at a time: golden ids, and the streamed deltas add up to the decoded text.
 #[test]
 fn one_by_one_matches_golden_and_streams_the_decoded_text() {
-    let dir = common::required_model(common::TINY);
-    let golden = common::golden(&dir);
-    let mut h = Harness::new(&dir, limits());
-    for p in &golden.prompts {
-        let mut out = h.submit(p.input_ids.clone(), greedy(golden.max_new_tokens));
-        h.run_until_idle();
-        assert_golden(&mut out, &p.output_ids, &p.text);
-        let tokens: Vec<u32> = out.tokens.iter().copied().filter(|&t| t != 2).collect();
-        let mut all = p.input_ids.clone();
-        all.extend(&tokens);
-        let whole = h.tokenizer.decode(&all).unwrap();
-        let prompt_text = h.tokenizer.decode(&p.input_ids).unwrap();
-        assert_eq!(
-            out.text.trim_start(),
-            whole[prompt_text.len()..].trim_start(),
-            "prompt {:?}",
-            p.text
-        );
+    for dir in common::tiny_models() {
+        let golden = common::golden(&dir);
+        let mut h = Harness::new(&dir, limits());
+        for p in &golden.prompts {
+            let mut out = h.submit(p.input_ids.clone(), greedy(golden.max_new_tokens));
+            h.run_until_idle();
+            assert_golden(&mut out, p, &p.text);
+            let tokens: Vec<u32> = out.tokens.iter().copied().filter(|&t| t != 2).collect();
+            let mut all = p.input_ids.clone();
+            all.extend(&tokens);
+            let whole = h.tokenizer.decode(&all).unwrap();
+            let prompt_text = h.tokenizer.decode(&p.input_ids).unwrap();
+            assert_eq!(
+                out.text.trim_start(),
+                whole[prompt_text.len()..].trim_start(),
+                "prompt {:?}",
+                p.text
+            );
+        }
     }
 }
 
 #[test]
 fn all_at_once_matches_golden() {
-    let dir = common::required_model(common::TINY);
-    let golden = common::golden(&dir);
-    let mut h = Harness::new(&dir, limits());
-    let mut outs: Vec<Output> = golden
-        .prompts
-        .iter()
-        .map(|p| h.submit(p.input_ids.clone(), greedy(golden.max_new_tokens)))
-        .collect();
-    h.run_until_idle();
-    for (p, out) in golden.prompts.iter().zip(&mut outs) {
-        assert_golden(out, &p.output_ids, &p.text);
+    for dir in common::tiny_models() {
+        let golden = common::golden(&dir);
+        let mut h = Harness::new(&dir, limits());
+        let mut outs: Vec<Output> = golden
+            .prompts
+            .iter()
+            .map(|p| h.submit(p.input_ids.clone(), greedy(golden.max_new_tokens)))
+            .collect();
+        h.run_until_idle();
+        for (p, out) in golden.prompts.iter().zip(&mut outs) {
+            assert_golden(out, p, &p.text);
+        }
+        let stats = h.engine.stats();
+        assert!(
+            stats.decoded_tokens > stats.decode_steps,
+            "sequences must share decode steps: {stats:?}"
+        );
     }
-    let stats = h.engine.stats();
-    assert!(
-        stats.decoded_tokens > stats.decode_steps,
-        "sequences must share decode steps: {stats:?}"
-    );
 }
 
 #[test]
 fn staggered_arrivals_match_golden() {
-    let dir = common::required_model(common::TINY);
-    let golden = common::golden(&dir);
-    let mut h = Harness::new(&dir, limits());
-    let mut outs = Vec::new();
-    for (i, p) in golden.prompts.iter().enumerate() {
-        outs.push(h.submit(p.input_ids.clone(), greedy(golden.max_new_tokens)));
-        // Let earlier requests run a few steps (prefill chunks included) before the next
-        // joins mid-generation.
-        for _ in 0..(2 + i % 3) {
-            h.engine.step().expect("step");
+    for dir in common::tiny_models() {
+        let golden = common::golden(&dir);
+        let mut h = Harness::new(&dir, limits());
+        let mut outs = Vec::new();
+        for (i, p) in golden.prompts.iter().enumerate() {
+            outs.push(h.submit(p.input_ids.clone(), greedy(golden.max_new_tokens)));
+            // Let earlier requests run a few steps (prefill chunks included) before the next
+            // joins mid-generation.
+            for _ in 0..(2 + i % 3) {
+                h.engine.step().expect("step");
+            }
         }
+        h.run_until_idle();
+        for (p, out) in golden.prompts.iter().zip(&mut outs) {
+            assert_golden(out, p, &p.text);
+        }
+        assert!(h.engine.stats().rebuilds >= 2);
     }
-    h.run_until_idle();
-    for (p, out) in golden.prompts.iter().zip(&mut outs) {
-        assert_golden(out, &p.output_ids, &p.text);
-    }
-    assert!(h.engine.stats().rebuilds >= 2);
 }
 
 #[test]
 fn seeded_sampling_is_reproducible() {
-    let dir = common::required_model(common::TINY);
-    let golden = common::golden(&dir);
-    let prompt = golden.prompts[2].input_ids.clone();
-    let mut h = Harness::new(&dir, limits());
-    // The tiny model's logits are built to be decisive (top-2 margins of ~70), so only a
-    // high temperature makes sampling differ from greedy.
-    let params = |seed| SamplingParams {
-        temperature: 100.0,
-        top_k: 0,
-        top_p: 1.0,
-        seed,
-        max_tokens: 24,
-        ..SamplingParams::default()
-    };
-    let mut run = |seed| {
-        let mut out = h.submit(prompt.clone(), params(seed));
-        h.run_until_idle();
-        out.drain();
-        out.tokens.clone()
-    };
-    let a = run(42);
-    assert_eq!(a, run(42), "same seed, same tokens");
-    assert_ne!(a, run(43), "different seeds should differ");
+    for dir in common::tiny_models() {
+        let golden = common::golden(&dir);
+        let prompt = golden.prompts[2].input_ids.clone();
+        let mut h = Harness::new(&dir, limits());
+        // The tiny model's logits are built to be decisive (top-2 margins of ~70), so only a
+        // high temperature makes sampling differ from greedy.
+        let params = |seed| SamplingParams {
+            temperature: 100.0,
+            top_k: 0,
+            top_p: 1.0,
+            seed,
+            max_tokens: 24,
+            ..SamplingParams::default()
+        };
+        let mut run = |seed| {
+            let mut out = h.submit(prompt.clone(), params(seed));
+            h.run_until_idle();
+            out.drain();
+            out.tokens.clone()
+        };
+        let a = run(42);
+        assert_eq!(a, run(42), "same seed, same tokens");
+        assert_ne!(a, run(43), "different seeds should differ");
+    }
 }
 
 #[test]
 fn max_tokens_ends_with_length() {
-    let dir = common::required_model(common::TINY);
-    let golden = common::golden(&dir);
-    let mut h = Harness::new(&dir, limits());
-    let mut out = h.submit(golden.prompts[1].input_ids.clone(), greedy(3));
-    h.run_until_idle();
-    assert_eq!(out.finish_reason(), FinishReason::Length);
-    assert_eq!(out.tokens.len(), 3);
-    assert_eq!(out.tokens, golden.prompts[1].output_ids[..3]);
+    for dir in common::tiny_models() {
+        let golden = common::golden(&dir);
+        let mut h = Harness::new(&dir, limits());
+        let mut out = h.submit(golden.prompts[1].input_ids.clone(), greedy(3));
+        h.run_until_idle();
+        assert_eq!(out.finish_reason(), FinishReason::Length);
+        assert_eq!(out.tokens.len(), 3);
+        assert_eq!(out.tokens, golden.prompts[1].output_ids[..3]);
+    }
 }
 
 #[test]
 fn eos_ends_with_stop() {
-    let dir = common::required_model(common::TINY);
-    let mut h = Harness::new(&dir, limits());
-    // Find a token after which the model's greedy choice is EOS: try every token in one
-    // batch of two-token prompts.
-    let info = trendstory::engine::ModelInfo::load(&dir).unwrap();
-    let mut loaded = common::load(&dir);
-    let prompts: Vec<Vec<u32>> = (3..info.vocab_size as u32).map(|t| vec![1, t]).collect();
-    let first = trendstory::engine::greedy_generate(&mut loaded.model, &prompts, 1).unwrap();
-    let Some(row) = first.tokens.iter().position(|t| t[0] == info.eos_token_id) else {
-        panic!("no token of the tiny model leads to EOS; the test needs one");
-    };
-    let mut out = h.submit(prompts[row].clone(), greedy(10));
-    h.run_until_idle();
-    assert_eq!(out.finish_reason(), FinishReason::Stop);
-    assert_eq!(out.tokens, vec![info.eos_token_id]);
+    for dir in common::tiny_models() {
+        let mut h = Harness::new(&dir, limits());
+        // Find a token after which the model's greedy choice is EOS: try every token in one
+        // batch of two-token prompts.
+        let info = trendstory::engine::ModelInfo::load(&dir).unwrap();
+        let mut loaded = common::load(&dir);
+        let prompts: Vec<Vec<u32>> = (3..info.vocab_size as u32).map(|t| vec![1, t]).collect();
+        let first = trendstory::engine::greedy_generate(&mut loaded.model, &prompts, 1).unwrap();
+        let Some(row) = first.tokens.iter().position(|t| t[0] == info.eos_token_id) else {
+            panic!("no token of the tiny model leads to EOS; the test needs one");
+        };
+        let mut out = h.submit(prompts[row].clone(), greedy(10));
+        h.run_until_idle();
+        assert_eq!(out.finish_reason(), FinishReason::Stop);
+        assert_eq!(out.tokens, vec![info.eos_token_id]);
+    }
 }
 
 #[test]
 fn stop_string_ends_the_text_before_it() {
-    let dir = common::required_model(common::TINY);
-    let golden = common::golden(&dir);
-    let mut h = Harness::new(&dir, limits());
-    let prompt = golden.prompts[2].input_ids.clone();
-    let mut full = h.submit(prompt.clone(), greedy(16));
-    h.run_until_idle();
-    full.drain();
-    let text = full.text.clone();
-    // A stop string from the middle of the greedy text (at a character boundary).
-    let chars: Vec<(usize, char)> = text.char_indices().collect();
-    assert!(chars.len() >= 6, "greedy text too short: {text:?}");
-    let (start, _) = chars[chars.len() / 2];
-    let (end, _) = chars[chars.len() / 2 + 2];
-    let stop = text[start..end].to_string();
-    let expected = &text[..text.find(&stop).unwrap()];
-    let mut out = h.submit(
-        prompt,
-        SamplingParams {
-            stop: vec![stop.clone()],
-            ..greedy(16)
-        },
-    );
-    h.run_until_idle();
-    assert_eq!(out.finish_reason(), FinishReason::Stop);
-    assert_eq!(out.text, expected, "stop {stop:?} in {text:?}");
+    for dir in common::tiny_models() {
+        let golden = common::golden(&dir);
+        let mut h = Harness::new(&dir, limits());
+        let prompt = golden.prompts[2].input_ids.clone();
+        let mut full = h.submit(prompt.clone(), greedy(16));
+        h.run_until_idle();
+        full.drain();
+        let text = full.text.clone();
+        // A stop string from the middle of the greedy text (at a character boundary).
+        let chars: Vec<(usize, char)> = text.char_indices().collect();
+        assert!(chars.len() >= 6, "greedy text too short: {text:?}");
+        let (start, _) = chars[chars.len() / 2];
+        let (end, _) = chars[chars.len() / 2 + 2];
+        let stop = text[start..end].to_string();
+        let expected = &text[..text.find(&stop).unwrap()];
+        let mut out = h.submit(
+            prompt,
+            SamplingParams {
+                stop: vec![stop.clone()],
+                ..greedy(16)
+            },
+        );
+        h.run_until_idle();
+        assert_eq!(out.finish_reason(), FinishReason::Stop);
+        assert_eq!(out.text, expected, "stop {stop:?} in {text:?}");
+    }
 }
 
 #[test]
 fn cancelling_frees_the_slot() {
-    let dir = common::required_model(common::TINY);
-    let golden = common::golden(&dir);
-    let mut h = Harness::new(
-        &dir,
-        EngineLimits {
-            max_batch_size: 1,
-            ..limits()
-        },
-    );
-    let first = h.submit(golden.prompts[0].input_ids.clone(), greedy(64));
-    let mut second = h.submit(golden.prompts[1].input_ids.clone(), greedy(4));
-    for _ in 0..3 {
-        h.engine.step().unwrap();
+    for dir in common::tiny_models() {
+        let golden = common::golden(&dir);
+        let mut h = Harness::new(
+            &dir,
+            EngineLimits {
+                max_batch_size: 1,
+                ..limits()
+            },
+        );
+        let first = h.submit(golden.prompts[0].input_ids.clone(), greedy(64));
+        let mut second = h.submit(golden.prompts[1].input_ids.clone(), greedy(4));
+        for _ in 0..3 {
+            h.engine.step().unwrap();
+        }
+        second.drain();
+        assert!(
+            second.tokens.is_empty(),
+            "second must wait for the only slot"
+        );
+        drop(first); // the client goes away
+        h.run_until_idle();
+        assert_eq!(second.finish_reason(), FinishReason::Length);
+        assert_eq!(second.tokens, golden.prompts[1].output_ids[..4]);
     }
-    second.drain();
-    assert!(
-        second.tokens.is_empty(),
-        "second must wait for the only slot"
-    );
-    drop(first); // the client goes away
-    h.run_until_idle();
-    assert_eq!(second.finish_reason(), FinishReason::Length);
-    assert_eq!(second.tokens, golden.prompts[1].output_ids[..4]);
+}
+
+/// A sequence cancelled in the middle of a running batch leaves its row (its slot, in a
+/// slot cache) to the next newcomer while the rows around it go on: every survivor and the
+/// newcomer still produce their golden ids, so no stale KV leaks into the reused slot.
+#[test]
+fn a_cancelled_rows_place_is_reused_mid_batch() {
+    for dir in common::tiny_models() {
+        let golden = common::golden(&dir);
+        let n = golden.max_new_tokens;
+        let mut h = Harness::new(&dir, limits());
+        let mut first = h.submit(golden.prompts[0].input_ids.clone(), greedy(n));
+        let middle = h.submit(golden.prompts[3].input_ids.clone(), greedy(n));
+        let mut last = h.submit(golden.prompts[2].input_ids.clone(), greedy(n));
+        for _ in 0..4 {
+            h.engine.step().expect("step");
+        }
+        drop(middle);
+        h.engine.step().expect("step");
+        let mut newcomer = h.submit(golden.prompts[4].input_ids.clone(), greedy(n));
+        h.run_until_idle();
+        assert_golden(&mut first, &golden.prompts[0], "first");
+        assert_golden(&mut last, &golden.prompts[2], "last");
+        assert_golden(&mut newcomer, &golden.prompts[4], "newcomer");
+    }
 }
 
 #[test]
 fn a_user_request_takes_a_background_slot_within_one_step() {
-    let dir = common::required_model(common::TINY);
-    let golden = common::golden(&dir);
-    let mut h = Harness::new(
-        &dir,
-        EngineLimits {
-            max_batch_size: 2,
-            // Whole prompts per step, so the first token shows when admission happened.
-            prefill_chunk_tokens: 256,
-            ..limits()
-        },
-    );
-    let background = |h: &mut Harness, i: usize| {
-        h.submit_with(
-            golden.prompts[i].input_ids.clone(),
-            greedy(64),
-            None,
-            Priority::Background,
-            0,
-        )
-    };
-    let mut first = background(&mut h, 0);
-    let mut second = background(&mut h, 1);
-    // A third background request waits behind the full batch; the user must not.
-    let mut third = background(&mut h, 2);
-    for _ in 0..3 {
+    for dir in common::tiny_models() {
+        let golden = common::golden(&dir);
+        let mut h = Harness::new(
+            &dir,
+            EngineLimits {
+                max_batch_size: 2,
+                // Whole prompts per step, so the first token shows when admission happened.
+                prefill_chunk_tokens: 256,
+                ..limits()
+            },
+        );
+        let background = |h: &mut Harness, i: usize| {
+            h.submit_with(
+                golden.prompts[i].input_ids.clone(),
+                greedy(64),
+                None,
+                Priority::Background,
+                0,
+            )
+        };
+        let mut first = background(&mut h, 0);
+        let mut second = background(&mut h, 1);
+        // A third background request waits behind the full batch; the user must not.
+        let mut third = background(&mut h, 2);
+        for _ in 0..3 {
+            h.engine.step().unwrap();
+        }
+        assert_eq!(h.engine.active(), 2, "both background rows decode");
+        let mut user = h.submit(golden.prompts[2].input_ids.clone(), greedy(4));
         h.engine.step().unwrap();
+        user.drain();
+        assert!(
+            !user.tokens.is_empty(),
+            "the user's first token comes at the very next step"
+        );
+        let preempted = [first.drain(), second.drain()]
+            .iter()
+            .filter(|o| o.done.as_ref().map(|d| d.finish_reason) == Some(FinishReason::Preempted))
+            .count();
+        assert_eq!(preempted, 1, "exactly one background row gave its slot");
+        third.drain();
+        assert!(third.tokens.is_empty(), "background waits behind users");
+        h.run_until_idle();
+        assert_eq!(user.finish_reason(), FinishReason::Length);
+        assert_eq!(
+            user.tokens,
+            golden.prompts[2].output_ids[..4],
+            "parity holds"
+        );
+        assert_eq!(third.finish_reason(), FinishReason::Length);
     }
-    assert_eq!(h.engine.active(), 2, "both background rows decode");
-    let mut user = h.submit(golden.prompts[2].input_ids.clone(), greedy(4));
-    h.engine.step().unwrap();
-    user.drain();
-    assert!(
-        !user.tokens.is_empty(),
-        "the user's first token comes at the very next step"
-    );
-    let preempted = [first.drain(), second.drain()]
-        .iter()
-        .filter(|o| o.done.as_ref().map(|d| d.finish_reason) == Some(FinishReason::Preempted))
-        .count();
-    assert_eq!(preempted, 1, "exactly one background row gave its slot");
-    third.drain();
-    assert!(third.tokens.is_empty(), "background waits behind users");
-    h.run_until_idle();
-    assert_eq!(user.finish_reason(), FinishReason::Length);
-    assert_eq!(
-        user.tokens,
-        golden.prompts[2].output_ids[..4],
-        "parity holds"
-    );
-    assert_eq!(third.finish_reason(), FinishReason::Length);
 }
 
 #[test]
 fn a_kept_shared_prefix_gives_the_same_tokens() {
-    let dir = common::required_model(common::TINY);
-    let golden = common::golden(&dir);
-    let mut h = Harness::new(&dir, limits());
-    for p in &golden.prompts {
-        let prefix = p.input_ids.len() - 1;
-        // Miss (prefills the prefix as its own chunk and keeps it), then hit, then a whole
-        // prompt equal to the prefix (nothing left after it: no reuse, still golden).
-        for _ in 0..2 {
-            let mut out = h.submit_with(
+    for dir in common::tiny_models() {
+        let golden = common::golden(&dir);
+        let mut h = Harness::new(&dir, limits());
+        for p in &golden.prompts {
+            let prefix = p.input_ids.len() - 1;
+            // Miss (prefills the prefix as its own chunk and keeps it), then hit, then a whole
+            // prompt equal to the prefix (nothing left after it: no reuse, still golden).
+            for _ in 0..2 {
+                let mut out = h.submit_with(
+                    p.input_ids.clone(),
+                    greedy(golden.max_new_tokens),
+                    None,
+                    Priority::Interactive,
+                    prefix,
+                );
+                h.run_until_idle();
+                assert_golden(&mut out, p, &p.text);
+            }
+            let mut whole = h.submit_with(
                 p.input_ids.clone(),
                 greedy(golden.max_new_tokens),
                 None,
                 Priority::Interactive,
-                prefix,
+                p.input_ids.len(),
             );
             h.run_until_idle();
-            assert_golden(&mut out, &p.output_ids, &p.text);
+            assert_golden(&mut whole, p, &p.text);
         }
-        let mut whole = h.submit_with(
-            p.input_ids.clone(),
-            greedy(golden.max_new_tokens),
-            None,
-            Priority::Interactive,
-            p.input_ids.len(),
-        );
-        h.run_until_idle();
-        assert_golden(&mut whole, &p.output_ids, &p.text);
+        let stats = h.engine.stats();
+        assert_eq!(stats.prefix_hits, golden.prompts.len() as u64);
+        let reused: usize = golden.prompts.iter().map(|p| p.input_ids.len() - 1).sum();
+        assert_eq!(stats.prefix_tokens_reused, reused as u64);
     }
-    let stats = h.engine.stats();
-    assert_eq!(stats.prefix_hits, golden.prompts.len() as u64);
-    let reused: usize = golden.prompts.iter().map(|p| p.input_ids.len() - 1).sum();
-    assert_eq!(stats.prefix_tokens_reused, reused as u64);
 }
 
 #[test]
 fn prompts_prefilled_together_match_golden() {
-    let dir = common::required_model(common::TINY);
-    let golden = common::golden(&dir);
-    let together = EngineLimits {
-        prefill_chunk_tokens: 256,
-        ..limits()
-    };
-    let mut h = Harness::new(&dir, together);
-    let lengths: Vec<usize> = golden.prompts.iter().map(|p| p.input_ids.len()).collect();
-    assert!(
-        lengths.iter().min() != lengths.iter().max(),
-        "rows of different lengths: {lengths:?}"
-    );
-    let mut outs: Vec<Output> = golden
-        .prompts
-        .iter()
-        .map(|p| h.submit(p.input_ids.clone(), greedy(golden.max_new_tokens)))
-        .collect();
-    h.run_until_idle();
-    for (out, p) in outs.iter_mut().zip(&golden.prompts) {
-        assert_golden(out, &p.output_ids, &p.text);
-    }
-    assert_eq!(h.engine.stats().batched_prefills, 1, "one pass for all");
-
-    // Rows with different kept positions: the first starts from its kept prefix.
-    let first = &golden.prompts[0];
-    let prefix = first.input_ids.len() - 1;
-    let with_prefix = |h: &mut Harness| {
-        h.submit_with(
-            first.input_ids.clone(),
-            greedy(golden.max_new_tokens),
-            None,
-            Priority::Interactive,
-            prefix,
-        )
-    };
-    let mut keep = with_prefix(&mut h);
-    h.run_until_idle();
-    assert_golden(&mut keep, &first.output_ids, &first.text);
-    let mut outs = vec![with_prefix(&mut h)];
-    outs.extend(
-        golden.prompts[1..]
+    for dir in common::tiny_models() {
+        let golden = common::golden(&dir);
+        let together = EngineLimits {
+            prefill_chunk_tokens: 256,
+            ..limits()
+        };
+        let mut h = Harness::new(&dir, together);
+        let lengths: Vec<usize> = golden.prompts.iter().map(|p| p.input_ids.len()).collect();
+        assert!(
+            lengths.iter().min() != lengths.iter().max(),
+            "rows of different lengths: {lengths:?}"
+        );
+        let mut outs: Vec<Output> = golden
+            .prompts
             .iter()
-            .map(|p| h.submit(p.input_ids.clone(), greedy(golden.max_new_tokens))),
-    );
-    h.run_until_idle();
-    for (out, p) in outs.iter_mut().zip(&golden.prompts) {
-        assert_golden(out, &p.output_ids, &p.text);
+            .map(|p| h.submit(p.input_ids.clone(), greedy(golden.max_new_tokens)))
+            .collect();
+        h.run_until_idle();
+        for (out, p) in outs.iter_mut().zip(&golden.prompts) {
+            assert_golden(out, p, &p.text);
+        }
+        assert_eq!(h.engine.stats().batched_prefills, 1, "one pass for all");
+
+        // Rows with different kept positions: the first starts from its kept prefix.
+        let first = &golden.prompts[0];
+        let prefix = first.input_ids.len() - 1;
+        let with_prefix = |h: &mut Harness| {
+            h.submit_with(
+                first.input_ids.clone(),
+                greedy(golden.max_new_tokens),
+                None,
+                Priority::Interactive,
+                prefix,
+            )
+        };
+        let mut keep = with_prefix(&mut h);
+        h.run_until_idle();
+        assert_golden(&mut keep, first, &first.text);
+        let mut outs = vec![with_prefix(&mut h)];
+        outs.extend(
+            golden.prompts[1..]
+                .iter()
+                .map(|p| h.submit(p.input_ids.clone(), greedy(golden.max_new_tokens))),
+        );
+        h.run_until_idle();
+        for (out, p) in outs.iter_mut().zip(&golden.prompts) {
+            assert_golden(out, p, &p.text);
+        }
+        let stats = h.engine.stats();
+        assert_eq!(stats.batched_prefills, 2);
+        assert_eq!(stats.prefix_hits, 1);
     }
-    let stats = h.engine.stats();
-    assert_eq!(stats.batched_prefills, 2);
-    assert_eq!(stats.prefix_hits, 1);
 }
 
 #[test]
@@ -472,135 +520,140 @@ fn finished_rows_never_run_past_the_context() {
     // The tiny model has 512 positions. One row finishes early and waits in the batch
     // (fewer dead rows than live ones: no rebuild) while three others run almost to the
     // end of the context; the waiting row must not count positions past it.
-    let dir = common::required_model(common::TINY);
-    let mut h = Harness::new(
-        &dir,
-        EngineLimits {
-            max_batch_size: 4,
-            max_prompt_tokens: 64,
-            max_new_tokens: 500,
-            max_total_kv_tokens: 4096,
-            prefill_chunk_tokens: 256,
-        },
-    );
-    let prompt = |len: usize, salt: u32| -> Vec<u32> {
-        std::iter::once(1)
-            .chain((0..len as u32 - 1).map(|i| 300 + (i * 7 + salt) % 700))
-            .collect()
-    };
-    let ignore_eos = |max_tokens| SamplingParams {
-        max_tokens,
-        ignore_eos: true,
-        ..SamplingParams::default()
-    };
-    let mut short = h.submit(prompt(60, 0), ignore_eos(4));
-    let mut long: Vec<Output> = (1..4)
-        .map(|salt| h.submit(prompt(10, salt), ignore_eos(490)))
-        .collect();
-    h.run_until_idle();
-    assert_eq!(short.finish_reason(), FinishReason::Length);
-    for out in &mut long {
-        assert_eq!(out.finish_reason(), FinishReason::Length);
-        assert_eq!(out.tokens.len(), 490);
+    for dir in common::tiny_models() {
+        let mut h = Harness::new(
+            &dir,
+            EngineLimits {
+                max_batch_size: 4,
+                max_prompt_tokens: 64,
+                max_new_tokens: 500,
+                max_total_kv_tokens: 4096,
+                prefill_chunk_tokens: 256,
+            },
+        );
+        let prompt = |len: usize, salt: u32| -> Vec<u32> {
+            std::iter::once(1)
+                .chain((0..len as u32 - 1).map(|i| 300 + (i * 7 + salt) % 700))
+                .collect()
+        };
+        let ignore_eos = |max_tokens| SamplingParams {
+            max_tokens,
+            ignore_eos: true,
+            ..SamplingParams::default()
+        };
+        let mut short = h.submit(prompt(60, 0), ignore_eos(4));
+        let mut long: Vec<Output> = (1..4)
+            .map(|salt| h.submit(prompt(10, salt), ignore_eos(490)))
+            .collect();
+        h.run_until_idle();
+        assert_eq!(short.finish_reason(), FinishReason::Length);
+        for out in &mut long {
+            assert_eq!(out.finish_reason(), FinishReason::Length);
+            assert_eq!(out.tokens.len(), 490);
+        }
     }
 }
 
 #[test]
 fn passed_deadline_cancels() {
-    let dir = common::required_model(common::TINY);
-    let golden = common::golden(&dir);
-    let mut h = Harness::new(&dir, limits());
-    let mut out = h.submit_with(
-        golden.prompts[0].input_ids.clone(),
-        greedy(8),
-        Some(Instant::now()),
-        Priority::Interactive,
-        0,
-    );
-    h.run_until_idle();
-    assert_eq!(out.finish_reason(), FinishReason::Cancelled);
-    assert!(out.tokens.is_empty());
+    for dir in common::tiny_models() {
+        let golden = common::golden(&dir);
+        let mut h = Harness::new(&dir, limits());
+        let mut out = h.submit_with(
+            golden.prompts[0].input_ids.clone(),
+            greedy(8),
+            Some(Instant::now()),
+            Priority::Interactive,
+            0,
+        );
+        h.run_until_idle();
+        assert_eq!(out.finish_reason(), FinishReason::Cancelled);
+        assert!(out.tokens.is_empty());
+    }
 }
 
 #[test]
 fn kv_budget_makes_requests_wait_not_fail() {
-    let dir = common::required_model(common::TINY);
-    let golden = common::golden(&dir);
-    let p = &golden.prompts[1];
-    let mut h = Harness::new(
-        &dir,
-        EngineLimits {
-            max_total_kv_tokens: p.input_ids.len() + 8,
-            ..limits()
-        },
-    );
-    let mut a = h.submit(p.input_ids.clone(), greedy(8));
-    let mut b = h.submit(p.input_ids.clone(), greedy(8));
-    h.engine.step().unwrap();
-    b.drain();
-    assert!(b.tokens.is_empty(), "b does not fit beside a");
-    h.run_until_idle();
-    assert_eq!(a.finish_reason(), FinishReason::Length);
-    assert_eq!(b.finish_reason(), FinishReason::Length);
-    assert_eq!(a.tokens, b.tokens);
+    for dir in common::tiny_models() {
+        let golden = common::golden(&dir);
+        let p = &golden.prompts[1];
+        let mut h = Harness::new(
+            &dir,
+            EngineLimits {
+                max_total_kv_tokens: p.input_ids.len() + 8,
+                ..limits()
+            },
+        );
+        let mut a = h.submit(p.input_ids.clone(), greedy(8));
+        let mut b = h.submit(p.input_ids.clone(), greedy(8));
+        h.engine.step().unwrap();
+        b.drain();
+        assert!(b.tokens.is_empty(), "b does not fit beside a");
+        h.run_until_idle();
+        assert_eq!(a.finish_reason(), FinishReason::Length);
+        assert_eq!(b.finish_reason(), FinishReason::Length);
+        assert_eq!(a.tokens, b.tokens);
+    }
 }
 
 #[test]
 fn kv_budget_counts_padding_to_the_longest_row() {
-    let dir = common::required_model(common::TINY);
-    let golden = common::golden(&dir);
-    let long = &golden.prompts[3];
-    let short = &golden.prompts[0];
-    let long_reserved = long.input_ids.len() + 16;
-    // Room for both by the sum of their tokens, but not for two rows padded to the long one.
-    let budget = long_reserved + short.input_ids.len() + 4;
-    assert!(budget < 2 * long_reserved);
-    let mut h = Harness::new(
-        &dir,
-        EngineLimits {
-            max_total_kv_tokens: budget,
-            ..limits()
-        },
-    );
-    let mut a = h.submit(long.input_ids.clone(), greedy(16));
-    let mut b = h.submit(short.input_ids.clone(), greedy(4));
-    while h.engine.has_work() {
-        h.engine.step().unwrap();
-        a.drain();
-        b.drain();
-        assert!(
-            b.tokens.is_empty() || a.done.is_some(),
-            "the short request must wait until the long one leaves"
+    for dir in common::tiny_models() {
+        let golden = common::golden(&dir);
+        let long = &golden.prompts[3];
+        let short = &golden.prompts[0];
+        let long_reserved = long.input_ids.len() + 16;
+        // Room for both by the sum of their tokens, but not for two rows padded to the long one.
+        let budget = long_reserved + short.input_ids.len() + 4;
+        assert!(budget < 2 * long_reserved);
+        let mut h = Harness::new(
+            &dir,
+            EngineLimits {
+                max_total_kv_tokens: budget,
+                ..limits()
+            },
         );
+        let mut a = h.submit(long.input_ids.clone(), greedy(16));
+        let mut b = h.submit(short.input_ids.clone(), greedy(4));
+        while h.engine.has_work() {
+            h.engine.step().unwrap();
+            a.drain();
+            b.drain();
+            assert!(
+                b.tokens.is_empty() || a.done.is_some(),
+                "the short request must wait until the long one leaves"
+            );
+        }
+        assert_eq!(a.finish_reason(), FinishReason::Length);
+        assert_eq!(b.tokens, short.output_ids[..4]);
     }
-    assert_eq!(a.finish_reason(), FinishReason::Length);
-    assert_eq!(b.tokens, short.output_ids[..4]);
 }
 
 #[test]
 fn invalid_requests_get_an_error_at_once() {
-    let dir = common::required_model(common::TINY);
-    let mut h = Harness::new(&dir, limits());
-    let cases = [
-        (vec![], greedy(4), "no tokens"),
-        (vec![1; 300], greedy(4), "max_prompt_tokens"),
-        (vec![1, 5], greedy(0), "max_tokens"),
-        (vec![1, 5], greedy(65), "max_tokens"),
-        (vec![1, 999_999], greedy(4), "vocabulary"),
-        (
-            vec![1, 5],
-            SamplingParams {
-                temperature: -1.0,
-                ..greedy(4)
-            },
-            "temperature",
-        ),
-    ];
-    for (ids, params, needle) in cases {
-        let mut out = h.submit(ids, params);
-        out.drain();
-        let error = out.error.clone().expect("an error event");
-        assert!(error.contains(needle), "{error:?} should mention {needle}");
+    for dir in common::tiny_models() {
+        let mut h = Harness::new(&dir, limits());
+        let cases = [
+            (vec![], greedy(4), "no tokens"),
+            (vec![1; 300], greedy(4), "max_prompt_tokens"),
+            (vec![1, 5], greedy(0), "max_tokens"),
+            (vec![1, 5], greedy(65), "max_tokens"),
+            (vec![1, 999_999], greedy(4), "vocabulary"),
+            (
+                vec![1, 5],
+                SamplingParams {
+                    temperature: -1.0,
+                    ..greedy(4)
+                },
+                "temperature",
+            ),
+        ];
+        for (ids, params, needle) in cases {
+            let mut out = h.submit(ids, params);
+            out.drain();
+            let error = out.error.clone().expect("an error event");
+            assert!(error.contains(needle), "{error:?} should mention {needle}");
+        }
+        assert!(!h.engine.has_work());
     }
-    assert!(!h.engine.has_work());
 }

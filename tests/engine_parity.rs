@@ -7,7 +7,7 @@ mod common;
 
 use std::path::Path;
 
-use trendstory::engine::greedy_generate;
+use trendstory::engine::{greedy_generate, KvLayout};
 
 fn tokenizer_matches_golden(dir: &Path) {
     let loaded = common::load(dir);
@@ -37,7 +37,7 @@ fn kv_cache_generation_matches_golden(dir: &Path) {
     }
 }
 
-fn left_padded_batch_matches_golden(dir: &Path) {
+fn padded_batch_matches_golden(dir: &Path) {
     let mut loaded = common::load(dir);
     let golden = common::golden(dir);
     let prompts: Vec<Vec<u32>> = golden.prompts.iter().map(|p| p.input_ids.clone()).collect();
@@ -59,12 +59,45 @@ fn tiny_tokenizer_matches_golden() {
 
 #[test]
 fn tiny_kv_cache_generation_matches_golden() {
-    kv_cache_generation_matches_golden(&common::required_model(common::TINY));
+    for dir in common::tiny_models() {
+        kv_cache_generation_matches_golden(&dir);
+    }
 }
 
 #[test]
-fn tiny_left_padded_batch_matches_golden() {
-    left_padded_batch_matches_golden(&common::required_model(common::TINY));
+fn tiny_padded_batch_matches_golden() {
+    for dir in common::tiny_models() {
+        padded_batch_matches_golden(&dir);
+    }
+}
+
+/// The two tiny graphs take their KV layouts from their inputs: mask and position ids for
+/// explicit attention, per-row lengths for the fused GroupQueryAttention.
+#[test]
+fn each_graph_gets_its_kv_layout() {
+    let [explicit, fused] = common::tiny_models();
+    assert_eq!(common::load(&explicit).model.kv_layout(), KvLayout::Padded);
+    assert_eq!(common::load(&fused).model.kv_layout(), KvLayout::Slots);
+}
+
+/// The fused graph (slot cache, written in place) against the explicit one (padded cache,
+/// concatenated) on the same weights, all golden prompts in one batch: the same ids, and
+/// the chosen logits within 1e-3 relative.
+#[test]
+fn fused_attention_matches_explicit_attention() {
+    let [explicit, fused] = common::tiny_models();
+    let golden = common::golden(&explicit);
+    let prompts: Vec<Vec<u32>> = golden.prompts.iter().map(|p| p.input_ids.clone()).collect();
+    let run = |dir: &Path| {
+        let mut loaded = common::load(dir);
+        greedy_generate(&mut loaded.model, &prompts, golden.max_new_tokens).expect("generate")
+    };
+    let (a, b) = (run(&explicit), run(&fused));
+    for (row, prompt) in golden.prompts.iter().enumerate() {
+        let what = format!("fused vs explicit, prompt {:?}", prompt.text);
+        assert_eq!(b.tokens[row], a.tokens[row], "{what}");
+        common::assert_logits_close(&b.chosen_logits[row], &a.chosen_logits[row], &what);
+    }
 }
 
 #[test]
@@ -77,5 +110,5 @@ fn needs_shared_llama2_tokenizer_model_matches_golden() {
     };
     tokenizer_matches_golden(&dir);
     kv_cache_generation_matches_golden(&dir);
-    left_padded_batch_matches_golden(&dir);
+    padded_batch_matches_golden(&dir);
 }

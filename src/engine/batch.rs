@@ -26,10 +26,9 @@ use std::time::{Duration, Instant};
 use super::kv_cache::RowSource;
 use super::prefix_cache::PrefixCache;
 use super::sequence::Sequence;
-use super::session::push_mask_row;
 use super::{
     sampler, Engine, EngineError, FinishReason, GenerationEvent, GenerationRequest, KvCache,
-    OnnxModel, Priority, StepInput, TextTokenizer,
+    KvLayout, OnnxModel, Priority, StepInput, TextTokenizer,
 };
 use crate::config::InferenceConfig;
 
@@ -88,11 +87,21 @@ struct Ready {
     seq: Sequence,
     cache: Arc<KvCache>,
     row: usize,
-    /// End (exclusive) of the row's real positions in `cache`.
-    end: usize,
 }
 
-/// A batch row: a live sequence, or a finished one kept until the next rebuild.
+impl Ready {
+    /// Where its prompt's KV lies.
+    fn source(&self) -> RowSource<'_> {
+        RowSource {
+            cache: &self.cache,
+            row: self.row,
+            len: self.seq.prompt_len(),
+        }
+    }
+}
+
+/// A batch row: a live sequence, or a finished one kept until the next rebuild (padded
+/// cache) or until a newcomer takes its slot (slot cache).
 struct Row {
     seq: Option<Sequence>,
     /// Real (unpadded) positions of this row in the cache.
@@ -254,7 +263,7 @@ impl BatchEngine {
             };
             seq.mark_admitted(now);
             // A kept shared prefix is adopted by `prefill`, which follows in the same step.
-            let cache = KvCache::empty(self.model.info(), 1)?;
+            let cache = self.model.empty_cache(1, seq.prompt_len())?;
             let prefill = Prefill {
                 seq,
                 cache,
@@ -405,9 +414,8 @@ impl BatchEngine {
                 .iter()
                 .map(|&t| i64::from(t))
                 .collect(),
-            attention_mask: vec![1; total],
-            position_ids: (p.done as i64..total as i64).collect(),
-            logits_at: None,
+            past: vec![p.done],
+            new: vec![chunk],
         };
         let started = Instant::now();
         let mut out = self.model.forward(input, p.cache)?;
@@ -428,25 +436,20 @@ impl BatchEngine {
         let eos = self.model.info().eos_token_id;
         match p.seq.advance(&mut out.last_logits, &self.tokenizer, eos) {
             Some(reason) => p.seq.finish(reason),
-            None => {
-                let end = p.cache.past_len();
-                self.ready.push_back(Ready {
-                    seq: p.seq,
-                    cache: Arc::new(p.cache),
-                    row: 0,
-                    end,
-                });
-            }
+            None => self.ready.push_back(Ready {
+                seq: p.seq,
+                cache: Arc::new(p.cache),
+                row: 0,
+            }),
         }
         Ok(chunk)
     }
 
     /// Finishes the prompts of the first `n` prefilling sequences in one pass. Their kept
-    /// positions (a shared prefix, earlier chunks) are gathered left-padded to the longest;
-    /// their remaining tokens follow, each row padded at its end to the longest rest, so
-    /// every row's real positions stay contiguous; the mask hides both paddings and each
-    /// row's first token comes from the logits of its own last real position. Returns the
-    /// padded tokens spent.
+    /// positions (a shared prefix, earlier chunks) are gathered into one cache; their
+    /// remaining tokens follow, each row padded at its end to the longest rest, so every
+    /// row's real positions stay contiguous, and each row's first token comes from the
+    /// logits of its own last real position. Returns the padded tokens spent.
     fn prefill_together(&mut self, n: usize) -> Result<usize, EngineError> {
         let rows: Vec<Prefill> = self.prefilling.drain(..n).collect();
         let info = self.model.info();
@@ -458,24 +461,20 @@ impl BatchEngine {
             .unwrap_or(0);
         let sources: Vec<RowSource> = rows
             .iter()
-            .map(|p| RowSource::last(&p.cache, 0, p.done))
+            .map(|p| RowSource {
+                cache: &p.cache,
+                row: 0,
+                len: p.done,
+            })
             .collect();
-        let cache = KvCache::gather(info, &sources)?;
+        let cache = KvCache::gather(info, &sources, past + width)?;
         drop(sources);
         let pad = i64::from(info.eos_token_id);
         let mut input_ids = Vec::with_capacity(n * width);
-        let mut attention_mask = Vec::with_capacity(n * (past + width));
-        let mut position_ids = Vec::with_capacity(n * width);
-        let mut logits_at = Vec::with_capacity(n);
         for p in &rows {
             let rest = &p.seq.request.prompt_ids[p.done..];
             input_ids.extend(rest.iter().map(|&t| i64::from(t)));
             input_ids.extend(std::iter::repeat_n(pad, width - rest.len()));
-            push_mask_row(&mut attention_mask, past, p.done);
-            attention_mask.extend(std::iter::repeat_n(1, rest.len()));
-            attention_mask.extend(std::iter::repeat_n(0, width - rest.len()));
-            position_ids.extend((p.done..p.done + width).map(|i| i as i64));
-            logits_at.push(rest.len() - 1);
         }
         let started = Instant::now();
         let mut out = self.model.forward(
@@ -483,9 +482,8 @@ impl BatchEngine {
                 batch: n,
                 seq_len: width,
                 input_ids,
-                attention_mask,
-                position_ids,
-                logits_at: Some(logits_at),
+                past: rows.iter().map(|p| p.done).collect(),
+                new: rows.iter().map(|p| p.seq.prompt_len() - p.done).collect(),
             },
             cache,
         )?;
@@ -506,49 +504,71 @@ impl BatchEngine {
                     seq: p.seq,
                     cache: Arc::clone(&shared),
                     row: i,
-                    end: past + rest,
                 }),
             }
         }
         Ok(n * width)
     }
 
-    /// Rebuilds the batch cache when sequences are ready to join or half the rows are
-    /// finished; otherwise leaves it alone (no copy).
+    /// Lets ready sequences join the batch, the KV layout's way (`rebuild_padded` or
+    /// `fill_slots`), and counts the time as the engine's KV copying.
     fn maybe_rebuild(&mut self) -> Result<(), EngineError> {
+        let started = Instant::now();
+        let copied = match self.model.kv_layout() {
+            KvLayout::Padded => self.rebuild_padded()?,
+            KvLayout::Slots => self.fill_slots()?,
+        };
+        if copied {
+            self.stats.rebuilds += 1;
+            self.stats.rebuild_time += started.elapsed();
+        }
+        Ok(())
+    }
+
+    /// The largest KV length any admitted row may reach: a slot cache's capacity, so that
+    /// rows never outgrow their slots while decoding.
+    fn slot_capacity(&self) -> usize {
+        let batch = self.batch.iter().flat_map(|b| b.rows.iter());
+        batch
+            .filter_map(|r| r.seq.as_ref())
+            .chain(self.ready.iter().map(|r| &r.seq))
+            .map(Sequence::reserved_tokens)
+            .max()
+            .unwrap_or(0)
+    }
+
+    /// Padded cache: rebuilds it when sequences are ready to join or half the rows are
+    /// finished (a copy of every live row); otherwise leaves it alone. True when rebuilt.
+    fn rebuild_padded(&mut self) -> Result<bool, EngineError> {
         let (live, dead) = self
             .batch
             .as_ref()
             .map_or((0, 0), |b| (b.live(), b.rows.len() - b.live()));
         if self.ready.is_empty() && (dead == 0 || dead < live) {
-            return Ok(());
+            return Ok(false);
         }
-        let started = Instant::now();
         let old = self.batch.take();
         let ready = std::mem::take(&mut self.ready);
         let mut sources = Vec::new();
-        let mut rows = Vec::new();
         if let Some(b) = &old {
-            for (i, row) in b.rows.iter().enumerate() {
-                if row.seq.is_some() {
-                    sources.push(RowSource::last(&b.cache, i, row.len));
+            for (row, r) in b.rows.iter().enumerate() {
+                if r.seq.is_some() {
+                    sources.push(RowSource {
+                        cache: &b.cache,
+                        row,
+                        len: r.len,
+                    });
                 }
             }
         }
-        for r in &ready {
-            sources.push(RowSource {
-                cache: &r.cache,
-                row: r.row,
-                len: r.seq.prompt_len(),
-                end: r.end,
-            });
-        }
+        sources.extend(ready.iter().map(Ready::source));
         let cache = if sources.is_empty() {
             None
         } else {
-            Some(KvCache::gather(self.model.info(), &sources)?)
+            Some(KvCache::gather(self.model.info(), &sources, 0)?)
         };
         drop(sources);
+        let mut rows = Vec::new();
         if let Some(b) = old {
             rows.extend(b.rows.into_iter().filter(|r| r.seq.is_some()));
         }
@@ -557,9 +577,51 @@ impl BatchEngine {
             seq: Some(r.seq),
         }));
         self.batch = cache.map(|cache| Batch { rows, cache });
-        self.stats.rebuilds += 1;
-        self.stats.rebuild_time += started.elapsed();
-        Ok(())
+        Ok(true)
+    }
+
+    /// Slot cache: each ready sequence takes a finished row's slot, or a new one at the
+    /// end; only that slot is written (the whole cache moves only when a newcomer needs
+    /// more positions than the slots have). Finished rows at the end are dropped, which
+    /// shrinks the next step's batch. True when a sequence joined.
+    fn fill_slots(&mut self) -> Result<bool, EngineError> {
+        let capacity = self.slot_capacity();
+        let ready = std::mem::take(&mut self.ready);
+        let joined = !ready.is_empty();
+        let info = self.model.info();
+        let mut batch = match self.batch.take() {
+            Some(batch) => batch,
+            None if ready.is_empty() => return Ok(false),
+            None => Batch {
+                rows: Vec::new(),
+                cache: self.model.empty_cache(0, capacity)?,
+            },
+        };
+        for r in ready {
+            let slot = batch
+                .rows
+                .iter()
+                .position(|row| row.seq.is_none())
+                .unwrap_or(batch.rows.len());
+            batch.cache.place(info, slot, &r.source(), capacity)?;
+            let row = Row {
+                len: r.seq.prompt_len(),
+                seq: Some(r.seq),
+            };
+            if slot == batch.rows.len() {
+                batch.rows.push(row);
+            } else {
+                batch.rows[slot] = row;
+            }
+        }
+        while batch.rows.last().is_some_and(|r| r.seq.is_none()) {
+            batch.rows.pop();
+        }
+        batch.cache.truncate(info, batch.rows.len());
+        if !batch.rows.is_empty() {
+            self.batch = Some(batch);
+        }
+        Ok(joined)
     }
 
     /// One decode step for every row of the batch.
@@ -571,25 +633,21 @@ impl BatchEngine {
             return Ok(());
         }
         let Batch { mut rows, cache } = batch;
-        let past = cache.past_len();
         let n = rows.len();
         let mut input_ids = Vec::with_capacity(n);
-        let mut attention_mask = Vec::with_capacity(n * (past + 1));
-        let mut position_ids = Vec::with_capacity(n);
+        let mut past = Vec::with_capacity(n);
         for row in &rows {
             match &row.seq {
                 Some(seq) => {
                     input_ids.push(i64::from(seq.next_input));
-                    push_mask_row(&mut attention_mask, past + 1, row.len + 1);
-                    position_ids.push(row.len as i64);
+                    past.push(row.len);
                 }
-                // A finished row waiting for the next rebuild: a placeholder that attends
-                // only to itself at position 0, so it never runs past the model's context
-                // however long the others go on. Its output is ignored.
+                // A finished row waiting for a rebuild or a newcomer: a placeholder with no
+                // past at position 0, so it never runs past the model's context however long
+                // the others go on. Its output is ignored.
                 None => {
                     input_ids.push(0);
-                    push_mask_row(&mut attention_mask, past + 1, 1);
-                    position_ids.push(0);
+                    past.push(0);
                 }
             }
         }
@@ -599,9 +657,8 @@ impl BatchEngine {
                 batch: n,
                 seq_len: 1,
                 input_ids,
-                attention_mask,
-                position_ids,
-                logits_at: None,
+                past,
+                new: vec![1; n],
             },
             cache,
         )?;

@@ -1,4 +1,4 @@
-//! Greedy generation for a fixed batch of prompts, left-padded to one length.
+//! Greedy generation for a fixed batch of prompts, padded to one length.
 //!
 //! This is the plain reference path: prefill every prompt in one pass, then decode one token
 //! per row per step with the KV cache, until each row has produced EOS or `max_new_tokens`.
@@ -6,7 +6,8 @@
 
 use std::time::{Duration, Instant};
 
-use super::session::push_mask_row;
+use super::kv_cache::RowSource;
+use super::session::StepOutput;
 use super::{EngineError, KvCache, OnnxModel, StepInput};
 
 /// Tokens and timings of one greedy run.
@@ -36,7 +37,7 @@ pub fn argmax(logits: &[f32]) -> u32 {
     best as u32
 }
 
-/// Greedily continues every prompt (token ids, BOS included) in one left-padded batch.
+/// Greedily continues every prompt (token ids, BOS included) in one padded batch.
 ///
 /// # Errors
 /// `InvalidInput` for an empty batch, an empty prompt or one that would run past the
@@ -61,32 +62,46 @@ pub fn greedy_generate(
         )));
     }
 
-    // Real tokens per row; a row's next position is its length, padding not counted.
+    // Each row is its prompt then padding; its real length is what the model counts.
     let mut lens: Vec<usize> = prompts.iter().map(Vec::len).collect();
     let mut input_ids = Vec::with_capacity(batch * width);
-    let mut attention_mask = Vec::with_capacity(batch * width);
-    let mut position_ids = Vec::with_capacity(batch * width);
     for prompt in prompts {
-        let pad = width - prompt.len();
-        input_ids.extend(std::iter::repeat_n(i64::from(info.eos_token_id), pad));
         input_ids.extend(prompt.iter().map(|&t| i64::from(t)));
-        push_mask_row(&mut attention_mask, width, prompt.len());
-        position_ids.extend(std::iter::repeat_n(0, pad));
-        position_ids.extend(0..prompt.len() as i64);
+        input_ids.extend(std::iter::repeat_n(
+            i64::from(info.eos_token_id),
+            width - prompt.len(),
+        ));
     }
 
     let started = Instant::now();
-    let mut step = model.forward(
+    let capacity = width + max_new_tokens;
+    let StepOutput {
+        last_logits,
+        cache: prompt_cache,
+    } = model.forward(
         StepInput {
             batch,
             seq_len: width,
             input_ids,
-            attention_mask,
-            position_ids,
-            logits_at: None,
+            past: vec![0; batch],
+            new: lens.clone(),
         },
-        KvCache::empty(&info, batch)?,
+        model.empty_cache(batch, capacity)?,
     )?;
+    // Rows end with padding after the prompt pass: gather each row's real positions so
+    // every row's next token follows its own prompt.
+    let rows: Vec<RowSource> = (0..batch)
+        .map(|row| RowSource {
+            cache: &prompt_cache,
+            row,
+            len: lens[row],
+        })
+        .collect();
+    let mut step = StepOutput {
+        cache: KvCache::gather(&info, &rows, capacity)?,
+        last_logits,
+    };
+    drop(rows);
     let prefill = started.elapsed();
 
     let mut tokens: Vec<Vec<u32>> = vec![Vec::new(); batch];
@@ -112,26 +127,19 @@ pub fn greedy_generate(
         }
         // One more real position per row; finished rows keep decoding harmlessly until the
         // whole batch is done.
-        let width = step.cache.past_len() + 1;
-        let mut attention_mask = Vec::with_capacity(batch * width);
-        for &len in &lens {
-            push_mask_row(&mut attention_mask, width, len + 1);
-        }
-        let position_ids = lens.iter().map(|&len| len as i64).collect();
-        for len in &mut lens {
-            *len += 1;
-        }
         step = model.forward(
             StepInput {
                 batch,
                 seq_len: 1,
                 input_ids: next,
-                attention_mask,
-                position_ids,
-                logits_at: None,
+                past: lens.clone(),
+                new: vec![1; batch],
             },
             step.cache,
         )?;
+        for len in &mut lens {
+            *len += 1;
+        }
         decode_steps += 1;
     }
     Ok(Generation {

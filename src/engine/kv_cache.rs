@@ -1,42 +1,97 @@
-//! Key/value tensors of every layer, carried from one forward pass to the next.
+//! Key/value tensors of every layer, carried from one forward pass to the next, in the
+//! layout the graph's attention asks for ([`KvLayout`]).
 //!
-//! The graph returns `present.*` as the concatenation of the past and the new positions, so a
-//! step's outputs are the next step's inputs unchanged: the cache moves between steps
-//! without a copy on our side.
+//! - `Padded` (explicit attention, the optimum contract): ONNX Runtime values shaped
+//!   `[batch, kv_heads, past_len, head_dim]`; the graph returns `present.*` as the
+//!   concatenation of the past and the new positions, so a step's outputs are the next step's
+//!   inputs unchanged. Rows shorter than the longest are left-padded (the mask hides it).
+//! - `Slots` (fused `GroupQueryAttention`): one buffer per layer and key/value shaped
+//!   `[slots, kv_heads, capacity, head_dim]`, bound as both past and present, so a step writes
+//!   only its new positions, in place. Row `r`'s real positions are `0..len` of slot `r`; a
+//!   sequence joining or leaving the batch touches only its own slot.
+//!
+//! Either way a row's real positions are contiguous and end at `ends[row]`.
 
 use ort::value::{DynValue, Tensor};
 
 use super::{EngineError, ModelInfo};
 
-/// The KV cache of a batch: for each layer a key and a value tensor shaped
-/// `[batch, kv_heads, past_len, head_dim]`, stored as `[l0.key, l0.value, l1.key, ...]`.
+/// Which KV layout a graph takes; see the module doc.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KvLayout {
+    Padded,
+    Slots,
+}
+
+/// The KV cache of a batch, stored per layer as `[l0.key, l0.value, l1.key, ...]`.
 pub struct KvCache {
-    pub(crate) tensors: Vec<DynValue>,
+    pub(crate) storage: KvStorage,
+    /// Rows (sequences) the cache holds.
     pub(crate) batch: usize,
-    pub(crate) past_len: usize,
+    /// Per row, the end (exclusive) of its real positions.
+    pub(crate) ends: Vec<usize>,
+}
+
+pub(crate) enum KvStorage {
+    /// `[batch, kv_heads, past_len, head_dim]` ONNX Runtime values.
+    Padded {
+        tensors: Vec<DynValue>,
+        past_len: usize,
+    },
+    /// `[slots, kv_heads, capacity, head_dim]` buffers; `slots >= batch` (whole slots are
+    /// reserved ahead, so a row joining at the end does not move the others).
+    Slots {
+        buffers: Vec<Vec<f32>>,
+        capacity: usize,
+    },
 }
 
 impl KvCache {
-    /// A cache with no past positions, for the first (prefill) step of a batch.
-    pub fn empty(info: &ModelInfo, batch: usize) -> Result<Self, EngineError> {
-        let shape = [
-            batch as i64,
-            info.num_kv_heads as i64,
-            0,
-            info.head_dim as i64,
-        ];
-        let tensors = (0..info.num_layers * 2)
-            .map(|_| {
-                Tensor::<f32>::from_array((shape, Vec::<f32>::new()))
-                    .map(|t| t.into_dyn())
-                    .map_err(EngineError::inference)
-            })
-            .collect::<Result<Vec<_>, _>>()?;
+    /// A cache with no past positions, for the first (prefill) step of `batch` rows; a slot
+    /// cache starts with room for `capacity` positions per row.
+    pub fn empty(
+        layout: KvLayout,
+        info: &ModelInfo,
+        batch: usize,
+        capacity: usize,
+    ) -> Result<Self, EngineError> {
+        let storage = match layout {
+            KvLayout::Padded => {
+                let shape = [
+                    batch as i64,
+                    info.num_kv_heads as i64,
+                    0,
+                    info.head_dim as i64,
+                ];
+                let tensors = (0..info.num_layers * 2)
+                    .map(|_| {
+                        Tensor::<f32>::from_array((shape, Vec::<f32>::new()))
+                            .map(|t| t.into_dyn())
+                            .map_err(EngineError::inference)
+                    })
+                    .collect::<Result<Vec<_>, _>>()?;
+                KvStorage::Padded {
+                    tensors,
+                    past_len: 0,
+                }
+            }
+            KvLayout::Slots => KvStorage::Slots {
+                buffers: slot_buffers(info, batch, capacity),
+                capacity,
+            },
+        };
         Ok(Self {
-            tensors,
+            storage,
             batch,
-            past_len: 0,
+            ends: vec![0; batch],
         })
+    }
+
+    pub fn layout(&self) -> KvLayout {
+        match self.storage {
+            KvStorage::Padded { .. } => KvLayout::Padded,
+            KvStorage::Slots { .. } => KvLayout::Slots,
+        }
     }
 
     /// Number of rows (sequences) the cache holds.
@@ -44,76 +99,228 @@ impl KvCache {
         self.batch
     }
 
-    /// Number of positions already cached for every row (padding included).
-    pub fn past_len(&self) -> usize {
-        self.past_len
+    /// Positions per row the storage spans: the padded length, or a slot's capacity.
+    pub fn width(&self) -> usize {
+        match &self.storage {
+            KvStorage::Padded { past_len, .. } => *past_len,
+            KvStorage::Slots { capacity, .. } => *capacity,
+        }
     }
 
-    /// Builds a new batch cache from rows of existing caches. Each row keeps its `len`
-    /// real positions ending at `end` (the cache's length for a left-padded row; earlier
-    /// for a row of a batched prefill with trailing padding), right-aligned in the new
-    /// cache, whose length is the longest `len`; the rest is zero padding the attention
-    /// mask hides. This is the one place the engine copies KV data: when rows join or
-    /// leave the batch, never on an ordinary decode step.
-    pub fn gather(info: &ModelInfo, rows: &[RowSource<'_>]) -> Result<Self, EngineError> {
-        let (heads, dim) = (info.num_kv_heads, info.head_dim);
-        let past_len = rows.iter().map(|r| r.len).max().unwrap_or(0);
+    /// Builds a new batch cache from rows of existing caches (all of one layout). Each row
+    /// keeps its last `len` real positions. Padded: right-aligned to the longest `len`, the
+    /// rest zero padding the mask hides. Slots: each row at the start of its own slot, with
+    /// room for `capacity` positions (at least the longest `len`). This is where the
+    /// engine copies KV data: when rows join a batch, never on an ordinary decode step.
+    pub fn gather(
+        info: &ModelInfo,
+        rows: &[RowSource<'_>],
+        capacity: usize,
+    ) -> Result<Self, EngineError> {
+        let longest = rows.iter().map(|r| r.len).max().unwrap_or(0);
         let batch = rows.len();
         for r in rows {
-            if r.row >= r.cache.batch || r.len > r.end || r.end > r.cache.past_len {
+            if r.row >= r.cache.batch || r.len > r.cache.ends[r.row] {
                 return Err(EngineError::InvalidInput(format!(
-                    "row {} with {} positions ending at {} is outside a cache of batch {} and length {}",
-                    r.row, r.len, r.end, r.cache.batch, r.cache.past_len
+                    "row {} with {} positions is outside a cache of batch {}",
+                    r.row, r.len, r.cache.batch
                 )));
             }
         }
-        let mut tensors = Vec::with_capacity(info.num_layers * 2);
-        for t in 0..info.num_layers * 2 {
-            let mut data = vec![0.0f32; batch * heads * past_len * dim];
-            for (dest_row, r) in rows.iter().enumerate() {
-                let (_, src) = r.cache.tensors[t]
-                    .try_extract_tensor::<f32>()
-                    .map_err(EngineError::inference)?;
-                let src_len = r.cache.past_len;
-                for h in 0..heads {
-                    let from = ((r.row * heads + h) * src_len + (r.end - r.len)) * dim;
-                    let to = ((dest_row * heads + h) * past_len + (past_len - r.len)) * dim;
-                    let n = r.len * dim;
-                    data[to..to + n].copy_from_slice(&src[from..from + n]);
-                }
+        let layout = rows.first().map_or(KvLayout::Padded, |r| r.cache.layout());
+        if rows.iter().any(|r| r.cache.layout() != layout) {
+            return Err(EngineError::InvalidInput(
+                "cannot gather rows of different KV layouts".into(),
+            ));
+        }
+        let (width, aligned_right) = match layout {
+            KvLayout::Padded => (longest, true),
+            KvLayout::Slots => (capacity.max(longest), false),
+        };
+        let mut data: Vec<Vec<f32>> = slot_buffers(info, batch, width);
+        for (t, buffer) in data.iter_mut().enumerate() {
+            for (dest, r) in rows.iter().enumerate() {
+                let start = r.cache.ends[r.row] - r.len;
+                let at = if aligned_right { width - r.len } else { 0 };
+                let src = r.cache.layer(t)?;
+                copy_positions(
+                    info,
+                    (src, r.cache.width(), r.row, start),
+                    (buffer, width, dest, at),
+                    r.len,
+                );
             }
-            let shape = [batch, heads, past_len, dim];
-            tensors.push(
-                Tensor::<f32>::from_array((shape, data))
-                    .map_err(EngineError::inference)?
-                    .into_dyn(),
+        }
+        let (storage, ends) = match layout {
+            KvLayout::Padded => {
+                let shape = [batch, info.num_kv_heads, width, info.head_dim];
+                let tensors = data
+                    .into_iter()
+                    .map(|d| {
+                        Tensor::<f32>::from_array((shape, d))
+                            .map(|t| t.into_dyn())
+                            .map_err(EngineError::inference)
+                    })
+                    .collect::<Result<Vec<_>, _>>()?;
+                (
+                    KvStorage::Padded {
+                        tensors,
+                        past_len: width,
+                    },
+                    vec![width; batch],
+                )
+            }
+            KvLayout::Slots => (
+                KvStorage::Slots {
+                    buffers: data,
+                    capacity: width,
+                },
+                rows.iter().map(|r| r.len).collect(),
+            ),
+        };
+        Ok(Self {
+            storage,
+            batch,
+            ends,
+        })
+    }
+
+    /// Slot caches only: writes `source`'s last `len` positions into slot `row` (a free
+    /// slot, or one past the last row), growing the capacity to `capacity` first if it is
+    /// smaller. Only that slot is written, unless the capacity grows.
+    pub fn place(
+        &mut self,
+        info: &ModelInfo,
+        row: usize,
+        source: &RowSource<'_>,
+        capacity: usize,
+    ) -> Result<(), EngineError> {
+        if row > self.batch || source.len > source.cache.ends[source.row] {
+            return Err(EngineError::InvalidInput(format!(
+                "cannot place {} positions into row {row} of a batch of {}",
+                source.len, self.batch
+            )));
+        }
+        self.reserve(info, row + 1, capacity.max(source.len))?;
+        let start = source.cache.ends[source.row] - source.len;
+        let width = self.width();
+        let KvStorage::Slots { buffers, .. } = &mut self.storage else {
+            return Err(EngineError::InvalidInput(
+                "rows are placed into slot caches only".into(),
+            ));
+        };
+        for (t, buffer) in buffers.iter_mut().enumerate() {
+            let src = source.cache.layer(t)?;
+            copy_positions(
+                info,
+                (src, source.cache.width(), source.row, start),
+                (buffer, width, row, 0),
+                source.len,
             );
         }
-        Ok(Self {
-            tensors,
-            batch,
-            past_len,
-        })
+        self.ends[row] = source.len;
+        Ok(())
+    }
+
+    /// Slot caches only: makes room for `rows` rows of `capacity` positions. Adding rows
+    /// extends the buffers at the end; a larger capacity relays every slot out (a copy).
+    pub(crate) fn reserve(
+        &mut self,
+        info: &ModelInfo,
+        rows: usize,
+        capacity: usize,
+    ) -> Result<(), EngineError> {
+        let KvStorage::Slots {
+            buffers,
+            capacity: current,
+        } = &mut self.storage
+        else {
+            return Err(EngineError::InvalidInput(
+                "only slot caches can grow in place".into(),
+            ));
+        };
+        let slot = info.num_kv_heads * *current * info.head_dim;
+        if capacity > *current {
+            let mut grown = slot_buffers(info, rows.max(self.batch), capacity);
+            for (old, new) in buffers.iter().zip(grown.iter_mut()) {
+                for row in 0..self.batch {
+                    copy_positions(
+                        info,
+                        (old, *current, row, 0),
+                        (new, capacity, row, 0),
+                        self.ends[row],
+                    );
+                }
+            }
+            *buffers = grown;
+            *current = capacity;
+        } else if rows > self.batch {
+            for buffer in buffers.iter_mut() {
+                buffer.resize(rows * slot, 0.0);
+            }
+        }
+        if rows > self.batch {
+            self.ends.resize(rows, 0);
+            self.batch = rows;
+        }
+        Ok(())
+    }
+
+    /// Slot caches only: forgets the rows from `rows` on (their slots become free space).
+    pub(crate) fn truncate(&mut self, info: &ModelInfo, rows: usize) {
+        if let KvStorage::Slots { buffers, capacity } = &mut self.storage {
+            if rows < self.batch {
+                let slot = info.num_kv_heads * *capacity * info.head_dim;
+                for buffer in buffers.iter_mut() {
+                    buffer.truncate(rows * slot);
+                }
+                self.ends.truncate(rows);
+                self.batch = rows;
+            }
+        }
+    }
+
+    /// Layer tensor `t` (`[l0.key, l0.value, ...]` order) as a flat slice.
+    fn layer(&self, t: usize) -> Result<&[f32], EngineError> {
+        match &self.storage {
+            KvStorage::Padded { tensors, .. } => tensors[t]
+                .try_extract_tensor::<f32>()
+                .map(|(_, data)| data)
+                .map_err(EngineError::inference),
+            KvStorage::Slots { buffers, .. } => Ok(&buffers[t]),
+        }
     }
 }
 
-/// One row to take into a gathered cache: `cache`'s row `row`, whose `len` positions
-/// ending at `end` (exclusive) are real tokens.
+/// Zeroed `[rows, kv_heads, width, head_dim]` buffers, one per layer and key/value. The
+/// zeroes come from the allocator's fresh pages, so untouched capacity costs no memory.
+fn slot_buffers(info: &ModelInfo, rows: usize, width: usize) -> Vec<Vec<f32>> {
+    let len = rows * info.num_kv_heads * width * info.head_dim;
+    (0..info.num_layers * 2)
+        .map(|_| vec![0.0f32; len])
+        .collect()
+}
+
+/// Copies `n` positions of every kv head: from `(data, width, row, position)` of one
+/// `[rows, kv_heads, width, head_dim]` buffer to another.
+fn copy_positions(
+    info: &ModelInfo,
+    (src, src_width, src_row, src_at): (&[f32], usize, usize, usize),
+    (dst, dst_width, dst_row, dst_at): (&mut [f32], usize, usize, usize),
+    n: usize,
+) {
+    let (heads, dim) = (info.num_kv_heads, info.head_dim);
+    for h in 0..heads {
+        let from = ((src_row * heads + h) * src_width + src_at) * dim;
+        let to = ((dst_row * heads + h) * dst_width + dst_at) * dim;
+        dst[to..to + n * dim].copy_from_slice(&src[from..from + n * dim]);
+    }
+}
+
+/// One row to take into a gathered cache: `cache`'s row `row`, whose last `len` real
+/// positions (ending at the cache's `ends[row]`) are kept.
 pub struct RowSource<'a> {
     pub cache: &'a KvCache,
     pub row: usize,
     pub len: usize,
-    pub end: usize,
-}
-
-impl<'a> RowSource<'a> {
-    /// A left-padded row: its real positions are the cache's last `len`.
-    pub fn last(cache: &'a KvCache, row: usize, len: usize) -> Self {
-        Self {
-            cache,
-            row,
-            len,
-            end: cache.past_len,
-        }
-    }
 }

@@ -30,7 +30,7 @@ use crate::runtime::RuntimeError;
 pub use batch::{BatchEngine, EngineLimits, EngineStats};
 pub use detokenizer::{Delta, Detokenizer};
 pub use generate::{greedy_generate, Generation};
-pub use kv_cache::KvCache;
+pub use kv_cache::{KvCache, KvLayout};
 pub use model_info::ModelInfo;
 pub use request::{
     event_channel, Engine, FinishReason, GenerationEvent, GenerationRequest, GenerationStats,

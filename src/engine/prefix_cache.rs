@@ -77,5 +77,6 @@ impl PrefixCache {
 }
 
 fn copy(info: &ModelInfo, cache: &KvCache, len: usize) -> Result<KvCache, EngineError> {
-    KvCache::gather(info, &[RowSource::last(cache, 0, len)])
+    let row = RowSource { cache, row: 0, len };
+    KvCache::gather(info, &[row], len)
 }

@@ -118,7 +118,13 @@ pub struct GenerationStats {
 pub enum GenerationEvent {
     /// New text. `text` never splits a UTF-8 character; it may be empty while a
     /// multi-byte character is still incomplete or a stop string may be starting.
-    Token { token_id: u32, text: String },
+    /// `logit` is the model's raw logit of the chosen token (before any repetition
+    /// penalty), so tests can hold a batched run to a reference's logits, not only its ids.
+    Token {
+        token_id: u32,
+        text: String,
+        logit: f32,
+    },
     /// The last event of a successful or cancelled request.
     Done(GenerationStats),
     /// The last event of a failed request.

@@ -19,6 +19,8 @@ pub struct Sampler {
     seen: HashSet<u32>,
     /// Scratch buffer of (token, probability) reused between steps.
     candidates: Vec<(u32, f32)>,
+    /// Scratch buffer of the raw logits the repetition penalty changed this step.
+    penalized: Vec<(u32, f32)>,
 }
 
 /// Checks sampling parameters; the message names the field and its allowed range.
@@ -56,15 +58,19 @@ impl Sampler {
             params,
             seen,
             candidates: Vec::new(),
+            penalized: Vec::new(),
         }
     }
 
     /// Chooses the next token; `logits` is modified in place.
-    pub fn sample(&mut self, logits: &mut [f32]) -> u32 {
+    /// Returns it with its raw logit (as the model gave it, before the penalty).
+    pub fn sample(&mut self, logits: &mut [f32]) -> (u32, f32) {
         let penalty = self.params.repetition_penalty;
+        self.penalized.clear();
         if penalty != 1.0 {
             for &token in &self.seen {
                 if let Some(l) = logits.get_mut(token as usize) {
+                    self.penalized.push((token, *l));
                     *l = if *l > 0.0 { *l / penalty } else { *l * penalty };
                 }
             }
@@ -77,7 +83,12 @@ impl Sampler {
         if penalty != 1.0 {
             self.seen.insert(token);
         }
-        token
+        let raw = self
+            .penalized
+            .iter()
+            .find(|(t, _)| *t == token)
+            .map_or(logits[token as usize], |&(_, l)| l);
+        (token, raw)
     }
 
     fn draw(&mut self, logits: &[f32]) -> u32 {
@@ -151,13 +162,13 @@ mod tests {
 
     fn run(p: SamplingParams, steps: usize) -> Vec<u32> {
         let mut s = Sampler::new(p, &[]);
-        (0..steps).map(|_| s.sample(&mut logits())).collect()
+        (0..steps).map(|_| s.sample(&mut logits()).0).collect()
     }
 
     #[test]
     fn greedy_takes_the_first_maximum() {
         let mut s = Sampler::new(params(0.0, 1), &[]);
-        assert_eq!(s.sample(&mut [0.5, 2.0, 2.0, -1.0]), 1);
+        assert_eq!(s.sample(&mut [0.5, 2.0, 2.0, -1.0]), (1, 2.0));
     }
 
     #[test]
@@ -187,7 +198,7 @@ mod tests {
             ..params(1.0, 11)
         };
         let mut s = Sampler::new(p, &[]);
-        assert!((0..30).all(|_| s.sample(&mut l.clone()) == 4));
+        assert!((0..30).all(|_| s.sample(&mut l.clone()).0 == 4));
     }
 
     #[test]
@@ -198,7 +209,18 @@ mod tests {
         };
         let mut s = Sampler::new(p, &[1]);
         // Token 1 would win greedily, but it is in the prompt.
-        assert_eq!(s.sample(&mut [0.0, 3.0, 2.0]), 2);
+        assert_eq!(s.sample(&mut [0.0, 3.0, 2.0]), (2, 2.0));
+    }
+
+    #[test]
+    fn a_penalized_winner_reports_its_raw_logit() {
+        let p = SamplingParams {
+            repetition_penalty: 2.0,
+            ..params(0.0, 0)
+        };
+        let mut s = Sampler::new(p, &[1]);
+        // Token 1 still wins at 3.0 / 2; the event carries the model's 3.0.
+        assert_eq!(s.sample(&mut [0.0, 3.0, 1.0]), (1, 3.0));
     }
 
     #[test]

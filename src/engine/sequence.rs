@@ -68,7 +68,7 @@ impl Sequence {
         tokenizer: &TextTokenizer,
         eos: u32,
     ) -> Option<FinishReason> {
-        let token = self.sampler.sample(logits);
+        let (token, logit) = self.sampler.sample(logits);
         let now = Instant::now();
         self.first_token_at.get_or_insert(now);
         self.last_token_at = Some(now);
@@ -93,6 +93,7 @@ impl Sequence {
         let _ = self.request.events.send(GenerationEvent::Token {
             token_id: token,
             text,
+            logit,
         });
         finish
     }

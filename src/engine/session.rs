@@ -1,16 +1,25 @@
 //! One ONNX Runtime session of a decoder-with-past graph and its forward pass.
 //!
-//! The graph contract is the one of optimum / transformers.js exports: inputs `input_ids`,
-//! `attention_mask`, optional `position_ids`, and `past_key_values.{i}.key|value`; outputs
-//! `logits` and `present.{i}.key|value`. Names are checked once at load, so a foreign graph
-//! fails with a clear error instead of at the first request.
+//! Two graph contracts, told apart by the inputs:
+//! - explicit attention, the one of optimum / transformers.js exports: `input_ids`,
+//!   `attention_mask`, optional `position_ids`, and `past_key_values.{i}.key|value`; the
+//!   cache is left-padded and `present.*` is past and new concatenated;
+//! - fused `GroupQueryAttention` (our exporter's `--attention gqa`): `input_ids`,
+//!   `seqlens_k`, `total_sequence_length` and the same past names; the cache is a slot cache
+//!   bound as both past and present, written in place.
+//!
+//! Both return `logits` and `present.{i}.key|value`. Names are checked once at load, so a
+//! foreign graph fails with a clear error instead of at the first request.
 
 use std::borrow::Cow;
 
+use ort::memory::{AllocationDevice, Allocator, AllocatorType, MemoryInfo, MemoryType};
 use ort::session::builder::GraphOptimizationLevel;
-use ort::session::{Session, SessionInputValue};
-use ort::value::Tensor;
+use ort::session::{OutputSelector, RunOptions, Session, SessionInputValue};
+use ort::value::{DynValue, Tensor};
+use ort::AsPointer;
 
+use super::kv_cache::{KvLayout, KvStorage};
 use super::{EngineError, KvCache, ModelInfo};
 use crate::config::RuntimeConfig;
 
@@ -33,33 +42,27 @@ impl SessionOptions {
     }
 }
 
-/// Inputs of one forward pass over a left-padded batch.
+/// Inputs of one forward pass. Each row feeds its new tokens first and then padding up to
+/// `seq_len`; how the graph learns where a row's tokens are (a mask and position ids, or
+/// per-row lengths) is the model's business, so the engine never builds masks.
 #[derive(Debug, Clone)]
 pub struct StepInput {
     pub batch: usize,
-    /// New positions per row in this step (prompt length at prefill, 1 when decoding).
+    /// New positions per row in this step (the longest prompt rest at prefill, 1 when
+    /// decoding).
     pub seq_len: usize,
     /// `[batch, seq_len]` token ids; padding positions hold any valid id.
     pub input_ids: Vec<i64>,
-    /// `[batch, past_len + seq_len]`: 1 for real tokens, 0 for left padding.
-    pub attention_mask: Vec<i64>,
-    /// `[batch, seq_len]` positions of the new tokens, counted over real tokens only.
-    pub position_ids: Vec<i64>,
-    /// Per row, the index among the new positions whose logits to return; `None`: the last
-    /// (rows of a batched prefill end with padding, so their last real token is earlier).
-    pub logits_at: Option<Vec<usize>>,
-}
-
-/// Appends one row of a left-padded attention mask: `width` positions whose last `real`
-/// are tokens (1) and the rest padding (0).
-pub(crate) fn push_mask_row(mask: &mut Vec<i64>, width: usize, real: usize) {
-    mask.extend(std::iter::repeat_n(0, width - real));
-    mask.extend(std::iter::repeat_n(1, real));
+    /// Per row, the real positions already in the cache (a padded cache has them
+    /// right-aligned).
+    pub past: Vec<usize>,
+    /// Per row, its real new tokens (1 to `seq_len`); its logits are those of the last one.
+    pub new: Vec<usize>,
 }
 
 /// What a forward pass returns.
 pub struct StepOutput {
-    /// `[batch, vocab]`: logits of the last position of every row (or of `logits_at`).
+    /// `[batch, vocab]`: logits of every row's last new token.
     pub last_logits: Vec<f32>,
     /// The cache extended by this step's positions.
     pub cache: KvCache,
@@ -93,20 +96,30 @@ pub fn open_session(
         .map_err(|e| fail(e.to_string()))
 }
 
+/// How a graph attends, told by its inputs: the engine feeds each its own way.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Attention {
+    /// The optimum contract: `attention_mask` (+ optional `position_ids`), a padded cache.
+    Explicit { has_position_ids: bool },
+    /// Fused `GroupQueryAttention`: `seqlens_k` and `total_sequence_length`, a slot cache.
+    Fused,
+}
+
 /// A loaded model: its session plus what is needed to feed it.
 pub struct OnnxModel {
     session: Session,
     /// Time spent inside `session.run`, so benchmarks can tell the engine's own overhead.
     run_time: std::time::Duration,
     info: ModelInfo,
-    has_position_ids: bool,
+    attention: Attention,
     past_names: Vec<String>,
     present_names: Vec<String>,
 }
 
 impl OnnxModel {
     /// Creates the session for `info`'s `model.onnx` and checks the graph's inputs and
-    /// outputs against the decoder-with-past contract and the model's layer count.
+    /// outputs against the decoder-with-past contract (either attention) and the model's
+    /// layer count.
     pub fn load(
         info: &ModelInfo,
         runtime: &RuntimeConfig,
@@ -117,8 +130,14 @@ impl OnnxModel {
 
         let inputs: Vec<&str> = session.inputs().iter().map(|o| o.name()).collect();
         let outputs: Vec<&str> = session.outputs().iter().map(|o| o.name()).collect();
-        for required in ["input_ids", "attention_mask"] {
-            if !inputs.contains(&required) {
+        let fused = inputs.contains(&"seqlens_k");
+        let required: &[&str] = if fused {
+            &["input_ids", "seqlens_k", "total_sequence_length"]
+        } else {
+            &["input_ids", "attention_mask"]
+        };
+        for required in required {
+            if !inputs.contains(required) {
                 return Err(EngineError::GraphContract(format!(
                     "input `{required}` is missing (inputs: {inputs:?})"
                 )));
@@ -149,12 +168,18 @@ impl OnnxModel {
                 info.num_layers, past_inputs
             )));
         }
-        let has_position_ids = inputs.contains(&"position_ids");
+        let attention = if fused {
+            Attention::Fused
+        } else {
+            Attention::Explicit {
+                has_position_ids: inputs.contains(&"position_ids"),
+            }
+        };
         Ok(Self {
             session,
             run_time: std::time::Duration::ZERO,
             info: info.clone(),
-            has_position_ids,
+            attention,
             past_names,
             present_names,
         })
@@ -164,99 +189,154 @@ impl OnnxModel {
         &self.info
     }
 
+    /// The KV layout this graph's attention takes.
+    pub fn kv_layout(&self) -> KvLayout {
+        match self.attention {
+            Attention::Explicit { .. } => KvLayout::Padded,
+            Attention::Fused => KvLayout::Slots,
+        }
+    }
+
+    /// An empty cache of this graph's layout for `batch` rows (a slot cache with room for
+    /// `capacity` positions per row; it grows when a step needs more).
+    pub fn empty_cache(&self, batch: usize, capacity: usize) -> Result<KvCache, EngineError> {
+        KvCache::empty(self.kv_layout(), &self.info, batch, capacity)
+    }
+
     /// Cumulative time inside `session.run` since load.
     pub fn run_time(&self) -> std::time::Duration {
         self.run_time
     }
 
-    /// Runs one forward pass: the new positions of every row, attending to `past`.
+    /// Runs one forward pass: the new tokens of every row, attending to its cached ones.
     ///
     /// # Errors
     /// `InvalidInput` when the shapes disagree with each other or with the cache,
     /// `Inference` when ONNX Runtime fails.
-    pub fn forward(&mut self, input: StepInput, past: KvCache) -> Result<StepOutput, EngineError> {
+    pub fn forward(
+        &mut self,
+        input: StepInput,
+        mut cache: KvCache,
+    ) -> Result<StepOutput, EngineError> {
         let StepInput {
             batch,
             seq_len,
-            input_ids,
-            attention_mask,
-            position_ids,
-            logits_at,
+            ref input_ids,
+            ref past,
+            ref new,
         } = input;
-        let total = past.past_len + seq_len;
-        if past.batch != batch
+        let bad_row = (0..past.len().min(new.len())).find(|&b| {
+            let fits = match cache.layout() {
+                // A padded row's past must be right-aligned in the cache.
+                KvLayout::Padded => cache.ends[b] == cache.width() && past[b] <= cache.width(),
+                KvLayout::Slots => cache.ends[b] == past[b],
+            };
+            new[b] == 0 || new[b] > seq_len || (past[b] > 0 && !fits)
+        });
+        if cache.batch != batch
             || seq_len == 0
             || input_ids.len() != batch * seq_len
-            || position_ids.len() != batch * seq_len
-            || attention_mask.len() != batch * total
-            || logits_at
-                .as_ref()
-                .is_some_and(|at| at.len() != batch || at.iter().any(|&i| i >= seq_len))
+            || past.len() != batch
+            || new.len() != batch
+            || bad_row.is_some()
         {
             return Err(EngineError::InvalidInput(format!(
-                "step shapes disagree: batch {batch}, seq {seq_len}, past {} (cache batch {}), ids {}, mask {}, positions {}",
-                past.past_len,
-                past.batch,
+                "step shapes disagree: batch {batch}, seq {seq_len}, cache batch {} of width {}, ids {}, past {:?}, new {:?}",
+                cache.batch,
+                cache.width(),
                 input_ids.len(),
-                attention_mask.len(),
-                position_ids.len()
+                past,
+                new,
             )));
         }
-        let tensor = |shape: [usize; 2], data: Vec<i64>| {
-            Tensor::<i64>::from_array((shape, data))
-                .map(|t| SessionInputValue::from(t.into_dyn()))
-                .map_err(EngineError::inference)
+        let last_logits = match self.attention {
+            Attention::Explicit { has_position_ids } => {
+                let (logits, presents) = self.run_padded(&input, &cache, has_position_ids)?;
+                let width = cache.width();
+                cache.storage = KvStorage::Padded {
+                    tensors: presents,
+                    past_len: width + seq_len,
+                };
+                for (b, end) in cache.ends.iter_mut().enumerate() {
+                    *end = width + new[b];
+                }
+                logits
+            }
+            Attention::Fused => {
+                let needed = (0..batch).map(|b| past[b] + seq_len).max().unwrap_or(0);
+                if needed > cache.width() {
+                    let grown = needed
+                        .max(cache.width() * 2)
+                        .min(self.info.max_position_embeddings);
+                    cache.reserve(&self.info, batch, grown.max(needed))?;
+                }
+                // GroupQueryAttention takes several new tokens over a past one row at a time.
+                let together = seq_len == 1 || past.iter().all(|&p| p == 0);
+                let mut logits = Vec::with_capacity(batch * self.info.vocab_size);
+                if together {
+                    logits = self.run_slots(&input, &mut cache, 0..batch)?;
+                } else {
+                    for b in 0..batch {
+                        logits.extend(self.run_slots(&input, &mut cache, b..b + 1)?);
+                    }
+                }
+                for (b, end) in cache.ends.iter_mut().enumerate() {
+                    *end = past[b] + new[b];
+                }
+                logits
+            }
+        };
+        Ok(StepOutput { last_logits, cache })
+    }
+
+    /// The explicit-attention pass: a left-padded mask over the cache and the new tokens,
+    /// positions counted over each row's real tokens. Returns the logits of every row's
+    /// last new token and the `present.*` values (past and new, concatenated).
+    fn run_padded(
+        &mut self,
+        input: &StepInput,
+        cache: &KvCache,
+        has_position_ids: bool,
+    ) -> Result<(Vec<f32>, Vec<DynValue>), EngineError> {
+        let (batch, seq_len) = (input.batch, input.seq_len);
+        let width = cache.width();
+        let total = width + seq_len;
+        let mut mask = Vec::with_capacity(batch * total);
+        let mut positions = Vec::with_capacity(batch * seq_len);
+        for b in 0..batch {
+            let (past, new) = (input.past[b], input.new[b]);
+            mask.extend(std::iter::repeat_n(0i64, width - past));
+            mask.extend(std::iter::repeat_n(1i64, past + new));
+            mask.extend(std::iter::repeat_n(0i64, seq_len - new));
+            positions.extend((past..past + seq_len).map(|p| p as i64));
+        }
+        let KvStorage::Padded { tensors, .. } = &cache.storage else {
+            return Err(EngineError::InvalidInput(
+                "an explicit-attention graph takes a padded cache".into(),
+            ));
         };
         let mut feeds: Vec<(Cow<'_, str>, SessionInputValue<'_>)> =
-            Vec::with_capacity(3 + past.tensors.len());
-        feeds.push(("input_ids".into(), tensor([batch, seq_len], input_ids)?));
+            Vec::with_capacity(3 + tensors.len());
         feeds.push((
-            "attention_mask".into(),
-            tensor([batch, total], attention_mask)?,
+            "input_ids".into(),
+            i64_tensor([batch, seq_len], input.input_ids.clone())?,
         ));
-        if self.has_position_ids {
+        feeds.push(("attention_mask".into(), i64_tensor([batch, total], mask)?));
+        if has_position_ids {
             feeds.push((
                 "position_ids".into(),
-                tensor([batch, seq_len], position_ids)?,
+                i64_tensor([batch, seq_len], positions)?,
             ));
         }
-        for (name, value) in self.past_names.iter().zip(past.tensors) {
+        for (name, value) in self.past_names.iter().zip(tensors) {
             feeds.push((Cow::Borrowed(name.as_str()), SessionInputValue::from(value)));
         }
-
         let started = std::time::Instant::now();
         let result = self.session.run(feeds);
         self.run_time += started.elapsed();
         let mut outputs = result.map_err(EngineError::inference)?;
-        let vocab = self.info.vocab_size;
-        let last_logits = {
-            let logits = outputs
-                .get("logits")
-                .ok_or_else(|| EngineError::inference("graph returned no logits"))?;
-            let (shape, data) = logits
-                .try_extract_tensor::<f32>()
-                .map_err(EngineError::inference)?;
-            if shape.len() != 3 || shape[0] as usize != batch || shape[2] as usize != vocab {
-                return Err(EngineError::inference(format!(
-                    "logits shape {:?}, expected [{batch}, *, {vocab}]",
-                    &shape[..]
-                )));
-            }
-            let rows = shape[1] as usize;
-            if logits_at.is_some() && rows != seq_len {
-                return Err(EngineError::GraphContract(format!(
-                    "logits cover {rows} of {seq_len} positions; the contract is every position"
-                )));
-            }
-            let mut last = Vec::with_capacity(batch * vocab);
-            for b in 0..batch {
-                let at = logits_at.as_ref().map_or(rows - 1, |at| at[b]);
-                let start = (b * rows + at) * vocab;
-                last.extend_from_slice(&data[start..start + vocab]);
-            }
-            last
-        };
-        let tensors = self
+        let logits = last_logits(&outputs, &self.info, batch, seq_len, &input.new, 0..batch)?;
+        let presents = self
             .present_names
             .iter()
             .map(|name| {
@@ -265,13 +345,166 @@ impl OnnxModel {
                     .ok_or_else(|| EngineError::inference(format!("graph returned no {name}")))
             })
             .collect::<Result<Vec<_>, _>>()?;
-        Ok(StepOutput {
-            last_logits,
-            cache: KvCache {
-                tensors,
-                batch,
-                past_len: total,
-            },
-        })
+        Ok((logits, presents))
     }
+
+    /// The fused-attention pass over rows `rows` of a slot cache: the past and present of
+    /// every layer are bound to those rows' slots, so GroupQueryAttention writes the new
+    /// positions in place and nothing else moves. Returns the rows' logits.
+    fn run_slots(
+        &mut self,
+        input: &StepInput,
+        cache: &mut KvCache,
+        rows: std::ops::Range<usize>,
+    ) -> Result<Vec<f32>, EngineError> {
+        let seq_len = input.seq_len;
+        let n = rows.len();
+        let ids = input.input_ids[rows.start * seq_len..rows.end * seq_len].to_vec();
+        // Padding counts as real here (GroupQueryAttention assumes none after the past); its
+        // positions lie past the row's end and are overwritten by its next tokens.
+        let totals: Vec<usize> = rows.clone().map(|b| input.past[b] + seq_len).collect();
+        let seqlens: Vec<i32> = totals.iter().map(|&t| t as i32 - 1).collect();
+        let total = totals.iter().copied().max().unwrap_or(0) as i32;
+        let info = &self.info;
+        let capacity = cache.width();
+        let KvStorage::Slots { buffers, .. } = &mut cache.storage else {
+            return Err(EngineError::InvalidInput(
+                "a fused-attention graph takes a slot cache".into(),
+            ));
+        };
+        let slot = info.num_kv_heads * capacity * info.head_dim;
+        let shape = [n, info.num_kv_heads, capacity, info.head_dim];
+        let mut feeds: Vec<(Cow<'_, str>, SessionInputValue<'_>)> =
+            Vec::with_capacity(3 + buffers.len());
+        feeds.push(("input_ids".into(), i64_tensor([n, seq_len], ids)?));
+        feeds.push((
+            "seqlens_k".into(),
+            Tensor::<i32>::from_array(([n], seqlens))
+                .map(|t| SessionInputValue::from(t.into_dyn()))
+                .map_err(EngineError::inference)?,
+        ));
+        feeds.push((
+            "total_sequence_length".into(),
+            Tensor::<i32>::from_array((Vec::<usize>::new(), vec![total]))
+                .map(|t| SessionInputValue::from(t.into_dyn()))
+                .map_err(EngineError::inference)?,
+        ));
+        let mut selector = OutputSelector::default();
+        for ((past, present), buffer) in self
+            .past_names
+            .iter()
+            .zip(&self.present_names)
+            .zip(buffers.iter_mut())
+        {
+            let rows_data = &mut buffer[rows.start * slot..rows.end * slot];
+            // SAFETY: both values view `rows_data`, which outlives them: they are dropped with
+            // `feeds`, `selector` and the outputs at the end of this function, before the
+            // buffer can move or be freed. ONNX Runtime reads the past and writes the present
+            // through them, the sharing GroupQueryAttention is built for.
+            let (input_view, output_view) = unsafe {
+                (
+                    borrowed_f32_tensor(rows_data.as_mut_ptr(), shape)?,
+                    borrowed_f32_tensor(rows_data.as_mut_ptr(), shape)?,
+                )
+            };
+            feeds.push((Cow::Borrowed(past.as_str()), input_view.into()));
+            selector = selector.preallocate(present.as_str(), output_view);
+        }
+        let options = RunOptions::new()
+            .map_err(EngineError::inference)?
+            .with_outputs(selector);
+        let started = std::time::Instant::now();
+        let result = self.session.run_with_options(feeds, &options);
+        self.run_time += started.elapsed();
+        let outputs = result.map_err(EngineError::inference)?;
+        last_logits(&outputs, info, n, seq_len, &input.new, rows)
+    }
+}
+
+/// An int64 input tensor.
+fn i64_tensor(
+    shape: [usize; 2],
+    data: Vec<i64>,
+) -> Result<SessionInputValue<'static>, EngineError> {
+    Tensor::<i64>::from_array((shape, data))
+        .map(|t| SessionInputValue::from(t.into_dyn()))
+        .map_err(EngineError::inference)
+}
+
+/// The logits of each row's last new token (`new[row] - 1`) from a pass over `rows`.
+fn last_logits(
+    outputs: &ort::session::SessionOutputs<'_>,
+    info: &ModelInfo,
+    batch: usize,
+    seq_len: usize,
+    new: &[usize],
+    rows: std::ops::Range<usize>,
+) -> Result<Vec<f32>, EngineError> {
+    let vocab = info.vocab_size;
+    let logits = outputs
+        .get("logits")
+        .ok_or_else(|| EngineError::inference("graph returned no logits"))?;
+    let (shape, data) = logits
+        .try_extract_tensor::<f32>()
+        .map_err(EngineError::inference)?;
+    if shape.len() != 3 || shape[0] as usize != batch || shape[2] as usize != vocab {
+        return Err(EngineError::inference(format!(
+            "logits shape {:?}, expected [{batch}, *, {vocab}]",
+            &shape[..]
+        )));
+    }
+    let positions = shape[1] as usize;
+    if positions != seq_len && new.iter().any(|&n| n != seq_len) {
+        return Err(EngineError::GraphContract(format!(
+            "logits cover {positions} of {seq_len} positions; the contract is every position"
+        )));
+    }
+    let mut last = Vec::with_capacity(batch * vocab);
+    for (i, b) in rows.enumerate() {
+        let at = if positions == seq_len {
+            new[b] - 1
+        } else {
+            positions - 1
+        };
+        let start = (i * positions + at) * vocab;
+        last.extend_from_slice(&data[start..start + vocab]);
+    }
+    Ok(last)
+}
+
+/// An ONNX Runtime float tensor of `shape` over memory it does not own.
+///
+/// # Safety
+/// `data` must point to at least `shape`'s element count of floats that stay valid, and
+/// unmoved, for as long as the returned value lives.
+unsafe fn borrowed_f32_tensor(data: *mut f32, shape: [usize; 4]) -> Result<DynValue, EngineError> {
+    let memory = MemoryInfo::new(
+        AllocationDevice::CPU,
+        0,
+        AllocatorType::Device,
+        MemoryType::Default,
+    )
+    .map_err(EngineError::inference)?;
+    let dims = shape.map(|d| d as i64);
+    let bytes = shape.iter().product::<usize>() * std::mem::size_of::<f32>();
+    let mut value: *mut ort::sys::OrtValue = std::ptr::null_mut();
+    // SAFETY: `memory` and `dims` are valid for the call; the caller vouches for `data`.
+    let status = unsafe {
+        (ort::api().CreateTensorWithDataAsOrtValue)(
+            memory.ptr(),
+            data.cast(),
+            bytes,
+            dims.as_ptr(),
+            dims.len(),
+            ort::sys::ONNXTensorElementDataType::ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT,
+            &mut value,
+        )
+    };
+    // SAFETY: the status comes straight from the API call above.
+    unsafe { ort::Error::result_from_status(status) }.map_err(EngineError::inference)?;
+    let value = std::ptr::NonNull::new(value)
+        .ok_or_else(|| EngineError::inference("ONNX Runtime returned no tensor"))?;
+    // SAFETY: `value` is a tensor we own; releasing it leaves `data` alone, since ONNX Runtime
+    // does not own memory given to CreateTensorWithDataAsOrtValue.
+    Ok(unsafe { DynValue::from_ptr(value, Some(&Allocator::default())) })
 }

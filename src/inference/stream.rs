@@ -99,7 +99,7 @@ impl Stream for ResponseStream {
         }
         let item = match self.events.poll_recv(cx) {
             Poll::Pending => return Poll::Pending,
-            Poll::Ready(Some(GenerationEvent::Token { token_id, text })) => {
+            Poll::Ready(Some(GenerationEvent::Token { token_id, text, .. })) => {
                 return Poll::Ready(Some(Ok(StreamEvent::Token { token_id, text })));
             }
             Poll::Ready(Some(GenerationEvent::Done(stats))) => Ok(StreamEvent::Done(stats)),
@@ -143,6 +143,7 @@ mod tests {
         GenerationEvent::Token {
             token_id: id,
             text: text.into(),
+            logit: 0.0,
         }
     }
 

@@ -224,6 +224,7 @@ impl Engine for FakeEngine {
                 let _ = events.send(GenerationEvent::Token {
                     token_id: seq.first_id() + i as u32,
                     text: format!("t{i} "),
+                    logit: 0.0,
                 });
                 seq.generated += 1;
                 seq.first_token_at.get_or_insert(now);
