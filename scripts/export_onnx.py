@@ -23,7 +23,7 @@ Graph contract (decoder-with-past, same names as optimum / transformers.js):
           present.{i}.{key,value} float32 [batch_size, num_kv_heads, total_sequence_length,
           head_dim] = Concat(past, new, axis=2)
 
-GQA_CONTRACT (--attention gqa): ONNX Runtime's fused
+GQA_CONTRACT (--attention gqa, the default): ONNX Runtime's fused
 GroupQueryAttention with a slot KV cache, as onnxruntime-genai runs it on CPU:
   inputs  input_ids int64 [batch_size, sequence_length]; seqlens_k int32 [batch_size] = each
           row's total length (past + new) - 1; total_sequence_length int32 scalar = the
@@ -448,7 +448,7 @@ def model_dims(cfg: dict) -> dict:
 
 def build_decoder(cfg: dict, weights: SafeTensorsDir, out_dir: Path, precision: str,
                   block_size: int, accuracy_level: int, zero_points: bool = False,
-                  attention: str = "explicit") -> None:
+                  attention: str = "gqa") -> None:
     """Write out_dir/model.onnx (+ model.onnx.data) for a Llama decoder with past.
 
     On a small CPU a decode step is dominated by per-node dispatch overhead outside the int4
@@ -1048,23 +1048,26 @@ def quantization_manifest(precision: str, block_size: int, accuracy_level: int,
             "accuracy_level": accuracy_level, "symmetric": not zero_points}
 
 
-def quantization_matches(out_dir: Path, exporter_args: list[str]) -> bool:
-    """Whether out_dir/manifest.json records the quantization these exporter arguments ask for
-    (--precision, --block-size, --accuracy-level, --zero-points; others are ignored). For the
-    shell scripts that skip an export already done: a different request means re-exporting."""
+def export_matches(out_dir: Path, exporter_args: list[str]) -> bool:
+    """Whether out_dir/manifest.json records the graph these exporter arguments ask for: the
+    quantization (--precision, --block-size, --accuracy-level, --zero-points) and the attention
+    (--attention; exports from before it had the explicit one). Other arguments are ignored.
+    For the shell scripts that skip an export already done: a different request, or an older
+    export than the defaults ask for, means re-exporting."""
     try:
         man = json.loads((Path(out_dir) / "manifest.json").read_text())
     except (OSError, ValueError):
         return False
     a = parse_args(["--hf-dir", "-", "--out", "-", *exporter_args])
-    return man.get("quantization") == quantization_manifest(a.precision, a.block_size,
-                                                            a.accuracy_level, a.zero_points)
+    return (man.get("quantization") == quantization_manifest(a.precision, a.block_size,
+                                                             a.accuracy_level, a.zero_points)
+            and (man.get("linear_only", False) or man.get("attention", "explicit") == a.attention))
 
 
 def export(hf_dir: Path, out_dir: Path, *, source: str, random_weights: bool, precision: str,
            block_size: int, accuracy_level: int, golden_tokens: int | None,
            linear_only: bool = False, threads: int = 1, zero_points: bool = False,
-           attention: str = "explicit") -> dict:
+           attention: str = "gqa") -> dict:
     hf_dir, out_dir = Path(hf_dir), Path(out_dir)
     cfg_path = hf_dir / "config.json"
     if not cfg_path.exists():
@@ -1166,7 +1169,7 @@ def parse_args(argv=None):
     ap.add_argument("--precision", choices=["int4", "fp32"], default="int4")
     ap.add_argument("--block-size", type=int, choices=[32, 128], default=32)
     ap.add_argument("--accuracy-level", type=int, choices=[0, 1, 2, 3, 4], default=4)
-    ap.add_argument("--attention", choices=["explicit", "gqa"], default="explicit",
+    ap.add_argument("--attention", choices=["gqa", "explicit"], default="gqa",
                     help="gqa: fused GroupQueryAttention over a slot KV cache (seqlens_k); "
                          "explicit: the optimum decoder-with-past contract (attention_mask, "
                          "left padding)")

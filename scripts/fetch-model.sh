@@ -5,7 +5,8 @@
 # Needs internet. Idempotent: skips the download for files already in the cache and the
 # export when onnx/tinyllama-1.1b-chat-int4/manifest.json lists complete files. Extra arguments
 # go to the exporter, e.g. `./scripts/fetch-model.sh --block-size 128 --zero-points` (default:
-# symmetric int4, block 32); with them, an export holding another quantization is redone.
+# symmetric int4, block 32, fused attention); an export holding another graph than asked for
+# (another quantization or attention, or an older default) is redone.
 # Honours HF_ENDPOINT (mirror) and HF_TOKEN.
 #
 # Exit codes: 0 ok, 3 hub unreachable (scripts/run.sh then falls back to the random-weight
@@ -31,8 +32,8 @@ import hashlib, json, os, sys
 sys.path.insert(0, sys.argv[1])
 import export_onnx
 d = sys.argv[2]
-if sys.argv[3:] and not export_onnx.quantization_matches(d, sys.argv[3:]):
-    print(f"fetch-model: {d} holds another quantization than requested; re-exporting")
+if not export_onnx.export_matches(d, sys.argv[3:]):
+    print(f"fetch-model: {d} holds another graph than requested; re-exporting")
     sys.exit(1)
 m = json.load(open(os.path.join(d, "manifest.json")))
 for name, digest in m.get("files", {}).items():

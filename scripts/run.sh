@@ -17,10 +17,10 @@ cd "$ROOT"
 ./scripts/fetch-onnxruntime.sh
 source scripts/python-env.sh
 
-# Whether folder $1's manifest.json records the quantization EXPORT_ARGS ask for.
-quantization_matches() {
+# Whether folder $1's manifest.json records the graph EXPORT_ARGS (or the defaults) ask for.
+export_matches() {
     "$PYTHON_ENV_PY" -c 'import sys; sys.path.insert(0, "scripts"); import export_onnx as E
-sys.exit(0 if E.quantization_matches(sys.argv[1], sys.argv[2:]) else 1)' "$1" "${EXPORT_ARGS[@]}"
+sys.exit(0 if E.export_matches(sys.argv[1], sys.argv[2:]) else 1)' "$1" "${EXPORT_ARGS[@]}"
 }
 
 if [[ -z "${TRENDSTORY_MODEL__DIR:-}" ]]; then
@@ -39,8 +39,7 @@ if [[ -z "${TRENDSTORY_MODEL__DIR:-}" ]]; then
 # shape, size and speed with RANDOM weights. Every story it writes is noise.
 ################################################################################
 MSG
-        if [[ ! -f onnx/tinyllama-bench/manifest.json ]] || \
-                { ((${#EXPORT_ARGS[@]})) && ! quantization_matches onnx/tinyllama-bench; }; then
+        if ! export_matches onnx/tinyllama-bench; then
             "$PYTHON_ENV_PY" scripts/export_onnx.py --random-init --preset tinyllama "${EXPORT_ARGS[@]}"
         fi
         export TRENDSTORY_MODEL__DIR="onnx/tinyllama-bench"

@@ -34,18 +34,19 @@ ensure_chromium() {
 }
 ensure_chromium
 
-# Builds a tiny test model into $1 (with the tokenizer folder $2, or the project's own
-# tokenizer), again only when the exporter, its corpus or that tokenizer changed.
+# Builds a tiny test model into $1 (with the tokenizer folder $2, or the project's own;
+# further arguments go to the exporter), again only when the exporter, its corpus or that
+# tokenizer changed.
 build_tiny() {
     local out="$1" tokenizer="${2:-}"
     local stamp="$out/.inputs.sha256" want
-    local args=(--random-init --preset tiny --out "$out")
+    local args=(--random-init --preset tiny --out "$out" "${@:3}")
     local inputs=(scripts/export_onnx.py scripts/tokenizer_corpus.txt scripts/requirements.txt)
     if [[ -n "$tokenizer" ]]; then
         args+=(--tokenizer "$tokenizer")
         inputs+=("$tokenizer/tokenizer.json")
     fi
-    want="$(cat "${inputs[@]}" | sha256sum | cut -d' ' -f1)"
+    want="$({ cat "${inputs[@]}"; echo "${args[*]}"; } | sha256sum | cut -d' ' -f1)"
     if [[ -f "$out/manifest.json" && -f "$stamp" && "$(cat "$stamp")" == "$want" ]]; then
         echo "test.sh: $out is up to date"
         return
@@ -56,6 +57,8 @@ build_tiny() {
 }
 
 build_tiny onnx/tiny
+# The same weights with explicit attention: the engine's path for optimum-format graphs.
+build_tiny onnx/tiny-explicit "" --attention explicit
 # Tests named needs_shared_* read ../shared (the real tokenizer, recorded trend payloads).
 # Without it they are filtered out, so cargo reports them as not run rather than passed.
 SHARED="$ROOT/../shared"

@@ -15,7 +15,7 @@ use std::borrow::Cow;
 
 use ort::memory::{AllocationDevice, Allocator, AllocatorType, MemoryInfo, MemoryType};
 use ort::session::builder::GraphOptimizationLevel;
-use ort::session::{OutputSelector, RunOptions, Session, SessionInputValue};
+use ort::session::{Session, SessionInputValue};
 use ort::value::{DynValue, Tensor};
 use ort::AsPointer;
 
@@ -374,22 +374,16 @@ impl OnnxModel {
         };
         let slot = info.num_kv_heads * capacity * info.head_dim;
         let shape = [n, info.num_kv_heads, capacity, info.head_dim];
-        let mut feeds: Vec<(Cow<'_, str>, SessionInputValue<'_>)> =
-            Vec::with_capacity(3 + buffers.len());
-        feeds.push(("input_ids".into(), i64_tensor([n, seq_len], ids)?));
-        feeds.push((
-            "seqlens_k".into(),
-            Tensor::<i32>::from_array(([n], seqlens))
-                .map(|t| SessionInputValue::from(t.into_dyn()))
-                .map_err(EngineError::inference)?,
-        ));
-        feeds.push((
-            "total_sequence_length".into(),
-            Tensor::<i32>::from_array((Vec::<usize>::new(), vec![total]))
-                .map(|t| SessionInputValue::from(t.into_dyn()))
-                .map_err(EngineError::inference)?,
-        ));
-        let mut selector = OutputSelector::default();
+        let fail = EngineError::inference;
+        let mut binding = self.session.create_binding().map_err(fail)?;
+        let ids = Tensor::<i64>::from_array(([n, seq_len], ids)).map_err(fail)?;
+        binding.bind_input("input_ids", &ids).map_err(fail)?;
+        let seqlens = Tensor::<i32>::from_array(([n], seqlens)).map_err(fail)?;
+        binding.bind_input("seqlens_k", &seqlens).map_err(fail)?;
+        let total = Tensor::<i32>::from_array((Vec::<usize>::new(), vec![total])).map_err(fail)?;
+        binding
+            .bind_input("total_sequence_length", &total)
+            .map_err(fail)?;
         for ((past, present), buffer) in self
             .past_names
             .iter()
@@ -398,23 +392,27 @@ impl OnnxModel {
         {
             let rows_data = &mut buffer[rows.start * slot..rows.end * slot];
             // SAFETY: both values view `rows_data`, which outlives them: they are dropped with
-            // `feeds`, `selector` and the outputs at the end of this function, before the
-            // buffer can move or be freed. ONNX Runtime reads the past and writes the present
-            // through them, the sharing GroupQueryAttention is built for.
+            // the binding at the end of this function, before the buffer can move or be
+            // freed. ONNX Runtime reads the past and writes the present through them, the
+            // sharing GroupQueryAttention is built for.
             let (input_view, output_view) = unsafe {
                 (
                     borrowed_f32_tensor(rows_data.as_mut_ptr(), shape)?,
                     borrowed_f32_tensor(rows_data.as_mut_ptr(), shape)?,
                 )
             };
-            feeds.push((Cow::Borrowed(past.as_str()), input_view.into()));
-            selector = selector.preallocate(present.as_str(), output_view);
+            binding
+                .bind_input(past.as_str(), &input_view)
+                .map_err(fail)?;
+            binding
+                .bind_output(present.as_str(), output_view)
+                .map_err(fail)?;
         }
-        let options = RunOptions::new()
-            .map_err(EngineError::inference)?
-            .with_outputs(selector);
+        binding
+            .bind_output_to_device("logits", &MemoryInfo::default())
+            .map_err(fail)?;
         let started = std::time::Instant::now();
-        let result = self.session.run_with_options(feeds, &options);
+        let result = self.session.run_binding(&binding);
         self.run_time += started.elapsed();
         let outputs = result.map_err(EngineError::inference)?;
         last_logits(&outputs, info, n, seq_len, &input.new, rows)

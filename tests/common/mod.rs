@@ -9,9 +9,10 @@ use trendstory::engine::{ModelInfo, OnnxModel, SessionOptions, TextTokenizer};
 
 /// The tiny model with the project's own tokenizer, built by `./scripts/test.sh`.
 pub const TINY: &str = "onnx/tiny";
-/// The same weights exported with fused GroupQueryAttention (`--attention gqa`): the engine
-/// runs it over a slot KV cache instead of a padded one.
-pub const TINY_GQA: &str = "onnx/tiny-gqa";
+/// The same weights exported with explicit attention (`--attention explicit`, the optimum
+/// contract foreign exports follow): the engine runs it over a padded KV cache, the default
+/// fused graph over a slot cache.
+pub const TINY_EXPLICIT: &str = "onnx/tiny-explicit";
 /// The tiny model with the real Llama 2 tokenizer; needs `../shared`.
 pub const TINY_LLAMA_TOKENIZER: &str = "onnx/tiny-llama2tok";
 
@@ -32,7 +33,7 @@ pub fn required_model(relative: &str) -> PathBuf {
 
 /// Both tiny graphs, explicit and fused attention, so engine tests cover both KV layouts.
 pub fn tiny_models() -> [PathBuf; 2] {
-    [required_model(TINY), required_model(TINY_GQA)]
+    [required_model(TINY_EXPLICIT), required_model(TINY)]
 }
 
 /// Returns the folder of a model that needs `../shared`, or `None` after saying loudly

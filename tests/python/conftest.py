@@ -13,13 +13,16 @@ import export_onnx as E  # noqa: E402
 
 
 def build_tiny(out: Path, *, dtype="f32", precision="int4", accuracy_level=4, golden=16,
-               tokenizer=None, linear_only=False, seed=0, block_size=32, zero_points=False):
-    """Random-init tiny preset: HF folder in out/hf, export in out (quiet)."""
+               tokenizer=None, linear_only=False, seed=0, block_size=32, zero_points=False,
+               attention="explicit"):
+    """Random-init tiny preset: HF folder in out/hf, export in out (quiet). The explicit
+    attention graph by default: most tests feed it masks and position ids directly."""
     with contextlib.redirect_stderr(io.StringIO()):
         E.write_random_hf("tiny", out / "hf", dtype, seed, tokenizer)
         E.export(out / "hf", out, source="random-init:tiny", random_weights=True,
                  precision=precision, block_size=block_size, accuracy_level=accuracy_level,
-                 golden_tokens=golden, linear_only=linear_only, zero_points=zero_points)
+                 golden_tokens=golden, linear_only=linear_only, zero_points=zero_points,
+                 attention=attention)
     return out
 
 
@@ -31,6 +34,18 @@ def tiny_int4(tmp_path_factory):
 @pytest.fixture(scope="session")
 def tiny_fp32(tmp_path_factory):
     return build_tiny(tmp_path_factory.mktemp("tiny_fp32"), precision="fp32", golden=None)
+
+
+@pytest.fixture(scope="session")
+def tiny_gqa(tmp_path_factory):
+    """The default export: fused GroupQueryAttention (the same weights as tiny_int4)."""
+    return build_tiny(tmp_path_factory.mktemp("tiny_gqa"), attention="gqa")
+
+
+@pytest.fixture(scope="session")
+def tiny_gqa_fp32(tmp_path_factory):
+    return build_tiny(tmp_path_factory.mktemp("tiny_gqa_fp32"), precision="fp32", golden=None,
+                      attention="gqa")
 
 
 @pytest.fixture(scope="session")

@@ -374,12 +374,16 @@ def test_zero_points_cli(tmp_path, tiny_int4):
     m = onnx.load(str(out / "model.onnx"), load_external_data=False)
     assert all(len(n.input) == 4 for n in m.graph.node if n.op_type == "MatMulNBits")
     # what fetch-model.sh / run.sh ask before reusing an export
-    assert E.quantization_matches(out, ["--zero-points", "--block-size", "128"])
-    assert not E.quantization_matches(out, ["--block-size", "128"])
-    assert not E.quantization_matches(out, [])
-    assert E.quantization_matches(tiny_int4, []) and E.quantization_matches(tiny_int4, ["--block-size", "32"])
-    assert not E.quantization_matches(tiny_int4, ["--zero-points"])
-    assert not E.quantization_matches(tmp_path / "nothing-here", [])
+    assert E.export_matches(out, ["--zero-points", "--block-size", "128"])
+    assert not E.export_matches(out, ["--block-size", "128"])
+    assert not E.export_matches(out, [])
+    explicit = ["--attention", "explicit"]
+    assert E.export_matches(tiny_int4, explicit)
+    assert E.export_matches(tiny_int4, [*explicit, "--block-size", "32"])
+    assert not E.export_matches(tiny_int4, [*explicit, "--zero-points"])
+    # the default is fused attention now: an explicit export is redone
+    assert not E.export_matches(tiny_int4, [])
+    assert not E.export_matches(tmp_path / "nothing-here", [])
 
 
 # ---------------------------------------------------------------------------------------------
