@@ -11,13 +11,17 @@
 //!    pass, a long one goes alone in chunks; at most `prefill_chunk_tokens` prompt tokens
 //!    per step while other streams are decoding, so a long prompt delays their next token
 //!    by one chunk, not by the whole prompt;
-//! 4. when prefilled sequences are ready, or many rows have finished, rebuilds the batch
-//!    cache (the only KV copy; finished rows otherwise stay as cheap dead rows until then);
+//! 4. lets prefilled sequences join the batch: with a slot cache (fused-attention graphs)
+//!    each newcomer's prompt KV is copied into its own slot, a finished row's or a new one;
+//!    with a padded cache (explicit-attention graphs) the batch cache is rebuilt when
+//!    sequences are ready or many rows have finished (finished rows otherwise stay as cheap
+//!    dead rows until then);
 //! 5. runs one decode step for every row in one `session.run`.
 //!
-//! Rows are left-padded: each row's real tokens are the rightmost positions of the shared
-//! cache, the attention mask hides the rest, and each row's positions count only its own
-//! tokens, so a row gets the same logits as it would alone.
+//! Each row's positions count only its own tokens, so a row gets the same logits as it
+//! would alone: in a slot cache a row's real positions start its slot; in a padded cache
+//! they are the rightmost ones and the attention mask hides the left padding (see
+//! `kv_cache`).
 
 use std::collections::VecDeque;
 use std::sync::Arc;

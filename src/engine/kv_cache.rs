@@ -38,8 +38,7 @@ pub(crate) enum KvStorage {
         tensors: Vec<DynValue>,
         past_len: usize,
     },
-    /// `[slots, kv_heads, capacity, head_dim]` buffers; `slots >= batch` (whole slots are
-    /// reserved ahead, so a row joining at the end does not move the others).
+    /// `[batch, kv_heads, capacity, head_dim]` buffers: one slot per row.
     Slots {
         buffers: Vec<Vec<f32>>,
         capacity: usize,

@@ -3,8 +3,10 @@
 //!
 //! - [`model_info`]: reads an exported model folder and checks it is complete.
 //! - [`tokenizer`]: the Hugging Face tokenizer, checked against the model's vocabulary.
-//! - [`session`]: the ONNX session and one forward pass over a left-padded batch.
-//! - [`kv_cache`]: the per-layer key/value tensors carried from one step to the next.
+//! - [`session`]: the ONNX session and one forward pass, for fused (GroupQueryAttention) or
+//!   explicit-attention graphs.
+//! - [`kv_cache`]: the per-layer key/value tensors carried from one step to the next: slots
+//!   written in place, or a left-padded batch.
 //! - [`generate`]: greedy generation of a fixed batch, the reference path for parity tests.
 //! - [`batch`]: the continuous-batching engine (scheduler, prefill, decode, KV rebuilds);
 //!   `prefix_cache` keeps the KV of shared prompt prefixes.
