@@ -90,4 +90,4 @@ echo "test.sh: deploy tests (Dockerfile, Kubernetes overlays, image layout, clus
 # run; seconds) on the debug binary built above, so they cannot rot; fails on any failed or
 # missing request or a missing results file.
 echo "test.sh: load-test smoke (scripts/bench.sh --smoke)"
-TRENDSTORY_BIN=target/debug/trendstory timeout 300 "$PYTHON_ENV_PY" -m pytest -q tests/loadtest
+LOADTEST_BINARY=target/debug/trendstory timeout 300 "$PYTHON_ENV_PY" -m pytest -q tests/loadtest

@@ -544,6 +544,8 @@ def main(argv: list[str] | None = None) -> int:
                  "max_tokens": args.max_tokens,
                  "settings": {k: getattr(args, k) for k in MODES["full"]},
                  "with_peer": args.with_peer,
+                 # Configuration overrides the caller's environment passes to every server.
+                 "env": {k: v for k, v in os.environ.items() if k.startswith("TRENDSTORY_")},
                  "locust": subprocess.run([str(ROOT / ".venv/bin/locust"), "--version"],
                                           capture_output=True, text=True
                                           ).stdout.split(" from ")[0].strip()},

@@ -166,6 +166,11 @@ def markdown_section(results: dict, out: Path) -> str:
         meta["command"],
         "```",
         "",
+    ]
+    if meta.get("env"):
+        parts += ["Configuration overrides in the environment of every server: " + ", ".join(
+            f"`{k}={v}`" for k, v in sorted(meta["env"].items())) + ".", ""]
+    parts += [
         f"Every request asks for {meta['max_tokens']} new tokens (`max_tokens`, llama-server's "
         "`n_predict`), temperature 0.8, seed 42, a news story; users send their next request "
         "as soon as the last one is answered (no wait time), so N users keep N requests in "

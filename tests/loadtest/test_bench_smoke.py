@@ -4,7 +4,7 @@ and charts; the locustfile refuses hosts off this machine and unbounded runs; th
 arithmetic and its BENCHMARKS.md section replacement.
 
 Run by scripts/test.sh after `cargo test` with the debug binary it built:
-    TRENDSTORY_BIN=target/debug/trendstory .venv/bin/python -m pytest -q tests/loadtest
+    LOADTEST_BINARY=target/debug/trendstory .venv/bin/python -m pytest -q tests/loadtest
 """
 
 from __future__ import annotations
@@ -27,13 +27,13 @@ LOCUST = REPO / ".venv" / "bin" / "locust"
 
 
 def binary() -> str:
-    explicit = os.environ.get("TRENDSTORY_BIN")
+    explicit = os.environ.get("LOADTEST_BINARY")
     if explicit:
         return explicit
     for candidate in ("target/debug/trendstory", "target/release/trendstory"):
         if (REPO / candidate).exists():
             return candidate
-    pytest.fail("no trendstory binary: run `cargo build` (or set TRENDSTORY_BIN)")
+    pytest.fail("no trendstory binary: run `cargo build` (or set LOADTEST_BINARY)")
 
 
 def test_smoke_run_writes_results_without_failures(tmp_path):
