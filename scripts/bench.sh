@@ -5,8 +5,8 @@
 #   scripts/bench.sh --quick               # about 4 minutes: 1 and 5 users, short runs
 #   scripts/bench.sh                       # the full report (about 54 minutes at the defaults)
 #   scripts/bench.sh --with-peer ...       # also llama.cpp's llama-server (70 minutes)
-#   scripts/bench.sh --with-peer --level-duration 60 --steady-duration 300 \
-#       --spike-duration 300 --endurance-duration 420 --nobatch-levels 1,5,20   # about 41 minutes
+#   scripts/bench.sh --with-peer --level-duration 90 --steady-duration 240 \
+#       --endurance-duration 300 --nobatch-levels 1,20 --peer-levels 1,20   # about 40 minutes
 #   scripts/bench.sh --smoke [--binary P]  # seconds: tiny model, 1 user, 5 requests per run (CI)
 #
 # Durations and levels (full-run defaults in brackets): --levels 1,5,10,20, --level-duration

@@ -303,6 +303,10 @@ def summarize(records: list[dict], duration: float) -> dict:
         "latency_ms": dist([r["ms"] for r in ok]),
         "ttft_ms": dist(ttft) if ttft else {},
         "rps": round(len(ok) / duration, 3) if duration else 0,
+        # Little's law for a closed loop without wait time: users / mean latency. Steadier
+        # than finished / duration when a run is only a few latencies long (waves of
+        # requests that started together finish together); filled in by run_phase.
+        "rps_users_over_latency": None,
         "tokens_per_s": round(tokens / duration, 2) if duration else 0,
         "tokens_per_request": round(tokens / len(ok), 1) if ok else 0,
         "prompt_tokens_avg": round(sum(prompt) / len(prompt), 1) if prompt else None,
@@ -412,6 +416,8 @@ def run_phase(phase: Phase, server: Server, args, workdir: Path) -> None:
     if args.max_requests and records:
         duration = max(1e-3, max(r["t1"] for r in records) - start)
     res = summarize(records, duration)
+    if res["latency_ms"] and phase.scenario == "fixed" and not args.max_requests:
+        res["rps_users_over_latency"] = round(phase.users / (res["latency_ms"]["avg"] / 1000), 3)
     res.update({"name": phase.name, "target": phase.target, "workload": phase.workload,
                 "users": phase.users, "duration_s": round(duration, 1), "scenario": phase.scenario,
                 "locust_rc": locust.returncode,

@@ -130,7 +130,8 @@ def level_rows(rs: list[dict], ttft: bool = False) -> list[list]:
     for r in rs:
         lat, srv = r["latency_ms"], r["server"]
         row = [r["users"], fmt(lat.get("avg")), fmt(lat.get("p90")), fmt(lat.get("p95")),
-               fmt(lat.get("p99")), fmt(r["rps"], 2), fmt(r["tokens_per_s"], 1),
+               fmt(lat.get("p99")), fmt(r["rps"], 2), fmt(r.get("rps_users_over_latency"), 2),
+               fmt(r["tokens_per_s"], 1),
                fmt(srv.get("cpu_pct")), fmt(srv.get("peak_rss_mb")), fmt(r["net_kbps"], 1)]
         if ttft:
             t = r.get("ttft_ms") or {}
@@ -140,7 +141,8 @@ def level_rows(rs: list[dict], ttft: bool = False) -> list[list]:
     return rows
 
 
-LEVEL_HEADER = ["users", "avg ms", "p90", "p95", "p99", "req/s", "generated tokens/s", "CPU %",
+LEVEL_HEADER = ["users", "avg ms", "p90", "p95", "p99", "req/s", "users / avg",
+                "generated tokens/s", "CPU %",
                 "peak RSS MiB", "net KB/s", "requests / failed"]
 TTFT_HEADER = LEVEL_HEADER[:5] + ["TTFT avg", "TTFT p95", "TTFT p99"] + LEVEL_HEADER[5:]
 
@@ -179,7 +181,10 @@ def markdown_section(results: dict, out: Path) -> str:
         "W3: W1 as Server-Sent Events. Latency is client-side, per finished request (requests "
         "cut off by the end of a run are not counted). CPU % is the server process's share "
         "of all cores, peak RSS its largest sampled resident set (from /proc, every 0.5 s), "
-        "net KB/s the HTTP bodies sent and received. The bench configuration is the default "
+        "net KB/s the HTTP bodies sent and received. \"users / avg\" is the closed loop's "
+        "requests/s by Little's law (users over mean latency): a cross-check of req/s "
+        "(finished over the run's length), which a run of only a few latencies makes coarse "
+        "because requests that start together finish together. The bench configuration is the default "
         "one on 127.0.0.1 with background stories off and a 300 s request timeout; "
         "\"batching off\" is the same with `TRENDSTORY_INFERENCE__MAX_BATCH_SIZE=1`.",
         "",
