@@ -322,6 +322,7 @@ def charts(results: dict, out: Path) -> list[Path]:
     series = [(t, TARGET_LABELS[t], runs(results, t, "W1"))
               for t in ("trendstory", "trendstory-nobatch", "llama-server")]
     ref_users = [r[0] for r in REFERENCE]
+    ticks = sorted(set(ref_users) | {r["users"] for _, _, rs in series for r in rs})
 
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.5), sharex=True)
     for ax, key, title, ref_i in zip(axes, ("avg", "p95", "p99"), ("average", "p95", "p99"),
@@ -333,6 +334,7 @@ def charts(results: dict, out: Path) -> list[Path]:
         ax.plot(ref_users, [r[ref_i] for r in REFERENCE], marker="s", linestyle="--",
                 color="gray", label="reference (claimed)")
         ax.set_title(f"W1 latency, {title}")
+        ax.set_xticks(ticks)
         ax.set_xlabel("users")
         ax.set_ylabel("ms")
         ax.grid(alpha=0.3)
@@ -351,6 +353,7 @@ def charts(results: dict, out: Path) -> list[Path]:
     ax.axhspan(*REFERENCE_REBUILD_RPS, color="gray", alpha=0.2,
                label="reference design, rebuilt (measured)")
     ax.set_title("W1 requests/s against users")
+    ax.set_xticks(ticks)
     ax.set_xlabel("users")
     ax.set_ylabel("requests/s")
     ax.grid(alpha=0.3)
