@@ -14,8 +14,10 @@ Phases, in order, each with the machine to itself (one server at a time):
 2. TrendStory again with `TRENDSTORY_INFERENCE__MAX_BATCH_SIZE=1`: W1 per level.
 3. With --with-peer: llama.cpp's llama-server (scripts/loadtest/peer-llama-server.sh), W1 and
    W3 per level.
-Numbers come from the per-request records Locust writes (--records): every finished request
-counts, requests cut off at the end of a run do not. Exits 1 when a phase finished no
+Numbers come from the per-request records Locust writes (--records). At the end of a run no
+new request starts and those in flight finish (Locust's --stop-timeout): their latencies
+count (leaving them out would favour short requests), requests/s and tokens/s count only
+what finished within the run's length. Exits 1 when a phase finished no
 request, and in --mode smoke also when any request failed.
 """
 
@@ -47,15 +49,17 @@ PEER_SCRIPT = "scripts/loadtest/peer-llama-server.sh"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 NCPU = os.cpu_count() or 1
 USER_CLASSES = {"W1": "W1Unique", "W2": "W2Trending", "W3": "W3Streaming"}
+# Seconds the requests in flight at a run's end get to finish (the server's timeout is 300).
+STOP_TIMEOUT = 300
 
 # Per mode: user levels, seconds per level, W2's seconds and warm-up, scenario seconds.
 MODES = {
     "smoke": dict(levels=[1], level_duration=20, w2_duration=20, w2_warmup=0,
                   steady_duration=0, spike_duration=4, spike_ramp=2, spike_users=2,
                   endurance_duration=0, nobatch_levels=[], peer_levels=[1], max_requests=5),
-    "quick": dict(levels=[1, 5], level_duration=15, w2_duration=10, w2_warmup=15,
-                  steady_duration=15, spike_duration=40, spike_ramp=10, spike_users=20,
-                  endurance_duration=25, nobatch_levels=[5], peer_levels=[1, 5],
+    "quick": dict(levels=[1, 5], level_duration=20, w2_duration=10, w2_warmup=15,
+                  steady_duration=20, spike_duration=40, spike_ramp=10, spike_users=20,
+                  endurance_duration=30, nobatch_levels=[5], peer_levels=[1, 5],
                   max_requests=0),
     "full": dict(levels=[1, 5, 10, 20], level_duration=120, w2_duration=30, w2_warmup=60,
                  steady_duration=600, spike_duration=300, spike_ramp=30, spike_users=20,
@@ -286,23 +290,26 @@ def stages(records: list[dict]) -> dict:
     return out
 
 
-def summarize(records: list[dict], duration: float) -> dict:
+def summarize(records: list[dict], duration: float, window_end: float | None = None) -> dict:
+    """Latency over every finished request; rates over those finished by `window_end`."""
     ok = [r for r in records if r["ok"]]
+    in_window = [r for r in ok if window_end is None or r["t1"] <= window_end]
     failed = [r for r in records if not r["ok"]]
     reasons: dict[str, int] = {}
     for r in failed:
         key = (r.get("error") or f"HTTP {r.get('status')}")[:60]
         reasons[key] = reasons.get(key, 0) + 1
     # Generated tokens: a story-cache hit generated nothing.
-    tokens = sum(r.get("tokens") or 0 for r in ok if not r.get("cached"))
-    net = sum(r.get("req_bytes", 0) + r.get("resp_bytes", 0) for r in records)
+    tokens = sum(r.get("tokens") or 0 for r in in_window if not r.get("cached"))
+    net = sum(r.get("req_bytes", 0) + r.get("resp_bytes", 0) for r in records
+              if window_end is None or r["t1"] <= window_end)
     ttft = [r["ttft_ms"] for r in ok if r.get("ttft_ms") is not None]
     prompt = [r["prompt_tokens"] for r in ok if r.get("prompt_tokens")]
     return {
         "requests": len(records), "failures": len(failed), "failure_reasons": reasons,
         "latency_ms": dist([r["ms"] for r in ok]),
         "ttft_ms": dist(ttft) if ttft else {},
-        "rps": round(len(ok) / duration, 3) if duration else 0,
+        "rps": round(len(in_window) / duration, 3) if duration else 0,
         # Little's law for a closed loop without wait time: users / mean latency. Steadier
         # than finished / duration when a run is only a few latencies long (waves of
         # requests that started together finish together); filled in by run_phase.
@@ -376,7 +383,7 @@ def locust_command(phase: Phase, server: Server, args, records: Path) -> list[st
     cmd = [str(ROOT / ".venv/bin/locust"), "-f", LOCUSTFILE, "--headless", "--only-summary",
            "-H", server.host, "--records", str(records),
            "--target", "llama-server" if phase.target == "llama-server" else "trendstory",
-           "--max-tokens", str(args.max_tokens)]
+           "--max-tokens", str(args.max_tokens), "--stop-timeout", str(STOP_TIMEOUT)]
     if phase.scenario == "fixed":
         cmd += ["-u", str(phase.users), "-r", str(phase.users), "-t", f"{int(phase.duration)}s"]
     else:
@@ -402,7 +409,7 @@ def run_phase(phase: Phase, server: Server, args, workdir: Path) -> None:
     sampler = Sampler({"server": server.proc.pid, "locust": locust.pid})
     sampler.start()
     try:
-        locust.wait(timeout=phase.duration + 180)
+        locust.wait(timeout=phase.duration + STOP_TIMEOUT + 60)
     except subprocess.TimeoutExpired:
         locust.kill()
         locust.wait()
@@ -415,7 +422,7 @@ def run_phase(phase: Phase, server: Server, args, workdir: Path) -> None:
     duration = phase.duration
     if args.max_requests and records:
         duration = max(1e-3, max(r["t1"] for r in records) - start)
-    res = summarize(records, duration)
+    res = summarize(records, duration, None if args.max_requests else start + duration)
     if res["latency_ms"] and phase.scenario == "fixed" and not args.max_requests:
         res["rps_users_over_latency"] = round(phase.users / (res["latency_ms"]["avg"] / 1000), 3)
     res.update({"name": phase.name, "target": phase.target, "workload": phase.workload,
