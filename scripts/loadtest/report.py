@@ -72,8 +72,12 @@ def targets(results: dict) -> list[dict]:
         out.append({"target": name, "goal": goal, "measured": value,
                     "met": None if value is None else bool(met)})
 
-    w1 = at(results, "trendstory", "W1", 20)
-    peer = at(results, "llama-server", "W1", 20)
+    def measured(r: dict | None) -> dict | None:
+        """A run that finished requests, or None (nothing to judge)."""
+        return r if r and r["requests"] else None
+
+    w1 = measured(at(results, "trendstory", "W1", 20))
+    peer = measured(at(results, "llama-server", "W1", 20))
     if w1:
         add("W1 at 20 users: requests/s", ">= 2.4", w1["rps"], w1["rps"] >= 2.4)
         add("W1 at 20 users: failures", "0", w1["failures"], w1["failures"] == 0)
@@ -88,7 +92,7 @@ def targets(results: dict) -> list[dict]:
                 p95 / peer_p95 <= 0.6)
     else:
         add("W1 at 20 users against llama-server", ">= 1.5x req/s, <= 0.6x p95", None, None)
-    w2 = at(results, "trendstory", "W2", 20)
+    w2 = measured(at(results, "trendstory", "W2", 20))
     if w2:
         add("W2 at 20 users: p95 ms", "< 100", w2["latency_ms"].get("p95"),
             (w2["latency_ms"].get("p95") or 1e9) < 100)
@@ -99,18 +103,22 @@ def targets(results: dict) -> list[dict]:
     ttft = (w3 or {}).get("ttft_ms", {}).get("p95")
     add("W3 at 5 users: time to first token p95 ms", "< 1500", ttft,
         ttft is not None and ttft < 1500)
-    spike = scenario(results, "spike")
+    spike = measured(scenario(results, "spike"))
     if spike:
         rec = spike.get("spike", {}).get("recovered_s_after_ramp")
         add("Spike: failures", "0", spike["failures"], spike["failures"] == 0)
         add("Spike: p95 within 1.2x of steady state, s after the ramp", "<= 30", rec,
             rec is not None and rec <= 30)
-    endurance = scenario(results, "endurance")
+    else:
+        add("Spike", "no failure, p95 within 1.2x of steady state in 30 s", None, None)
+    endurance = measured(scenario(results, "endurance"))
     if endurance:
         growth = endurance.get("endurance", {}).get("rss_growth_pct")
         add("Endurance: RSS growth after warm-up %", "< 5", growth,
             growth is not None and growth < 5)
         add("Endurance: failures", "0", endurance["failures"], endurance["failures"] == 0)
+    else:
+        add("Endurance", "RSS growth < 5% after warm-up, no failure", None, None)
     lookups = [r["stages_ms"].get("trend_lookup_p99") for r in results["runs"]
                if r["target"] == "trendstory" and r["stages_ms"].get("trend_lookup_p99") is not None]
     worst = max(lookups) if lookups else None
