@@ -10,7 +10,7 @@
 #   scripts/bench.sh --smoke [--binary P]  # seconds: tiny model, 1 user, 5 requests per run (CI)
 #
 # Durations and levels (full-run defaults in brackets): --levels 1,5,10,20, --level-duration
-# S [120], --w2-duration S [30], --w2-warmup S [60], --steady-duration S [600],
+# S [120], --w2-duration S [30], --trend-limit N [20] (W2's topics), --steady-duration S [600],
 # --spike-duration S [300], --spike-ramp S [30], --endurance-duration S [600] (3600: the
 # 1-hour run), --nobatch-levels LIST, --peer-levels LIST; 0 or an empty list skips a part.
 # Other options: --binary PATH, --model DIR, --out DIR, --no-docs (leave BENCHMARKS.md alone).
@@ -44,7 +44,7 @@ while (($#)); do
         --model) model="$2"; shift ;;
         --out) out="$2"; shift ;;
         --no-docs) docs=0 ;;
-        --levels|--level-duration|--w2-duration|--w2-warmup|--steady-duration|--spike-duration|\
+        --levels|--level-duration|--w2-duration|--trend-limit|--steady-duration|--spike-duration|\
 --spike-ramp|--spike-users|--endurance-duration|--nobatch-levels|--peer-levels|--max-tokens|\
 --max-requests)
             pass+=("$1" "$2"); shift ;;

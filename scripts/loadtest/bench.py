@@ -9,8 +9,8 @@ writes the report (BENCHMARKS.md section, PNG charts) from that JSON alone.
 
 Phases, in order, each with the machine to itself (one server at a time):
 1. TrendStory (the bench config: loopback, background stories off): W1, W3 and W2 per user
-   level (W2 after a warm-up run that fills the story cache), then the scenarios steady,
-   spike and endurance (W1 requests).
+   level (W2 after one story per trend of its list, all at once, fills the story cache), then
+   the scenarios steady, spike and endurance (W1 requests).
 2. TrendStory again with `TRENDSTORY_INFERENCE__MAX_BATCH_SIZE=1`: W1 per level.
 3. With --with-peer: llama.cpp's llama-server (scripts/loadtest/peer-llama-server.sh), W1 and
    W3 per level.
@@ -54,14 +54,14 @@ STOP_TIMEOUT = 300
 
 # Per mode: user levels, seconds per level, W2's seconds and warm-up, scenario seconds.
 MODES = {
-    "smoke": dict(levels=[1], level_duration=20, w2_duration=20, w2_warmup=0,
+    "smoke": dict(levels=[1], level_duration=20, w2_duration=20, trend_limit=20,
                   steady_duration=0, spike_duration=4, spike_ramp=2, spike_users=2,
                   endurance_duration=0, nobatch_levels=[], peer_levels=[1], max_requests=5),
-    "quick": dict(levels=[1, 5], level_duration=20, w2_duration=10, w2_warmup=15,
+    "quick": dict(levels=[1, 5], level_duration=20, w2_duration=10, trend_limit=5,
                   steady_duration=20, spike_duration=40, spike_ramp=10, spike_users=20,
                   endurance_duration=30, nobatch_levels=[5], peer_levels=[1, 5],
                   max_requests=0),
-    "full": dict(levels=[1, 5, 10, 20], level_duration=120, w2_duration=30, w2_warmup=60,
+    "full": dict(levels=[1, 5, 10, 20], level_duration=120, w2_duration=30, trend_limit=20,
                  steady_duration=600, spike_duration=300, spike_ramp=30, spike_users=20,
                  endurance_duration=600, nobatch_levels=[1, 5, 10, 20],
                  peer_levels=[1, 5, 10, 20], max_requests=0),
@@ -79,7 +79,6 @@ class Phase:
     duration: float
     scenario: str = "fixed"
     spike_ramp: float = 0
-    warmup: bool = False  # fills the story cache; not reported
     result: dict = field(default_factory=dict)
 
 
@@ -391,8 +390,10 @@ def locust_command(phase: Phase, server: Server, args, records: Path) -> list[st
                 "--scenario-duration", str(int(phase.duration))]
         if phase.scenario == "spike":
             cmd += ["--spike-ramp", str(int(phase.spike_ramp))]
-    if args.max_requests and not phase.warmup:
+    if args.max_requests:
         cmd += ["--max-requests", str(args.max_requests)]
+    if phase.workload == "W2":
+        cmd += ["--trend-limit", str(args.trend_limit)]
     cmd.append(USER_CLASSES[phase.workload])
     return cmd
 
@@ -449,6 +450,38 @@ def run_phase(phase: Phase, server: Server, args, workdir: Path) -> None:
           flush=True)
 
 
+def fill_story_cache(server: Server, args) -> dict:
+    """W2's warm-up: one story for each of the top `trend_limit` trends, all requested at
+    once with W2's exact request (so that W2 finds them in the story cache)."""
+    started = time.time()
+    url = f"{server.host}/v1/trends?limit={args.trend_limit}"
+    with urllib.request.urlopen(url, timeout=10) as response:
+        topics = [t["topic"] for t in json.load(response)["trends"]]
+    failures: list[str] = []
+
+    def one(topic: str) -> None:
+        # The body of locustfile.py's W2 request (Story.body) with its default options.
+        body = json.dumps({"topic": topic, "style": "news", "max_tokens": args.max_tokens,
+                           "temperature": 0.8, "seed": 42}).encode()
+        request = urllib.request.Request(f"{server.host}/v1/stories", data=body,
+                                         headers={"content-type": "application/json"})
+        try:
+            with urllib.request.urlopen(request, timeout=STOP_TIMEOUT) as response:
+                response.read()
+        except (urllib.error.URLError, OSError) as e:
+            failures.append(f"{topic}: {e}")
+
+    threads = [threading.Thread(target=one, args=(t,)) for t in topics]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    took = time.time() - started
+    print(f"bench: story cache filled for W2: {len(topics)} trends in {took:.1f} s"
+          f"{', ' + str(len(failures)) + ' failed' if failures else ''}", flush=True)
+    return {"trends": len(topics), "seconds": round(took, 1), "failures": failures}
+
+
 def plan(args) -> list[tuple[str, dict, list[Phase]]]:
     """(server kind, env overrides, phases) in order."""
     ts: list[Phase] = []
@@ -456,9 +489,6 @@ def plan(args) -> list[tuple[str, dict, list[Phase]]]:
         ts.append(Phase(f"ts-w1-u{users}", "trendstory", "W1", users, args.level_duration))
     for users in args.levels:
         ts.append(Phase(f"ts-w3-u{users}", "trendstory", "W3", users, args.level_duration))
-    if args.w2_warmup:
-        ts.append(Phase("ts-w2-warmup", "trendstory", "W2", max(args.levels), args.w2_warmup,
-                        warmup=True))
     for users in args.levels:
         ts.append(Phase(f"ts-w2-u{users}", "trendstory", "W2", users, args.w2_duration))
     if args.steady_duration:
@@ -578,15 +608,18 @@ def main(argv: list[str] | None = None) -> int:
         server = Server(kind, args, workdir, overrides)
         try:
             server.start()
+            filled = False
             for phase in phases:
+                if phase.workload == "W2" and not filled:
+                    results["w2_cache_fill"] = fill_story_cache(server, args)
+                    filled = True
                 run_phase(phase, server, args, workdir)
                 if phase.result["requests"] == 0:
                     broken.append(f"{phase.name}: no request finished")
                 elif args.mode == "smoke" and phase.result["failures"]:
                     broken.append(f"{phase.name}: {phase.result['failures']} failed "
                                   f"{phase.result['failure_reasons']}")
-                if not phase.warmup:
-                    results["runs"].append(phase.result)
+                results["runs"].append(phase.result)
             results["servers"].append({"kind": kind, "env": overrides,
                                        "ready_after_s": round(server.started_s, 1),
                                        "vm_hwm_mb": server.vm_hwm_mb()})
