@@ -105,11 +105,23 @@ class Sampler(threading.Thread):
         except (OSError, ValueError, StopIteration):
             return None
 
+    @staticmethod
+    def machine_busy() -> float | None:
+        """CPU seconds all cores spent busy since boot (/proc/stat), or None."""
+        try:
+            fields = [int(x) for x in Path("/proc/stat").read_text().split("\n")[0].split()[1:]]
+            idle = fields[3] + fields[4]  # idle, iowait
+            return (sum(fields[:8]) - idle) / CLK_TCK
+        except (OSError, ValueError, IndexError):
+            return None
+
     def sample(self) -> None:
         now = time.time()
         for name, pid in self.pids.items():
             if (got := self.read(pid)) is not None:
                 self.samples[name].append((now, *got))
+        if (busy := self.machine_busy()) is not None:
+            self.samples.setdefault("machine", []).append((now, busy, 0.0))
 
     def run(self) -> None:
         while not self.stopping.is_set():
@@ -120,6 +132,15 @@ class Sampler(threading.Thread):
     def stop(self) -> None:
         self.stopping.set()
         self.join()
+
+    def other_cpu_pct(self) -> float | None:
+        """Share of all cores that processes other than the sampled ones used (noise)."""
+        m = self.samples.get("machine") or []
+        if len(m) < 2 or m[-1][0] <= m[0][0]:
+            return None
+        busy = (m[-1][1] - m[0][1]) / (m[-1][0] - m[0][0]) * 100 / NCPU
+        ours = sum(self.summary(name).get("cpu_pct", 0.0) for name in self.pids)
+        return round(max(0.0, busy - ours), 1)
 
     def summary(self, name: str) -> dict:
         s = self.samples.get(name) or []
@@ -433,7 +454,8 @@ def run_phase(phase: Phase, server: Server, args, workdir: Path) -> None:
                 "users": phase.users, "duration_s": round(duration, 1), "scenario": phase.scenario,
                 "locust_rc": locust.returncode,
                 "command": shlex.join(["locust", *cmd[1:]]).replace(str(ROOT) + "/", ""),
-                "server": sampler.summary("server"), "locust": sampler.summary("locust")})
+                "server": sampler.summary("server"), "locust": sampler.summary("locust"),
+                "other_cpu_pct": sampler.other_cpu_pct()})
     if phase.scenario != "fixed":
         step = 5.0 if phase.duration <= 120 else 10.0
         res["timeline"] = timeline(records, start, end, step)
@@ -446,7 +468,8 @@ def run_phase(phase: Phase, server: Server, args, workdir: Path) -> None:
     lat = res["latency_ms"]
     print(f"bench:   {res['requests']} requests, {res['failures']} failed, {res['rps']} req/s, "
           f"avg {lat.get('avg')} ms, p95 {lat.get('p95')} ms, "
-          f"server CPU {res['server'].get('cpu_pct')}%, RSS {res['server'].get('peak_rss_mb')} MiB",
+          f"server CPU {res['server'].get('cpu_pct')}%, RSS {res['server'].get('peak_rss_mb')} MiB, "
+          f"other processes' CPU {res['other_cpu_pct']}%",
           flush=True)
 
 

@@ -177,6 +177,16 @@ def markdown_section(results: dict, out: Path) -> str:
         "```",
         "",
     ]
+    others = [(r["other_cpu_pct"], r["name"]) for r in results["runs"]
+              if r.get("other_cpu_pct") is not None]
+    if others:
+        worst = max(others)
+        noisy = [name for pct, name in others if pct > 10]
+        parts += [f"Other processes' share of the cores during the runs (all CPU time but the "
+                  f"server's and Locust's, from /proc/stat): at most {worst[0]:.0f}% "
+                  f"({worst[1]})" + (f"; over 10% in {len(noisy)} of {len(others)} runs "
+                                     f"({', '.join(noisy)}): **those figures are disturbed**."
+                                     if noisy else ": a quiet machine."), ""]
     if meta.get("env"):
         parts += ["Configuration overrides in the environment of every server: " + ", ".join(
             f"`{k}={v}`" for k, v in sorted(meta["env"].items())) + ".", ""]
@@ -318,7 +328,7 @@ def markdown_section(results: dict, out: Path) -> str:
                else fmt(t["measured"]),
                "not measured" if t["met"] is None else ("met" if t["met"] else "**missed**")]
               for t in results.get("targets", [])]
-    parts += ["### Against the issue's targets", "",
+    parts += ["### Load tests against the issue's targets", "",
               table(["target", "goal", "measured", ""], t_rows), "", END]
     return "\n".join(parts) + "\n"
 
