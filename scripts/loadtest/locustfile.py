@@ -145,17 +145,25 @@ def _load_trends(environment, **_kwargs) -> None:
     names = {cls.__name__ for cls in environment.user_classes}
     if "W2Trending" not in names:
         return
+    problem = ""
     if options.target != "trendstory":
-        log.error("W2Trending runs against TrendStory only")
-        sys.exit(2)
-    url = f"{environment.host.rstrip('/')}/v1/trends?limit={options.trend_limit}"
-    with urllib.request.urlopen(url, timeout=10) as response:
-        trends = json.load(response)["trends"]
-    TRENDS[:] = [t["topic"] for t in trends]
+        problem = "W2Trending runs against TrendStory only"
+    else:
+        url = f"{environment.host.rstrip('/')}/v1/trends?limit={options.trend_limit}"
+        try:
+            with urllib.request.urlopen(url, timeout=10) as response:
+                TRENDS[:] = [t["topic"] for t in json.load(response)["trends"]]
+        except (OSError, ValueError, KeyError) as e:
+            problem = f"cannot read {url}: {e}"
+        if not TRENDS and not problem:
+            problem = "GET /v1/trends returned no trends"
+    if problem:
+        # In the runner's greenlet: stop the run and exit with status 2 rather than raise.
+        log.error(problem)
+        environment.process_exit_code = 2
+        gevent.spawn(environment.runner.quit)
+        return
     TREND_WEIGHTS[:] = [1 / (rank ** options.zipf_s) for rank in range(1, len(TRENDS) + 1)]
-    if not TRENDS:
-        log.error("GET /v1/trends returned no trends")
-        sys.exit(2)
 
 
 @events.quitting.add_listener
@@ -294,7 +302,8 @@ class W2Trending(StoryJson):
 
     @task
     def story(self) -> None:
-        self.post(random.choices(TRENDS, TREND_WEIGHTS)[0])
+        if TRENDS:  # empty only while a refused run stops
+            self.post(random.choices(TRENDS, TREND_WEIGHTS)[0])
 
 
 class W3Streaming(Story, User):

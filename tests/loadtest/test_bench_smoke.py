@@ -110,3 +110,11 @@ def test_section_is_replaced_between_the_markers():
     new = f"{report.BEGIN}\nnew\n{report.END}\n"
     assert report.replace_section(text, new) == f"# B\n\nbefore\n\n{new}after\n"
     assert report.replace_section("# B\n", new) == f"# B\n\n{new}"
+
+
+def test_w2_stops_with_status_2_without_a_trend_list():
+    proc = subprocess.run([str(LOCUST), "-f", "scripts/loadtest/locustfile.py", "--headless",
+                           "-H", "http://127.0.0.1:9", "-u", "1", "-t", "20s", "W2Trending"],
+                          cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2
+    assert "cannot read http://127.0.0.1:9/v1/trends" in proc.stderr
