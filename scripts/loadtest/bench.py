@@ -209,6 +209,13 @@ class Server:
                         print(f"bench: {self.kind} ready on {self.host} after {self.started_s:.1f} s",
                               flush=True)
                         return
+            except urllib.error.HTTPError as e:
+                # TrendStory's 503 names each worker's last error: a model that cannot be
+                # loaded will not become ready, so stop waiting at once.
+                error = worker_error(e)
+                if error:
+                    self.stop()
+                    raise RuntimeError(f"{self.kind} cannot load its model: {error}") from None
             except (urllib.error.URLError, OSError):
                 pass
             time.sleep(0.5)
@@ -233,6 +240,16 @@ class Server:
         except (OSError, AttributeError):
             pass
         return None
+
+
+def worker_error(error: urllib.error.HTTPError) -> str:
+    """The first inference worker's last error in a /readyz 503 body, if any."""
+    try:
+        body = json.loads(error.read())
+        workers = body.get("inference", {}).get("workers", [])
+        return next((w["last_error"] for w in workers if w.get("last_error")), "")
+    except (ValueError, AttributeError, OSError):
+        return ""
 
 
 def bench_config(port: int, model: str) -> str:
