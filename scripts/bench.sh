@@ -2,7 +2,7 @@
 # The load-test report (issue 9) from one command: Locust against the release server on the
 # bench model, on 127.0.0.1 only, every run bounded in time.
 #
-#   scripts/bench.sh --quick               # about 4 minutes: 1 and 5 users, short runs
+#   scripts/bench.sh --quick               # about 5 minutes (7 with --with-peer): 1 and 5 users
 #   scripts/bench.sh                       # the full report (about 54 minutes at the defaults)
 #   scripts/bench.sh --with-peer ...       # also llama.cpp's llama-server (70 minutes)
 #   scripts/bench.sh --with-peer --level-duration 90 --steady-duration 240 \
