@@ -4,7 +4,8 @@
 # (scripts/deploy-tools.sh), the Python exporter tests, `cargo test`, the browser tests of
 # the web page, then the deploy tests (Dockerfile lint, Kubernetes overlays rendered and
 # validated, the image layout serving the ConfigMap's config, a replica killed behind
-# nginx). Idempotent and fast on a second run.
+# nginx), then the load-test smoke (scripts/bench.sh --smoke). Idempotent and fast on a
+# second run.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
@@ -87,3 +88,9 @@ timeout 600 "$PYTHON_ENV_PY" -m pytest -q tests/browser
 # After cargo test: these run its debug binary (scripts/image.sh build dev finds it fresh).
 echo "test.sh: deploy tests (Dockerfile, Kubernetes overlays, image layout, cluster failover)"
 "$PYTHON_ENV_PY" -m pytest -q tests/deploy
+
+# The load-test scripts (scripts/bench.sh --smoke: tiny model, one user, five requests per
+# run; seconds) on the debug binary built above, so they cannot rot; fails on any failed or
+# missing request or a missing results file.
+echo "test.sh: load-test smoke (scripts/bench.sh --smoke)"
+LOADTEST_BINARY=target/debug/trendstory timeout 300 "$PYTHON_ENV_PY" -m pytest -q tests/loadtest
