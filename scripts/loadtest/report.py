@@ -339,6 +339,12 @@ def charts(results: dict, out: Path) -> list[Path]:
     import matplotlib.pyplot as plt
 
     written = []
+
+    def save(fig, path: Path) -> Path:
+        fig.tight_layout()
+        fig.savefig(path, dpi=100)
+        plt.close(fig)
+        return path
     series = [(t, TARGET_LABELS[t], runs(results, t, "W1"))
               for t in ("trendstory", "trendstory-nobatch", "llama-server")]
     ref_users = [r[0] for r in REFERENCE]
@@ -359,10 +365,7 @@ def charts(results: dict, out: Path) -> list[Path]:
         ax.set_ylabel("ms")
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=8)
-    fig.tight_layout()
-    written.append(out / "latency.png")
-    fig.savefig(written[-1], dpi=100)
-    plt.close(fig)
+    written.append(save(fig, out / "latency.png"))
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for _target, label, rs in series:
@@ -378,10 +381,7 @@ def charts(results: dict, out: Path) -> list[Path]:
     ax.set_ylabel("requests/s")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    written.append(out / "throughput.png")
-    fig.savefig(written[-1], dpi=100)
-    plt.close(fig)
+    written.append(save(fig, out / "throughput.png"))
 
     spike = scenario(results, "spike")
     if spike and spike.get("timeline"):
@@ -405,10 +405,7 @@ def charts(results: dict, out: Path) -> list[Path]:
         ax2.set_xlabel("seconds")
         ax2.legend(fontsize=8)
         ax2.grid(alpha=0.3)
-        fig.tight_layout()
-        written.append(out / "spike.png")
-        fig.savefig(written[-1], dpi=100)
-        plt.close(fig)
+        written.append(save(fig, out / "spike.png"))
 
     endurance = scenario(results, "endurance")
     if endurance and endurance.get("server_timeline"):
@@ -422,10 +419,7 @@ def charts(results: dict, out: Path) -> list[Path]:
         ax2.set_ylabel("server CPU %", color="tab:orange")
         ax1.set_title(f"Endurance: {endurance['users']} users, W1")
         ax1.grid(alpha=0.3)
-        fig.tight_layout()
-        written.append(out / "endurance.png")
-        fig.savefig(written[-1], dpi=100)
-        plt.close(fig)
+        written.append(save(fig, out / "endurance.png"))
     return written
 
 
