@@ -439,6 +439,7 @@ def locust_command(phase: Phase, server: Server, args, records: Path) -> list[st
 def run_phase(phase: Phase, server: Server, args, workdir: Path) -> None:
     records_path = workdir / "records" / f"{phase.name}.jsonl"
     records_path.parent.mkdir(parents=True, exist_ok=True)
+    records_path.unlink(missing_ok=True)  # an earlier run's records must never count
     cmd = locust_command(phase, server, args, records_path)
     print(f"bench: {phase.name}: {phase.workload} x {phase.users} users, {phase.duration:.0f} s"
           f"{'' if phase.scenario == 'fixed' else ' (' + phase.scenario + ')'}", flush=True)
@@ -525,12 +526,11 @@ def fill_story_cache(server: Server, args) -> dict:
 def plan(args) -> list[tuple[str, dict, list[Phase]]]:
     """(server kind, env overrides, phases) in order."""
     ts: list[Phase] = []
-    for users in args.levels:
-        ts.append(Phase(f"ts-w1-u{users}", "trendstory", "W1", users, args.level_duration))
-    for users in args.levels:
-        ts.append(Phase(f"ts-w3-u{users}", "trendstory", "W3", users, args.level_duration))
-    for users in args.levels:
-        ts.append(Phase(f"ts-w2-u{users}", "trendstory", "W2", users, args.w2_duration))
+    for workload, duration in (("W1", args.level_duration), ("W3", args.level_duration),
+                               ("W2", args.w2_duration)):
+        if duration:  # 0 skips the part
+            ts += [Phase(f"ts-{workload.lower()}-u{users}", "trendstory", workload, users,
+                         duration) for users in args.levels]
     if args.steady_duration:
         ts.append(Phase("ts-steady", "trendstory", "W1", 5, args.steady_duration, "steady"))
     if args.spike_duration:

@@ -229,6 +229,10 @@ pub struct Prompt {
     /// Number of ids after the prefix that encode the user message (together with any template
     /// text between the message and the next special token, none for TinyLlama's template).
     pub user_tokens: usize,
+    /// Leading ids every prompt of this style shares: the prefix and the user message's fixed
+    /// instruction before the topic. The engine keeps their keys and values
+    /// (`GenerationRequest::shared_prefix`), so a new topic prefills only the rest.
+    pub shared_tokens: usize,
 }
 
 /// One style's template parts around the user message, encoded once at start-up.
@@ -246,7 +250,14 @@ struct StyleParts {
     suffix_head: String,
     /// The rest of the suffix, specials recognized, without BOS.
     suffix_ids: Vec<u32>,
+    /// The ids of the user message's instruction before the topic (up to `Topic:`), as they
+    /// start every user message of this style; empty if the tokenizer merges them with what
+    /// follows.
+    lead_ids: Vec<u32>,
 }
+
+/// Stands for the topic while the instruction before it is cut out of the user message.
+const TOPIC_MARK: &str = "\u{1}";
 
 /// Builds story prompts for one model: the chat template rendered once per style, and a
 /// copy of the tokenizer that treats every added or special token as plain text.
@@ -306,13 +317,27 @@ impl PromptBuilder {
                 anchor_ids: encode(&literal, anchor_text, false)?.get_ids().to_vec(),
                 suffix_head: suffix_head.to_string(),
                 suffix_ids,
+                lead_ids: Vec::new(),
             });
         }
-        Ok(Self {
+        let mut builder = Self {
             parts,
             literal,
             control_ids,
-        })
+        };
+        for style in Style::ALL {
+            let message = user_message(style, TOPIC_MARK, None);
+            let instruction = message.split(TOPIC_MARK).next().unwrap_or("").trim_end();
+            let parts = &builder.parts[style as usize];
+            let joint = format!("{}{instruction}", parts.anchor_text);
+            let joint_ids = encode(&builder.literal, &joint, false)?.get_ids().to_vec();
+            let lead = joint_ids
+                .strip_prefix(parts.anchor_ids.as_slice())
+                .map(<[u32]>::to_vec)
+                .unwrap_or_default();
+            builder.parts[style as usize].lead_ids = lead;
+        }
+        Ok(builder)
     }
 
     /// The ids every prompt of `style` starts with (BOS, the system turn, the user turn's
@@ -337,7 +362,30 @@ impl PromptBuilder {
         let context = context.and_then(|c| clean_topic(c, usize::MAX).ok());
         let message = user_message(style, &topic, context.as_deref());
         let parts = &self.parts[style as usize];
+        let user_ids = self.user_ids(parts, &message)?;
+        let lead = if user_ids.starts_with(&parts.lead_ids) {
+            parts.lead_ids.len()
+        } else {
+            0
+        };
 
+        let mut ids =
+            Vec::with_capacity(parts.prefix_ids.len() + user_ids.len() + parts.suffix_ids.len());
+        ids.extend_from_slice(&parts.prefix_ids);
+        ids.extend_from_slice(&user_ids);
+        ids.extend_from_slice(&parts.suffix_ids);
+        Ok(Prompt {
+            text: format!("{}{message}{}", parts.prefix_text, parts.suffix_text),
+            ids,
+            prefix_tokens: parts.prefix_ids.len(),
+            user_tokens: user_ids.len(),
+            shared_tokens: parts.prefix_ids.len() + lead,
+        })
+    }
+
+    /// The ids of a user message between `parts`' prefix and suffix, encoded with no special
+    /// token recognized.
+    fn user_ids(&self, parts: &StyleParts, message: &str) -> Result<Vec<u32>, PromptError> {
         let joint = format!("{}{message}{}", parts.anchor_text, parts.suffix_head);
         let joint_ids = encode(&self.literal, &joint, false)?.get_ids().to_vec();
         let user_ids = match joint_ids.strip_prefix(parts.anchor_ids.as_slice()) {
@@ -355,18 +403,7 @@ impl PromptBuilder {
                 reason: format!("user text produced the template's control token {id}"),
             });
         }
-
-        let mut ids =
-            Vec::with_capacity(parts.prefix_ids.len() + user_ids.len() + parts.suffix_ids.len());
-        ids.extend_from_slice(&parts.prefix_ids);
-        ids.extend_from_slice(&user_ids);
-        ids.extend_from_slice(&parts.suffix_ids);
-        Ok(Prompt {
-            text: format!("{}{message}{}", parts.prefix_text, parts.suffix_text),
-            ids,
-            prefix_tokens: parts.prefix_ids.len(),
-            user_tokens: user_ids.len(),
-        })
+        Ok(user_ids)
     }
 }
 
@@ -842,6 +879,45 @@ mod tests {
             Style::ALL.len(),
             "styles differ in their system turn"
         );
+    }
+
+    /// The instruction before the topic joins the shared prefix: different topics of one
+    /// style share it exactly, and it stops before the topic's first token. (With the tiny
+    /// model's own small BPE it may merge into the topic and stay out: not checked there.)
+    fn assert_instruction_is_shared(model: &Model) {
+        for style in Style::ALL {
+            let a = model.builder.build(style, "Electric cars", None).unwrap();
+            let b = model
+                .builder
+                .build(style, "Quantum chess", Some("A 12-year-old won"))
+                .unwrap();
+            assert_eq!(a.shared_tokens, b.shared_tokens, "{style}");
+            assert!(a.shared_tokens > a.prefix_tokens + 5, "{style}: {a:?}");
+            assert!(a.shared_tokens < a.prefix_tokens + a.user_tokens, "{style}");
+            assert_eq!(
+                a.ids[..a.shared_tokens],
+                b.ids[..b.shared_tokens],
+                "{style}"
+            );
+            assert_ne!(a.ids[a.shared_tokens], b.ids[b.shared_tokens], "{style}");
+            let instruction = model
+                .tokenizer
+                .decode(&a.ids[a.prefix_tokens..a.shared_tokens])
+                .unwrap();
+            assert!(
+                instruction.trim_end().ends_with("Topic:"),
+                "{instruction:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn needs_shared_instruction_before_the_topic_is_shared_with_llama2_tokenizer() {
+        if let Some(model) =
+            llama2tok("needs_shared_instruction_before_the_topic_is_shared_with_llama2_tokenizer")
+        {
+            assert_instruction_is_shared(&model);
+        }
     }
 
     #[test]

@@ -184,7 +184,7 @@ impl StoryService {
         };
         let stream = self.inference.submit_prompt(
             prompt.ids,
-            prompt.prefix_tokens,
+            prompt.shared_tokens,
             params,
             Priority::Interactive,
         )?;
@@ -301,7 +301,7 @@ impl StoryService {
             .check(prompt_tokens, request.params.max_tokens)?;
         let submitted = self.inference.submit_prompt(
             prompt.ids,
-            prompt.prefix_tokens,
+            prompt.shared_tokens,
             request.params.clone(),
             priority,
         );
