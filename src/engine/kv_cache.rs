@@ -118,14 +118,10 @@ impl KvCache {
     ) -> Result<Self, EngineError> {
         let longest = rows.iter().map(|r| r.len).max().unwrap_or(0);
         let batch = rows.len();
-        for r in rows {
-            if r.row >= r.cache.batch || r.len > r.cache.ends[r.row] {
-                return Err(EngineError::InvalidInput(format!(
-                    "row {} with {} positions is outside a cache of batch {}",
-                    r.row, r.len, r.cache.batch
-                )));
-            }
-        }
+        let starts = rows
+            .iter()
+            .map(RowSource::start)
+            .collect::<Result<Vec<_>, _>>()?;
         let layout = rows.first().map_or(KvLayout::Padded, |r| r.cache.layout());
         if rows.iter().any(|r| r.cache.layout() != layout) {
             return Err(EngineError::InvalidInput(
@@ -138,8 +134,7 @@ impl KvCache {
         };
         let mut data: Vec<Vec<f32>> = slot_buffers(info, batch, width);
         for (t, buffer) in data.iter_mut().enumerate() {
-            for (dest, r) in rows.iter().enumerate() {
-                let start = r.cache.ends[r.row] - r.len;
+            for (dest, (r, &start)) in rows.iter().zip(&starts).enumerate() {
                 let at = if aligned_right { width - r.len } else { 0 };
                 let src = r.cache.layer(t)?;
                 copy_positions(
@@ -194,14 +189,14 @@ impl KvCache {
         source: &RowSource<'_>,
         capacity: usize,
     ) -> Result<(), EngineError> {
-        if row > self.batch || source.len > source.cache.ends[source.row] {
+        let start = source.start()?;
+        if row > self.batch {
             return Err(EngineError::InvalidInput(format!(
-                "cannot place {} positions into row {row} of a batch of {}",
-                source.len, self.batch
+                "cannot place a row at {row} in a batch of {}",
+                self.batch
             )));
         }
         self.reserve(info, row + 1, capacity.max(source.len))?;
-        let start = source.cache.ends[source.row] - source.len;
         let width = self.width();
         let KvStorage::Slots { buffers, .. } = &mut self.storage else {
             return Err(EngineError::InvalidInput(
@@ -322,4 +317,18 @@ pub struct RowSource<'a> {
     pub cache: &'a KvCache,
     pub row: usize,
     pub len: usize,
+}
+
+impl RowSource<'_> {
+    /// The position of the row's first kept token, once the row is checked to be in the
+    /// cache with at least `len` real positions.
+    fn start(&self) -> Result<usize, EngineError> {
+        match self.cache.ends.get(self.row) {
+            Some(&end) if self.len <= end => Ok(end - self.len),
+            _ => Err(EngineError::InvalidInput(format!(
+                "row {} with {} positions is outside a cache of batch {}",
+                self.row, self.len, self.cache.batch
+            ))),
+        }
+    }
 }

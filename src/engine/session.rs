@@ -272,14 +272,15 @@ impl OnnxModel {
                 }
                 // GroupQueryAttention takes several new tokens over a past one row at a time.
                 let together = seq_len == 1 || past.iter().all(|&p| p == 0);
-                let mut logits = Vec::with_capacity(batch * self.info.vocab_size);
-                if together {
-                    logits = self.run_slots(&input, &mut cache, 0..batch)?;
+                let logits = if together {
+                    self.run_slots(&input, &mut cache, 0..batch)?
                 } else {
+                    let mut logits = Vec::with_capacity(batch * self.info.vocab_size);
                     for b in 0..batch {
                         logits.extend(self.run_slots(&input, &mut cache, b..b + 1)?);
                     }
-                }
+                    logits
+                };
                 for (b, end) in cache.ends.iter_mut().enumerate() {
                     *end = past[b] + new[b];
                 }
@@ -375,6 +376,13 @@ impl OnnxModel {
         let slot = info.num_kv_heads * capacity * info.head_dim;
         let shape = [n, info.num_kv_heads, capacity, info.head_dim];
         let fail = EngineError::inference;
+        let memory = MemoryInfo::new(
+            AllocationDevice::CPU,
+            0,
+            AllocatorType::Device,
+            MemoryType::Default,
+        )
+        .map_err(fail)?;
         let mut binding = self.session.create_binding().map_err(fail)?;
         let ids = Tensor::<i64>::from_array(([n, seq_len], ids)).map_err(fail)?;
         binding.bind_input("input_ids", &ids).map_err(fail)?;
@@ -397,8 +405,8 @@ impl OnnxModel {
             // sharing GroupQueryAttention is built for.
             let (input_view, output_view) = unsafe {
                 (
-                    borrowed_f32_tensor(rows_data.as_mut_ptr(), shape)?,
-                    borrowed_f32_tensor(rows_data.as_mut_ptr(), shape)?,
+                    borrowed_f32_tensor(&memory, rows_data.as_mut_ptr(), shape)?,
+                    borrowed_f32_tensor(&memory, rows_data.as_mut_ptr(), shape)?,
                 )
             };
             binding
@@ -409,7 +417,7 @@ impl OnnxModel {
                 .map_err(fail)?;
         }
         binding
-            .bind_output_to_device("logits", &MemoryInfo::default())
+            .bind_output_to_device("logits", &memory)
             .map_err(fail)?;
         let started = std::time::Instant::now();
         let result = self.session.run_binding(&binding);
@@ -470,19 +478,16 @@ fn last_logits(
     Ok(last)
 }
 
-/// An ONNX Runtime float tensor of `shape` over memory it does not own.
+/// An ONNX Runtime float tensor of `shape` over CPU memory (`memory`) it does not own.
 ///
 /// # Safety
 /// `data` must point to at least `shape`'s element count of floats that stay valid, and
 /// unmoved, for as long as the returned value lives.
-unsafe fn borrowed_f32_tensor(data: *mut f32, shape: [usize; 4]) -> Result<DynValue, EngineError> {
-    let memory = MemoryInfo::new(
-        AllocationDevice::CPU,
-        0,
-        AllocatorType::Device,
-        MemoryType::Default,
-    )
-    .map_err(EngineError::inference)?;
+unsafe fn borrowed_f32_tensor(
+    memory: &MemoryInfo,
+    data: *mut f32,
+    shape: [usize; 4],
+) -> Result<DynValue, EngineError> {
     let dims = shape.map(|d| d as i64);
     let bytes = shape.iter().product::<usize>() * std::mem::size_of::<f32>();
     let mut value: *mut ort::sys::OrtValue = std::ptr::null_mut();
