@@ -40,6 +40,18 @@ impl Harness {
         }
     }
 
+    /// Submits each golden prompt, greedy, for the golden number of tokens.
+    fn submit_golden<'p>(
+        &mut self,
+        prompts: impl IntoIterator<Item = &'p common::GoldenPrompt>,
+        max_tokens: usize,
+    ) -> Vec<Output> {
+        prompts
+            .into_iter()
+            .map(|p| self.submit(p.input_ids.clone(), greedy(max_tokens)))
+            .collect()
+    }
+
     fn submit(&mut self, prompt_ids: Vec<u32>, params: SamplingParams) -> Output {
         self.submit_with(prompt_ids, params, None, Priority::Interactive, 0)
     }
@@ -154,6 +166,14 @@ fn assert_golden(out: &mut Output, golden: &common::GoldenPrompt, what: &str) {
     assert!(stats.time_to_first_token.is_some());
 }
 
+/// Each output against the golden prompt at its index.
+fn assert_all_golden(outs: &mut [Output], prompts: &[common::GoldenPrompt]) {
+    assert_eq!(outs.len(), prompts.len());
+    for (out, p) in outs.iter_mut().zip(prompts) {
+        assert_golden(out, p, &p.text);
+    }
+}
+
 /// One request at a time: golden ids, and the streamed deltas add up to the decoded text.
 #[test]
 fn one_by_one_matches_golden_and_streams_the_decoded_text() {
@@ -184,15 +204,9 @@ fn all_at_once_matches_golden() {
     for dir in common::tiny_models() {
         let golden = common::golden(&dir);
         let mut h = Harness::new(&dir, limits());
-        let mut outs: Vec<Output> = golden
-            .prompts
-            .iter()
-            .map(|p| h.submit(p.input_ids.clone(), greedy(golden.max_new_tokens)))
-            .collect();
+        let mut outs = h.submit_golden(&golden.prompts, golden.max_new_tokens);
         h.run_until_idle();
-        for (p, out) in golden.prompts.iter().zip(&mut outs) {
-            assert_golden(out, p, &p.text);
-        }
+        assert_all_golden(&mut outs, &golden.prompts);
         let stats = h.engine.stats();
         assert!(
             stats.decoded_tokens > stats.decode_steps,
@@ -216,9 +230,7 @@ fn staggered_arrivals_match_golden() {
             }
         }
         h.run_until_idle();
-        for (p, out) in golden.prompts.iter().zip(&mut outs) {
-            assert_golden(out, p, &p.text);
-        }
+        assert_all_golden(&mut outs, &golden.prompts);
         assert!(h.engine.stats().rebuilds >= 2);
     }
 }
@@ -473,15 +485,9 @@ fn prompts_prefilled_together_match_golden() {
             lengths.iter().min() != lengths.iter().max(),
             "rows of different lengths: {lengths:?}"
         );
-        let mut outs: Vec<Output> = golden
-            .prompts
-            .iter()
-            .map(|p| h.submit(p.input_ids.clone(), greedy(golden.max_new_tokens)))
-            .collect();
+        let mut outs = h.submit_golden(&golden.prompts, golden.max_new_tokens);
         h.run_until_idle();
-        for (out, p) in outs.iter_mut().zip(&golden.prompts) {
-            assert_golden(out, p, &p.text);
-        }
+        assert_all_golden(&mut outs, &golden.prompts);
         assert_eq!(h.engine.stats().batched_prefills, 1, "one pass for all");
 
         // Rows with different kept positions: the first starts from its kept prefix.
@@ -500,15 +506,9 @@ fn prompts_prefilled_together_match_golden() {
         h.run_until_idle();
         assert_golden(&mut keep, first, &first.text);
         let mut outs = vec![with_prefix(&mut h)];
-        outs.extend(
-            golden.prompts[1..]
-                .iter()
-                .map(|p| h.submit(p.input_ids.clone(), greedy(golden.max_new_tokens))),
-        );
+        outs.extend(h.submit_golden(&golden.prompts[1..], golden.max_new_tokens));
         h.run_until_idle();
-        for (out, p) in outs.iter_mut().zip(&golden.prompts) {
-            assert_golden(out, p, &p.text);
-        }
+        assert_all_golden(&mut outs, &golden.prompts);
         let stats = h.engine.stats();
         assert_eq!(stats.batched_prefills, 2);
         assert_eq!(stats.prefix_hits, 1);
