@@ -27,6 +27,9 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 BINARY = Path(os.environ.get("TRENDSTORY_BIN", ROOT / "target" / "debug" / "trendstory"))
 TINY_MODEL = ROOT / "onnx" / "tiny"
+# The same weights with explicit attention: a few times slower per token than the fused
+# graph, so a story's text reaches the page over many reads, not one.
+TINY_MODEL_EXPLICIT = ROOT / "onnx" / "tiny-explicit"
 ARTIFACTS = Path(os.environ.get("TRENDSTORY_BROWSER_ARTIFACTS", ROOT / "target" / "browser-artifacts"))
 READY_TIMEOUT_S = 60
 
@@ -143,9 +146,10 @@ class Server:
 
     def __init__(self, name: str, config: str, workdir: Path) -> None:
         assert BINARY.is_file(), f"{BINARY} is missing: run `cargo build` first"
-        assert (TINY_MODEL / "manifest.json").is_file(), (
-            f"{TINY_MODEL} is missing: run ./scripts/test.sh (it builds the tiny model)"
-        )
+        for model in (TINY_MODEL, TINY_MODEL_EXPLICIT):
+            assert (model / "manifest.json").is_file(), (
+                f"{model} is missing: run ./scripts/test.sh (it builds the tiny models)"
+            )
         self.name = name
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"

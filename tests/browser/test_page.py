@@ -20,7 +20,7 @@ from selenium.webdriver.common.by import By
 from selenium.webdriver.common.keys import Keys
 from selenium.webdriver.support.ui import Select, WebDriverWait
 
-from harness import ARTIFACTS, TINY_MODEL, http_get, model_config, post_json
+from harness import ARTIFACTS, TINY_MODEL, TINY_MODEL_EXPLICIT, http_get, model_config, post_json
 
 INJECTION = "<img src=x onerror=alert(1)>"
 FILE_TRENDS = [
@@ -117,8 +117,11 @@ def screenshot(driver, name: str, width: int, height: int, mobile: bool) -> None
 def server(start_server, fake_hn):
     trends_file = start_server.workdir / "trends.json"
     trends_file.write_text(json.dumps(FILE_TRENDS))
+    # The explicit-attention model: the fused one writes 250 tokens so fast that the whole
+    # story can arrive in one read, and the streaming test could not see it grow.
     config = model_config(
-        extra_inference=f"max_batch_size = 1\nmax_queue = 0\nretry_after_secs = {RETRY_AFTER_S}\n"
+        TINY_MODEL_EXPLICIT,
+        extra_inference=f"max_batch_size = 1\nmax_queue = 0\nretry_after_secs = {RETRY_AFTER_S}\n",
     ) + (
         "[stories.trending]\nenabled = true\ntop_k = 3\ncheck_interval_secs = 1\n"
         "[trends]\nrefresh_interval_secs = 1\nttl_secs = 600\n"
