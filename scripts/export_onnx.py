@@ -12,6 +12,7 @@ Modes (see --help):
   --random-init --preset tiny           2-layer model + self-trained 1k BPE tokenizer, for tests
   --linear-only                         only the int4 matmuls (a benchmark baseline)
   --block-size 32|128, --zero-points    int4 block size; asymmetric int4 with zero points
+  --attention packed|explicit           one-pass packed graph (default) or the optimum contract
 
 Output folder: model.onnx + model.onnx.data, tokenizer.json (+tokenizer_config.json),
 config.json, golden.json and manifest.json (written last: marks a complete export).
@@ -23,17 +24,32 @@ Graph contract (decoder-with-past, same names as optimum / transformers.js):
           present.{i}.{key,value} float32 [batch_size, num_kv_heads, total_sequence_length,
           head_dim] = Concat(past, new, axis=2)
 
-GQA_CONTRACT (--attention gqa, the default): ONNX Runtime's fused
-GroupQueryAttention with a slot KV cache, as onnxruntime-genai runs it on CPU:
-  inputs  input_ids int64 [batch_size, sequence_length]; seqlens_k int32 [batch_size] = each
-          row's total length (past + new) - 1; total_sequence_length int32 scalar = the
-          largest total; past_key_values.{i}.{key,value} float32
-          [batch_size, num_kv_heads, past_sequence_length, head_dim]
-  outputs logits; present.{i}.{key,value} [batch_size, num_kv_heads, present_sequence_length,
-          head_dim]. Row b's new tokens are written at positions seqlens_k[b] + 1 - S .. and
-          RoPE positions are the same. When past and present are bound to one buffer of
-          max_sequence_length positions, present_sequence_length is that length and nothing is
-          copied: each row lives in its own slot, right-padded.
+PACKED_CONTRACT (--attention packed, the default): one pass per engine step. The tokens of
+every row (one per decoding row, a prompt chunk per prefilling row) are packed into one
+sequence, so every linear layer runs once over all of them; only attention is per row, through
+ONNX Runtime's fused GroupQueryAttention over a slot KV cache (one [slots, kv_heads, capacity,
+head_dim] buffer per layer and key/value, bound as both past and present, written in place):
+  inputs  input_ids int64 [1, tokens]: the packed tokens, in any order;
+          decode_rows int64 [rows]: per slot row, the packed position of its decode token
+            (any position for a row that does not decode: its output is never read);
+          decode_seqlens_k int32 [rows]: per row, its past length (where its token goes); for
+            a row that does not decode, a position past its real ones (written, never read);
+          decode_total int32 []: the largest decode_seqlens_k + 1;
+          past_key_values.{i}.{key,value} float32 [rows, kv_heads, capacity, head_dim];
+          per prefill lane k < prefill_lanes (manifest): lane.{k}.start, lane.{k}.end int64
+            [1] (the lane's packed positions start..end), lane.{k}.seqlens_k int32 [1] (its
+            row's past + chunk - 1), lane.{k}.total int32 [] (past + chunk), and
+            lane.{k}.past.{i}.{key,value} float32 [1, kv_heads, capacity, head_dim]: ONE
+            row's slot (bound to a view of the same buffer); an unused lane takes one token
+            over a scratch slot of capacity 1 (seqlens_k 0, total 1);
+          attn_order int64 [tokens]: for each packed position, its attention output's index
+            in Concat(decode rows' outputs, lane 0's, lane 1's, ...);
+          logits_index int64 [logit_positions]: the packed positions whose logits are needed
+            (lm_head runs on those only).
+  outputs logits float32 [1, logit_positions, vocab]; present.{i}.{key,value} and
+          lane.{k}.present.{i}.{key,value}, bound to the same memory as their pasts.
+GroupQueryAttention on the CPU takes several new tokens over a past only for batch 1
+(group_query_attention_helper.h, CheckInputs), hence the batch-1 lanes beside the decode node.
 """
 from __future__ import annotations
 
@@ -58,6 +74,10 @@ SHARED_LLAMA2_TOKENIZER = SHARED_DIR / "models" / "llama2-tokenizer"
 TOKENIZER_CORPUS = REPO_ROOT / "scripts" / "tokenizer_corpus.txt"
 
 OPSET = 17
+# Prefill lanes of a packed graph: how many prompts can advance in one pass beside the
+# decoding rows (each lane is one batch-1 GroupQueryAttention per layer; an unused one costs
+# a one-token attention over a scratch slot).
+DEFAULT_PREFILL_LANES = 4
 MS_DOMAIN = "com.microsoft"
 # Finite "minus infinity" for masked attention scores: Where(mask, scores, MASK_VALUE) keeps a
 # fully-masked (left pad) row finite (uniform softmax, ignored by the caller), never NaN.
@@ -448,7 +468,7 @@ def model_dims(cfg: dict) -> dict:
 
 def build_decoder(cfg: dict, weights: SafeTensorsDir, out_dir: Path, precision: str,
                   block_size: int, accuracy_level: int, zero_points: bool = False,
-                  attention: str = "gqa") -> None:
+                  attention: str = "packed", prefill_lanes: int = DEFAULT_PREFILL_LANES) -> None:
     """Write out_dir/model.onnx (+ model.onnx.data) for a Llama decoder with past.
 
     On a small CPU a decode step is dominated by per-node dispatch overhead outside the int4
@@ -460,11 +480,12 @@ def build_decoder(cfg: dict, weights: SafeTensorsDir, out_dir: Path, precision: 
         position_ids (so left padding keeps working);
       - attention "explicit" (the optimum contract, left padding): MatMul / Where / Softmax /
         MatMul over Concat(past, new). Per layer: 4 matmuls + 20 other nodes.
-      - attention "gqa": one com.microsoft.GroupQueryAttention per layer on the packed QKV
-        matmul output, with RoPE inside (do_rotary) and per-row lengths (seqlens_k) instead
-        of a mask and position ids, so rows are right-padded and a caller may bind past and
-        present to one preallocated buffer (no concatenation). Per layer: 4 matmuls + 4
-        other nodes. See GQA_CONTRACT.
+      - attention "packed": every row's tokens in one sequence (see PACKED_CONTRACT); per
+        layer one com.microsoft.GroupQueryAttention over the decoding rows (their q|k|v
+        gathered from the packed matmul output) and one per prefill lane (a slice of it),
+        RoPE inside (do_rotary), per-row lengths (seqlens_k) instead of a mask, past and
+        present bound to one slot buffer by the caller; their outputs concatenated and put
+        back in packed order by one Gather. lm_head runs only on logits_index.
     """
     import onnx
     from onnx import TensorProto, helper
@@ -520,6 +541,10 @@ def build_decoder(cfg: dict, weights: SafeTensorsDir, out_dir: Path, precision: 
         shape_qg = g.const_i64([0, kvh, -1, hd], "shape_qg")
         shape_heads = g.const_i64([0, nh, -1, hd], "shape_heads")
         shape_hidden = g.const_i64([0, 0, nh * hd], "shape_hidden")
+    else:
+        shape_rows = g.const_i64([-1, 1, (nh + 2 * kvh) * hd], "shape_rows")
+        shape_packed = g.const_i64([1, -1, nh * hd], "shape_packed")
+        axis_tokens = g.const_i64([1], "axis_tokens")
     split_mlp = g.const_i64([dm["inter"], dm["inter"]], "split_mlp")
 
     def attention_block(h, i, pk, pv):
@@ -553,19 +578,40 @@ def build_decoder(cfg: dict, weights: SafeTensorsDir, out_dir: Path, precision: 
         ctx = g.op("Reshape", [ctx, shape_hidden], name=f"/{p}/ctx_merge")  # [B, S, H]
         return lin(ctx, W(f"{p}.self_attn.o_proj.weight"), f"{p}.self_attn.o_proj")
 
-    def fused_attention(h, i, pk, pv):
-        """Layer i's attention as one GroupQueryAttention on the packed q|k|v [B, S, (nh+2kvh)*hd]
-        (Linear concatenates the q, k, v rows in that order, which is GQA's packed layout)."""
-        p = f"model.layers.{i}"
-        qkv = lin(h, [W(f"{p}.self_attn.{n}_proj.weight") for n in "qkv"], f"{p}.self_attn.qkv_proj")
-        ctx = f"/{p}/gqa_out"
+    def gqa_node(qkv, i, pk, pv, seqlens, total, out, present):
+        """One GroupQueryAttention of layer i on a packed q|k|v input (Linear concatenates the
+        q, k, v rows in that order, which is GQA's packed layout)."""
         g.nodes.append(helper.make_node(
             "GroupQueryAttention",
-            [qkv, "", "", pk, pv, "seqlens_k", "total_sequence_length", cos_cache, sin_cache],
-            [ctx, f"present.{i}.key", f"present.{i}.value"], name=f"/{p}/gqa", domain=MS_DOMAIN,
+            [qkv, "", "", pk, pv, seqlens, total, cos_cache, sin_cache],
+            [out, *present], name=out.removesuffix("_out"), domain=MS_DOMAIN,
             num_heads=nh, kv_num_heads=kvh, do_rotary=1, rotary_interleaved=0,
             scale=1.0 / math.sqrt(hd)))
         g.op_counts["GroupQueryAttention"] = g.op_counts.get("GroupQueryAttention", 0) + 1
+
+    def packed_attention(h, i, pk, pv):
+        """Layer i's attention over the packed tokens h [1, T, H]: the decoding rows' tokens
+        (gathered, one per slot row) in one GroupQueryAttention over the whole slot buffer,
+        each prefill lane's chunk (a slice) in a batch-1 one over its row's slot; the outputs
+        concatenated and gathered back into packed order."""
+        p = f"model.layers.{i}"
+        qkv = lin(h, [W(f"{p}.self_attn.{n}_proj.weight") for n in "qkv"], f"{p}.self_attn.qkv_proj")
+        rows = g.op("Gather", [qkv, "decode_rows"], name=f"/{p}/decode_gather", axis=1)
+        rows = g.op("Reshape", [rows, shape_rows], name=f"/{p}/decode_rows")  # [R, 1, qkv]
+        outs = [f"/{p}/decode_gqa_out"]
+        gqa_node(rows, i, pk, pv, "decode_seqlens_k", "decode_total", outs[0],
+                 [f"present.{i}.key", f"present.{i}.value"])
+        outs[0] = g.op("Reshape", [outs[0], shape_packed], name=f"/{p}/decode_out")  # [1, R, H]
+        for k in range(prefill_lanes):
+            chunk = g.op("Slice", [qkv, f"lane.{k}.start", f"lane.{k}.end", axis_tokens],
+                         name=f"/{p}/lane{k}_slice")
+            out = f"/{p}/lane{k}_gqa_out"
+            gqa_node(chunk, i, f"lane.{k}.past.{i}.key", f"lane.{k}.past.{i}.value",
+                     f"lane.{k}.seqlens_k", f"lane.{k}.total", out,
+                     [f"lane.{k}.present.{i}.key", f"lane.{k}.present.{i}.value"])
+            outs.append(out)
+        ctx = g.op("Concat", outs, name=f"/{p}/attn_concat", axis=1)
+        ctx = g.op("Gather", [ctx, "attn_order"], name=f"/{p}/attn_order", axis=1)
         return lin(ctx, W(f"{p}.self_attn.o_proj.weight"), f"{p}.self_attn.o_proj")
 
     def mlp(h, i):
@@ -578,51 +624,67 @@ def build_decoder(cfg: dict, weights: SafeTensorsDir, out_dir: Path, precision: 
         return lin(g.op("Mul", [act, up], name=f"/{p}/mlp/mul"),
                    W(f"{p}.mlp.down_proj.weight"), f"{p}.mlp.down_proj")
 
-    ids_input = helper.make_tensor_value_info("input_ids", TensorProto.INT64,
-                                              ["batch_size", "sequence_length"])
+    def value(name, elem, shape):
+        return helper.make_tensor_value_info(name, elem, shape)
+
+    kv_shape = lambda batch, length: [batch, kvh, length, hd]  # noqa: E731
     if attention == "explicit":
         inputs = [
-            ids_input,
-            helper.make_tensor_value_info("attention_mask", TensorProto.INT64,
-                                          ["batch_size", "total_sequence_length"]),
-            helper.make_tensor_value_info("position_ids", TensorProto.INT64,
-                                          ["batch_size", "sequence_length"]),
+            value("input_ids", TensorProto.INT64, ["batch_size", "sequence_length"]),
+            value("attention_mask", TensorProto.INT64, ["batch_size", "total_sequence_length"]),
+            value("position_ids", TensorProto.INT64, ["batch_size", "sequence_length"]),
         ]
-        attend, present_len = attention_block, "total_sequence_length"
+        outputs = [value("logits", TensorProto.FLOAT, ["batch_size", "sequence_length", V])]
+        attend = attention_block
+        past_shape = kv_shape("batch_size", "past_sequence_length")
+        present_shape = kv_shape("batch_size", "total_sequence_length")
     else:
+        i64, i32 = TensorProto.INT64, TensorProto.INT32
         inputs = [
-            ids_input,
-            helper.make_tensor_value_info("seqlens_k", TensorProto.INT32, ["batch_size"]),
-            helper.make_tensor_value_info("total_sequence_length", TensorProto.INT32, []),
+            value("input_ids", i64, [1, "tokens"]),
+            value("decode_rows", i64, ["rows"]),
+            value("decode_seqlens_k", i32, ["rows"]),
+            value("decode_total", i32, []),
         ]
-        attend, present_len = fused_attention, "present_sequence_length"
-    outputs = [helper.make_tensor_value_info("logits", TensorProto.FLOAT,
-                                             ["batch_size", "sequence_length", V])]
-    present_outputs = []
+        for k in range(prefill_lanes):
+            inputs += [value(f"lane.{k}.start", i64, [1]), value(f"lane.{k}.end", i64, [1]),
+                       value(f"lane.{k}.seqlens_k", i32, [1]), value(f"lane.{k}.total", i32, [])]
+        inputs += [value("attn_order", i64, ["tokens"]),
+                   value("logits_index", i64, ["logit_positions"])]
+        outputs = [value("logits", TensorProto.FLOAT, [1, "logit_positions", V])]
+        attend = packed_attention
+        past_shape = present_shape = kv_shape("rows", "capacity")
+    present_outputs, lane_kv_inputs, lane_kv_outputs = [], [], []
 
     delta = None  # the last sublayer's output, added to x by the next norm
     for i in range(L):
         p = f"model.layers.{i}"
         pk, pv = f"past_key_values.{i}.key", f"past_key_values.{i}.value"
-        for nm in (pk, pv):
-            inputs.append(helper.make_tensor_value_info(
-                nm, TensorProto.FLOAT, ["batch_size", kvh, "past_sequence_length", hd]))
-        for nm in (f"present.{i}.key", f"present.{i}.value"):
-            present_outputs.append(helper.make_tensor_value_info(
-                nm, TensorProto.FLOAT, ["batch_size", kvh, present_len, hd]))
+        for kv in ("key", "value"):
+            inputs.append(value(f"past_key_values.{i}.{kv}", TensorProto.FLOAT, past_shape))
+            present_outputs.append(value(f"present.{i}.{kv}", TensorProto.FLOAT, present_shape))
+            if attention == "packed":
+                for k in range(prefill_lanes):
+                    lane = kv_shape(1, f"lane_capacity_{k}")
+                    lane_kv_inputs.append(value(f"lane.{k}.past.{i}.{kv}", TensorProto.FLOAT, lane))
+                    lane_kv_outputs.append(value(f"lane.{k}.present.{i}.{kv}", TensorProto.FLOAT,
+                                                 lane))
         h, x = norm(x, delta, f"{p}.input_layernorm.weight", f"/{p}/input_layernorm")
         delta = attend(h, i, pk, pv)
         h, x = norm(x, delta, f"{p}.post_attention_layernorm.weight", f"/{p}/post_attention_layernorm")
         delta = mlp(h, i)
         log(f"  layer {i + 1}/{L} done")
+    inputs += lane_kv_inputs
 
     x, _ = norm(x, delta, "model.norm.weight", "/model/norm")
+    if attention == "packed":
+        x = g.op("Gather", [x, "logits_index"], name="/model/logits_gather", axis=1)
     logits = lin(x, W(lm_head_name(cfg, weights)), "lm_head")
     g.nodes.append(helper.make_node("Identity", [logits], ["logits"], name="logits"))
     g.close()
 
-    graph = helper.make_graph(g.nodes, "trendstory_llama", inputs, outputs + present_outputs,
-                              initializer=g.inits)
+    graph = helper.make_graph(g.nodes, "trendstory_llama", inputs,
+                              outputs + present_outputs + lane_kv_outputs, initializer=g.inits)
     opsets = [helper.make_opsetid("", OPSET), helper.make_opsetid(MS_DOMAIN, 1)]
     model = helper.make_model(graph, opset_imports=opsets, producer_name="trendstory-export_onnx",
                               producer_version=str(EXPORTER_VERSION))
@@ -967,19 +1029,48 @@ def run_full(sess, cfg: dict, ids_2d: np.ndarray, mask_2d: np.ndarray | None = N
         mask_2d = np.ones((b, s), dtype=np.int64)
     if position_ids is None:
         position_ids = np.clip(np.cumsum(mask_2d, axis=1) - 1, 0, None).astype(np.int64)
-    if "seqlens_k" in {i.name for i in sess.get_inputs()}:
-        # GQA contract: rows are right-padded, so a mask of ones is all it takes.
+    names = {i.name for i in sess.get_inputs()}
+    if "decode_rows" in names:
+        # Packed contract: each row alone, its whole sequence in lane 0 over an empty past.
         if not np.all(mask_2d == 1):
-            raise ValueError("a GQA graph takes right-padded rows (seqlens_k), not a mask")
-        feed = {"input_ids": ids_2d, "seqlens_k": np.full((b,), s - 1, dtype=np.int32),
-                "total_sequence_length": np.array(s, dtype=np.int32)}
-    else:
-        feed = {"input_ids": ids_2d, "attention_mask": np.asarray(mask_2d, dtype=np.int64),
-                "position_ids": position_ids}
+            raise ValueError("a packed graph takes whole rows, not a mask")
+        return np.concatenate([run_packed_row(sess, dm, names, row) for row in ids_2d])
+    feed = {"input_ids": ids_2d, "attention_mask": np.asarray(mask_2d, dtype=np.int64),
+            "position_ids": position_ids}
     empty = np.zeros((b, dm["kv_heads"], 0, dm["head_dim"]), dtype=np.float32)
     for i in range(dm["layers"]):
         feed[f"past_key_values.{i}.key"] = empty
         feed[f"past_key_values.{i}.value"] = empty
+    return sess.run(["logits"], feed)[0]
+
+
+def packed_lanes(input_names) -> int:
+    """The number of prefill lanes a packed graph has."""
+    return sum(1 for n in input_names if n.startswith("lane.") and n.endswith(".start"))
+
+
+def run_packed_row(sess, dm: dict, names, ids: np.ndarray) -> np.ndarray:
+    """One row through a packed graph with an empty past: lane 0 takes all its tokens (over a
+    fresh slot of exactly that length), the decode node and the other lanes one dummy token
+    over scratch slots. Returns logits [1, S, V] of every position."""
+    s = len(ids)
+    i32 = lambda v: np.asarray(v, dtype=np.int32)  # noqa: E731
+    i64 = lambda v: np.asarray(v, dtype=np.int64)  # noqa: E731
+    feed = {"input_ids": i64([ids]), "decode_rows": i64([0]), "decode_seqlens_k": i32([0]),
+            "decode_total": i32(1), "attn_order": i64(1 + np.arange(s)),
+            "logits_index": i64(np.arange(s))}
+    scratch = np.zeros((1, dm["kv_heads"], 1, dm["head_dim"]), dtype=np.float32)
+    for k in range(packed_lanes(names)):
+        start, end, total = (0, s, s) if k == 0 else (0, 1, 1)
+        feed.update({f"lane.{k}.start": i64([start]), f"lane.{k}.end": i64([end]),
+                     f"lane.{k}.seqlens_k": i32([total - 1]), f"lane.{k}.total": i32(total)})
+        past = np.zeros((1, dm["kv_heads"], s, dm["head_dim"]), np.float32) if k == 0 else scratch
+        for i in range(dm["layers"]):
+            for kv in ("key", "value"):
+                feed[f"lane.{k}.past.{i}.{kv}"] = past
+    for i in range(dm["layers"]):
+        for kv in ("key", "value"):
+            feed[f"past_key_values.{i}.{kv}"] = scratch
     return sess.run(["logits"], feed)[0]
 
 
@@ -1051,7 +1142,8 @@ def quantization_manifest(precision: str, block_size: int, accuracy_level: int,
 def export_matches(out_dir: Path, exporter_args: list[str]) -> bool:
     """Whether out_dir/manifest.json records the graph these exporter arguments ask for: the
     quantization (--precision, --block-size, --accuracy-level, --zero-points) and the attention
-    (--attention; exports from before it had the explicit one). Other arguments are ignored.
+    (--attention, --prefill-lanes; exports from before --attention had the explicit one, and
+    the old batched "gqa" one is redone). Other arguments are ignored.
     For the shell scripts that skip an export already done: a different request, or an older
     export than the defaults ask for, means re-exporting."""
     try:
@@ -1059,15 +1151,18 @@ def export_matches(out_dir: Path, exporter_args: list[str]) -> bool:
     except (OSError, ValueError):
         return False
     a = parse_args(["--hf-dir", "-", "--out", "-", *exporter_args])
+    same_graph = man.get("linear_only", False) or (
+        man.get("attention", "explicit") == a.attention
+        and (a.attention != "packed" or man.get("prefill_lanes") == a.prefill_lanes))
     return (man.get("quantization") == quantization_manifest(a.precision, a.block_size,
                                                              a.accuracy_level, a.zero_points)
-            and (man.get("linear_only", False) or man.get("attention", "explicit") == a.attention))
+            and same_graph)
 
 
 def export(hf_dir: Path, out_dir: Path, *, source: str, random_weights: bool, precision: str,
            block_size: int, accuracy_level: int, golden_tokens: int | None,
            linear_only: bool = False, threads: int = 1, zero_points: bool = False,
-           attention: str = "gqa") -> dict:
+           attention: str = "packed", prefill_lanes: int = DEFAULT_PREFILL_LANES) -> dict:
     hf_dir, out_dir = Path(hf_dir), Path(out_dir)
     cfg_path = hf_dir / "config.json"
     if not cfg_path.exists():
@@ -1106,7 +1201,7 @@ def export(hf_dir: Path, out_dir: Path, *, source: str, random_weights: bool, pr
         return manifest
 
     build_decoder(cfg, weights, out_dir, precision, block_size, accuracy_level, zero_points,
-                  attention)
+                  attention, prefill_lanes)
     log(f"graph written to {out_dir}/model.onnx in {time.time() - t0:.1f}s")
     if not (hf_dir / "tokenizer.json").exists():
         raise SystemExit(f"error: {hf_dir}/tokenizer.json not found")
@@ -1132,6 +1227,7 @@ def export(hf_dir: Path, out_dir: Path, *, source: str, random_weights: bool, pr
         "random_weights": random_weights,
         "precision": precision,
         "attention": attention,
+        **({"prefill_lanes": prefill_lanes} if attention == "packed" else {}),
         "quantization": quantization_manifest(precision, block_size, accuracy_level, zero_points),
         "num_hidden_layers": dm["layers"],
         "hidden_size": dm["hidden"],
@@ -1169,10 +1265,13 @@ def parse_args(argv=None):
     ap.add_argument("--precision", choices=["int4", "fp32"], default="int4")
     ap.add_argument("--block-size", type=int, choices=[32, 128], default=32)
     ap.add_argument("--accuracy-level", type=int, choices=[0, 1, 2, 3, 4], default=4)
-    ap.add_argument("--attention", choices=["gqa", "explicit"], default="gqa",
-                    help="gqa: fused GroupQueryAttention over a slot KV cache (seqlens_k); "
-                         "explicit: the optimum decoder-with-past contract (attention_mask, "
-                         "left padding)")
+    ap.add_argument("--attention", choices=["packed", "explicit"], default="packed",
+                    help="packed: every row's tokens in one pass, fused GroupQueryAttention over "
+                         "a slot KV cache (PACKED_CONTRACT); explicit: the optimum "
+                         "decoder-with-past contract (attention_mask, left padding)")
+    ap.add_argument("--prefill-lanes", type=int, default=DEFAULT_PREFILL_LANES,
+                    help="packed graphs: prompts that can advance in one pass beside the "
+                         f"decoding rows (default {DEFAULT_PREFILL_LANES})")
     ap.add_argument("--zero-points", action="store_true",
                     help="asymmetric int4: per-block min/max scale and a 4-bit zero point "
                     "(MatMulNBits input zero_points; manifest quantization.symmetric false). "
@@ -1192,6 +1291,8 @@ def parse_args(argv=None):
         ap.error("--linear-only is int4 only")
     if args.zero_points and args.precision != "int4":
         ap.error("--zero-points is int4 only")
+    if not 1 <= args.prefill_lanes <= 64:
+        ap.error("--prefill-lanes must be between 1 and 64")
     return args
 
 
@@ -1226,7 +1327,7 @@ def main(argv=None) -> int:
     export(hf_dir, out, source=source, random_weights=random_weights, precision=args.precision,
            block_size=args.block_size, accuracy_level=args.accuracy_level, golden_tokens=golden,
            linear_only=args.linear_only, threads=args.threads, zero_points=args.zero_points,
-           attention=args.attention)
+           attention=args.attention, prefill_lanes=args.prefill_lanes)
     log(f"done in {time.time() - t0:.1f}s")
     return 0
 

@@ -37,15 +37,15 @@ def tiny_fp32(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def tiny_gqa(tmp_path_factory):
-    """The default export: fused GroupQueryAttention (the same weights as tiny_int4)."""
-    return build_tiny(tmp_path_factory.mktemp("tiny_gqa"), attention="gqa")
+def tiny_packed(tmp_path_factory):
+    """The default export: the packed one-pass graph (the same weights as tiny_int4)."""
+    return build_tiny(tmp_path_factory.mktemp("tiny_packed"), attention="packed")
 
 
 @pytest.fixture(scope="session")
-def tiny_gqa_fp32(tmp_path_factory):
-    return build_tiny(tmp_path_factory.mktemp("tiny_gqa_fp32"), precision="fp32", golden=None,
-                      attention="gqa")
+def tiny_packed_fp32(tmp_path_factory):
+    return build_tiny(tmp_path_factory.mktemp("tiny_packed_fp32"), precision="fp32", golden=None,
+                      attention="packed")
 
 
 @pytest.fixture(scope="session")

@@ -381,7 +381,7 @@ def test_zero_points_cli(tmp_path, tiny_int4):
     assert E.export_matches(tiny_int4, explicit)
     assert E.export_matches(tiny_int4, [*explicit, "--block-size", "32"])
     assert not E.export_matches(tiny_int4, [*explicit, "--zero-points"])
-    # the default is fused attention now: an explicit export is redone
+    # the default is the packed graph now: an explicit export is redone
     assert not E.export_matches(tiny_int4, [])
     assert not E.export_matches(tmp_path / "nothing-here", [])
 
