@@ -112,7 +112,8 @@ pub struct InferenceConfig {
     /// Let idle ONNX Runtime threads spin; faster steps, but burns the cores the HTTP
     /// workers need between steps.
     pub spin_threads: bool,
-    /// Most sequences decoded together in one step, per worker.
+    /// Slots per worker: sequences admitted at once (prefilling or decoding), each with its
+    /// own KV cache of `max_prompt_tokens + max_new_tokens` positions (memory only as used).
     pub max_batch_size: usize,
     /// Requests that may wait for a batch slot across the pool before new ones are
     /// refused as overloaded.
@@ -124,12 +125,13 @@ pub struct InferenceConfig {
     pub max_prompt_tokens: usize,
     /// Largest `max_tokens` a request may ask for.
     pub max_new_tokens: usize,
-    /// Most key/value positions a worker's batch may hold, padding included: rows times the
-    /// longest prompt plus `max_tokens` among them. A request that does not fit waits.
+    /// Key/value positions a worker's admitted requests may reserve in all (each its prompt
+    /// plus `max_tokens`). A request that does not fit waits.
     pub max_total_kv_tokens: usize,
-    /// Prompts longer than this are prefilled in chunks of this many tokens, so one long
-    /// prompt does not stall every stream's next token for long.
-    pub prefill_chunk_tokens: usize,
+    /// Tokens in one engine step (one forward pass): a token for every decoding sequence,
+    /// the rest for prompt chunks, so a long prompt spreads over several steps and never
+    /// stalls the others' next token.
+    pub step_token_budget: usize,
     /// A request still running after this long is cancelled.
     pub request_timeout_secs: u64,
     /// The Retry-After hint given with an overloaded refusal.
@@ -144,13 +146,15 @@ impl Default for InferenceConfig {
             workers: 1,
             threads_per_worker: 0,
             spin_threads: false,
-            max_batch_size: 16,
+            // The KV budget over a story's 512 positions (a prompt of up to ~380 tokens and
+            // the default 128 new ones): 20 users at once never wait for a slot.
+            max_batch_size: 32,
             max_queue: 64,
             max_background: 2,
             max_prompt_tokens: 1024,
             max_new_tokens: 512,
             max_total_kv_tokens: 16_384,
-            prefill_chunk_tokens: 256,
+            step_token_budget: 128,
             request_timeout_secs: 120,
             retry_after_secs: 1,
             restart_delay_ms: 500,
@@ -177,7 +181,7 @@ impl InferenceConfig {
             ("inference.max_prompt_tokens", self.max_prompt_tokens),
             ("inference.max_new_tokens", self.max_new_tokens),
             ("inference.max_total_kv_tokens", self.max_total_kv_tokens),
-            ("inference.prefill_chunk_tokens", self.prefill_chunk_tokens),
+            ("inference.step_token_budget", self.step_token_budget),
         ];
         for (key, value) in positive {
             if value == 0 {
@@ -191,6 +195,15 @@ impl InferenceConfig {
             return Err(ConfigError::Invalid {
                 key: "inference.request_timeout_secs",
                 reason: "must be at least 1".into(),
+            });
+        }
+        if self.step_token_budget < self.max_batch_size {
+            return Err(ConfigError::Invalid {
+                key: "inference.step_token_budget",
+                reason: format!(
+                    "{} leaves no room for prompts when all {} slots but one decode; it must be at least inference.max_batch_size",
+                    self.step_token_budget, self.max_batch_size
+                ),
             });
         }
         if self.max_total_kv_tokens < self.max_prompt_tokens + self.max_new_tokens {
@@ -302,7 +315,7 @@ mod tests {
         Jail::expect_with(|_| {
             let config = Config::load(Some(&example)).expect("example loads");
             assert!(config.trends.sources.hackernews.enabled);
-            assert_eq!(config.inference.max_batch_size, 16);
+            assert_eq!(config.inference.max_batch_size, 32);
             Ok(())
         });
     }
@@ -345,6 +358,10 @@ mod tests {
             jail.set_env("TRENDSTORY_INFERENCE__MAX_TOTAL_KV_TOKENS", "100");
             let err = load_in(jail, None).unwrap_err().to_string();
             assert!(err.contains("inference.max_total_kv_tokens"), "{err}");
+            jail.set_env("TRENDSTORY_INFERENCE__MAX_TOTAL_KV_TOKENS", "16384");
+            jail.set_env("TRENDSTORY_INFERENCE__STEP_TOKEN_BUDGET", "3");
+            let err = load_in(jail, None).unwrap_err().to_string();
+            assert!(err.contains("inference.step_token_budget"), "{err}");
             Ok(())
         });
     }

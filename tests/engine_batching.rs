@@ -1,5 +1,6 @@
 //! The continuous-batching engine on the tiny model: golden parity whatever the arrival
-//! pattern, sampling, finish reasons, streaming text, cancellation and budgets.
+//! pattern, sampling, finish reasons, streaming text, cancellation and budgets. Every step on
+//! the packed graph is checked to be one `session.run`.
 
 mod common;
 
@@ -10,7 +11,7 @@ use std::time::Instant;
 use tokio::sync::mpsc::UnboundedReceiver;
 use trendstory::engine::{
     event_channel, BatchEngine, Engine, EngineLimits, FinishReason, GenerationEvent,
-    GenerationRequest, GenerationStats, Priority, SamplingParams, TextTokenizer,
+    GenerationRequest, GenerationStats, KvLayout, Priority, SamplingParams, TextTokenizer,
 };
 
 fn limits() -> EngineLimits {
@@ -19,7 +20,7 @@ fn limits() -> EngineLimits {
         max_prompt_tokens: 256,
         max_new_tokens: 64,
         max_total_kv_tokens: 4096,
-        prefill_chunk_tokens: 16,
+        step_token_budget: 16,
     }
 }
 
@@ -79,10 +80,20 @@ impl Harness {
         Output::new(rx)
     }
 
+    /// One step; on a packed graph it must be one `session.run` (none when idle).
+    fn step(&mut self) {
+        let runs = self.engine.model().runs();
+        self.engine.step().expect("step");
+        let passes = self.engine.model().runs() - runs;
+        if self.engine.model().kv_layout() == KvLayout::Slots {
+            assert!(passes <= 1, "a packed step took {passes} session.run calls");
+        }
+    }
+
     fn run_until_idle(&mut self) {
         let mut guard = 0;
         while self.engine.has_work() {
-            self.engine.step().expect("step");
+            self.step();
             guard += 1;
             assert!(guard < 10_000, "engine never went idle");
         }
@@ -209,8 +220,8 @@ fn all_at_once_matches_golden() {
         assert_all_golden(&mut outs, &golden.prompts);
         let stats = h.engine.stats();
         assert!(
-            stats.decoded_tokens > stats.decode_steps,
-            "sequences must share decode steps: {stats:?}"
+            stats.decoded_tokens > stats.steps,
+            "sequences must share steps: {stats:?}"
         );
     }
 }
@@ -226,12 +237,69 @@ fn staggered_arrivals_match_golden() {
             // Let earlier requests run a few steps (prefill chunks included) before the next
             // joins mid-generation.
             for _ in 0..(2 + i % 3) {
-                h.engine.step().expect("step");
+                h.step();
             }
         }
         h.run_until_idle();
         assert_all_golden(&mut outs, &golden.prompts);
-        assert!(h.engine.stats().rebuilds >= 2);
+    }
+}
+
+/// One pass holding decoding rows, the last chunk of a prompt prefilled over earlier steps
+/// and the first chunk of another prompt (of a different length): every row still gets its
+/// golden ids and logits.
+#[test]
+fn a_mixed_step_gives_every_row_its_own_logits() {
+    for dir in common::tiny_models() {
+        let golden = common::golden(&dir);
+        let n = golden.max_new_tokens;
+        let (short, long, other) = (&golden.prompts[1], &golden.prompts[5], &golden.prompts[4]);
+        let budget = 20;
+        let mut h = Harness::new(
+            &dir,
+            EngineLimits {
+                step_token_budget: budget,
+                ..limits()
+            },
+        );
+        let mut decoding = h.submit(short.input_ids.clone(), greedy(n));
+        h.step();
+        let mut long_out = h.submit(long.input_ids.clone(), greedy(n));
+        let mut other_out = h.submit(other.input_ids.clone(), greedy(n));
+        // Each step: a token for the decoding row, the rest of the budget for the prompts,
+        // oldest first. The step that finishes `long` also starts `other`.
+        let per_step = budget - 1;
+        let steps_for_long = long.input_ids.len().div_ceil(per_step);
+        let last_chunk = long.input_ids.len() - (steps_for_long - 1) * per_step;
+        assert!(
+            last_chunk < per_step && steps_for_long >= 2,
+            "a chunked prompt"
+        );
+        for _ in 0..steps_for_long - 1 {
+            h.step();
+        }
+        let before = h.engine.stats();
+        h.step();
+        let after = h.engine.stats();
+        long_out.drain();
+        other_out.drain();
+        assert_eq!(
+            long_out.tokens.len(),
+            1,
+            "long's first token in the mixed step"
+        );
+        assert!(other_out.tokens.is_empty(), "other prefilled only a part");
+        assert_eq!(after.decoded_tokens - before.decoded_tokens, 1);
+        assert_eq!(
+            after.prefill_tokens - before.prefill_tokens,
+            per_step as u64,
+            "long's last {last_chunk} tokens and other's first {} in one step",
+            per_step - last_chunk
+        );
+        h.run_until_idle();
+        assert_golden(&mut decoding, short, "decoding row");
+        assert_golden(&mut long_out, long, "continued prompt");
+        assert_golden(&mut other_out, other, "new prompt");
     }
 }
 
@@ -340,7 +408,7 @@ fn cancelling_frees_the_slot() {
         let first = h.submit(golden.prompts[0].input_ids.clone(), greedy(64));
         let mut second = h.submit(golden.prompts[1].input_ids.clone(), greedy(4));
         for _ in 0..3 {
-            h.engine.step().unwrap();
+            h.step();
         }
         second.drain();
         assert!(
@@ -367,10 +435,10 @@ fn a_cancelled_rows_place_is_reused_mid_batch() {
         let middle = h.submit(golden.prompts[3].input_ids.clone(), greedy(n));
         let mut last = h.submit(golden.prompts[2].input_ids.clone(), greedy(n));
         for _ in 0..4 {
-            h.engine.step().expect("step");
+            h.step();
         }
         drop(middle);
-        h.engine.step().expect("step");
+        h.step();
         let mut newcomer = h.submit(golden.prompts[4].input_ids.clone(), greedy(n));
         h.run_until_idle();
         assert_golden(&mut first, &golden.prompts[0], "first");
@@ -388,7 +456,7 @@ fn a_user_request_takes_a_background_slot_within_one_step() {
             EngineLimits {
                 max_batch_size: 2,
                 // Whole prompts per step, so the first token shows when admission happened.
-                prefill_chunk_tokens: 256,
+                step_token_budget: 256,
                 ..limits()
             },
         );
@@ -406,11 +474,11 @@ fn a_user_request_takes_a_background_slot_within_one_step() {
         // A third background request waits behind the full batch; the user must not.
         let mut third = background(&mut h, 2);
         for _ in 0..3 {
-            h.engine.step().unwrap();
+            h.step();
         }
         assert_eq!(h.engine.active(), 2, "both background rows decode");
         let mut user = h.submit(golden.prompts[2].input_ids.clone(), greedy(4));
-        h.engine.step().unwrap();
+        h.step();
         user.drain();
         assert!(
             !user.tokens.is_empty(),
@@ -471,24 +539,37 @@ fn a_kept_shared_prefix_gives_the_same_tokens() {
     }
 }
 
+/// Prompts of different lengths arriving together start in one pass (as many as the packed
+/// graph has prefill lanes), kept prefixes or not.
 #[test]
-fn prompts_prefilled_together_match_golden() {
+fn prompts_arriving_together_prefill_together() {
     for dir in common::tiny_models() {
         let golden = common::golden(&dir);
         let together = EngineLimits {
-            prefill_chunk_tokens: 256,
+            step_token_budget: 256,
             ..limits()
         };
         let mut h = Harness::new(&dir, together);
+        let lanes = h.engine.model().prefill_lanes().unwrap_or(usize::MAX);
         let lengths: Vec<usize> = golden.prompts.iter().map(|p| p.input_ids.len()).collect();
         assert!(
             lengths.iter().min() != lengths.iter().max(),
             "rows of different lengths: {lengths:?}"
         );
         let mut outs = h.submit_golden(&golden.prompts, golden.max_new_tokens);
+        h.step();
+        let started = outs
+            .iter_mut()
+            .map(|o| !o.drain().tokens.is_empty())
+            .filter(|&first| first)
+            .count();
+        assert_eq!(
+            started,
+            golden.prompts.len().min(lanes),
+            "first tokens after one step"
+        );
         h.run_until_idle();
         assert_all_golden(&mut outs, &golden.prompts);
-        assert_eq!(h.engine.stats().batched_prefills, 1, "one pass for all");
 
         // Rows with different kept positions: the first starts from its kept prefix.
         let first = &golden.prompts[0];
@@ -509,9 +590,7 @@ fn prompts_prefilled_together_match_golden() {
         outs.extend(h.submit_golden(&golden.prompts[1..], golden.max_new_tokens));
         h.run_until_idle();
         assert_all_golden(&mut outs, &golden.prompts);
-        let stats = h.engine.stats();
-        assert_eq!(stats.batched_prefills, 2);
-        assert_eq!(stats.prefix_hits, 1);
+        assert_eq!(h.engine.stats().prefix_hits, 1);
     }
 }
 
@@ -528,7 +607,7 @@ fn finished_rows_never_run_past_the_context() {
                 max_prompt_tokens: 64,
                 max_new_tokens: 500,
                 max_total_kv_tokens: 4096,
-                prefill_chunk_tokens: 256,
+                step_token_budget: 256,
             },
         );
         let prompt = |len: usize, salt: u32| -> Vec<u32> {
@@ -586,7 +665,7 @@ fn kv_budget_makes_requests_wait_not_fail() {
         );
         let mut a = h.submit(p.input_ids.clone(), greedy(8));
         let mut b = h.submit(p.input_ids.clone(), greedy(8));
-        h.engine.step().unwrap();
+        h.step();
         b.drain();
         assert!(b.tokens.is_empty(), "b does not fit beside a");
         h.run_until_idle();
@@ -596,36 +675,33 @@ fn kv_budget_makes_requests_wait_not_fail() {
     }
 }
 
+/// Admission counts each request's prompt plus `max_tokens`: two requests whose sum fits
+/// run together; one position less and the second waits for the first to leave.
 #[test]
-fn kv_budget_counts_padding_to_the_longest_row() {
+fn kv_budget_is_the_sum_of_reserved_tokens() {
     for dir in common::tiny_models() {
         let golden = common::golden(&dir);
-        let long = &golden.prompts[3];
-        let short = &golden.prompts[0];
-        let long_reserved = long.input_ids.len() + 16;
-        // Room for both by the sum of their tokens, but not for two rows padded to the long one.
-        let budget = long_reserved + short.input_ids.len() + 4;
-        assert!(budget < 2 * long_reserved);
-        let mut h = Harness::new(
-            &dir,
-            EngineLimits {
-                max_total_kv_tokens: budget,
-                ..limits()
-            },
-        );
-        let mut a = h.submit(long.input_ids.clone(), greedy(16));
-        let mut b = h.submit(short.input_ids.clone(), greedy(4));
-        while h.engine.has_work() {
-            h.engine.step().unwrap();
-            a.drain();
-            b.drain();
-            assert!(
-                b.tokens.is_empty() || a.done.is_some(),
-                "the short request must wait until the long one leaves"
+        let (long, short) = (&golden.prompts[3], &golden.prompts[0]);
+        let reserved = long.input_ids.len() + 16 + short.input_ids.len() + 4;
+        for (budget, together) in [(reserved, true), (reserved - 1, false)] {
+            let mut h = Harness::new(
+                &dir,
+                EngineLimits {
+                    max_total_kv_tokens: budget,
+                    ..limits()
+                },
             );
+            let mut a = h.submit(long.input_ids.clone(), greedy(16));
+            let mut b = h.submit(short.input_ids.clone(), greedy(4));
+            let mut overlapped = false;
+            while h.engine.has_work() {
+                h.step();
+                overlapped |= !b.drain().tokens.is_empty() && a.drain().done.is_none();
+            }
+            assert_eq!(overlapped, together, "budget {budget}");
+            assert_eq!(a.finish_reason(), FinishReason::Length);
+            assert_eq!(b.tokens, short.output_ids[..4]);
         }
-        assert_eq!(a.finish_reason(), FinishReason::Length);
-        assert_eq!(b.tokens, short.output_ids[..4]);
     }
 }
 

@@ -72,29 +72,31 @@ fn tiny_padded_batch_matches_golden() {
 }
 
 /// The two tiny graphs take their KV layouts from their inputs: mask and position ids for
-/// explicit attention, per-row lengths for the fused GroupQueryAttention.
+/// explicit attention, decode rows and prefill lanes for the packed graph.
 #[test]
 fn each_graph_gets_its_kv_layout() {
-    let [explicit, fused] = common::tiny_models();
+    let [explicit, packed] = common::tiny_models();
     assert_eq!(common::load(&explicit).model.kv_layout(), KvLayout::Padded);
-    assert_eq!(common::load(&fused).model.kv_layout(), KvLayout::Slots);
+    let packed = common::load(&packed).model;
+    assert_eq!(packed.kv_layout(), KvLayout::Slots);
+    assert_eq!(packed.prefill_lanes(), Some(4), "the exporter's default lanes");
 }
 
-/// The fused graph (slot cache, written in place) against the explicit one (padded cache,
+/// The packed graph (slot cache, written in place) against the explicit one (padded cache,
 /// concatenated) on the same weights, all golden prompts in one batch: the same ids, and
 /// the chosen logits within 1e-3 relative.
 #[test]
-fn fused_attention_matches_explicit_attention() {
-    let [explicit, fused] = common::tiny_models();
+fn packed_graph_matches_explicit_attention() {
+    let [explicit, packed] = common::tiny_models();
     let golden = common::golden(&explicit);
     let prompts: Vec<Vec<u32>> = golden.prompts.iter().map(|p| p.input_ids.clone()).collect();
     let run = |dir: &Path| {
         let mut loaded = common::load(dir);
         greedy_generate(&mut loaded.model, &prompts, golden.max_new_tokens).expect("generate")
     };
-    let (a, b) = (run(&explicit), run(&fused));
+    let (a, b) = (run(&explicit), run(&packed));
     for (row, prompt) in golden.prompts.iter().enumerate() {
-        let what = format!("fused vs explicit, prompt {:?}", prompt.text);
+        let what = format!("packed vs explicit, prompt {:?}", prompt.text);
         assert_eq!(b.tokens[row], a.tokens[row], "{what}");
         common::assert_logits_close(&b.chosen_logits[row], &a.chosen_logits[row], &what);
     }

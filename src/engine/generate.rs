@@ -1,14 +1,14 @@
-//! Greedy generation for a fixed batch of prompts, padded to one length.
+//! Greedy generation for a fixed batch of prompts.
 //!
-//! This is the plain reference path: prefill every prompt in one pass, then decode one token
-//! per row per step with the KV cache, until each row has produced EOS or `max_new_tokens`.
-//! Parity tests hold it to the golden ids the exporter computed by full recomputation.
+//! This is the plain reference path: prefill every prompt (as many per pass as the graph
+//! takes), then decode one token per row per pass with the KV cache, until each row has
+//! produced EOS or `max_new_tokens`. Parity tests hold it to the golden ids the exporter
+//! computed by full recomputation.
 
 use std::time::{Duration, Instant};
 
-use super::kv_cache::RowSource;
-use super::session::StepOutput;
-use super::{EngineError, KvCache, OnnxModel, StepInput};
+use super::kv_store::{KvStore, Pass};
+use super::{EngineError, OnnxModel, PassRow};
 
 /// Tokens and timings of one greedy run.
 #[derive(Debug, Clone)]
@@ -18,11 +18,11 @@ pub struct Generation {
     /// The logit of each chosen token, per prompt: parity tests compare these with the
     /// exporter's, which catches attention errors that leave the argmax unchanged.
     pub chosen_logits: Vec<Vec<f32>>,
-    /// Wall time of the prefill pass.
+    /// Wall time of the prefill passes.
     pub prefill: Duration,
-    /// Wall time of all decode steps.
+    /// Wall time of all decode passes.
     pub decode: Duration,
-    /// Number of decode steps run after the prefill.
+    /// Number of decode passes run after the prefill.
     pub decode_steps: usize,
 }
 
@@ -37,11 +37,11 @@ pub fn argmax(logits: &[f32]) -> u32 {
     best as u32
 }
 
-/// Greedily continues every prompt (token ids, BOS included) in one padded batch.
+/// Greedily continues every prompt (token ids, BOS included), all rows decoding together.
 ///
 /// # Errors
 /// `InvalidInput` for an empty batch, an empty prompt or one that would run past the
-/// model's context; `Inference` when a step fails.
+/// model's context; `Inference` when a pass fails.
 pub fn greedy_generate(
     model: &mut OnnxModel,
     prompts: &[Vec<u32>],
@@ -61,49 +61,31 @@ pub fn greedy_generate(
             info.max_position_embeddings
         )));
     }
-
-    // Each row is its prompt then padding; its real length is what the model counts.
-    let mut lens: Vec<usize> = prompts.iter().map(Vec::len).collect();
-    let mut input_ids = Vec::with_capacity(batch * width);
-    for prompt in prompts {
-        input_ids.extend(prompt.iter().map(|&t| i64::from(t)));
-        input_ids.extend(std::iter::repeat_n(
-            i64::from(info.eos_token_id),
-            width - prompt.len(),
-        ));
-    }
+    let mut kv = KvStore::new(model, batch, width + max_new_tokens + 1);
 
     let started = Instant::now();
-    let capacity = width + max_new_tokens;
-    let StepOutput {
-        last_logits,
-        cache: prompt_cache,
-    } = model.forward(
-        StepInput {
-            batch,
-            seq_len: width,
-            input_ids,
-            past: vec![0; batch],
-            new: lens.clone(),
-        },
-        model.empty_cache(batch, capacity)?,
-    )?;
-    // Rows end with padding after the prompt pass: gather each row's real positions so
-    // every row's next token follows its own prompt.
-    let rows: Vec<RowSource> = (0..batch)
-        .map(|row| RowSource {
-            cache: &prompt_cache,
-            row,
-            len: lens[row],
-        })
-        .collect();
-    let mut step = StepOutput {
-        cache: KvCache::gather(&info, &rows, capacity)?,
-        last_logits,
-    };
-    drop(rows);
+    let lanes = model.prefill_lanes().unwrap_or(batch).max(1);
+    let mut logits = Vec::with_capacity(batch * info.vocab_size);
+    for first in (0..batch).step_by(lanes) {
+        let chunks = (first..batch.min(first + lanes))
+            .map(|slot| PassRow {
+                slot,
+                past: 0,
+                tokens: prompts[slot].clone(),
+                logits: true,
+            })
+            .collect();
+        logits.extend(kv.run(
+            model,
+            &Pass {
+                decode: Vec::new(),
+                chunks,
+            },
+        )?);
+    }
     let prefill = started.elapsed();
 
+    let mut lens: Vec<usize> = prompts.iter().map(Vec::len).collect();
     let mut tokens: Vec<Vec<u32>> = vec![Vec::new(); batch];
     let mut chosen_logits: Vec<Vec<f32>> = vec![Vec::new(); batch];
     let mut done = vec![max_new_tokens == 0; batch];
@@ -111,31 +93,32 @@ pub fn greedy_generate(
     let decode_started = Instant::now();
     loop {
         let vocab = info.vocab_size;
-        let mut next = Vec::with_capacity(batch);
+        let mut decode = Vec::with_capacity(batch);
         for (row, row_tokens) in tokens.iter_mut().enumerate() {
-            let logits = &step.last_logits[row * vocab..(row + 1) * vocab];
-            let token = argmax(logits);
+            let row_logits = &logits[row * vocab..(row + 1) * vocab];
+            let token = argmax(row_logits);
             if !done[row] {
                 row_tokens.push(token);
-                chosen_logits[row].push(logits[token as usize]);
+                chosen_logits[row].push(row_logits[token as usize]);
                 done[row] = token == info.eos_token_id || row_tokens.len() >= max_new_tokens;
             }
-            next.push(i64::from(token));
+            // Finished rows keep decoding harmlessly until the whole batch is done.
+            decode.push(PassRow {
+                slot: row,
+                past: lens[row],
+                tokens: vec![token],
+                logits: true,
+            });
         }
         if done.iter().all(|&d| d) {
             break;
         }
-        // One more real position per row; finished rows keep decoding harmlessly until the
-        // whole batch is done.
-        step = model.forward(
-            StepInput {
-                batch,
-                seq_len: 1,
-                input_ids: next,
-                past: lens.clone(),
-                new: vec![1; batch],
+        logits = kv.run(
+            model,
+            &Pass {
+                decode,
+                chunks: Vec::new(),
             },
-            step.cache,
         )?;
         for len in &mut lens {
             *len += 1;

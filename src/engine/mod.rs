@@ -3,26 +3,31 @@
 //!
 //! - [`model_info`]: reads an exported model folder and checks it is complete.
 //! - [`tokenizer`]: the Hugging Face tokenizer, checked against the model's vocabulary.
-//! - [`session`]: the ONNX session and one forward pass, for fused (GroupQueryAttention) or
-//!   explicit-attention graphs.
-//! - [`kv_cache`]: the per-layer key/value tensors carried from one step to the next: slots
-//!   written in place, or a left-padded batch.
+//! - [`session`]: the ONNX session and its forward pass: one packed pass per step on our
+//!   exports, padded passes on explicit-attention (optimum) graphs.
+//! - [`slot_cache`], [`padded_cache`]: the key/value tensors of each contract, and
+//!   `kv_store`, which holds the rows' KV and runs a step's pass over it.
+//! - [`scheduler`]: each step's plan (admission, preemption, decode rows, prompt chunks) from
+//!   the rows' state alone, as plain data.
+//! - [`batch`]: the continuous-batching engine that applies the plan; `prefix_cache` keeps
+//!   the KV of shared prompt prefixes.
 //! - [`generate`]: greedy generation of a fixed batch, the reference path for parity tests.
-//! - [`batch`]: the continuous-batching engine (scheduler, prefill, decode, KV rebuilds);
-//!   `prefix_cache` keeps the KV of shared prompt prefixes.
 //! - `sequence`, `sampler`, `detokenizer`: one request's state, token choice and text.
 //! - [`request`]: requests, events and the step-driven [`Engine`] trait the workers drive.
 
 pub mod batch;
 mod detokenizer;
 pub mod generate;
-pub mod kv_cache;
+mod kv_store;
 pub mod model_info;
+pub mod padded_cache;
 mod prefix_cache;
 pub mod request;
 mod sampler;
+pub mod scheduler;
 mod sequence;
 pub mod session;
+pub mod slot_cache;
 pub mod tokenizer;
 
 use std::path::PathBuf;
@@ -32,13 +37,14 @@ use crate::runtime::RuntimeError;
 pub use batch::{BatchEngine, EngineLimits, EngineStats};
 pub use detokenizer::{Delta, Detokenizer};
 pub use generate::{greedy_generate, Generation};
-pub use kv_cache::{KvCache, KvLayout};
 pub use model_info::ModelInfo;
+pub use padded_cache::PaddedCache;
 pub use request::{
     event_channel, Engine, FinishReason, GenerationEvent, GenerationRequest, GenerationStats,
     Priority, RequestId, SamplingParams,
 };
-pub use session::{open_session, OnnxModel, SessionOptions, StepInput};
+pub use session::{open_session, KvLayout, OnnxModel, PassRow, SessionOptions, StepInput};
+pub use slot_cache::SlotCache;
 pub use tokenizer::TextTokenizer;
 
 /// Everything that can go wrong while loading or running a model.

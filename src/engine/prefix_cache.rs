@@ -3,19 +3,18 @@
 //!
 //! A request says how many of its first prompt tokens are such a prefix
 //! (`GenerationRequest::shared_prefix`). The first request with a new prefix prefills it as
-//! its own chunk and leaves a copy here; later ones start from a copy of that KV and
-//! prefill only the rest. Entries are keyed by the prefix's token ids (so a different
+//! its own chunk and leaves a copy here; later ones start from a copy of that KV in their own
+//! slot and prefill only the rest. Entries are keyed by the prefix's token ids (so a different
 //! template or tokenizer can never match) and bounded in number, least recently used first.
 
-use super::kv_cache::RowSource;
-use super::{EngineError, KvCache, ModelInfo};
+use super::slot_cache::KeptKv;
 
 /// Prefixes kept per engine: a few styles' worth.
 pub const MAX_PREFIXES: usize = 16;
 
 struct Entry {
     ids: Vec<u32>,
-    cache: KvCache,
+    kv: KeptKv,
     last_used: u64,
 }
 
@@ -31,29 +30,19 @@ impl PrefixCache {
         self.entries.iter().any(|e| e.ids == ids)
     }
 
-    /// A private copy of the prefix's KV (batch of one, `ids.len()` positions), if kept.
-    pub fn copy_of(
-        &mut self,
-        info: &ModelInfo,
-        ids: &[u32],
-    ) -> Result<Option<KvCache>, EngineError> {
+    /// The KV kept for `ids`, if any (marked as just used).
+    pub fn get(&mut self, ids: &[u32]) -> Option<&KeptKv> {
         self.tick += 1;
-        let Some(entry) = self.entries.iter_mut().find(|e| e.ids == ids) else {
-            return Ok(None);
-        };
+        let entry = self.entries.iter_mut().find(|e| e.ids == ids)?;
         entry.last_used = self.tick;
-        copy(info, &entry.cache, ids.len()).map(Some)
+        Some(&entry.kv)
     }
 
-    /// Keeps a copy of `cache` (batch of one, exactly `ids.len()` positions) for `ids`.
-    pub fn insert(
-        &mut self,
-        info: &ModelInfo,
-        ids: &[u32],
-        cache: &KvCache,
-    ) -> Result<(), EngineError> {
+    /// Keeps `kv` (exactly `ids.len()` positions) for `ids`, evicting the least recently used
+    /// entry when full.
+    pub fn insert(&mut self, ids: &[u32], kv: KeptKv) {
         if self.contains(ids) {
-            return Ok(());
+            return;
         }
         if self.entries.len() >= MAX_PREFIXES {
             if let Some(oldest) = self
@@ -69,14 +58,8 @@ impl PrefixCache {
         self.tick += 1;
         self.entries.push(Entry {
             ids: ids.to_vec(),
-            cache: copy(info, cache, ids.len())?,
+            kv,
             last_used: self.tick,
         });
-        Ok(())
     }
-}
-
-fn copy(info: &ModelInfo, cache: &KvCache, len: usize) -> Result<KvCache, EngineError> {
-    let row = RowSource { cache, row: 0, len };
-    KvCache::gather(info, &[row], len)
 }

@@ -60,15 +60,20 @@ impl Sequence {
         self.request.events.is_closed() || self.request.deadline.is_some_and(|d| now >= d)
     }
 
-    /// Samples the next token from this sequence's logits row, sends its text, and says
-    /// whether the sequence is finished (and why).
-    pub fn advance(
+    /// Picks the next token from this sequence's logits row: the token and its raw logit.
+    pub fn sample(&mut self, logits: &mut [f32]) -> (u32, f32) {
+        self.sampler.sample(logits)
+    }
+
+    /// Takes `token` as generated: sends its text and says whether the sequence is finished
+    /// (and why).
+    pub fn emit(
         &mut self,
-        logits: &mut [f32],
+        token: u32,
+        logit: f32,
         tokenizer: &TextTokenizer,
         eos: u32,
     ) -> Option<FinishReason> {
-        let (token, logit) = self.sampler.sample(logits);
         let now = Instant::now();
         self.first_token_at.get_or_insert(now);
         self.last_token_at = Some(now);

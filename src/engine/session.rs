@@ -3,13 +3,15 @@
 //! Two graph contracts, told apart by the inputs:
 //! - explicit attention, the one of optimum / transformers.js exports: `input_ids`,
 //!   `attention_mask`, optional `position_ids`, and `past_key_values.{i}.key|value`; the
-//!   cache is left-padded and `present.*` is past and new concatenated;
-//! - fused `GroupQueryAttention` (our exporter's `--attention gqa`): `input_ids`,
-//!   `seqlens_k`, `total_sequence_length` and the same past names; the cache is a slot cache
-//!   bound as both past and present, written in place.
+//!   cache is left-padded ([`PaddedCache`]) and `present.*` is past and new concatenated;
+//! - packed (our exporter's default, `scripts/export_onnx.py` PACKED_CONTRACT): every row's
+//!   new tokens in one sequence, so one `session.run` serves the whole step; rows of one token
+//!   (decoding) go through one fused `GroupQueryAttention` over the first slots of a
+//!   [`SlotCache`], longer ones (prompt chunks) through batch-1 prefill lanes, each bound to
+//!   its row's slot in the same buffers; logits only where asked.
 //!
-//! Both return `logits` and `present.{i}.key|value`. Names are checked once at load, so a
-//! foreign graph fails with a clear error instead of at the first request.
+//! Names are checked once at load, so a foreign graph fails with a clear error instead of at
+//! the first request.
 
 use std::borrow::Cow;
 
@@ -19,8 +21,7 @@ use ort::session::{Session, SessionInputValue};
 use ort::value::{DynValue, Tensor};
 use ort::AsPointer;
 
-use super::kv_cache::{KvLayout, KvStorage};
-use super::{EngineError, KvCache, ModelInfo};
+use super::{EngineError, ModelInfo, PaddedCache, SlotCache};
 use crate::config::RuntimeConfig;
 
 /// Knobs of one session; the engine picks them from the configuration.
@@ -42,30 +43,34 @@ impl SessionOptions {
     }
 }
 
-/// Inputs of one forward pass. Each row feeds its new tokens first and then padding up to
-/// `seq_len`; how the graph learns where a row's tokens are (a mask and position ids, or
-/// per-row lengths) is the model's business, so the engine never builds masks.
+/// Which KV cache a graph takes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KvLayout {
+    /// [`PaddedCache`]: explicit attention.
+    Padded,
+    /// [`SlotCache`]: packed graphs.
+    Slots,
+}
+
+/// Inputs of an explicit-attention pass: `seq_len` new tokens for each of `batch` rows.
 #[derive(Debug, Clone)]
 pub struct StepInput {
     pub batch: usize,
-    /// New positions per row in this step (the longest prompt rest at prefill, 1 when
-    /// decoding).
     pub seq_len: usize,
-    /// `[batch, seq_len]` token ids; padding positions hold any valid id.
+    /// `[batch, seq_len]` token ids.
     pub input_ids: Vec<i64>,
-    /// Per row, the real positions already in the cache (a padded cache has them
-    /// right-aligned).
+    /// Per row, its real positions in the cache (right-aligned; the rest is padding).
     pub past: Vec<usize>,
-    /// Per row, its real new tokens (1 to `seq_len`); its logits are those of the last one.
-    pub new: Vec<usize>,
 }
 
-/// What a forward pass returns.
-pub struct StepOutput {
-    /// `[batch, vocab]`: logits of every row's last new token.
-    pub last_logits: Vec<f32>,
-    /// The cache extended by this step's positions.
-    pub cache: KvCache,
+/// One row's part of a packed pass: `tokens` after the `past` positions its slot holds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PassRow {
+    pub slot: usize,
+    pub past: usize,
+    pub tokens: Vec<u32>,
+    /// Whether the pass returns the logits of its last token.
+    pub logits: bool,
 }
 
 /// Creates an ONNX Runtime session for the graph at `path` with our settings: all graph
@@ -96,13 +101,22 @@ pub fn open_session(
         .map_err(|e| fail(e.to_string()))
 }
 
-/// How a graph attends, told by its inputs: the engine feeds each its own way.
+/// How a graph is fed, told by its inputs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Attention {
+enum Contract {
     /// The optimum contract: `attention_mask` (+ optional `position_ids`), a padded cache.
     Explicit { has_position_ids: bool },
-    /// Fused `GroupQueryAttention`: `seqlens_k` and `total_sequence_length`, a slot cache.
-    Fused,
+    /// Our one-pass graph with `lanes` prefill lanes, a slot cache.
+    Packed { lanes: usize },
+}
+
+/// Input and output names of a packed graph, built once.
+struct PackedNames {
+    /// Per lane: start, end, seqlens_k, total.
+    lane_inputs: Vec<[String; 4]>,
+    /// Per lane, per tensor: its past and present.
+    lane_past: Vec<Vec<String>>,
+    lane_present: Vec<Vec<String>>,
 }
 
 /// A loaded model: its session plus what is needed to feed it.
@@ -110,16 +124,18 @@ pub struct OnnxModel {
     session: Session,
     /// Time spent inside `session.run`, so benchmarks can tell the engine's own overhead.
     run_time: std::time::Duration,
+    /// `session.run` calls since load: one per step on packed graphs.
+    runs: u64,
     info: ModelInfo,
-    attention: Attention,
+    contract: Contract,
     past_names: Vec<String>,
     present_names: Vec<String>,
+    packed: PackedNames,
 }
 
 impl OnnxModel {
     /// Creates the session for `info`'s `model.onnx` and checks the graph's inputs and
-    /// outputs against the decoder-with-past contract (either attention) and the model's
-    /// layer count.
+    /// outputs against one of the two contracts and the model's layer count.
     pub fn load(
         info: &ModelInfo,
         runtime: &RuntimeConfig,
@@ -130,58 +146,82 @@ impl OnnxModel {
 
         let inputs: Vec<&str> = session.inputs().iter().map(|o| o.name()).collect();
         let outputs: Vec<&str> = session.outputs().iter().map(|o| o.name()).collect();
-        let fused = inputs.contains(&"seqlens_k");
-        let required: &[&str] = if fused {
-            &["input_ids", "seqlens_k", "total_sequence_length"]
-        } else {
-            &["input_ids", "attention_mask"]
-        };
-        for required in required {
-            if !inputs.contains(required) {
-                return Err(EngineError::GraphContract(format!(
-                    "input `{required}` is missing (inputs: {inputs:?})"
-                )));
-            }
-        }
-        if !outputs.contains(&"logits") {
-            return Err(EngineError::GraphContract(format!(
-                "output `logits` is missing (outputs: {outputs:?})"
-            )));
-        }
-        let layer_names = |prefix: &str| -> Vec<String> {
-            (0..info.num_layers)
-                .flat_map(|i| [format!("{prefix}.{i}.key"), format!("{prefix}.{i}.value")])
-                .collect()
-        };
-        let past_names = layer_names("past_key_values");
-        let present_names = layer_names("present");
-        let past_inputs = inputs
-            .iter()
-            .filter(|n| n.starts_with("past_key_values."))
+        let lanes = (0..)
+            .take_while(|k| inputs.contains(&format!("lane.{k}.start").as_str()))
             .count();
-        if past_inputs != past_names.len()
-            || past_names.iter().any(|n| !inputs.contains(&n.as_str()))
-            || present_names.iter().any(|n| !outputs.contains(&n.as_str()))
-        {
-            return Err(EngineError::GraphContract(format!(
-                "expected past_key_values.*/present.* for {} layers as config.json says, the graph has {} past inputs",
-                info.num_layers, past_inputs
-            )));
-        }
-        let attention = if fused {
-            Attention::Fused
+        let contract = if inputs.contains(&"decode_rows") {
+            Contract::Packed { lanes }
         } else {
-            Attention::Explicit {
+            Contract::Explicit {
                 has_position_ids: inputs.contains(&"position_ids"),
             }
         };
+        let tensor_names = |pattern: &dyn Fn(usize, &str) -> String| -> Vec<String> {
+            (0..info.num_layers)
+                .flat_map(|i| ["key", "value"].map(|kv| pattern(i, kv)))
+                .collect()
+        };
+        let past_names = tensor_names(&|i, kv| format!("past_key_values.{i}.{kv}"));
+        let present_names = tensor_names(&|i, kv| format!("present.{i}.{kv}"));
+        let packed = PackedNames {
+            lane_inputs: (0..lanes)
+                .map(|k| ["start", "end", "seqlens_k", "total"].map(|n| format!("lane.{k}.{n}")))
+                .collect(),
+            lane_past: (0..lanes)
+                .map(|k| tensor_names(&|i, kv| format!("lane.{k}.past.{i}.{kv}")))
+                .collect(),
+            lane_present: (0..lanes)
+                .map(|k| tensor_names(&|i, kv| format!("lane.{k}.present.{i}.{kv}")))
+                .collect(),
+        };
+        let mut required: Vec<String> = match contract {
+            Contract::Packed { .. } => [
+                "input_ids",
+                "decode_rows",
+                "decode_seqlens_k",
+                "decode_total",
+                "attn_order",
+                "logits_index",
+            ]
+            .map(String::from)
+            .into(),
+            Contract::Explicit { .. } => vec!["input_ids".into(), "attention_mask".into()],
+        };
+        required.extend(past_names.iter().cloned());
+        required.extend(packed.lane_inputs.iter().flatten().cloned());
+        required.extend(packed.lane_past.iter().flatten().cloned());
+        if lanes == 0 && matches!(contract, Contract::Packed { .. }) {
+            return Err(EngineError::GraphContract(
+                "a packed graph needs at least one prefill lane (lane.0.start)".into(),
+            ));
+        }
+        if let Some(missing) = required.iter().find(|n| !inputs.contains(&n.as_str())) {
+            return Err(EngineError::GraphContract(format!(
+                "input `{missing}` is missing; the graph has {} past inputs for the {} layers config.json says (inputs: {inputs:?})",
+                inputs.iter().filter(|n| n.starts_with("past_key_values.")).count(),
+                info.num_layers,
+            )));
+        }
+        let produced = std::iter::once("logits".to_string())
+            .chain(present_names.iter().cloned())
+            .chain(packed.lane_present.iter().flatten().cloned());
+        if let Some(missing) = produced
+            .into_iter()
+            .find(|n| !outputs.contains(&n.as_str()))
+        {
+            return Err(EngineError::GraphContract(format!(
+                "output `{missing}` is missing (outputs: {outputs:?})"
+            )));
+        }
         Ok(Self {
             session,
             run_time: std::time::Duration::ZERO,
+            runs: 0,
             info: info.clone(),
-            attention,
+            contract,
             past_names,
             present_names,
+            packed,
         })
     }
 
@@ -189,18 +229,21 @@ impl OnnxModel {
         &self.info
     }
 
-    /// The KV layout this graph's attention takes.
+    /// The KV layout this graph takes.
     pub fn kv_layout(&self) -> KvLayout {
-        match self.attention {
-            Attention::Explicit { .. } => KvLayout::Padded,
-            Attention::Fused => KvLayout::Slots,
+        match self.contract {
+            Contract::Explicit { .. } => KvLayout::Padded,
+            Contract::Packed { .. } => KvLayout::Slots,
         }
     }
 
-    /// An empty cache of this graph's layout for `batch` rows (a slot cache with room for
-    /// `capacity` positions per row; it grows when a step needs more).
-    pub fn empty_cache(&self, batch: usize, capacity: usize) -> Result<KvCache, EngineError> {
-        KvCache::empty(self.kv_layout(), &self.info, batch, capacity)
+    /// Prompt chunks a packed pass takes (its prefill lanes); `None` for explicit graphs,
+    /// which prefill one prompt per pass.
+    pub fn prefill_lanes(&self) -> Option<usize> {
+        match self.contract {
+            Contract::Explicit { .. } => None,
+            Contract::Packed { lanes } => Some(lanes),
+        }
     }
 
     /// Cumulative time inside `session.run` since load.
@@ -208,136 +251,82 @@ impl OnnxModel {
         self.run_time
     }
 
-    /// Runs one forward pass: the new tokens of every row, attending to its cached ones.
+    /// `session.run` calls since load.
+    pub fn runs(&self) -> u64 {
+        self.runs
+    }
+
+    /// Explicit-attention graphs: one pass of `input`'s new tokens for every row over
+    /// `cache`. Returns the logits of each row's last new token (`[batch, vocab]`) and the
+    /// cache extended by the new positions.
     ///
     /// # Errors
-    /// `InvalidInput` when the shapes disagree with each other or with the cache,
+    /// `InvalidInput` when the shapes disagree with each other, the cache or the graph,
     /// `Inference` when ONNX Runtime fails.
     pub fn forward(
         &mut self,
-        input: StepInput,
-        mut cache: KvCache,
-    ) -> Result<StepOutput, EngineError> {
+        input: &StepInput,
+        cache: &PaddedCache,
+    ) -> Result<(Vec<f32>, PaddedCache), EngineError> {
         let StepInput {
             batch,
             seq_len,
             ref input_ids,
             ref past,
-            ref new,
-        } = input;
-        let bad_row = (0..past.len().min(new.len())).find(|&b| {
-            let fits = match cache.layout() {
-                // A padded row's past must be right-aligned in the cache.
-                KvLayout::Padded => cache.ends[b] == cache.width() && past[b] <= cache.width(),
-                KvLayout::Slots => cache.ends[b] == past[b],
-            };
-            new[b] == 0 || new[b] > seq_len || (past[b] > 0 && !fits)
-        });
-        if cache.batch != batch
+        } = *input;
+        let Contract::Explicit { has_position_ids } = self.contract else {
+            return Err(EngineError::InvalidInput(
+                "a packed graph runs packed passes (forward_packed)".into(),
+            ));
+        };
+        let width = cache.width();
+        if cache.batch() != batch
             || seq_len == 0
             || input_ids.len() != batch * seq_len
             || past.len() != batch
-            || new.len() != batch
-            || bad_row.is_some()
+            || past.iter().any(|&p| p > width)
         {
             return Err(EngineError::InvalidInput(format!(
-                "step shapes disagree: batch {batch}, seq {seq_len}, cache batch {} of width {}, ids {}, past {:?}, new {:?}",
-                cache.batch,
-                cache.width(),
+                "step shapes disagree: batch {batch}, seq {seq_len}, cache batch {} of width {width}, ids {}, past {past:?}",
+                cache.batch(),
                 input_ids.len(),
-                past,
-                new,
             )));
         }
-        let last_logits = match self.attention {
-            Attention::Explicit { has_position_ids } => {
-                let (logits, presents) = self.run_padded(&input, &cache, has_position_ids)?;
-                let width = cache.width();
-                cache.storage = KvStorage::Padded {
-                    tensors: presents,
-                    past_len: width + seq_len,
-                };
-                for (b, end) in cache.ends.iter_mut().enumerate() {
-                    *end = width + new[b];
-                }
-                logits
-            }
-            Attention::Fused => {
-                let needed = (0..batch).map(|b| past[b] + seq_len).max().unwrap_or(0);
-                if needed > cache.width() {
-                    let grown = needed
-                        .max(cache.width() * 2)
-                        .min(self.info.max_position_embeddings);
-                    cache.reserve(&self.info, batch, grown.max(needed))?;
-                }
-                // GroupQueryAttention takes several new tokens over a past one row at a time.
-                let together = seq_len == 1 || past.iter().all(|&p| p == 0);
-                let logits = if together {
-                    self.run_slots(&input, &mut cache, 0..batch)?
-                } else {
-                    let mut logits = Vec::with_capacity(batch * self.info.vocab_size);
-                    for b in 0..batch {
-                        logits.extend(self.run_slots(&input, &mut cache, b..b + 1)?);
-                    }
-                    logits
-                };
-                for (b, end) in cache.ends.iter_mut().enumerate() {
-                    *end = past[b] + new[b];
-                }
-                logits
-            }
-        };
-        Ok(StepOutput { last_logits, cache })
-    }
-
-    /// The explicit-attention pass: a left-padded mask over the cache and the new tokens,
-    /// positions counted over each row's real tokens. Returns the logits of every row's
-    /// last new token and the `present.*` values (past and new, concatenated).
-    fn run_padded(
-        &mut self,
-        input: &StepInput,
-        cache: &KvCache,
-        has_position_ids: bool,
-    ) -> Result<(Vec<f32>, Vec<DynValue>), EngineError> {
-        let (batch, seq_len) = (input.batch, input.seq_len);
-        let width = cache.width();
         let total = width + seq_len;
         let mut mask = Vec::with_capacity(batch * total);
         let mut positions = Vec::with_capacity(batch * seq_len);
-        for b in 0..batch {
-            let (past, new) = (input.past[b], input.new[b]);
-            mask.extend(std::iter::repeat_n(0i64, width - past));
-            mask.extend(std::iter::repeat_n(1i64, past + new));
-            mask.extend(std::iter::repeat_n(0i64, seq_len - new));
-            positions.extend((past..past + seq_len).map(|p| p as i64));
+        for &p in past {
+            mask.extend(std::iter::repeat_n(0i64, width - p));
+            mask.extend(std::iter::repeat_n(1i64, p + seq_len));
+            positions.extend((p..p + seq_len).map(|q| q as i64));
         }
-        let KvStorage::Padded { tensors, .. } = &cache.storage else {
-            return Err(EngineError::InvalidInput(
-                "an explicit-attention graph takes a padded cache".into(),
-            ));
-        };
         let mut feeds: Vec<(Cow<'_, str>, SessionInputValue<'_>)> =
-            Vec::with_capacity(3 + tensors.len());
+            Vec::with_capacity(3 + cache.tensors.len());
         feeds.push((
             "input_ids".into(),
-            i64_tensor([batch, seq_len], input.input_ids.clone())?,
+            i64_tensor(vec![batch, seq_len], input_ids.clone())?,
         ));
-        feeds.push(("attention_mask".into(), i64_tensor([batch, total], mask)?));
+        feeds.push((
+            "attention_mask".into(),
+            i64_tensor(vec![batch, total], mask)?,
+        ));
         if has_position_ids {
             feeds.push((
                 "position_ids".into(),
-                i64_tensor([batch, seq_len], positions)?,
+                i64_tensor(vec![batch, seq_len], positions)?,
             ));
         }
-        for (name, value) in self.past_names.iter().zip(tensors) {
+        for (name, value) in self.past_names.iter().zip(&cache.tensors) {
             feeds.push((Cow::Borrowed(name.as_str()), SessionInputValue::from(value)));
         }
         let started = std::time::Instant::now();
         let result = self.session.run(feeds);
         self.run_time += started.elapsed();
+        self.runs += 1;
         let mut outputs = result.map_err(EngineError::inference)?;
-        let logits = last_logits(&outputs, &self.info, batch, seq_len, &input.new, 0..batch)?;
-        let presents = self
+        let last: Vec<usize> = (0..batch).map(|b| b * seq_len + seq_len - 1).collect();
+        let logits = logits_at(&outputs, &self.info, batch * seq_len, &last)?;
+        let tensors = self
             .present_names
             .iter()
             .map(|name| {
@@ -346,35 +335,31 @@ impl OnnxModel {
                     .ok_or_else(|| EngineError::inference(format!("graph returned no {name}")))
             })
             .collect::<Result<Vec<_>, _>>()?;
-        Ok((logits, presents))
+        Ok((
+            logits,
+            PaddedCache::from_values(&self.info, tensors, batch, total),
+        ))
     }
 
-    /// The fused-attention pass over rows `rows` of a slot cache: the past and present of
-    /// every layer are bound to those rows' slots, so GroupQueryAttention writes the new
-    /// positions in place and nothing else moves. Returns the rows' logits.
-    fn run_slots(
+    /// Packed graphs: one pass over every row's new tokens, each written in place into its
+    /// slot of `cache`. Rows of one token go through the decode attention, longer ones
+    /// through a prefill lane each. Returns the logits of the rows that ask for them, in
+    /// order (`[rows asking, vocab]`).
+    ///
+    /// # Errors
+    /// `InvalidInput` when a row does not fit its slot or the pass has more long rows than
+    /// the graph has lanes, `Inference` when ONNX Runtime fails.
+    pub fn forward_packed(
         &mut self,
-        input: &StepInput,
-        cache: &mut KvCache,
-        rows: std::ops::Range<usize>,
+        rows: &[PassRow],
+        cache: &mut SlotCache,
     ) -> Result<Vec<f32>, EngineError> {
-        let seq_len = input.seq_len;
-        let n = rows.len();
-        let ids = input.input_ids[rows.start * seq_len..rows.end * seq_len].to_vec();
-        // Padding counts as real here (GroupQueryAttention assumes none after the past); its
-        // positions lie past the row's end and are overwritten by its next tokens.
-        let totals: Vec<usize> = rows.clone().map(|b| input.past[b] + seq_len).collect();
-        let seqlens: Vec<i32> = totals.iter().map(|&t| t as i32 - 1).collect();
-        let total = totals.iter().copied().max().unwrap_or(0) as i32;
-        let info = &self.info;
-        let capacity = cache.width();
-        let KvStorage::Slots { buffers, .. } = &mut cache.storage else {
+        let Contract::Packed { lanes } = self.contract else {
             return Err(EngineError::InvalidInput(
-                "a fused-attention graph takes a slot cache".into(),
+                "an explicit-attention graph runs padded passes (forward)".into(),
             ));
         };
-        let slot = info.num_kv_heads * capacity * info.head_dim;
-        let shape = [n, info.num_kv_heads, capacity, info.head_dim];
+        let packed = PackedInputs::new(rows, cache, lanes)?;
         let fail = EngineError::inference;
         let memory = MemoryInfo::new(
             AllocationDevice::CPU,
@@ -384,37 +369,78 @@ impl OnnxModel {
         )
         .map_err(fail)?;
         let mut binding = self.session.create_binding().map_err(fail)?;
-        let ids = Tensor::<i64>::from_array(([n, seq_len], ids)).map_err(fail)?;
-        binding.bind_input("input_ids", &ids).map_err(fail)?;
-        let seqlens = Tensor::<i32>::from_array(([n], seqlens)).map_err(fail)?;
-        binding.bind_input("seqlens_k", &seqlens).map_err(fail)?;
-        let total = Tensor::<i32>::from_array((Vec::<usize>::new(), vec![total])).map_err(fail)?;
-        binding
-            .bind_input("total_sequence_length", &total)
-            .map_err(fail)?;
-        for ((past, present), buffer) in self
-            .past_names
-            .iter()
-            .zip(&self.present_names)
-            .zip(buffers.iter_mut())
-        {
-            let rows_data = &mut buffer[rows.start * slot..rows.end * slot];
-            // SAFETY: both values view `rows_data`, which outlives them: they are dropped with
-            // the binding at the end of this function, before the buffer can move or be
-            // freed. ONNX Runtime reads the past and writes the present through them, the
-            // sharing GroupQueryAttention is built for.
-            let (input_view, output_view) = unsafe {
-                (
-                    borrowed_f32_tensor(&memory, rows_data.as_mut_ptr(), shape)?,
-                    borrowed_f32_tensor(&memory, rows_data.as_mut_ptr(), shape)?,
-                )
+        let mut inputs: Vec<(&str, DynValue)> = vec![
+            (
+                "input_ids",
+                i64_value(vec![1, packed.ids.len()], packed.ids)?,
+            ),
+            (
+                "decode_rows",
+                i64_value(vec![packed.slots], packed.decode_rows)?,
+            ),
+            (
+                "decode_seqlens_k",
+                i32_value(vec![packed.slots], packed.decode_seqlens)?,
+            ),
+            (
+                "decode_total",
+                i32_value(vec![], vec![packed.decode_total])?,
+            ),
+            (
+                "attn_order",
+                i64_value(vec![packed.attn_order.len()], packed.attn_order)?,
+            ),
+            (
+                "logits_index",
+                i64_value(vec![packed.logits_index.len()], packed.logits_index)?,
+            ),
+        ];
+        for (names, lane) in self.packed.lane_inputs.iter().zip(&packed.lanes) {
+            inputs.push((&names[0], i64_value(vec![1], vec![lane.start as i64])?));
+            inputs.push((&names[1], i64_value(vec![1], vec![lane.end as i64])?));
+            inputs.push((&names[2], i32_value(vec![1], vec![lane.seqlens_k])?));
+            inputs.push((&names[3], i32_value(vec![], vec![lane.seqlens_k + 1])?));
+        }
+        for (name, value) in &inputs {
+            binding.bind_input(*name, value).map_err(fail)?;
+        }
+        // Every KV view is bound as both past and present: GroupQueryAttention then writes
+        // the new positions into the same memory it reads.
+        let mut views = Vec::with_capacity(self.past_names.len() * (1 + lanes) * 2);
+        for t in 0..self.past_names.len() {
+            let mut bind = |past: &str, present: &str, (data, shape): (*mut f32, [usize; 4])| {
+                // SAFETY: `data` points into `cache`'s buffers (or its scratch), which this
+                // function borrows mutably and which are never reallocated, so the memory
+                // stays valid and unmoved until the views are dropped with the binding at
+                // the end of this function. The views overlap only as GroupQueryAttention's
+                // shared past/present, and lanes and decode rows write disjoint positions.
+                let (input, output) = unsafe {
+                    (
+                        borrowed_f32_tensor(&memory, data, shape)?,
+                        borrowed_f32_tensor(&memory, data, shape)?,
+                    )
+                };
+                binding.bind_input(past, &input).map_err(fail)?;
+                binding.bind_output(present, output).map_err(fail)?;
+                views.push(input);
+                Ok::<(), EngineError>(())
             };
-            binding
-                .bind_input(past.as_str(), &input_view)
-                .map_err(fail)?;
-            binding
-                .bind_output(present.as_str(), output_view)
-                .map_err(fail)?;
+            bind(
+                &self.past_names[t],
+                &self.present_names[t],
+                cache.view(t, 0..packed.slots)?,
+            )?;
+            for (k, lane) in packed.lanes.iter().enumerate() {
+                let view = match lane.slot {
+                    Some(slot) => cache.view(t, slot..slot + 1)?,
+                    None => cache.scratch(t, k),
+                };
+                bind(
+                    &self.packed.lane_past[k][t],
+                    &self.packed.lane_present[k][t],
+                    view,
+                )?;
+            }
         }
         binding
             .bind_output_to_device("logits", &memory)
@@ -422,29 +448,186 @@ impl OnnxModel {
         let started = std::time::Instant::now();
         let result = self.session.run_binding(&binding);
         self.run_time += started.elapsed();
+        self.runs += 1;
         let outputs = result.map_err(EngineError::inference)?;
-        last_logits(&outputs, info, n, seq_len, &input.new, rows)
+        let asked = packed.asked;
+        let logits = logits_at(&outputs, &self.info, asked, &(0..asked).collect::<Vec<_>>())?;
+        drop(outputs);
+        drop(binding);
+        drop(views);
+        for row in rows {
+            cache.set_end(row.slot, row.past + row.tokens.len());
+        }
+        Ok(logits)
     }
 }
 
-/// An int64 input tensor.
+/// A packed pass's inputs, laid out as the exporter's PACKED_CONTRACT says: one-token rows
+/// first (the decode attention's tokens), then each longer row's chunk in a lane.
+struct PackedInputs {
+    /// Slots bound to the decode attention: up to the highest slot in the pass.
+    slots: usize,
+    ids: Vec<i64>,
+    decode_rows: Vec<i64>,
+    decode_seqlens: Vec<i32>,
+    decode_total: i32,
+    lanes: Vec<LaneInput>,
+    attn_order: Vec<i64>,
+    logits_index: Vec<i64>,
+    /// Rows asking for logits.
+    asked: usize,
+}
+
+/// One prefill lane: its packed positions `start..end` and its row's slot (`None`: unused,
+/// one dummy token over a scratch slot).
+struct LaneInput {
+    slot: Option<usize>,
+    start: usize,
+    end: usize,
+    seqlens_k: i32,
+}
+
+impl PackedInputs {
+    fn new(rows: &[PassRow], cache: &SlotCache, lanes: usize) -> Result<Self, EngineError> {
+        let slots = rows.iter().map(|r| r.slot + 1).max().unwrap_or(0);
+        check_rows(rows, cache, slots)?;
+        let long: Vec<usize> = (0..rows.len())
+            .filter(|&i| rows[i].tokens.len() > 1)
+            .collect();
+        if long.len() > lanes {
+            return Err(EngineError::InvalidInput(format!(
+                "{} prompt chunks in one pass; the graph has {lanes} prefill lanes",
+                long.len()
+            )));
+        }
+        // A slot that does not decode still gets a write from the decode attention: at its
+        // end (after its chunk, if any), a position nothing reads before it is rewritten.
+        let mut inputs = Self {
+            slots,
+            ids: Vec::new(),
+            decode_rows: vec![0; slots],
+            decode_seqlens: (0..slots).map(|s| cache.end(s) as i32).collect(),
+            decode_total: 0,
+            lanes: Vec::with_capacity(lanes),
+            attn_order: Vec::new(),
+            logits_index: Vec::new(),
+            asked: 0,
+        };
+        let mut position = vec![0; rows.len()];
+        for (i, r) in rows.iter().enumerate().filter(|(_, r)| r.tokens.len() == 1) {
+            position[i] = inputs.ids.len();
+            inputs.decode_rows[r.slot] = inputs.ids.len() as i64;
+            inputs.decode_seqlens[r.slot] = r.past as i32;
+            inputs.attn_order.push(r.slot as i64);
+            inputs.ids.push(i64::from(r.tokens[0]));
+        }
+        // The attention outputs are concatenated: the decode rows', then each lane's.
+        let mut concat_at = slots;
+        for k in 0..lanes {
+            let lane = match long.get(k) {
+                Some(&i) => {
+                    let r = &rows[i];
+                    let (start, n) = (inputs.ids.len(), r.tokens.len());
+                    position[i] = start;
+                    inputs.ids.extend(r.tokens.iter().map(|&t| i64::from(t)));
+                    inputs
+                        .attn_order
+                        .extend((concat_at..concat_at + n).map(|a| a as i64));
+                    inputs.decode_seqlens[r.slot] = (r.past + n) as i32;
+                    LaneInput {
+                        slot: Some(r.slot),
+                        start,
+                        end: start + n,
+                        seqlens_k: (r.past + n - 1) as i32,
+                    }
+                }
+                None => LaneInput {
+                    slot: None,
+                    start: 0,
+                    end: 1,
+                    seqlens_k: 0,
+                },
+            };
+            concat_at += lane.end - lane.start;
+            inputs.lanes.push(lane);
+        }
+        inputs.decode_total = inputs.decode_seqlens.iter().copied().max().unwrap_or(0) + 1;
+        for (i, r) in rows.iter().enumerate().filter(|(_, r)| r.logits) {
+            inputs
+                .logits_index
+                .push((position[i] + r.tokens.len() - 1) as i64);
+        }
+        inputs.asked = inputs.logits_index.len();
+        if inputs.asked == 0 {
+            // lm_head needs a position to run on; this pass's logits are not read.
+            inputs.logits_index.push(0);
+        }
+        Ok(inputs)
+    }
+}
+
+/// Checks that a pass's rows are distinct slots of `cache` whose new tokens fit after the
+/// positions they hold, and that every slot up to `slots` has room for the decode
+/// attention's write at its end.
+fn check_rows(rows: &[PassRow], cache: &SlotCache, slots: usize) -> Result<(), EngineError> {
+    let bad = |why: String| Err(EngineError::InvalidInput(why));
+    if rows.is_empty() || slots > cache.slots() {
+        return bad(format!(
+            "a pass needs rows in the cache's {} slots",
+            cache.slots()
+        ));
+    }
+    let mut seen = vec![false; slots];
+    for r in rows {
+        let fits = r.past + r.tokens.len() < cache.capacity() && r.past == cache.end(r.slot);
+        if r.tokens.is_empty() || !fits || seen[r.slot] {
+            return bad(format!(
+                "the row of slot {} ({} tokens after {}) does not fit a slot holding {} of {} positions, or is in the pass twice",
+                r.slot,
+                r.tokens.len(),
+                r.past,
+                cache.end(r.slot),
+                cache.capacity()
+            ));
+        }
+        seen[r.slot] = true;
+    }
+    match (0..slots).find(|&s| cache.end(s) + 1 >= cache.capacity()) {
+        Some(full) => bad(format!(
+            "slot {full} is full ({} positions)",
+            cache.end(full)
+        )),
+        None => Ok(()),
+    }
+}
+
+/// An int64 input tensor of `shape`, for a plain run.
 fn i64_tensor(
-    shape: [usize; 2],
+    shape: Vec<usize>,
     data: Vec<i64>,
 ) -> Result<SessionInputValue<'static>, EngineError> {
+    i64_value(shape, data).map(SessionInputValue::from)
+}
+
+fn i64_value(shape: Vec<usize>, data: Vec<i64>) -> Result<DynValue, EngineError> {
     Tensor::<i64>::from_array((shape, data))
-        .map(|t| SessionInputValue::from(t.into_dyn()))
+        .map(|t| t.into_dyn())
         .map_err(EngineError::inference)
 }
 
-/// The logits of each row's last new token (`new[row] - 1`) from a pass over `rows`.
-fn last_logits(
+fn i32_value(shape: Vec<usize>, data: Vec<i32>) -> Result<DynValue, EngineError> {
+    Tensor::<i32>::from_array((shape, data))
+        .map(|t| t.into_dyn())
+        .map_err(EngineError::inference)
+}
+
+/// The logits at the given flat positions of a pass's `logits` output, which covers
+/// `positions` positions.
+fn logits_at(
     outputs: &ort::session::SessionOutputs<'_>,
     info: &ModelInfo,
-    batch: usize,
-    seq_len: usize,
-    new: &[usize],
-    rows: std::ops::Range<usize>,
+    positions: usize,
+    at: &[usize],
 ) -> Result<Vec<f32>, EngineError> {
     let vocab = info.vocab_size;
     let logits = outputs
@@ -453,29 +636,18 @@ fn last_logits(
     let (shape, data) = logits
         .try_extract_tensor::<f32>()
         .map_err(EngineError::inference)?;
-    if shape.len() != 3 || shape[0] as usize != batch || shape[2] as usize != vocab {
-        return Err(EngineError::inference(format!(
-            "logits shape {:?}, expected [{batch}, *, {vocab}]",
+    let covered = shape.iter().map(|&d| d as usize).product::<usize>() / vocab.max(1);
+    if shape.last().copied() != Some(vocab as i64) || covered < positions.max(1) {
+        return Err(EngineError::GraphContract(format!(
+            "logits shape {:?}, expected {positions} positions of {vocab}",
             &shape[..]
         )));
     }
-    let positions = shape[1] as usize;
-    if positions != seq_len && new.iter().any(|&n| n != seq_len) {
-        return Err(EngineError::GraphContract(format!(
-            "logits cover {positions} of {seq_len} positions; the contract is every position"
-        )));
+    let mut out = Vec::with_capacity(at.len() * vocab);
+    for &p in at {
+        out.extend_from_slice(&data[p * vocab..(p + 1) * vocab]);
     }
-    let mut last = Vec::with_capacity(batch * vocab);
-    for (i, b) in rows.enumerate() {
-        let at = if positions == seq_len {
-            new[b] - 1
-        } else {
-            positions - 1
-        };
-        let start = (i * positions + at) * vocab;
-        last.extend_from_slice(&data[start..start + vocab]);
-    }
-    Ok(last)
+    Ok(out)
 }
 
 /// An ONNX Runtime float tensor of `shape` over CPU memory (`memory`) it does not own.

@@ -11,7 +11,7 @@ use trendstory::engine::{ModelInfo, OnnxModel, SessionOptions, TextTokenizer};
 pub const TINY: &str = "onnx/tiny";
 /// The same weights exported with explicit attention (`--attention explicit`, the optimum
 /// contract foreign exports follow): the engine runs it over a padded KV cache, the default
-/// fused graph over a slot cache.
+/// packed graph over a slot cache.
 pub const TINY_EXPLICIT: &str = "onnx/tiny-explicit";
 /// The tiny model with the real Llama 2 tokenizer; needs `../shared`.
 pub const TINY_LLAMA_TOKENIZER: &str = "onnx/tiny-llama2tok";
@@ -31,7 +31,7 @@ pub fn required_model(relative: &str) -> PathBuf {
     dir
 }
 
-/// Both tiny graphs, explicit and fused attention, so engine tests cover both KV layouts.
+/// Both tiny graphs, explicit attention and packed, so engine tests cover both KV layouts.
 pub fn tiny_models() -> [PathBuf; 2] {
     [required_model(TINY_EXPLICIT), required_model(TINY)]
 }
