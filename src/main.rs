@@ -25,29 +25,35 @@ struct Cli {
 enum Command {
     /// Run the HTTP service (address from `server.host` / `server.port`).
     Serve,
-    /// Measure the batching engine at several concurrency levels (decode tokens/s, step
-    /// time, overhead outside ONNX Runtime, peak RSS).
+    /// Measure the batching engine alone: at several concurrency levels (decode tokens/s,
+    /// step time, time to first token, tokens per pass, where step time goes, peak RSS), or
+    /// with `--users` in a closed loop.
     BenchEngine {
         /// Model folder; defaults to `model.dir`.
         #[arg(long)]
         model: Option<PathBuf>,
-        /// Comma-separated numbers of concurrent streams.
+        /// Comma-separated numbers of concurrent streams, all submitted at once per level.
         #[arg(long, value_delimiter = ',', default_value = "1,4,8,16")]
         concurrency: Vec<usize>,
-        #[arg(long, default_value_t = 64)]
-        prompt_tokens: usize,
+        /// Prompt length in tokens [default: 64; with --users 95, story-shaped].
+        #[arg(long)]
+        prompt_tokens: Option<usize>,
         /// Leading prompt tokens every request shares, declared as a shared prefix (the
-        /// engine keeps their KV): story prompts share their chat template this way.
-        #[arg(long, default_value_t = 0)]
-        shared_prefix_tokens: usize,
+        /// engine keeps their KV), as story prompts share their chat template
+        /// [default: 0; with --users 80, a story prompt's template and instruction].
+        #[arg(long)]
+        shared_prefix_tokens: Option<usize>,
+        /// New tokens per request (generated to the end: EOS is ignored).
         #[arg(long, default_value_t = 64)]
         new_tokens: usize,
-        /// A `--linear-only` export of the same model, timed in the same run as a baseline.
+        /// A `--linear-only` export of the same model (the bare int4 matmul stack), timed in
+        /// the same run: per level at the same batch, with --users at the loop's tokens per
+        /// pass (the roof efficiency).
         #[arg(long)]
         baseline: Option<PathBuf>,
         /// Closed loop instead of levels: keep this many requests in flight, each finished
         /// one replaced at once by a new unique prompt.
-        #[arg(long, conflicts_with_all = ["concurrency", "baseline"])]
+        #[arg(long, conflicts_with = "concurrency")]
         users: Option<usize>,
         /// Length of the closed loop, in seconds.
         #[arg(long, default_value_t = 60, requires = "users")]
@@ -97,6 +103,11 @@ fn main() -> anyhow::Result<()> {
             duration,
             json,
         } => {
+            // Story-shaped prompts in the closed loop (like the load test's W1), plain ones
+            // per level.
+            let (default_prompt, default_shared) = if users.is_some() { (95, 80) } else { (64, 0) };
+            let prompt_tokens = prompt_tokens.unwrap_or(default_prompt);
+            let shared_prefix_tokens = shared_prefix_tokens.unwrap_or(default_shared);
             if concurrency.is_empty()
                 || concurrency.contains(&0)
                 || prompt_tokens == 0
@@ -118,6 +129,7 @@ fn main() -> anyhow::Result<()> {
                     prompt_tokens,
                     shared_prefix_tokens,
                     new_tokens,
+                    baseline,
                 };
                 let report = trendstory::bench::closed_loop::run(&config, &options)?;
                 report.print();

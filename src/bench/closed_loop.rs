@@ -2,15 +2,18 @@
 //! request a new topic" load test. N requests are always in flight: as soon as one
 //! finishes, a new one with a new unique prompt (after the shared prefix) takes its place.
 //! Reports stories/s, tokens/s and the time-to-first-token and end-to-end percentiles of
-//! the requests that finished within the duration.
+//! the requests that finished within the duration, what a step did (passes, tokens per pass)
+//! and where its time went; with a baseline, the share of the bare int4 matmul stack's
+//! throughput at the same tokens per pass that the engine reached (its roof efficiency).
 
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
 use tokio::sync::mpsc::UnboundedReceiver;
 
-use super::{load_engine, peak_rss_mib, Prompts};
+use super::{load_engine, peak_rss_mib, percent, reading, Baseline, Prompts, StepSplit};
 use crate::config::Config;
+use crate::engine::SessionOptions;
 use crate::engine::{Engine, GenerationEvent, GenerationStats};
 
 /// What to run.
@@ -21,6 +24,8 @@ pub struct ClosedLoopOptions {
     pub prompt_tokens: usize,
     pub shared_prefix_tokens: usize,
     pub new_tokens: usize,
+    /// A `--linear-only` export of the same model: the bare matmul roof.
+    pub baseline: Option<std::path::PathBuf>,
 }
 
 /// The figures of one closed-loop run.
@@ -40,6 +45,14 @@ pub struct ClosedLoopReport {
     /// Every token generated during the run, unfinished stories included: the decode
     /// throughput the loop sustained.
     pub all_tokens_per_s: f64,
+    /// Tokens through the model per second: decode tokens and prompt tokens after the kept
+    /// prefix (what the matmuls processed).
+    pub processed_tokens_per_s: f64,
+    pub split: StepSplit,
+    /// The bare matmul stack's tokens/s at this run's tokens per pass, and the engine's
+    /// processed tokens/s over it.
+    pub baseline_tokens_per_s: Option<f64>,
+    pub roof_efficiency: Option<f64>,
     pub ttft_p50_ms: f64,
     pub ttft_p95_ms: f64,
     pub end_to_end_p50_ms: f64,
@@ -57,7 +70,7 @@ struct InFlight {
 
 /// Runs the loop and returns its figures.
 pub fn run(config: &Config, options: &ClosedLoopOptions) -> anyhow::Result<ClosedLoopReport> {
-    let (mut engine, _) = load_engine(
+    let (mut engine, session_options) = load_engine(
         config,
         &options.model,
         options.users,
@@ -83,7 +96,7 @@ pub fn run(config: &Config, options: &ClosedLoopOptions) -> anyhow::Result<Close
     }
     drop(warm);
 
-    let hits_before = engine.stats().prefix_hits;
+    let before = reading(&engine);
     let started = Instant::now();
     let mut in_flight: Vec<InFlight> = (0..options.users).map(|_| submit(&mut engine)).collect();
     let mut finished: Vec<(GenerationStats, Duration)> = Vec::new();
@@ -107,6 +120,20 @@ pub fn run(config: &Config, options: &ClosedLoopOptions) -> anyhow::Result<Close
         }
     }
     let elapsed = started.elapsed().as_secs_f64();
+    let after = reading(&engine);
+    let split = StepSplit::between(before, after);
+    let processed = ((after.0.decoded_tokens - before.0.decoded_tokens)
+        + (after.0.prefill_tokens - before.0.prefill_tokens)) as f64
+        / elapsed;
+    let baseline_tokens_per_s = match &options.baseline {
+        Some(dir) => Some(roof(
+            dir,
+            config,
+            &session_options,
+            split.tokens_per_pass(),
+        )?),
+        None => None,
+    };
     let tokens: usize = finished.iter().map(|(s, _)| s.generated_tokens).sum();
     let ttft: Vec<f64> = finished
         .iter()
@@ -128,13 +155,29 @@ pub fn run(config: &Config, options: &ClosedLoopOptions) -> anyhow::Result<Close
         stories_per_s: finished.len() as f64 / elapsed,
         generated_tokens_per_s: tokens as f64 / elapsed,
         all_tokens_per_s: all_tokens as f64 / elapsed,
+        processed_tokens_per_s: processed,
+        split,
+        baseline_tokens_per_s,
+        roof_efficiency: baseline_tokens_per_s.map(|b| processed / b),
         ttft_p50_ms: percentile(&ttft, 0.50),
         ttft_p95_ms: percentile(&ttft, 0.95),
         end_to_end_p50_ms: percentile(&end_to_end, 0.50),
         end_to_end_p95_ms: percentile(&end_to_end, 0.95),
-        prefix_hits: engine.stats().prefix_hits - hits_before,
+        prefix_hits: after.0.prefix_hits - before.0.prefix_hits,
         peak_rss_mib: peak_rss_mib(),
     })
+}
+
+/// The bare matmul stack's tokens/s over passes of `tokens_per_pass` tokens (rounded).
+fn roof(
+    dir: &std::path::Path,
+    config: &Config,
+    options: &SessionOptions,
+    tokens_per_pass: f64,
+) -> anyhow::Result<f64> {
+    let tokens = (tokens_per_pass.round() as usize).max(1);
+    let mut baseline = Baseline::load(dir, config, options)?;
+    Ok(tokens as f64 / baseline.step_time(tokens)?.as_secs_f64())
 }
 
 /// The request's end, if it came: its stats, or the error. Counts its tokens on the way.
@@ -175,12 +218,13 @@ impl ClosedLoopReport {
             self.new_tokens
         );
         println!(
-            "completed {} (failed {}) | {:.2} stories/s | {:.1} tokens/s of finished stories, {:.1} in all | TTFT p50 {:.0} ms p95 {:.0} ms | end-to-end p50 {:.0} ms p95 {:.0} ms | prefix hits {} | peak RSS {:.0} MiB",
+            "completed {} (failed {}) | {:.2} stories/s | {:.1} tokens/s of finished stories, {:.1} generated in all, {:.1} through the model | TTFT p50 {:.0} ms p95 {:.0} ms | end-to-end p50 {:.0} ms p95 {:.0} ms | prefix hits {} | peak RSS {:.0} MiB",
             self.completed,
             self.failed,
             self.stories_per_s,
             self.generated_tokens_per_s,
             self.all_tokens_per_s,
+            self.processed_tokens_per_s,
             self.ttft_p50_ms,
             self.ttft_p95_ms,
             self.end_to_end_p50_ms,
@@ -188,6 +232,27 @@ impl ClosedLoopReport {
             self.prefix_hits,
             self.peak_rss_mib
         );
+        let s = &self.split;
+        println!(
+            "steps {} | {:.2} passes per step | tokens per pass {:.1} (decode {:.1}, prefill {:.1}) | step time: run {}, KV copies {}, sampling {}, detokenizing {}, other {}",
+            s.steps,
+            s.passes_per_step,
+            s.tokens_per_pass(),
+            s.decode_tokens_per_pass,
+            s.prefill_tokens_per_pass,
+            percent(s.run_share),
+            percent(s.kv_copy_share),
+            percent(s.sample_share),
+            percent(s.detokenize_share),
+            percent(s.other_share),
+        );
+        if let (Some(base), Some(efficiency)) = (self.baseline_tokens_per_s, self.roof_efficiency) {
+            println!(
+                "bare matmul stack at {:.0} tokens per pass: {base:.1} tokens/s | roof efficiency {}",
+                s.tokens_per_pass().round(),
+                percent(efficiency)
+            );
+        }
     }
 }
 

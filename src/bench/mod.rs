@@ -2,12 +2,14 @@
 //! concurrency levels, and optionally the bare int4 matmul graph as a baseline measured in
 //! the same run, so figures from this shared, noisy machine can be compared as ratios.
 //! With `--users`, the closed loop of `closed_loop` instead: N requests always in flight.
+//! `table` prints both reports' columns under their headings.
 //!
 //! Prompts are synthetic token ids; with `--shared-prefix-tokens N` every prompt starts
 //! with the same N tokens (as story prompts share their chat template and system prompt)
 //! and the requests say so, so the engine's shared-prefix KV cache is measured.
 
 pub mod closed_loop;
+mod table;
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -21,9 +23,10 @@ use crate::config::{Config, InferenceConfig};
 use tokio::sync::mpsc::UnboundedReceiver;
 
 use crate::engine::{
-    event_channel, open_session, BatchEngine, Engine, GenerationEvent, GenerationRequest,
-    ModelInfo, Priority, SamplingParams, SessionOptions,
+    event_channel, open_session, BatchEngine, Engine, EngineStats, GenerationEvent,
+    GenerationRequest, ModelInfo, Priority, SamplingParams, SessionOptions,
 };
+use table::{Column, Table};
 
 /// What to measure.
 pub struct BenchOptions {
@@ -41,18 +44,83 @@ pub struct BenchOptions {
 #[derive(Debug, Serialize)]
 pub struct LevelReport {
     pub concurrency: usize,
+    /// Decode tokens per second of the steps where every row decodes (no prompt chunk).
     pub aggregate_decode_tokens_per_s: f64,
     pub per_stream_decode_tokens_per_s: f64,
+    /// Prompt tokens per second of the steps that prefilled.
     pub prefill_tokens_per_s: f64,
+    /// Mean time of a step where every row decodes.
     pub mean_decode_step_ms: f64,
-    pub outside_session_run_share: f64,
-    /// Share of step time spent copying KV rows when sequences join or leave the batch.
-    pub kv_rebuild_share: f64,
     pub mean_time_to_first_token_ms: f64,
+    /// Where the level's step time went: see [`StepSplit`].
+    pub split: StepSplit,
     pub peak_rss_mib: f64,
     /// Bare matmul graph, same batch size: ms per step, and engine step / baseline step.
     pub baseline_step_ms: Option<f64>,
     pub engine_over_baseline: Option<f64>,
+}
+
+/// What the engine's steps did and where their time went, between two readings of its
+/// counters.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct StepSplit {
+    pub steps: u64,
+    /// `session.run` calls per step: 1 on packed graphs.
+    pub passes_per_step: f64,
+    /// Tokens through the model per pass: decode tokens and prompt tokens.
+    pub decode_tokens_per_pass: f64,
+    pub prefill_tokens_per_pass: f64,
+    /// Shares of the step time: inside `session.run`, copying kept prefixes, sampling,
+    /// detokenizing and sending text, and the rest (scheduling, building inputs).
+    pub run_share: f64,
+    pub kv_copy_share: f64,
+    pub sample_share: f64,
+    pub detokenize_share: f64,
+    pub other_share: f64,
+}
+
+impl StepSplit {
+    /// The split between the readings `before` and `after` of the engine's counters and
+    /// of its model's `session.run` time and count.
+    fn between(
+        (before, run_before, runs_before): (EngineStats, Duration, u64),
+        (after, run_after, runs_after): (EngineStats, Duration, u64),
+    ) -> Self {
+        let steps = after.steps - before.steps;
+        let passes = (runs_after - runs_before).max(1) as f64;
+        let total = (after.step_time - before.step_time).as_secs_f64().max(1e-9);
+        let share = |d: Duration| d.as_secs_f64() / total;
+        let run_share = share(run_after - run_before);
+        let kv_copy_share = share(after.kv_copy_time - before.kv_copy_time);
+        let sample_share = share(after.sample_time - before.sample_time);
+        let detokenize_share = share(after.detokenize_time - before.detokenize_time);
+        Self {
+            steps,
+            passes_per_step: passes / steps.max(1) as f64,
+            decode_tokens_per_pass: (after.decoded_tokens - before.decoded_tokens) as f64 / passes,
+            prefill_tokens_per_pass: (after.prefill_tokens - before.prefill_tokens) as f64 / passes,
+            run_share,
+            kv_copy_share,
+            sample_share,
+            detokenize_share,
+            other_share: (1.0 - run_share - kv_copy_share - sample_share - detokenize_share)
+                .max(0.0),
+        }
+    }
+
+    /// Tokens through the model per pass.
+    pub fn tokens_per_pass(&self) -> f64 {
+        self.decode_tokens_per_pass + self.prefill_tokens_per_pass
+    }
+}
+
+/// The engine's counters with its model's `session.run` time and count.
+fn reading(engine: &BatchEngine) -> (EngineStats, Duration, u64) {
+    (
+        engine.stats(),
+        engine.model().run_time(),
+        engine.model().runs(),
+    )
 }
 
 #[derive(Debug, Serialize)]
@@ -203,8 +271,8 @@ fn run_level(
     concurrency: usize,
     new_tokens: usize,
 ) -> anyhow::Result<LevelReport> {
-    let before = engine.stats();
-    let run_time_before = engine.model().run_time();
+    let start = reading(engine);
+    let before = start.0;
     let mut receivers = Vec::new();
     for i in 0..concurrency {
         let (request, rx) = prompts.request(i as u64, i, new_tokens);
@@ -229,28 +297,24 @@ fn run_level(
         }
     }
     let after = engine.stats();
-    let run_time_after = engine.model().run_time();
-    let decode_time = (after.decode_time - before.decode_time).as_secs_f64();
-    let decode_steps = (after.decode_steps - before.decode_steps).max(1) as f64;
-    let decoded = (after.decoded_tokens - before.decoded_tokens) as f64;
-    let prefill_time = (after.prefill_time - before.prefill_time).as_secs_f64();
+    let split = StepSplit::between(start, reading(engine));
+    let decode_time = (after.decode_only_time - before.decode_only_time).as_secs_f64();
+    let decode_steps = (after.decode_only_steps - before.decode_only_steps).max(1) as f64;
+    let prefill_time = (after.step_time - before.step_time).as_secs_f64() - decode_time;
     let prefill_tokens = (after.prefill_tokens - before.prefill_tokens) as f64;
-    let step_time = (after.step_time - before.step_time).as_secs_f64();
-    let run_time = (run_time_after - run_time_before).as_secs_f64();
     Ok(LevelReport {
         concurrency,
-        aggregate_decode_tokens_per_s: decoded / decode_time,
+        aggregate_decode_tokens_per_s: concurrency as f64 * decode_steps / decode_time,
         per_stream_decode_tokens_per_s: mean(&per_stream),
         prefill_tokens_per_s: prefill_tokens / prefill_time,
         mean_decode_step_ms: decode_time / decode_steps * 1e3,
-        outside_session_run_share: (step_time - run_time).max(0.0) / step_time,
-        kv_rebuild_share: (after.rebuild_time - before.rebuild_time).as_secs_f64() / step_time,
         mean_time_to_first_token_ms: mean(
             &ttft
                 .iter()
                 .map(|d| d.as_secs_f64() * 1e3)
                 .collect::<Vec<_>>(),
         ),
+        split,
         peak_rss_mib: peak_rss_mib(),
         baseline_step_ms: None,
         engine_over_baseline: None,
@@ -301,14 +365,14 @@ impl Baseline {
         Ok(Self { session, hidden })
     }
 
-    /// Mean time of one pass over `batch` tokens (one decode step's worth of matmuls).
-    fn step_time(&mut self, batch: usize) -> anyhow::Result<Duration> {
+    /// Mean time of one pass over `tokens` tokens (a step's worth of matmuls).
+    fn step_time(&mut self, tokens: usize) -> anyhow::Result<Duration> {
         let runs = 16;
         let mut total = Duration::ZERO;
         for i in 0..runs + 2 {
             let x = Tensor::<f32>::from_array((
-                [batch, 1, self.hidden],
-                vec![0.01f32; batch * self.hidden],
+                [1, tokens, self.hidden],
+                vec![0.01f32; tokens * self.hidden],
             ))?;
             let started = Instant::now();
             self.session.run(ort::inputs!["x" => x])?;
@@ -332,34 +396,114 @@ impl BenchReport {
             self.shared_prefix_tokens,
             self.new_tokens
         );
-        println!(
-            "{:>5} {:>11} {:>11} {:>11} {:>9} {:>8} {:>9} {:>9} {:>10} {:>8}",
-            "conc",
-            "agg tok/s",
-            "stream t/s",
-            "prefill t/s",
-            "step ms",
-            "outside",
-            "TTFT ms",
-            "RSS MiB",
-            "base ms",
-            "eng/base"
-        );
+        print!("{}", self.table());
+    }
+
+    fn table(&self) -> Table {
+        let optional =
+            |v: Option<f64>, digits: usize| v.map_or("-".into(), |v| format!("{v:.digits$}"));
+        let mut table = Table::new(vec![
+            Column::new("conc", 5),
+            Column::new("agg tok/s", 10),
+            Column::new("stream t/s", 11),
+            Column::new("prefill t/s", 12),
+            Column::new("step ms", 8),
+            Column::new("TTFT ms", 8),
+            Column::new("tok/pass", 9),
+            Column::new("pass/step", 10),
+            Column::new("run", 6),
+            Column::new("kv copy", 8),
+            Column::new("sample", 7),
+            Column::new("detok", 6),
+            Column::new("RSS MiB", 8),
+            Column::new("base ms", 8),
+            Column::new("eng/base", 9),
+        ]);
         for l in &self.levels {
-            println!(
-                "{:>5} {:>11.1} {:>11.1} {:>11.1} {:>9.1} {:>7.1}% {:>7.2}% {:>9.0} {:>9.0} {:>10} {:>8}",
-                l.concurrency,
-                l.aggregate_decode_tokens_per_s,
-                l.per_stream_decode_tokens_per_s,
-                l.prefill_tokens_per_s,
-                l.mean_decode_step_ms,
-                l.outside_session_run_share * 100.0,
-                l.kv_rebuild_share * 100.0,
-                l.mean_time_to_first_token_ms,
-                l.peak_rss_mib,
-                l.baseline_step_ms.map_or("-".into(), |v| format!("{v:.1}")),
-                l.engine_over_baseline
-                    .map_or("-".into(), |v| format!("{v:.2}")),
+            let s = &l.split;
+            table.row(vec![
+                l.concurrency.to_string(),
+                format!("{:.1}", l.aggregate_decode_tokens_per_s),
+                format!("{:.1}", l.per_stream_decode_tokens_per_s),
+                format!("{:.1}", l.prefill_tokens_per_s),
+                format!("{:.1}", l.mean_decode_step_ms),
+                format!("{:.0}", l.mean_time_to_first_token_ms),
+                format!("{:.1}", s.tokens_per_pass()),
+                format!("{:.2}", s.passes_per_step),
+                percent(s.run_share),
+                percent(s.kv_copy_share),
+                percent(s.sample_share),
+                percent(s.detokenize_share),
+                format!("{:.0}", l.peak_rss_mib),
+                optional(l.baseline_step_ms, 1),
+                optional(l.engine_over_baseline, 2),
+            ]);
+        }
+        table
+    }
+}
+
+/// A share as a percentage with one decimal.
+fn percent(share: f64) -> String {
+    format!("{:.1}%", share * 100.0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn split() -> StepSplit {
+        StepSplit {
+            steps: 10,
+            passes_per_step: 1.0,
+            decode_tokens_per_pass: 15.5,
+            prefill_tokens_per_pass: 3.25,
+            run_share: 0.95,
+            kv_copy_share: 0.001,
+            sample_share: 0.02,
+            detokenize_share: 0.01,
+            other_share: 0.019,
+        }
+    }
+
+    #[test]
+    fn every_column_of_the_level_table_has_its_heading() {
+        let level = |concurrency, baseline: Option<f64>| LevelReport {
+            concurrency,
+            aggregate_decode_tokens_per_s: 123.45,
+            per_stream_decode_tokens_per_s: 7.7,
+            prefill_tokens_per_s: 1234.5,
+            mean_decode_step_ms: 130.1,
+            mean_time_to_first_token_ms: 456.0,
+            split: split(),
+            peak_rss_mib: 1500.0,
+            baseline_step_ms: baseline,
+            engine_over_baseline: baseline.map(|b| 130.1 / b),
+        };
+        let report = BenchReport {
+            model: "m".into(),
+            threads_per_worker: 2,
+            spin_threads: false,
+            prompt_tokens: 64,
+            shared_prefix_tokens: 0,
+            new_tokens: 64,
+            levels: vec![level(1, None), level(16, Some(120.0))],
+        };
+        let text = report.table().to_string();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 3);
+        let columns = |line: &str| line.split_whitespace().count();
+        // headings hold spaces ("agg tok/s"), values do not: count by the table's own widths
+        assert_eq!(lines[0].len(), lines[1].len(), "{text}");
+        assert_eq!(lines[1].len(), lines[2].len(), "{text}");
+        assert_eq!(columns(lines[1]), 15, "{text}");
+        // each value ends where its heading ends
+        for (heading, value) in [("eng/base", "1.08"), ("TTFT ms", "456"), ("detok", "1.0%")] {
+            let end = lines[0].find(heading).unwrap() + heading.len();
+            assert_eq!(
+                &lines[2][end - value.len()..end],
+                value,
+                "{heading}\n{text}"
             );
         }
     }
