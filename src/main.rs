@@ -58,6 +58,10 @@ enum Command {
         /// Length of the closed loop, in seconds.
         #[arg(long, default_value_t = 60, requires = "users")]
         duration: u64,
+        /// Closed loop: write ONNX Runtime's profile of every run to a JSON file starting
+        /// with this (summarize it with scripts/profile_steps.py).
+        #[arg(long, requires = "users")]
+        ort_profile: Option<PathBuf>,
         /// Also print the report as one JSON object on the last line.
         #[arg(long)]
         json: bool,
@@ -101,6 +105,7 @@ fn main() -> anyhow::Result<()> {
             baseline,
             users,
             duration,
+            ort_profile,
             json,
         } => {
             // Story-shaped prompts in the closed loop (like the load test's W1), plain ones
@@ -130,6 +135,7 @@ fn main() -> anyhow::Result<()> {
                     shared_prefix_tokens,
                     new_tokens,
                     baseline,
+                    ort_profile,
                 };
                 let report = trendstory::bench::closed_loop::run(&config, &options)?;
                 report.print();

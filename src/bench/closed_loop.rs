@@ -26,6 +26,9 @@ pub struct ClosedLoopOptions {
     pub new_tokens: usize,
     /// A `--linear-only` export of the same model: the bare matmul roof.
     pub baseline: Option<std::path::PathBuf>,
+    /// Profile every ONNX Runtime run into a file starting with this (see
+    /// `scripts/profile_steps.py`).
+    pub ort_profile: Option<std::path::PathBuf>,
 }
 
 /// The figures of one closed-loop run.
@@ -53,6 +56,8 @@ pub struct ClosedLoopReport {
     /// processed tokens/s over it.
     pub baseline_tokens_per_s: Option<f64>,
     pub roof_efficiency: Option<f64>,
+    /// The ONNX Runtime profile written, if asked for.
+    pub ort_profile: Option<String>,
     pub ttft_p50_ms: f64,
     pub ttft_p95_ms: f64,
     pub end_to_end_p50_ms: f64,
@@ -73,9 +78,8 @@ pub fn run(config: &Config, options: &ClosedLoopOptions) -> anyhow::Result<Close
     let (mut engine, session_options) = load_engine(
         config,
         &options.model,
-        options.users,
-        options.prompt_tokens,
-        options.new_tokens,
+        (options.users, options.prompt_tokens, options.new_tokens),
+        options.ort_profile.clone(),
     )?;
     let info = engine.model().info().clone();
     let prompts = Prompts::new(&info, options.prompt_tokens, options.shared_prefix_tokens);
@@ -121,6 +125,10 @@ pub fn run(config: &Config, options: &ClosedLoopOptions) -> anyhow::Result<Close
     }
     let elapsed = started.elapsed().as_secs_f64();
     let after = reading(&engine);
+    let ort_profile = match options.ort_profile {
+        Some(_) => Some(engine.model_mut().end_profiling()?),
+        None => None,
+    };
     let split = StepSplit::between(before, after);
     let processed = ((after.0.decoded_tokens - before.0.decoded_tokens)
         + (after.0.prefill_tokens - before.0.prefill_tokens)) as f64
@@ -159,6 +167,7 @@ pub fn run(config: &Config, options: &ClosedLoopOptions) -> anyhow::Result<Close
         split,
         baseline_tokens_per_s,
         roof_efficiency: baseline_tokens_per_s.map(|b| processed / b),
+        ort_profile,
         ttft_p50_ms: percentile(&ttft, 0.50),
         ttft_p95_ms: percentile(&ttft, 0.95),
         end_to_end_p50_ms: percentile(&end_to_end, 0.50),
@@ -252,6 +261,9 @@ impl ClosedLoopReport {
                 s.tokens_per_pass().round(),
                 percent(efficiency)
             );
+        }
+        if let Some(profile) = &self.ort_profile {
+            println!("ONNX Runtime profile (warm-up included): {profile}");
         }
     }
 }

@@ -23,8 +23,9 @@ use crate::config::{Config, InferenceConfig};
 use tokio::sync::mpsc::UnboundedReceiver;
 
 use crate::engine::{
-    event_channel, open_session, BatchEngine, Engine, EngineStats, GenerationEvent,
-    GenerationRequest, ModelInfo, Priority, SamplingParams, SessionOptions,
+    event_channel, open_session, BatchEngine, Engine, EngineLimits, EngineStats,
+    GenerationEvent, GenerationRequest, ModelInfo, OnnxModel, Priority, SamplingParams,
+    SessionOptions, TextTokenizer,
 };
 use table::{Column, Table};
 
@@ -140,9 +141,8 @@ pub fn run(config: &Config, options: &BenchOptions) -> anyhow::Result<BenchRepor
     let (mut engine, session_options) = load_engine(
         config,
         &options.model,
-        max_concurrency,
-        options.prompt_tokens,
-        options.new_tokens,
+        (max_concurrency, options.prompt_tokens, options.new_tokens),
+        None,
     )?;
     let info = engine.model().info().clone();
     let prompts = Prompts::new(&info, options.prompt_tokens, options.shared_prefix_tokens);
@@ -182,23 +182,32 @@ pub fn run(config: &Config, options: &BenchOptions) -> anyhow::Result<BenchRepor
     })
 }
 
-/// The configured engine, with limits that admit `streams` requests of this size at once.
+/// The configured engine, with limits that admit `streams` requests of this size at once
+/// (and a step budget that leaves prompts room beside them); with `profile_prefix`, ONNX
+/// Runtime profiles every run.
 fn load_engine(
     config: &Config,
     model: &std::path::Path,
-    streams: usize,
-    prompt_tokens: usize,
-    new_tokens: usize,
+    (streams, prompt_tokens, new_tokens): (usize, usize, usize),
+    profile_prefix: Option<std::path::PathBuf>,
 ) -> anyhow::Result<(BatchEngine, SessionOptions)> {
     let inference = InferenceConfig {
         max_batch_size: streams,
         max_prompt_tokens: prompt_tokens,
         max_new_tokens: new_tokens,
         max_total_kv_tokens: streams * (prompt_tokens + new_tokens),
+        step_token_budget: config.inference.step_token_budget.max(streams + 1),
         ..config.inference.clone()
     };
-    let engine = BatchEngine::load(model, &config.runtime, &inference)?;
-    Ok((engine, SessionOptions::from_config(&inference)))
+    let options = SessionOptions {
+        profile_prefix,
+        ..SessionOptions::from_config(&inference)
+    };
+    let info = ModelInfo::load(model)?;
+    let tokenizer = std::sync::Arc::new(TextTokenizer::load(&info.tokenizer_path(), &info)?);
+    let onnx = OnnxModel::load(&info, &config.runtime, &options)?;
+    let engine = BatchEngine::new(onnx, tokenizer, EngineLimits::from(&inference));
+    Ok((engine, options))
 }
 
 /// Synthetic prompts: `len` tokens, the first `shared` the same for every prompt.

@@ -153,6 +153,10 @@ impl BatchEngine {
         &self.model
     }
 
+    pub fn model_mut(&mut self) -> &mut OnnxModel {
+        &mut self.model
+    }
+
     fn check(&self, request: &GenerationRequest) -> Result<(), String> {
         let prompt = request.prompt_ids.len();
         let max_tokens = request.params.max_tokens;

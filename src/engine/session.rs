@@ -31,6 +31,9 @@ pub struct SessionOptions {
     pub intra_threads: usize,
     /// Let idle pool threads spin between ops (lower latency, busier cores).
     pub spin_threads: bool,
+    /// Write ONNX Runtime's profile (every node of every run) to a file starting with this;
+    /// benchmarks only.
+    pub profile_prefix: Option<std::path::PathBuf>,
 }
 
 impl SessionOptions {
@@ -39,6 +42,7 @@ impl SessionOptions {
         Self {
             intra_threads: config.resolved_threads_per_worker(),
             spin_threads: config.spin_threads,
+            profile_prefix: None,
         }
     }
 }
@@ -89,14 +93,20 @@ pub fn open_session(
         0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
         n => n,
     };
-    Session::builder(&env)
+    let mut builder = Session::builder(&env)
         .map_err(|e| fail(e.to_string()))?
         .with_optimization_level(GraphOptimizationLevel::All)
         .map_err(|e| fail(e.to_string()))?
         .with_intra_threads(threads)
         .map_err(|e| fail(e.to_string()))?
         .with_intra_op_spinning(options.spin_threads)
-        .map_err(|e| fail(e.to_string()))?
+        .map_err(|e| fail(e.to_string()))?;
+    if let Some(prefix) = &options.profile_prefix {
+        builder = builder
+            .with_profiling(prefix)
+            .map_err(|e| fail(e.to_string()))?;
+    }
+    builder
         .commit_from_file(path)
         .map_err(|e| fail(e.to_string()))
 }
@@ -254,6 +264,12 @@ impl OnnxModel {
     /// `session.run` calls since load.
     pub fn runs(&self) -> u64 {
         self.runs
+    }
+
+    /// Ends ONNX Runtime's profiling (see [`SessionOptions::profile_prefix`]) and returns the
+    /// profile's file name.
+    pub fn end_profiling(&mut self) -> Result<String, EngineError> {
+        self.session.end_profiling().map_err(EngineError::inference)
     }
 
     /// Explicit-attention graphs: one pass of `input`'s new tokens for every row over

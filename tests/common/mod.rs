@@ -76,6 +76,7 @@ pub fn load(dir: &Path) -> Loaded {
         &SessionOptions {
             intra_threads: 2,
             spin_threads: false,
+            profile_prefix: None,
         },
     )
     .expect("session");
