@@ -2,17 +2,19 @@
 # The load-test report (issue 9) from one command: Locust against the release server on the
 # bench model, on 127.0.0.1 only, every run bounded in time.
 #
-#   scripts/bench.sh --quick               # about 5 minutes (7 with --with-peer): 1 and 5 users
-#   scripts/bench.sh                       # the full report (about 54 minutes at the defaults)
-#   scripts/bench.sh --with-peer ...       # also llama.cpp's llama-server (70 minutes)
+#   scripts/bench.sh --quick               # about 6 minutes (9 with --with-peer): 1 and 5 users
+#   scripts/bench.sh                       # the full report (about 63 minutes at the defaults)
+#   scripts/bench.sh --with-peer ...       # also llama.cpp's llama-server (about 90 minutes)
 #   scripts/bench.sh --with-peer --level-duration 90 --steady-duration 240 \
-#       --endurance-duration 300 --nobatch-levels 1,20 --peer-levels 1,20   # about 40 minutes
+#       --endurance-duration 300 --nobatch-levels 1,20 --peer-levels 1,20   # about 57 minutes
 #   scripts/bench.sh --smoke [--binary P]  # seconds: tiny model, 1 user, 5 requests per run (CI)
 #
 # Durations and levels (full-run defaults in brackets): --levels 1,5,10,20, --level-duration
-# S [120], --w2-duration S [30], --trend-limit N [20] (W2's topics), --steady-duration S [600],
-# --spike-duration S [300], --spike-ramp S [30], --endurance-duration S [600] (3600: the
-# 1-hour run), --nobatch-levels LIST, --peer-levels LIST; 0 or an empty list skips a part.
+# S [120], --w2-duration S [30], --trend-limit N [20] (W2's and W4's topics), --w4-levels
+# 1,5,20,50 and --w4-duration S [120] (W4, the page's traffic, on both servers),
+# --steady-duration S [600], --spike-duration S [300], --spike-ramp S [30],
+# --endurance-duration S [600] (3600: the 1-hour run), --nobatch-levels LIST, --peer-levels
+# LIST (llama-server's W1 and W3); 0 or an empty list skips a part.
 # Other options: --binary PATH, --model DIR, --out DIR, --no-docs (leave BENCHMARKS.md alone).
 #
 # It sets up what it needs as run.sh does (ONNX Runtime, .venv with Locust and matplotlib,
@@ -46,9 +48,9 @@ while (($#)); do
         --no-docs) docs=0 ;;
         --levels|--level-duration|--w2-duration|--trend-limit|--steady-duration|--spike-duration|\
 --spike-ramp|--spike-users|--endurance-duration|--nobatch-levels|--peer-levels|--max-tokens|\
---max-requests)
+--max-requests|--w4-levels|--w4-duration)
             pass+=("$1" "$2"); shift ;;
-        -h|--help) sed -n '2,25p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,26p' "$0"; exit 0 ;;
         *) echo "bench.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
     esac
     shift

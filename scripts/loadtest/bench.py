@@ -11,9 +11,13 @@ Phases, in order, each with the machine to itself (one server at a time):
 1. TrendStory (the bench config: loopback, background stories off): W1, W3 and W2 per user
    level (W2 after one story per trend of its list, all at once, fills the story cache), then
    the scenarios steady, spike and endurance (W1 requests).
-2. TrendStory again with `TRENDSTORY_INFERENCE__MAX_BATCH_SIZE=1`: W1 per level.
-3. With --with-peer: llama.cpp's llama-server (scripts/loadtest/peer-llama-server.sh), W1 and
-   W3 per level.
+2. TrendStory as the page's replica (`page_server_env`: background stories on, the trends of
+   scripts/loadtest/page-trends.json with their contexts): W4 per W4 level, in rising order
+   on one server (its story cache carries over, as a replica's does), after the background
+   stories for the top trends are written and the trend list is saved for llama-server.
+3. TrendStory again with `TRENDSTORY_INFERENCE__MAX_BATCH_SIZE=1`: W1 per level.
+4. With --with-peer: llama.cpp's llama-server (scripts/loadtest/peer-llama-server.sh), W1 and
+   W3 per level, W4 per W4 level (the same request sequence per level as TrendStory's).
 Numbers come from the per-request records Locust writes (--records). At the end of a run no
 new request starts and those in flight finish (Locust's --stop-timeout): their latencies
 count (leaving them out would favour short requests), requests/s and tokens/s count only
@@ -48,20 +52,24 @@ LOCUSTFILE = "scripts/loadtest/locustfile.py"
 PEER_SCRIPT = "scripts/loadtest/peer-llama-server.sh"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 NCPU = os.cpu_count() or 1
-USER_CLASSES = {"W1": "W1Unique", "W2": "W2Trending", "W3": "W3Streaming"}
+USER_CLASSES = {"W1": "W1Unique", "W2": "W2Trending", "W3": "W3Streaming", "W4": "W4Page"}
+PAGE_TRENDS = ROOT / "scripts/loadtest/page-trends.json"
 # Seconds the requests in flight at a run's end get to finish (the server's timeout is 300).
 STOP_TIMEOUT = 300
 
 # Per mode: user levels, seconds per level, W2's seconds and warm-up, scenario seconds.
 MODES = {
     "smoke": dict(levels=[1], level_duration=20, w2_duration=20, trend_limit=20,
+                  w4_levels=[1], w4_duration=20,
                   steady_duration=0, spike_duration=4, spike_ramp=2, spike_users=2,
                   endurance_duration=0, nobatch_levels=[], peer_levels=[1], max_requests=5),
     "quick": dict(levels=[1, 5], level_duration=20, w2_duration=10, trend_limit=5,
+                  w4_levels=[1, 5], w4_duration=20,
                   steady_duration=20, spike_duration=40, spike_ramp=10, spike_users=20,
                   endurance_duration=30, nobatch_levels=[5], peer_levels=[1, 5],
                   max_requests=0),
     "full": dict(levels=[1, 5, 10, 20], level_duration=120, w2_duration=30, trend_limit=20,
+                 w4_levels=[1, 5, 20, 50], w4_duration=120,
                  steady_duration=600, spike_duration=300, spike_ramp=30, spike_users=20,
                  endurance_duration=600, nobatch_levels=[1, 5, 10, 20],
                  peer_levels=[1, 5, 10, 20], max_requests=0),
@@ -232,6 +240,16 @@ class Server:
             self.proc.kill()
             self.proc.wait()
 
+    def slots(self) -> int | None:
+        """llama-server's parallel slots (`total_slots` of GET /props), for the report."""
+        if self.kind != "llama-server":
+            return None
+        try:
+            with urllib.request.urlopen(f"{self.host}/props", timeout=10) as response:
+                return json.load(response).get("total_slots")
+        except (OSError, ValueError, AttributeError):
+            return None
+
     def vm_hwm_mb(self) -> float | None:
         try:
             for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
@@ -272,6 +290,19 @@ request_timeout_secs = 300
 [stories.trending]
 enabled = false
 """
+
+
+def page_server_env(args) -> dict[str, str]:
+    """The page's replica for W4: background stories on, as deployed; their length (the
+    default `max_tokens`) the one W4 asks for, so "Write a story" on a top trend finds them,
+    as it does when the page's length and the server's default agree; trends with the
+    contexts real sources give (PAGE_TRENDS: the embedded list has none). Their check runs
+    every second rather than every 10 s, so the first ones are written without a wait (a
+    check only looks for missing stories; the trend list does not change during a run)."""
+    return {"TRENDSTORY_STORIES__TRENDING__ENABLED": "true",
+            "TRENDSTORY_STORIES__TRENDING__CHECK_INTERVAL_SECS": "1",
+            "TRENDSTORY_STORIES__DEFAULT_MAX_TOKENS": str(args.max_tokens),
+            "TRENDSTORY_TRENDS__SOURCES__FILE__PATH": str(PAGE_TRENDS.relative_to(ROOT))}
 
 
 def free_port() -> int:
@@ -327,6 +358,35 @@ def stages(records: list[dict]) -> dict:
     return out
 
 
+def generations(answers: list[dict]) -> list[dict]:
+    """One answer per generation: cache hits generated nothing, and TrendStory's answers
+    that shared a generation (coalesced identical requests) carry the same story id."""
+    seen: set[str] = set()
+    out = []
+    for r in answers:
+        if r.get("cached"):
+            continue
+        story = r.get("story_id")
+        if story is not None:
+            if story in seen:
+                continue
+            seen.add(story)
+        out.append(r)
+    return out
+
+
+def sharing(answers: list[dict]) -> dict:
+    """Shares of `answers` served from the story cache and by joining a generation that
+    another answer of the same list also got (every one but the first of a story id)."""
+    if not answers:
+        return {"cached_share": 0, "shared_share": 0, "generations": 0}
+    cached = sum(1 for r in answers if r.get("cached"))
+    own = len(generations(answers))
+    return {"cached_share": round(cached / len(answers), 3),
+            "shared_share": round((len(answers) - cached - own) / len(answers), 3),
+            "generations": own}
+
+
 def summarize(records: list[dict], duration: float, window_end: float | None = None) -> dict:
     """Latency over every finished request; rates over those finished by `window_end`."""
     ok = [r for r in records if r["ok"]]
@@ -336,8 +396,8 @@ def summarize(records: list[dict], duration: float, window_end: float | None = N
     for r in failed:
         key = (r.get("error") or f"HTTP {r.get('status')}")[:60]
         reasons[key] = reasons.get(key, 0) + 1
-    # Generated tokens: a story-cache hit generated nothing.
-    tokens = sum(r.get("tokens") or 0 for r in in_window if not r.get("cached"))
+    # Generated tokens, each generation once.
+    tokens = sum(r.get("tokens") or 0 for r in generations(in_window))
     net = sum(r.get("req_bytes", 0) + r.get("resp_bytes", 0) for r in records
               if window_end is None or r["t1"] <= window_end)
     ttft = [r["ttft_ms"] for r in ok if r.get("ttft_ms") is not None]
@@ -354,10 +414,20 @@ def summarize(records: list[dict], duration: float, window_end: float | None = N
         "tokens_per_s": round(tokens / duration, 2) if duration else 0,
         "tokens_per_request": round(tokens / len(ok), 1) if ok else 0,
         "prompt_tokens_avg": round(sum(prompt) / len(prompt), 1) if prompt else None,
-        "cached_share": round(sum(1 for r in ok if r.get("cached")) / len(ok), 3) if ok else 0,
+        **sharing(ok),
+        # W4: per kind of request, how many and the sharing among them.
+        "kinds": {kind: {"requests": len(rs), **sharing(rs)} for kind, rs in
+                  sorted(group_by(ok, "kind").items()) if kind is not None},
         "net_kbps": round(net / 1024 / duration, 1) if duration else 0,
-        "stages_ms": stages(ok),
+        "stages_ms": stages(generations(ok)),
     }
+
+
+def group_by(records: list[dict], key: str) -> dict:
+    out: dict = {}
+    for r in records:
+        out.setdefault(r.get(key), []).append(r)
+    return out
 
 
 def timeline(records: list[dict], t0: float, end: float, step: float) -> list[dict]:
@@ -432,6 +502,11 @@ def locust_command(phase: Phase, server: Server, args, records: Path) -> list[st
         cmd += ["--max-requests", str(args.max_requests)]
     if phase.workload == "W2":
         cmd += ["--trend-limit", str(args.trend_limit)]
+    if phase.workload == "W4":
+        # One sequence per level, the same for both servers; another per level, so that no
+        # typed topic or seed of one level meets a story an earlier level cached.
+        cmd += ["--trend-limit", str(args.trend_limit), "--trends-file", str(page_trends_file(args)),
+                "--page-seed", str(phase.users)]
     cmd.append(USER_CLASSES[phase.workload])
     return cmd
 
@@ -523,8 +598,45 @@ def fill_story_cache(server: Server, args) -> dict:
     return {"trends": len(topics), "seconds": round(took, 1), "failures": failures}
 
 
+def page_trends_file(args) -> Path:
+    """Where W4's trend list (TrendStory's /v1/trends answer) is saved for both servers."""
+    return Path(args.workdir) / "w4-trends.json"
+
+
+def prepare_page(server: Server, args) -> dict:
+    """Before W4 on the page's replica: waits until the background stories for the top
+    trends are written (a replica that has been up a while), then saves the trend list W4
+    draws from, for llama-server's run."""
+    started = time.time()
+    ready, stories = 0, []
+    try:
+        while time.time() - started < args.ready_timeout:
+            with urllib.request.urlopen(f"{server.host}/v1/stories/trending",
+                                        timeout=10) as response:
+                stories = json.load(response)["stories"]
+            ready = sum(1 for s in stories if s["status"] == "ready")
+            if stories and ready == len(stories):
+                break
+            time.sleep(1)
+        waited = time.time() - started
+        url = f"{server.host}/v1/trends?limit={args.trend_limit}"
+        with urllib.request.urlopen(url, timeout=10) as response:
+            answer = json.load(response)
+    except (OSError, ValueError, KeyError) as e:
+        raise RuntimeError(f"W4 set-up on {server.kind} failed: {e}") from None
+    path = page_trends_file(args)
+    path.write_text(json.dumps(answer, indent=1) + "\n")
+    with_context = sum(1 for t in answer["trends"] if t.get("context"))
+    print(f"bench: W4: {ready} of {len(stories)} background stories written after {waited:.1f} s; "
+          f"{len(answer['trends'])} trends ({with_context} with a context) saved to "
+          f"{os.path.relpath(path, ROOT)}", flush=True)
+    return {"background_stories": len(stories), "background_ready": ready,
+            "waited_s": round(waited, 1), "trends": len(answer["trends"]),
+            "trends_with_context": with_context}
+
+
 def plan(args) -> list[tuple[str, dict, list[Phase]]]:
-    """(server kind, env overrides, phases) in order."""
+    """(server kind, env overrides, phases) in order; servers without a phase left out."""
     ts: list[Phase] = []
     for workload, duration in (("W1", args.level_duration), ("W3", args.level_duration),
                                ("W2", args.w2_duration)):
@@ -540,6 +652,10 @@ def plan(args) -> list[tuple[str, dict, list[Phase]]]:
         ts.append(Phase("ts-endurance", "trendstory", "W1", 5, args.endurance_duration,
                         "endurance"))
     out = [("trendstory", {}, ts)]
+    if args.w4_duration:
+        out.append(("trendstory-page", page_server_env(args),
+                    [Phase(f"ts-w4-u{u}", "trendstory", "W4", u, args.w4_duration)
+                     for u in args.w4_levels]))
     if args.nobatch_levels:
         out.append(("trendstory-nobatch", {"TRENDSTORY_INFERENCE__MAX_BATCH_SIZE": "1"},
                     [Phase(f"nobatch-w1-u{u}", "trendstory-nobatch", "W1", u, args.level_duration)
@@ -549,8 +665,11 @@ def plan(args) -> list[tuple[str, dict, list[Phase]]]:
                 for u in args.peer_levels]
         peer += [Phase(f"peer-w3-u{u}", "llama-server", "W3", u, args.level_duration)
                  for u in args.peer_levels]
+        if args.w4_duration:
+            peer += [Phase(f"peer-w4-u{u}", "llama-server", "W4", u, args.w4_duration)
+                     for u in args.w4_levels]
         out.append(("llama-server", {}, peer))
-    return out
+    return [entry for entry in out if entry[2]]
 
 
 def machine() -> dict:
@@ -639,6 +758,7 @@ def main(argv: list[str] | None = None) -> int:
         "runs": [],
     }
     broken: list[str] = []
+    page_trends_file(args).unlink(missing_ok=True)  # never an earlier run's list
     servers = plan(args)
     # About 3 s of Locust start and stop per run, 15 s per server start (the bench model).
     planned = sum(p.duration + 3 for _, _, phases in servers for p in phases) + 15 * len(servers)
@@ -653,6 +773,12 @@ def main(argv: list[str] | None = None) -> int:
                 if phase.workload == "W2" and not filled:
                     results["w2_cache_fill"] = fill_story_cache(server, args)
                     filled = True
+                if phase.workload == "W4" and kind == "trendstory-page" and not filled:
+                    results["w4_setup"] = prepare_page(server, args)
+                    filled = True
+                if phase.workload == "W4" and not page_trends_file(args).exists():
+                    broken.append(f"{phase.name}: no W4 trend list (TrendStory's W4 run saves it)")
+                    continue
                 run_phase(phase, server, args, workdir)
                 if phase.result["requests"] == 0:
                     broken.append(f"{phase.name}: no request finished")
@@ -662,7 +788,7 @@ def main(argv: list[str] | None = None) -> int:
                 results["runs"].append(phase.result)
             results["servers"].append({"kind": kind, "env": overrides,
                                        "ready_after_s": round(server.started_s, 1),
-                                       "vm_hwm_mb": server.vm_hwm_mb()})
+                                       "vm_hwm_mb": server.vm_hwm_mb(), "slots": server.slots()})
         except RuntimeError as e:
             broken.append(str(e))
             print(f"bench: {e}", file=sys.stderr)

@@ -12,13 +12,22 @@ Workloads (user classes; name one or more on the command line):
   Zipf skew (rank r has weight 1/r^s), so the story cache answers most of them. FastHttpUser.
 - W3Streaming: W1 as Server-Sent Events; records time to first token ("W3 ttft") and the
   whole stream ("W3 stream") as Locust requests of their own.
+- W4Page: the web page's traffic (scripts/loadtest/page_traffic.py): 70% "Write a story" on
+  one of the top trends (Zipf-skewed, no seed), 20% another story about one (a fresh seed),
+  10% a topic the user typed; the page's default style most likely; `max_tokens` only, as
+  the page sends. The requests come in a fixed order from --page-seed (FastHttpUser).
 Every user sends its next request as soon as the last one ends (no wait time): N users keep
 N requests in flight.
 
---target llama-server sends W1 and W3 to a llama.cpp `llama-server` instead
-(scripts/loadtest/peer-llama-server.sh): POST /completion with the same chat-template prompt
-TrendStory builds for a news story (TinyLlama's template, the same system and user text), the
-same `n_predict` and sampling parameters, `stream` for W3.
+W2's and W4's trends: the live GET /v1/trends list, or --trends-file (a saved /v1/trends
+answer; scripts/loadtest/bench.py saves TrendStory's, so that llama-server gets the same
+topics and contexts).
+
+--target llama-server sends W1, W3 and W4 to a llama.cpp `llama-server` instead
+(scripts/loadtest/peer-llama-server.sh): POST /completion with the prompt text TrendStory
+renders for the request (TinyLlama's template, the style's system and user text, the trend's
+context for W4), the same `n_predict` and sampling parameters, `stream` for W3. It generates
+every request: it has no story cache. An answer whose prompt it had to truncate fails.
 
 Scenarios (--scenario; one load shape drives them all, ending by itself):
 - fixed (default): -u users for -t (required: every run is bounded in time).
@@ -52,18 +61,8 @@ import gevent
 import requests
 from locust import FastHttpUser, LoadTestShape, User, constant, events, task
 
-# TrendStory's news-style system prompt and user message (src/stories/prompt.rs), rendered
-# with TinyLlama's chat template as the server does (trim_blocks; BOS added by the tokenizer).
-NEWS_SYSTEM = (
-    "You are a news reporter. Write a short, original news story of three or four "
-    "paragraphs about the topic the user gives, in a clear, factual tone. "
-    "Reply with the story only: no title, introduction or notes."
-)
-SUBJECTS = [
-    "electric cars", "solar storms", "a new comet", "the world cup final", "a mars rover",
-    "quantum chips", "coral reefs", "chess engines", "ocean cleanup", "vertical farms",
-    "deep sea mining", "heat pumps", "a record heatwave", "a city marathon", "a lost painting",
-]
+from page_traffic import SUBJECTS, PageTraffic, chat_prompt, zipf_weights
+
 MAX_RUN_SECONDS = 2 * 3600
 SCENARIOS = {
     # name: (users, seconds)
@@ -73,16 +72,12 @@ SCENARIOS = {
 }
 
 RECORDS: list[dict] = []
-TRENDS: list[str] = []
+# W2's and W4's trends ({"topic", "context"}, ranked) and W2's weights; W4's sequence.
+TRENDS: list[dict] = []
 TREND_WEIGHTS: list[float] = []
+PAGE: list[PageTraffic] = []
 _counter = itertools.count()
 log = logging.getLogger("loadtest")
-
-
-def chat_prompt(topic: str) -> str:
-    """The text of TrendStory's prompt for a news story about `topic` (no trend context)."""
-    user = f"Write a short news story about this trending topic.\nTopic: {topic}"
-    return f"<|system|>\n{NEWS_SYSTEM}</s>\n<|user|>\n{user}</s>\n<|assistant|>\n"
 
 
 def unique_topic() -> str:
@@ -95,7 +90,7 @@ def unique_topic() -> str:
 def _options(parser) -> None:
     group = parser.add_argument_group("TrendStory load test")
     group.add_argument("--target", choices=["trendstory", "llama-server"], default="trendstory",
-                       help="what the host runs (llama-server: W1 and W3 only)")
+                       help="what the host runs (llama-server: W1, W3 and W4)")
     group.add_argument("--scenario", choices=["fixed", *SCENARIOS], default="fixed")
     group.add_argument("--scenario-users", type=int, default=0, help="0: the scenario's own")
     group.add_argument("--scenario-duration", type=float, default=0, help="seconds; 0: the scenario's own")
@@ -103,8 +98,11 @@ def _options(parser) -> None:
     group.add_argument("--max-tokens", type=int, default=64)
     group.add_argument("--temperature", type=float, default=0.8)
     group.add_argument("--seed", type=int, default=42)
-    group.add_argument("--zipf-s", type=float, default=1.1, help="W2: weight of rank r is 1/r^s")
-    group.add_argument("--trend-limit", type=int, default=20, help="W2: the top N trends")
+    group.add_argument("--zipf-s", type=float, default=1.1, help="W2, W4: weight of rank r is 1/r^s")
+    group.add_argument("--trend-limit", type=int, default=20, help="W2, W4: the top N trends")
+    group.add_argument("--trends-file", default="",
+                       help="W2, W4: a saved GET /v1/trends answer instead of the live list")
+    group.add_argument("--page-seed", type=int, default=1, help="W4: the request sequence's seed")
     group.add_argument("--request-timeout", type=float, default=300)
     group.add_argument("--max-requests", type=int, default=0,
                        help="stop after this many finished requests (0: no limit)")
@@ -140,30 +138,41 @@ def _check_bounds(environment, **_kwargs) -> None:
 
 @events.test_start.add_listener
 def _load_trends(environment, **_kwargs) -> None:
-    """W2's topics: the live trend list, fetched once per run."""
+    """W2's and W4's topics: --trends-file, or the live trend list, read once per run."""
     options = environment.parsed_options
     names = {cls.__name__ for cls in environment.user_classes}
-    if "W2Trending" not in names:
+    if not names & {"W2Trending", "W4Page"}:
         return
     problem = ""
-    if options.target != "trendstory":
+    if "W2Trending" in names and options.target != "trendstory":
         problem = "W2Trending runs against TrendStory only"
+    elif not options.trends_file and options.target != "trendstory":
+        problem = ("W4Page against llama-server needs --trends-file (TrendStory's trend list: "
+                   "the topics and contexts its prompts hold)")
     else:
-        url = f"{environment.host.rstrip('/')}/v1/trends?limit={options.trend_limit}"
+        source = options.trends_file or \
+            f"{environment.host.rstrip('/')}/v1/trends?limit={options.trend_limit}"
         try:
-            with urllib.request.urlopen(url, timeout=10) as response:
-                TRENDS[:] = [t["topic"] for t in json.load(response)["trends"]]
-        except (OSError, ValueError, KeyError) as e:
-            problem = f"cannot read {url}: {e}"
+            if options.trends_file:
+                with open(options.trends_file, encoding="utf-8") as f:
+                    answer = json.load(f)
+            else:
+                with urllib.request.urlopen(source, timeout=10) as response:
+                    answer = json.load(response)
+            TRENDS[:] = [{"topic": t["topic"], "context": t.get("context")}
+                         for t in answer["trends"][:options.trend_limit]]
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            problem = f"cannot read {source}: {e}"
         if not TRENDS and not problem:
-            problem = "GET /v1/trends returned no trends"
+            problem = f"{source} holds no trends"
     if problem:
         # In the runner's greenlet: stop the run and exit with status 2 rather than raise.
         log.error(problem)
         environment.process_exit_code = 2
         gevent.spawn(environment.runner.quit)
         return
-    TREND_WEIGHTS[:] = [1 / (rank ** options.zipf_s) for rank in range(1, len(TRENDS) + 1)]
+    TREND_WEIGHTS[:] = zipf_weights(len(TRENDS), options.zipf_s)
+    PAGE[:] = [PageTraffic(TRENDS, options.page_seed, options.zipf_s)]
 
 
 @events.quitting.add_listener
@@ -204,20 +213,29 @@ class Scenario(LoadTestShape):
 
 
 class Story:
-    """What W1, W2 and W3 share: the request body and the record of each answer."""
+    """What every workload shares: the request body and the record of each answer."""
 
     workload = ""
 
     def body(self, topic: str, stream: bool = False) -> dict:
+        """W1's, W2's and W3's request: a news story, fixed temperature and seed."""
         o = self.environment.parsed_options
         if o.target == "llama-server":
-            return {"prompt": chat_prompt(topic), "n_predict": o.max_tokens,
-                    "temperature": o.temperature, "top_p": 0.95, "top_k": 50,
-                    "repeat_penalty": 1.1, "seed": o.seed, "stream": stream}
+            return self.completion(chat_prompt(topic), o.seed, stream)
         body = {"topic": topic, "style": "news", "max_tokens": o.max_tokens,
                 "temperature": o.temperature, "seed": o.seed}
         if stream:
             body["stream"] = True
+        return body
+
+    def completion(self, prompt: str, seed: int | None, stream: bool = False) -> dict:
+        """llama-server's request: TrendStory's sampling defaults (temperature as
+        --temperature), the seed when there is one (else llama-server picks one)."""
+        o = self.environment.parsed_options
+        body = {"prompt": prompt, "n_predict": o.max_tokens, "temperature": o.temperature,
+                "top_p": 0.95, "top_k": 50, "repeat_penalty": 1.1, "stream": stream}
+        if seed is not None:
+            body["seed"] = seed
         return body
 
     def path(self) -> str:
@@ -225,11 +243,11 @@ class Story:
 
     def record(self, started: float, ended: float, ok: bool, status: int, error: str = "",
                answer: dict | None = None, ttft_ms: float | None = None,
-               req_bytes: int = 0, resp_bytes: int = 0) -> None:
+               req_bytes: int = 0, resp_bytes: int = 0, **fields) -> None:
         record = {"w": self.workload, "target": self.environment.parsed_options.target,
                   "t0": started, "t1": ended, "ms": (ended - started) * 1000, "ok": ok,
                   "status": status, "error": error[:200], "ttft_ms": ttft_ms,
-                  "req_bytes": req_bytes, "resp_bytes": resp_bytes}
+                  "req_bytes": req_bytes, "resp_bytes": resp_bytes, **fields}
         record.update(summarize(answer))
         RECORDS.append(record)
         limit = self.environment.parsed_options.max_requests
@@ -238,7 +256,8 @@ class Story:
 
 
 def summarize(answer: dict | None) -> dict:
-    """Tokens and stage timings of a TrendStory story or a llama-server completion."""
+    """Tokens and stage timings of a TrendStory story or a llama-server completion;
+    TrendStory's story id too (requests that shared a generation got the same one)."""
     if not answer:
         return {}
     if "timings" in answer and "predicted_n" in answer.get("timings", {}):
@@ -248,7 +267,16 @@ def summarize(answer: dict | None) -> dict:
                 "cached": False,
                 "stages": {"prefill_ms": t.get("prompt_ms"), "decode_ms": t.get("predicted_ms")}}
     return {"tokens": answer.get("tokens"), "prompt_tokens": answer.get("prompt_tokens"),
-            "cached": answer.get("cached"), "stages": answer.get("timings")}
+            "cached": answer.get("cached"), "story_id": answer.get("id"),
+            "stages": answer.get("timings")}
+
+
+def answer_problem(answer: dict) -> str:
+    """Why a 200 answer is still a failure: llama-server cut the prompt to fit a slot (it
+    would then generate from a different prompt than TrendStory's)."""
+    if answer.get("truncated"):
+        return "llama-server truncated the prompt: its slot's context is too small"
+    return ""
 
 
 class StoryJson(Story, FastHttpUser):
@@ -262,8 +290,9 @@ class StoryJson(Story, FastHttpUser):
         self.network_timeout = environment.parsed_options.request_timeout
         super().__init__(environment)
 
-    def post(self, topic: str) -> None:
-        payload = json.dumps(self.body(topic)).encode()
+    def post(self, body: dict, **fields) -> None:
+        """Sends `body`; `fields` go into the request's record."""
+        payload = json.dumps(body).encode()
         started = time.time()
         with self.client.post(self.path(), data=payload, name=f"{self.workload} {self.path()}",
                               headers={"content-type": "application/json"},
@@ -275,6 +304,7 @@ class StoryJson(Story, FastHttpUser):
             if status == 200:
                 try:
                     answer = json.loads(text)
+                    error = answer_problem(answer)
                 except ValueError:
                     error = "answer is not JSON"
             else:
@@ -282,7 +312,7 @@ class StoryJson(Story, FastHttpUser):
             if error:
                 response.failure(error)
             self.record(started, ended, not error, status, error, answer,
-                        req_bytes=len(payload), resp_bytes=len(text.encode()))
+                        req_bytes=len(payload), resp_bytes=len(text.encode()), **fields)
 
 
 class W1Unique(StoryJson):
@@ -292,7 +322,7 @@ class W1Unique(StoryJson):
 
     @task
     def story(self) -> None:
-        self.post(unique_topic())
+        self.post(self.body(unique_topic()))
 
 
 class W2Trending(StoryJson):
@@ -303,7 +333,29 @@ class W2Trending(StoryJson):
     @task
     def story(self) -> None:
         if TRENDS:  # empty only while a refused run stops
-            self.post(random.choices(TRENDS, TREND_WEIGHTS)[0])
+            self.post(self.body(random.choices(TRENDS, TREND_WEIGHTS)[0]["topic"]))
+
+
+class W4Page(StoryJson):
+    """The page's traffic, in PageTraffic's fixed order (see page_traffic.py)."""
+
+    workload = "W4"
+
+    @task
+    def story(self) -> None:
+        if not PAGE:  # empty only while a refused run stops
+            return
+        request = PAGE[0].next()
+        o = self.environment.parsed_options
+        if o.target == "llama-server":
+            body = self.completion(chat_prompt(request.topic, request.style, request.context),
+                                   request.seed)
+        else:
+            # What the page sends: topic, style and length; the seed asks for another story.
+            body = {"topic": request.topic, "style": request.style, "max_tokens": o.max_tokens}
+            if request.seed is not None:
+                body["seed"] = request.seed
+        self.post(body, kind=request.kind, topic=request.topic, style=request.style)
 
 
 class W3Streaming(Story, User):
@@ -342,6 +394,7 @@ class W3Streaming(Story, User):
                                 ttft = time.time()
                             if chunk.get("stop"):
                                 answer = chunk
+                                error = answer_problem(chunk)
                                 break
                         elif event == "token" and ttft is None:
                             ttft = time.time()
