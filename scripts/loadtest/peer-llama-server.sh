@@ -21,7 +21,8 @@
 #    another index, which this machine cannot reach): not practical for a converter that
 #    only needs to copy tensors. hf_to_gguf.py does what that converter does for a Llama
 #    checkpoint (same tensor names, the q/k row permutation, the same metadata keys).
-# 4. `llama-server` on 127.0.0.1 with 16 parallel slots (-np 16), a context of 16 x 256
+# 4. `llama-server` on 127.0.0.1 with 32 parallel slots (-np 32, as many as TrendStory has by
+#    default, so neither side queues by configuration; PEER_SLOTS), a context of 32 x 256
 #    positions (a story prompt is about 100 tokens, plus 64 new ones), 2 threads, no web UI.
 #
 # Everything lands in .cache/llama.cpp/ (git-ignored) and is reused: a second `build` takes
@@ -43,7 +44,7 @@ HF="${PEER_HF_DIR:-$ROOT/onnx/tinyllama-bench/hf}"
 GGUF_F16="$CACHE/tinyllama-bench-f16.gguf"
 GGUF_Q4="$CACHE/tinyllama-bench-q4_0.gguf"
 PEER_VENV="$CACHE/venv"
-SLOTS="${PEER_SLOTS:-16}"
+SLOTS="${PEER_SLOTS:-32}"
 THREADS="${PEER_THREADS:-2}"
 CTX=$((SLOTS * 256))
 
