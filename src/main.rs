@@ -178,10 +178,12 @@ fn generate(
     prompt: &str,
     max_tokens: usize,
 ) -> anyhow::Result<()> {
-    let dir = model_dir.unwrap_or_else(|| config.model.dir.clone());
-    let info = ModelInfo::load(&dir)?;
+    let info = match model_dir {
+        Some(dir) => ModelInfo::load(&dir)?,
+        None => trendstory::server::load_model_info(config)?,
+    };
     if info.random_weights {
-        tracing::warn!(model = %info.model_id, "serving a model with RANDOM weights: its text is noise, use it for benchmarks only");
+        tracing::warn!(model = %info.model_id, "this model has RANDOM weights: its text is noise (a benchmark stand-in)");
     }
     let tokenizer = TextTokenizer::load(&info.tokenizer_path(), &info)?;
     let options = SessionOptions::from_config(&config.inference);

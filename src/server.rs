@@ -17,8 +17,8 @@ use tracing_actix_web::TracingLogger;
 use crate::api::access::Access;
 use crate::api::probes::Lifecycle;
 use crate::api::{self, AppState};
-use crate::config::Config;
-use crate::engine::{ModelInfo, TextTokenizer};
+use crate::config::{env_var, Config};
+use crate::engine::{EngineError, ModelInfo, TextTokenizer};
 use crate::inference::{model_factory, InferencePool};
 use crate::metrics::Metrics;
 use crate::stories::prompt::PromptBuilder;
@@ -33,7 +33,7 @@ const WARM_UP_RETRY: Duration = Duration::from_millis(200);
 /// error instead of a server that never becomes ready: the model folder and the ONNX
 /// Runtime library.
 pub fn preflight(config: &Config) -> anyhow::Result<ModelInfo> {
-    let info = ModelInfo::load(&config.model.dir)?;
+    let info = load_model_info(config)?;
     crate::runtime::environment(&config.runtime)?;
     if info.random_weights {
         tracing::warn!(
@@ -42,6 +42,24 @@ pub fn preflight(config: &Config) -> anyhow::Result<ModelInfo> {
         );
     }
     Ok(info)
+}
+
+/// Reads the model folder `model.dir` names. A missing folder's error says where the value
+/// came from (for the default: every place looked) and how to set it.
+///
+/// # Errors
+/// As [`ModelInfo::load`].
+pub fn load_model_info(config: &Config) -> anyhow::Result<ModelInfo> {
+    ModelInfo::load(&config.model.dir).map_err(|error| match error {
+        EngineError::ModelDirMissing { path } => anyhow::anyhow!(
+            "model folder {} does not exist (`model.dir`, {}). Set `model.dir` in the config \
+             file or {} to an exported model folder; scripts/fetch-model.sh builds TinyLlama's",
+            path.display(),
+            config.origins.of("model.dir"),
+            env_var("model.dir"),
+        ),
+        other => other.into(),
+    })
 }
 
 /// Runs the server until SIGTERM or Ctrl-C, then shuts down gracefully (module doc).
