@@ -143,6 +143,7 @@ fn start_services(config: &Config) -> anyhow::Result<AppState> {
         lifecycle: Arc::new(Lifecycle::default()),
         access,
         model,
+        random_weights: info.random_weights,
         max_trends: config.trends.max_trends,
     })
 }
