@@ -23,8 +23,16 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run the HTTP service (address from `server.host` / `server.port`).
-    Serve,
+    /// Run the HTTP service. Ctrl-C stops it at once when idle; SIGTERM first turns
+    /// readiness false for `server.shutdown_drain_secs` (for a load balancer).
+    Serve {
+        /// Address to listen on, e.g. 127.0.0.1; overrides `server.host` (default 0.0.0.0).
+        #[arg(long)]
+        host: Option<String>,
+        /// Port to listen on, 1 to 65535; overrides `server.port` (default 8080).
+        #[arg(long, value_parser = clap::value_parser!(u16).range(1..))]
+        port: Option<u16>,
+    },
     /// Measure the batching engine at several concurrency levels (decode tokens/s, step
     /// time, overhead outside ONNX Runtime, peak RSS).
     BenchEngine {
@@ -34,12 +42,14 @@ enum Command {
         /// Comma-separated numbers of concurrent streams.
         #[arg(long, value_delimiter = ',', default_value = "1,4,8,16")]
         concurrency: Vec<usize>,
+        /// Tokens in each prompt.
         #[arg(long, default_value_t = 64)]
         prompt_tokens: usize,
         /// Leading prompt tokens every request shares, declared as a shared prefix (the
         /// engine keeps their KV): story prompts share their chat template this way.
         #[arg(long, default_value_t = 0)]
         shared_prefix_tokens: usize,
+        /// New tokens generated for each prompt.
         #[arg(long, default_value_t = 64)]
         new_tokens: usize,
         /// A `--linear-only` export of the same model, timed in the same run as a baseline.
@@ -70,6 +80,7 @@ enum Command {
     },
     /// Fetch every configured trend source once and print the merged ranking and source status.
     Trends {
+        /// Print the result as one JSON document instead of text.
         #[arg(long)]
         json: bool,
     },
@@ -77,10 +88,16 @@ enum Command {
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    let config = Config::load(cli.config.as_deref())?;
+    let mut config = Config::load(cli.config.as_deref())?;
     init_logging(config.server.log_format);
     match cli.command {
-        Command::Serve => serve(config),
+        Command::Serve { host, port } => {
+            // Flags over the file and the environment.
+            config.server.host = host.unwrap_or(config.server.host);
+            config.server.port = port.unwrap_or(config.server.port);
+            config.validate()?;
+            serve(config)
+        }
         Command::Generate {
             model,
             prompt,
@@ -208,4 +225,25 @@ fn generate(
         decode_rate
     );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn every_option_has_help() {
+        let cli = Cli::command();
+        for command in std::iter::once(&cli).chain(cli.get_subcommands()) {
+            for arg in command.get_arguments() {
+                assert!(
+                    arg.get_help().is_some(),
+                    "`{} --{}` has no help",
+                    command.get_name(),
+                    arg.get_id()
+                );
+            }
+        }
+    }
 }

@@ -2,10 +2,12 @@
 //! background tasks once, then actix-web on the given listener. `main` and the integration
 //! tests share this entry point.
 //!
-//! Shutdown (SIGTERM or Ctrl-C): readiness turns false and new story requests get 503 at
-//! once; after `server.shutdown_drain_secs` (time for the load balancer to notice) the
-//! listener closes, and requests and streams in flight get `server.shutdown_timeout_secs`
-//! to finish before `run` returns.
+//! Shutdown on SIGTERM (how Kubernetes stops a pod): readiness turns false and new story
+//! requests get 503 at once; after `server.shutdown_drain_secs` (time for the load
+//! balancer to notice) the listener closes, and requests and streams in flight get
+//! `server.shutdown_timeout_secs` to finish before `run` returns. Ctrl-C (SIGINT) is a
+//! person at a terminal: no drain, the listener closes at once and requests in flight get
+//! the same timeout; a second Ctrl-C exits without waiting for them.
 
 use std::net::TcpListener;
 use std::sync::Arc;
@@ -98,15 +100,24 @@ pub async fn run(config: Config, listener: TcpListener) -> std::io::Result<()> {
     let drain = Duration::from_secs(config.server.shutdown_drain_secs);
     actix_web::rt::spawn(async move {
         let signal = stop_signal().await;
-        tracing::info!(
-            signal,
-            drain_secs = drain.as_secs(),
-            "shutting down: readiness false, new stories refused"
-        );
         lifecycle.begin_shutdown();
-        actix_web::rt::time::sleep(drain).await;
+        if signal == StopSignal::Terminate {
+            tracing::info!(
+                drain_secs = drain.as_secs(),
+                "SIGTERM: shutting down; readiness false and new stories refused during the drain"
+            );
+            actix_web::rt::time::sleep(drain).await;
+        } else {
+            tracing::info!("Ctrl-C: shutting down (Ctrl-C again to exit without waiting)");
+        }
         tracing::info!("closing the listener; waiting for requests in flight");
-        handle.stop(true).await;
+        tokio::select! {
+            () = handle.stop(true) => {}
+            () = interrupted() => {
+                tracing::warn!("Ctrl-C again: exiting without waiting for requests in flight");
+                std::process::exit(130);
+            }
+        }
     });
     server.await?;
     tracing::info!("stopped");
@@ -165,26 +176,42 @@ async fn warm_up(stories: Arc<StoryService>, lifecycle: Arc<Lifecycle>) {
     }
 }
 
+/// The signals that stop the server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum StopSignal {
+    /// SIGTERM: an orchestrator; drain first.
+    Terminate,
+    /// SIGINT: Ctrl-C at a terminal; no drain.
+    Interrupt,
+}
+
 /// Resolves on SIGTERM or Ctrl-C (SIGINT), naming it.
-async fn stop_signal() -> &'static str {
-    use actix_web::rt::signal;
+async fn stop_signal() -> StopSignal {
     #[cfg(unix)]
     {
-        match signal::unix::signal(signal::unix::SignalKind::terminate()) {
+        use actix_web::rt::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
             Ok(mut term) => tokio::select! {
-                _ = term.recv() => "SIGTERM",
-                _ = signal::ctrl_c() => "SIGINT",
+                _ = term.recv() => StopSignal::Terminate,
+                () = interrupted() => StopSignal::Interrupt,
             },
             Err(error) => {
                 tracing::warn!(%error, "cannot listen for SIGTERM; only Ctrl-C stops the server");
-                let _ = signal::ctrl_c().await;
-                "SIGINT"
+                interrupted().await;
+                StopSignal::Interrupt
             }
         }
     }
     #[cfg(not(unix))]
     {
-        let _ = signal::ctrl_c().await;
-        "SIGINT"
+        interrupted().await;
+        StopSignal::Interrupt
+    }
+}
+
+/// Resolves on the next Ctrl-C (never, if it cannot be listened for).
+async fn interrupted() {
+    if actix_web::rt::signal::ctrl_c().await.is_err() {
+        std::future::pending::<()>().await;
     }
 }
