@@ -4,9 +4,12 @@
 //! - `trends`: `GET /v1/trends`.
 //! - `probes`: `/healthz`, `/readyz`, `/metrics` and the [`probes::Lifecycle`] flags.
 //! - `openapi`: `/openapi.json`, generated from the handlers' own types.
-//! - `page`: the web page at `/` and its files under `/static/` (not in the API document).
+//! - `page`: the web page at `/`, its files under `/static/` and its settings at
+//!   `/page.json` (not in the API document).
 //! - `access`: API keys and rate limiting on `/v1/*`; `config`: `[api]`.
 //! - `errors`: [`errors::ApiError`], the one JSON error shape, the request id header.
+//! - `extract`: body and query extractors whose 400s name the field and what it accepts.
+//! - `request_log`: one log line per request, written once its response has gone out.
 //!
 //! Every response passes [`finish`]: it times the request for the duration histogram
 //! (labelled with the route pattern, never the raw path), sets `x-request-id`, gives
