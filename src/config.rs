@@ -1,14 +1,21 @@
 //! Service configuration: one TOML file plus `TRENDSTORY_` environment overrides.
 //!
 //! Every limit the service enforces lives here so operators can tune it without a rebuild.
-//! `Config::load` merges defaults, the file and the environment (in that order), then
-//! `validate` checks cross-field rules; every error names the offending key.
+//! `Config::load` merges defaults, the file and the environment (in that order), resolves
+//! the path settings (`paths`: relative to the file's folder, defaults looked for beside
+//! the binary too), then `validate` checks cross-field rules; every error names the
+//! offending key, in plain words (`plain`).
+
+mod paths;
+mod plain;
 
 use std::path::{Path, PathBuf};
 
 use figment::providers::{Env, Format, Serialized, Toml};
 use figment::Figment;
 use serde::{Deserialize, Serialize};
+
+pub use paths::{env_var, find_default, PathOrigin, PathOrigins};
 
 /// Environment variables starting with this prefix override the file; `__` separates
 /// sections, e.g. `TRENDSTORY_SERVER__PORT=9000`. `TRENDSTORY_CONFIG` names the file itself.
@@ -29,6 +36,10 @@ pub enum ConfigError {
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
+    /// Where each path setting came from (filled by [`Config::load`]), for errors that
+    /// say which key to change and where a default was looked for.
+    #[serde(skip)]
+    pub origins: PathOrigins,
     pub server: ServerConfig,
     pub runtime: RuntimeConfig,
     pub model: ModelConfig,
@@ -228,22 +239,37 @@ impl Config {
     pub fn load(file: Option<&Path>) -> Result<Self, ConfigError> {
         let mut figment = Figment::from(Serialized::defaults(Config::default()));
         if let Some(path) = file {
+            if path.is_dir() {
+                return Err(ConfigError::Load(format!(
+                    "config file {} is a folder; give the TOML file in it",
+                    path.display()
+                )));
+            }
             if !path.is_file() {
                 return Err(ConfigError::Load(format!(
                     "config file {} does not exist",
                     path.display()
                 )));
             }
-            figment = figment.merge(Toml::file(path));
+            figment = figment.merge(Toml::file_exact(path));
         }
         figment = figment.merge(Env::prefixed(ENV_PREFIX).ignore(&["config"]).split("__"));
-        let config: Config = figment.extract().map_err(describe)?;
+        let mut config: Config = figment
+            .extract()
+            .map_err(|e| ConfigError::Load(plain::describe(e)))?;
+        config.origins = paths::resolve(&mut config, &figment, file);
         config.validate()?;
         Ok(config)
     }
 
     /// Checks rules that types alone cannot express.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.server.port == 0 {
+            return Err(ConfigError::Invalid {
+                key: "server.port",
+                reason: "must be a port number from 1 to 65535, got 0".into(),
+            });
+        }
         if self.server.host.trim().is_empty() {
             return Err(ConfigError::Invalid {
                 key: "server.host",
@@ -261,31 +287,6 @@ impl Config {
         self.stories.validate(self.inference.max_new_tokens)?;
         self.api.validate()
     }
-}
-
-/// Turns figment's errors into one message that names each bad key in its dotted,
-/// lower-case form (as written in the file) and where the value came from.
-fn describe(error: figment::Error) -> ConfigError {
-    let parts: Vec<String> = error
-        .into_iter()
-        .map(|e| {
-            let origin = e
-                .metadata
-                .as_ref()
-                .map(|m| format!(" (from {})", m.name))
-                .unwrap_or_default();
-            if e.path.is_empty() {
-                format!("{}{origin}", e.kind)
-            } else {
-                format!(
-                    "key `{}`: {}{origin}",
-                    e.path.join(".").to_lowercase(),
-                    e.kind
-                )
-            }
-        })
-        .collect();
-    ConfigError::Load(parts.join("; "))
 }
 
 #[cfg(test)]
@@ -362,6 +363,65 @@ mod tests {
             jail.set_env("TRENDSTORY_INFERENCE__STEP_TOKEN_BUDGET", "3");
             let err = load_in(jail, None).unwrap_err().to_string();
             assert!(err.contains("inference.step_token_budget"), "{err}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn relative_paths_in_the_file_are_taken_from_its_folder() {
+        Jail::expect_with(|jail| {
+            std::fs::create_dir("conf").unwrap();
+            jail.create_file(
+                "conf/t.toml",
+                "[model]\ndir = \"models/m\"\n[api]\napi_keys_file = \"/abs/keys\"\n\
+                 [trends.sources.file]\npath = \"topics.json\"\n",
+            )?;
+            let config = load_in(jail, Some("conf/t.toml")).expect("loads");
+            let folder = jail.directory().join("conf");
+            assert_eq!(config.model.dir, folder.join("models/m"));
+            assert_eq!(
+                config.trends.sources.file.path,
+                Some(folder.join("topics.json"))
+            );
+            assert_eq!(config.api.api_keys_file, Some(PathBuf::from("/abs/keys")));
+            assert_eq!(
+                config.origins.of("model.dir"),
+                &PathOrigin::File(folder.join("t.toml"))
+            );
+            // From the environment: the working directory's, as a shell user expects.
+            jail.set_env("TRENDSTORY_MODEL__DIR", "here/m");
+            let config = load_in(jail, Some("conf/t.toml")).expect("loads");
+            assert_eq!(config.model.dir, PathBuf::from("here/m"));
+            assert_eq!(
+                config.origins.of("model.dir").to_string(),
+                "set by TRENDSTORY_MODEL__DIR"
+            );
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn a_default_path_is_looked_for_here_and_beside_the_binary() {
+        Jail::expect_with(|jail| {
+            let config = load_in(jail, None).expect("loads");
+            let PathOrigin::Default { looked } = config.origins.of("model.dir") else {
+                panic!("{:?}", config.origins);
+            };
+            let default = Path::new("onnx/tinyllama-1.1b-chat-int4");
+            assert_eq!(looked[0], jail.directory().join(default));
+            let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join(default);
+            assert!(looked.contains(&repo), "{looked:?}");
+            assert!(looked.contains(&config.model.dir), "the dir is one of them");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn a_folder_given_as_the_file_says_so() {
+        Jail::expect_with(|jail| {
+            std::fs::create_dir("conf").unwrap();
+            let err = load_in(jail, Some("conf")).unwrap_err().to_string();
+            assert!(err.contains("is a folder"), "{err}");
             Ok(())
         });
     }

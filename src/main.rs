@@ -23,8 +23,16 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run the HTTP service (address from `server.host` / `server.port`).
-    Serve,
+    /// Run the HTTP service. Ctrl-C stops it at once when idle; SIGTERM first turns
+    /// readiness false for `server.shutdown_drain_secs` (for a load balancer).
+    Serve {
+        /// Address to listen on, e.g. 127.0.0.1; overrides `server.host` (default 0.0.0.0).
+        #[arg(long)]
+        host: Option<String>,
+        /// Port to listen on, 1 to 65535; overrides `server.port` (default 8080).
+        #[arg(long, value_parser = clap::value_parser!(u16).range(1..))]
+        port: Option<u16>,
+    },
     /// Measure the batching engine alone: at several concurrency levels (decode tokens/s,
     /// step time, time to first token, tokens per pass, where step time goes, peak RSS), or
     /// with `--users` in a closed loop.
@@ -80,6 +88,7 @@ enum Command {
     },
     /// Fetch every configured trend source once and print the merged ranking and source status.
     Trends {
+        /// Print the result as one JSON document instead of text.
         #[arg(long)]
         json: bool,
     },
@@ -87,10 +96,16 @@ enum Command {
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    let config = Config::load(cli.config.as_deref())?;
+    let mut config = Config::load(cli.config.as_deref())?;
     init_logging(config.server.log_format);
     match cli.command {
-        Command::Serve => serve(config),
+        Command::Serve { host, port } => {
+            // Flags over the file and the environment.
+            config.server.host = host.unwrap_or(config.server.host);
+            config.server.port = port.unwrap_or(config.server.port);
+            config.validate()?;
+            serve(config)
+        }
         Command::Generate {
             model,
             prompt,
@@ -196,10 +211,12 @@ fn generate(
     prompt: &str,
     max_tokens: usize,
 ) -> anyhow::Result<()> {
-    let dir = model_dir.unwrap_or_else(|| config.model.dir.clone());
-    let info = ModelInfo::load(&dir)?;
+    let info = match model_dir {
+        Some(dir) => ModelInfo::load(&dir)?,
+        None => trendstory::server::load_model_info(config)?,
+    };
     if info.random_weights {
-        tracing::warn!(model = %info.model_id, "serving a model with RANDOM weights: its text is noise, use it for benchmarks only");
+        tracing::warn!(model = %info.model_id, "this model has RANDOM weights: its text is noise (a benchmark stand-in)");
     }
     let tokenizer = TextTokenizer::load(&info.tokenizer_path(), &info)?;
     let options = SessionOptions::from_config(&config.inference);
@@ -224,4 +241,25 @@ fn generate(
         decode_rate
     );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn every_option_has_help() {
+        let cli = Cli::command();
+        for command in std::iter::once(&cli).chain(cli.get_subcommands()) {
+            for arg in command.get_arguments() {
+                assert!(
+                    arg.get_help().is_some(),
+                    "`{} --{}` has no help",
+                    command.get_name(),
+                    arg.get_id()
+                );
+            }
+        }
+    }
 }

@@ -10,12 +10,13 @@ use std::sync::{Mutex, OnceLock};
 
 use ort::environment::Environment;
 
-use crate::config::RuntimeConfig;
+use crate::config::{find_default, PathOrigin, RuntimeConfig};
 
 /// The ONNX Runtime version `scripts/fetch-onnxruntime.sh` installs.
 pub const PINNED_ORT_VERSION: &str = "1.32.0";
 
-/// Where `scripts/fetch-onnxruntime.sh` puts the library, relative to the repository root.
+/// Where `scripts/fetch-onnxruntime.sh` puts the library, relative to the repository root;
+/// looked for in the working directory, then beside the binary (`config::find_default`).
 pub const DEFAULT_LIBRARY_PATH: &str = ".cache/onnxruntime/libonnxruntime.so.1.32.0";
 
 /// Environment variable that overrides every other setting, as `ort` itself documents.
@@ -27,29 +28,30 @@ const FETCH_HINT: &str =
 /// Why ONNX Runtime could not be started.
 #[derive(Debug, thiserror::Error)]
 pub enum RuntimeError {
-    #[error("ONNX Runtime library not found at {path} ({source_of_path}); {FETCH_HINT}")]
+    #[error("ONNX Runtime library not found at {} ({source_of_path}); {FETCH_HINT}", path.display())]
     LibraryMissing {
         path: PathBuf,
-        source_of_path: &'static str,
+        source_of_path: String,
     },
-    #[error("ONNX Runtime library at {path} could not be loaded: {reason}; {FETCH_HINT}")]
+    #[error("ONNX Runtime library at {} could not be loaded: {reason}; {FETCH_HINT}", path.display())]
     LibraryInvalid { path: PathBuf, reason: String },
 }
 
 static ENVIRONMENT: OnceLock<Environment> = OnceLock::new();
 static INIT_LOCK: Mutex<()> = Mutex::new(());
 
-/// Resolves the library path: `ORT_DYLIB_PATH`, then the config key, then the default cache.
-pub fn library_path(config: &RuntimeConfig) -> (PathBuf, &'static str) {
+/// Resolves the library path: `ORT_DYLIB_PATH`, then the config key, then the default
+/// cache; with where it came from, in words.
+pub fn library_path(config: &RuntimeConfig) -> (PathBuf, String) {
     if let Some(path) = std::env::var_os(LIBRARY_ENV_VAR).filter(|p| !p.is_empty()) {
-        return (PathBuf::from(path), "from ORT_DYLIB_PATH");
+        return (PathBuf::from(path), format!("from {LIBRARY_ENV_VAR}"));
     }
     match &config.onnxruntime_library {
-        Some(path) => (path.clone(), "from runtime.onnxruntime_library"),
-        None => (
-            PathBuf::from(DEFAULT_LIBRARY_PATH),
-            "the default cache path",
-        ),
+        Some(path) => (path.clone(), "from runtime.onnxruntime_library".into()),
+        None => {
+            let (path, looked) = find_default(Path::new(DEFAULT_LIBRARY_PATH));
+            (path, PathOrigin::Default { looked }.to_string())
+        }
     }
 }
 
@@ -67,7 +69,7 @@ pub fn environment(config: &RuntimeConfig) -> Result<Environment, RuntimeError> 
     load(&path, source_of_path)
 }
 
-fn load(path: &Path, source_of_path: &'static str) -> Result<Environment, RuntimeError> {
+fn load(path: &Path, source_of_path: String) -> Result<Environment, RuntimeError> {
     let _guard = INIT_LOCK
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner());

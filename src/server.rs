@@ -2,10 +2,12 @@
 //! background tasks once, then actix-web on the given listener. `main` and the integration
 //! tests share this entry point.
 //!
-//! Shutdown (SIGTERM or Ctrl-C): readiness turns false and new story requests get 503 at
-//! once; after `server.shutdown_drain_secs` (time for the load balancer to notice) the
-//! listener closes, and requests and streams in flight get `server.shutdown_timeout_secs`
-//! to finish before `run` returns.
+//! Shutdown on SIGTERM (how Kubernetes stops a pod): readiness turns false and new story
+//! requests get 503 at once; after `server.shutdown_drain_secs` (time for the load
+//! balancer to notice) the listener closes, and requests and streams in flight get
+//! `server.shutdown_timeout_secs` to finish before `run` returns. Ctrl-C (SIGINT) is a
+//! person at a terminal: no drain, the listener closes at once and requests in flight get
+//! the same timeout; a second Ctrl-C exits without waiting for them.
 
 use std::net::TcpListener;
 use std::sync::Arc;
@@ -17,8 +19,8 @@ use tracing_actix_web::TracingLogger;
 use crate::api::access::Access;
 use crate::api::probes::Lifecycle;
 use crate::api::{self, AppState};
-use crate::config::Config;
-use crate::engine::{ModelInfo, TextTokenizer};
+use crate::config::{env_var, Config};
+use crate::engine::{EngineError, ModelInfo, TextTokenizer};
 use crate::inference::{model_factory, InferencePool};
 use crate::metrics::Metrics;
 use crate::stories::prompt::PromptBuilder;
@@ -33,7 +35,7 @@ const WARM_UP_RETRY: Duration = Duration::from_millis(200);
 /// error instead of a server that never becomes ready: the model folder and the ONNX
 /// Runtime library.
 pub fn preflight(config: &Config) -> anyhow::Result<ModelInfo> {
-    let info = ModelInfo::load(&config.model.dir)?;
+    let info = load_model_info(config)?;
     crate::runtime::environment(&config.runtime)?;
     if info.random_weights {
         tracing::warn!(
@@ -42,6 +44,24 @@ pub fn preflight(config: &Config) -> anyhow::Result<ModelInfo> {
         );
     }
     Ok(info)
+}
+
+/// Reads the model folder `model.dir` names. A missing folder's error says where the value
+/// came from (for the default: every place looked) and how to set it.
+///
+/// # Errors
+/// As [`ModelInfo::load`].
+pub fn load_model_info(config: &Config) -> anyhow::Result<ModelInfo> {
+    ModelInfo::load(&config.model.dir).map_err(|error| match error {
+        EngineError::ModelDirMissing { path } => anyhow::anyhow!(
+            "model folder {} does not exist (`model.dir`, {}). Set `model.dir` in the config \
+             file or {} to an exported model folder; scripts/fetch-model.sh builds TinyLlama's",
+            path.display(),
+            config.origins.of("model.dir"),
+            env_var("model.dir"),
+        ),
+        other => other.into(),
+    })
 }
 
 /// Runs the server until SIGTERM or Ctrl-C, then shuts down gracefully (module doc).
@@ -80,15 +100,24 @@ pub async fn run(config: Config, listener: TcpListener) -> std::io::Result<()> {
     let drain = Duration::from_secs(config.server.shutdown_drain_secs);
     actix_web::rt::spawn(async move {
         let signal = stop_signal().await;
-        tracing::info!(
-            signal,
-            drain_secs = drain.as_secs(),
-            "shutting down: readiness false, new stories refused"
-        );
         lifecycle.begin_shutdown();
-        actix_web::rt::time::sleep(drain).await;
+        if signal == StopSignal::Terminate {
+            tracing::info!(
+                drain_secs = drain.as_secs(),
+                "SIGTERM: shutting down; readiness false and new stories refused during the drain"
+            );
+            actix_web::rt::time::sleep(drain).await;
+        } else {
+            tracing::info!("Ctrl-C: shutting down (Ctrl-C again to exit without waiting)");
+        }
         tracing::info!("closing the listener; waiting for requests in flight");
-        handle.stop(true).await;
+        tokio::select! {
+            () = handle.stop(true) => {}
+            () = interrupted() => {
+                tracing::warn!("Ctrl-C again: exiting without waiting for requests in flight");
+                std::process::exit(130);
+            }
+        }
     });
     server.await?;
     tracing::info!("stopped");
@@ -125,6 +154,7 @@ fn start_services(config: &Config) -> anyhow::Result<AppState> {
         lifecycle: Arc::new(Lifecycle::default()),
         access,
         model,
+        random_weights: info.random_weights,
         max_trends: config.trends.max_trends,
     })
 }
@@ -146,26 +176,42 @@ async fn warm_up(stories: Arc<StoryService>, lifecycle: Arc<Lifecycle>) {
     }
 }
 
+/// The signals that stop the server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum StopSignal {
+    /// SIGTERM: an orchestrator; drain first.
+    Terminate,
+    /// SIGINT: Ctrl-C at a terminal; no drain.
+    Interrupt,
+}
+
 /// Resolves on SIGTERM or Ctrl-C (SIGINT), naming it.
-async fn stop_signal() -> &'static str {
-    use actix_web::rt::signal;
+async fn stop_signal() -> StopSignal {
     #[cfg(unix)]
     {
-        match signal::unix::signal(signal::unix::SignalKind::terminate()) {
+        use actix_web::rt::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
             Ok(mut term) => tokio::select! {
-                _ = term.recv() => "SIGTERM",
-                _ = signal::ctrl_c() => "SIGINT",
+                _ = term.recv() => StopSignal::Terminate,
+                () = interrupted() => StopSignal::Interrupt,
             },
             Err(error) => {
                 tracing::warn!(%error, "cannot listen for SIGTERM; only Ctrl-C stops the server");
-                let _ = signal::ctrl_c().await;
-                "SIGINT"
+                interrupted().await;
+                StopSignal::Interrupt
             }
         }
     }
     #[cfg(not(unix))]
     {
-        let _ = signal::ctrl_c().await;
-        "SIGINT"
+        interrupted().await;
+        StopSignal::Interrupt
+    }
+}
+
+/// Resolves on the next Ctrl-C (never, if it cannot be listened for).
+async fn interrupted() {
+    if actix_web::rt::signal::ctrl_c().await.is_err() {
+        std::future::pending::<()>().await;
     }
 }

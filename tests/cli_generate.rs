@@ -5,8 +5,8 @@ mod common;
 use std::process::Command;
 
 fn trendstory() -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_trendstory"));
-    cmd.env_remove("TRENDSTORY_CONFIG").env(
+    let mut cmd = common::process::trendstory();
+    cmd.env(
         "ORT_DYLIB_PATH",
         common::repo_path(trendstory::runtime::DEFAULT_LIBRARY_PATH),
     );
@@ -78,5 +78,8 @@ fn bad_config_value_names_the_key() {
             .env("TRENDSTORY_SERVER__PORT", "not-a-port")
             .args(["generate", "--prompt", "hi"]),
     );
-    assert!(stderr.contains("server.port"), "{stderr}");
+    assert!(
+        stderr.contains("`server.port` must be a port number from 1 to 65535, got \"not-a-port\" (from TRENDSTORY_SERVER__PORT)"),
+        "plain words, the key and where the value came from: {stderr}"
+    );
 }

@@ -7,6 +7,7 @@ use actix_web::http::header;
 use serde_json::{json, Value};
 
 use common::{client, start_server, tiny_server_config};
+use trendstory::stories::validate::{field_rule, FIELDS};
 
 /// One bad request: how it is sent and what must come back.
 struct Case {
@@ -266,4 +267,135 @@ async fn every_bad_input_gets_its_status_and_a_json_error() {
     assert_eq!(response.status(), 200);
     let story: Value = response.json().await.unwrap();
     assert_eq!(story["tokens"], 3);
+}
+
+/// Every field of every endpoint, given a value of the wrong type or form: the 400 names
+/// the field and says what it accepts, in the same words as the field's range error.
+#[actix_web::test]
+async fn every_field_error_names_the_field_and_what_it_accepts() {
+    let config = tiny_server_config();
+    let max_new_tokens = config.inference.max_new_tokens;
+    let max_trends = config.trends.max_trends;
+    let base = start_server(config).await;
+    let rule = |field: &str| field_rule(field, max_new_tokens);
+    let limit_rule = format!("a whole number between 1 and {max_trends}");
+    let sources = "one of hackernews, reddit, google_trends, wikipedia, file";
+    // (field, a wrong value as JSON, the same as a query value, what it accepts); the
+    // query has no wrong value for `topic` (any text is one).
+    let story_fields = [
+        ("topic", "5", None),
+        ("style", r#""opera""#, Some("opera")),
+        ("max_tokens", r#""ten""#, Some("ten")),
+        ("temperature", r#""hot""#, Some("hot")),
+        ("top_p", "[1]", Some("x")),
+        ("top_k", "-1", Some("-1")),
+        ("repetition_penalty", "{}", Some("1,5")),
+        ("seed", "1.5", Some("1.5")),
+        ("stream", r#""yes""#, Some("maybe")),
+    ];
+    assert_eq!(
+        story_fields.map(|(field, ..)| field),
+        FIELDS,
+        "every field of a story request is tried"
+    );
+    let mut cases: Vec<(Case, String)> = Vec::new();
+    for (field, json_value, query_value) in story_fields {
+        let body = format!(r#"{{"{field}": {json_value}}}"#);
+        let expected = format!("`{field}` must be {}, got {json_value}", rule(field));
+        cases.push((post("body field", body, 400, "invalid_request"), expected));
+        if let Some(value) = query_value {
+            let shown = if value.parse::<f64>().is_ok() {
+                value.to_string()
+            } else {
+                format!("\"{value}\"")
+            };
+            let expected = format!("`{field}` must be {}, got {shown}", rule(field));
+            let path = format!("/v1/stories?topic=x&{field}={value}");
+            cases.push((
+                get("query parameter", &path, 400, "invalid_request"),
+                expected,
+            ));
+        }
+    }
+    for (path, expected) in [
+        (
+            "/v1/trends?limit=abc",
+            format!("`limit` must be {limit_rule}, got \"abc\""),
+        ),
+        (
+            "/v1/trends?limit=-2",
+            format!("`limit` must be {limit_rule}, got -2"),
+        ),
+        (
+            "/v1/trends?limit=0",
+            format!("`limit` must be {limit_rule}, got 0"),
+        ),
+        (
+            "/v1/trends?source=myspace",
+            format!("`source` must be {sources}, got \"myspace\""),
+        ),
+        (
+            "/v1/stories/trending?limit=1.5",
+            format!("`limit` must be {limit_rule}, got 1.5"),
+        ),
+        (
+            "/v1/stories/trending?limit=9999",
+            format!("`limit` must be {limit_rule}, got 9999"),
+        ),
+    ] {
+        cases.push((
+            get("list parameter", path, 400, "invalid_request"),
+            expected,
+        ));
+    }
+    // Range errors say the same: only the code differs (`out_of_range`).
+    for (field, value) in [
+        ("max_tokens", "0"),
+        ("temperature", "9"),
+        ("top_p", "2"),
+        ("repetition_penalty", "0"),
+    ] {
+        let body = format!(r#"{{"{field}": {value}}}"#);
+        let expected = format!("`{field}` must be {}, got {value}", rule(field));
+        cases.push((post("range", body, 400, "out_of_range"), expected));
+    }
+    // Unknown fields and parameters list the accepted ones.
+    let story_list = FIELDS.join(", ");
+    for (case, expected) in [
+        (
+            post("unknown", r#"{"colour": 1}"#, 400, "invalid_request"),
+            format!("unknown field `colour`: the accepted ones are {story_list}"),
+        ),
+        (
+            get("unknown", "/v1/stories?colour=1", 400, "invalid_request"),
+            format!("unknown query parameter `colour`: the accepted ones are {story_list}"),
+        ),
+        (
+            get("unknown", "/v1/trends?colour=1", 400, "invalid_request"),
+            "unknown query parameter `colour`: the accepted ones are limit, source".into(),
+        ),
+        (
+            get(
+                "unknown",
+                "/v1/stories/trending?colour=1",
+                400,
+                "invalid_request",
+            ),
+            "unknown query parameter `colour`: the accepted ones are limit".into(),
+        ),
+    ] {
+        cases.push((case, expected));
+    }
+    for (case, expected) in &cases {
+        let (status, body, _) = send(&base, case).await;
+        let what = format!(
+            "{} {} {:?}",
+            case.method,
+            case.path,
+            String::from_utf8_lossy(&case.body)
+        );
+        assert_eq!(status, case.status, "{what}: {body}");
+        assert_eq!(body["error"]["code"], case.code, "{what}: {body}");
+        assert_eq!(body["error"]["message"], expected.as_str(), "{what}");
+    }
 }

@@ -3,28 +3,12 @@
 
 mod common;
 
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
 use serde_json::{json, Value};
 
-/// Kills the server if the test fails half-way.
-struct Server(Child);
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+use common::process::ServerProcess;
 
 /// Reads a whole SSE response and returns its events' names.
 async fn event_names(
@@ -45,28 +29,12 @@ async fn event_names(
 
 #[actix_web::test]
 async fn sigterm_drains_streams_then_exits_zero() {
-    let model = common::required_model(common::TINY);
-    let port = free_port();
-    let base = format!("http://127.0.0.1:{port}");
-    let child = Command::new(env!("CARGO_BIN_EXE_trendstory"))
-        .arg("serve")
-        .env("TRENDSTORY_SERVER__HOST", "127.0.0.1")
-        .env("TRENDSTORY_SERVER__PORT", port.to_string())
-        .env("TRENDSTORY_SERVER__SHUTDOWN_DRAIN_SECS", "1")
-        .env("TRENDSTORY_SERVER__SHUTDOWN_TIMEOUT_SECS", "30")
-        .env("TRENDSTORY_MODEL__DIR", &model)
-        .env(
-            "TRENDSTORY_RUNTIME__ONNXRUNTIME_LIBRARY",
-            common::runtime().onnxruntime_library.unwrap(),
-        )
-        .env("TRENDSTORY_INFERENCE__THREADS_PER_WORKER", "1")
-        .env("TRENDSTORY_STORIES__TRENDING__ENABLED", "false")
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("start the server");
-    let mut server = Server(child);
-    common::wait_ready(&base).await;
+    let mut server = ServerProcess::serve_tiny(&[
+        ("TRENDSTORY_SERVER__SHUTDOWN_DRAIN_SECS", "1"),
+        ("TRENDSTORY_SERVER__SHUTDOWN_TIMEOUT_SECS", "30"),
+    ])
+    .await;
+    let base = server.base.clone();
 
     // Several long streams, so each step is slower and they outlast the drain.
     let client = common::client();
@@ -81,11 +49,7 @@ async fn sigterm_drains_streams_then_exits_zero() {
         streams.push(response);
     }
     let sent_at = Instant::now();
-    let status = Command::new("kill")
-        .args(["-TERM", &server.0.id().to_string()])
-        .status()
-        .expect("kill");
-    assert!(status.success());
+    server.signal("TERM");
 
     // Readiness turns false first, and new stories are refused, while streams go on.
     let not_ready = tokio::time::timeout(Duration::from_secs(5), async {
@@ -117,16 +81,10 @@ async fn sigterm_drains_streams_then_exits_zero() {
     }
     let finished_after = sent_at.elapsed();
 
-    let exit = tokio::time::timeout(Duration::from_secs(30), async {
-        loop {
-            if let Some(status) = server.0.try_wait().unwrap() {
-                return status;
-            }
-            actix_web::rt::time::sleep(Duration::from_millis(20)).await;
-        }
-    })
-    .await
-    .expect("the server exits after draining");
+    let exit = server
+        .exit_within(Duration::from_secs(30))
+        .await
+        .expect("the server exits after draining");
     assert!(exit.success(), "exit status {exit:?}");
     eprintln!("streams finished {finished_after:?} after SIGTERM");
 }

@@ -249,7 +249,7 @@ async fn every_endpoint_answers_with_its_shape() {
         sorted(&["rank", "topic", "status", "story"])
     );
     assert_eq!(
-        entries[0]["status"], "pending",
+        entries[0]["status"], "not_scheduled",
         "pre-generation is off here"
     );
 
@@ -469,6 +469,18 @@ async fn pregeneration_fills_the_trending_stories() {
     .expect("trending stories written within 30 s");
     assert_eq!(ready[0]["story"]["topic"], ready[0]["topic"]);
     assert_eq!(ready[0]["story"]["tokens"], 8);
+    // Beyond top_k, nothing is written in the background, and the entries say so.
+    let (_, body) = get_json(&base, "/v1/stories/trending?limit=4").await;
+    let statuses: Vec<&str> = body["stories"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["status"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        statuses,
+        ["ready", "ready", "not_scheduled", "not_scheduled"]
+    );
     // A plain request for the top topic is then a cache hit.
     let (status, story) = post(&base, json!({"topic": ready[0]["topic"]})).await;
     assert_eq!(status, 200);

@@ -196,7 +196,8 @@ class Server:
             ready = f"{self.host}/health"
         else:
             config = self.workdir / f"{self.kind}.toml"
-            config.write_text(bench_config(self.port, self.args.model))
+            # Absolute: a relative path in a config file is taken from the file's folder.
+            config.write_text(bench_config(self.port, str((ROOT / self.args.model).resolve())))
             cmd = [self.args.binary, "serve", "--config", str(config)]
             env.setdefault("ORT_DYLIB_PATH",
                            str(ROOT / ".cache/onnxruntime/libonnxruntime.so.1.32.0"))

@@ -106,7 +106,8 @@ impl Access {
         })
     }
 
-    fn client_ip(&self, request: &ServiceRequest) -> String {
+    /// The client's address: the peer's, or `X-Forwarded-For`'s when trusted.
+    pub fn client_ip(&self, request: &ServiceRequest) -> String {
         let info = request.connection_info();
         let ip = if self.trust_forwarded_for {
             info.realip_remote_addr()

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use actix_web::body::{BoxBody, MessageBody};
 use actix_web::dev::ServiceResponse;
-use actix_web::error::{JsonPayloadError, QueryPayloadError};
+use actix_web::error::JsonPayloadError;
 use actix_web::http::header::{self, HeaderName, HeaderValue};
 use actix_web::http::StatusCode;
 use actix_web::{HttpRequest, HttpResponse, ResponseError};
@@ -30,6 +30,21 @@ pub enum ApiError {
     Story(#[from] StoryError),
     #[error("{0}")]
     BadRequest(String),
+    /// A body field or query parameter of the wrong type or form; `rule` is what the field
+    /// accepts, in the words its range check uses.
+    #[error("`{field}` must be {rule}, got {value}")]
+    InvalidField {
+        field: &'static str,
+        rule: String,
+        value: String,
+    },
+    /// `kind` is "field" (JSON body) or "query parameter".
+    #[error("unknown {kind} `{name}`: the accepted ones are {accepted}")]
+    UnknownField {
+        kind: &'static str,
+        name: String,
+        accepted: String,
+    },
     #[error("request body larger than the {limit} byte limit")]
     PayloadTooLarge { limit: usize },
     #[error("unsupported content type: send application/json")]
@@ -51,7 +66,9 @@ impl ApiError {
     pub fn code(&self) -> &'static str {
         match self {
             Self::Story(e) => e.code(),
-            Self::BadRequest(_) => "invalid_request",
+            Self::BadRequest(_) | Self::InvalidField { .. } | Self::UnknownField { .. } => {
+                "invalid_request"
+            }
             Self::PayloadTooLarge { .. } => "payload_too_large",
             Self::UnsupportedMediaType => "unsupported_media_type",
             Self::Unauthorized => "unauthorized",
@@ -91,7 +108,9 @@ impl ResponseError for ApiError {
                     StatusCode::INTERNAL_SERVER_ERROR
                 }
             },
-            Self::BadRequest(_) => StatusCode::BAD_REQUEST,
+            Self::BadRequest(_) | Self::InvalidField { .. } | Self::UnknownField { .. } => {
+                StatusCode::BAD_REQUEST
+            }
             Self::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::Unauthorized => StatusCode::UNAUTHORIZED,
@@ -161,21 +180,13 @@ pub fn json_error(error: JsonPayloadError, _: &HttpRequest) -> actix_web::Error 
         JsonPayloadError::OverflowKnownLength { limit, .. }
         | JsonPayloadError::Overflow { limit } => ApiError::PayloadTooLarge { limit: *limit },
         JsonPayloadError::ContentType => ApiError::UnsupportedMediaType,
+        // The body is read as raw JSON first (`extract::Body`), so this is its syntax.
         JsonPayloadError::Deserialize(e) => {
-            ApiError::from(ValidationError::Malformed(e.to_string()))
+            ApiError::BadRequest(format!("the request body is not valid JSON: {e}"))
         }
         other => ApiError::BadRequest(format!("cannot read the request body: {other}")),
     };
     api.into()
-}
-
-/// `web::QueryConfig` error handler.
-pub fn query_error(error: QueryPayloadError, _: &HttpRequest) -> actix_web::Error {
-    let message = match &error {
-        QueryPayloadError::Deserialize(e) => e.to_string(),
-        other => other.to_string(),
-    };
-    ApiError::from(ValidationError::Malformed(message)).into()
 }
 
 /// The default service: unknown paths.

@@ -4,20 +4,26 @@
 //! - `trends`: `GET /v1/trends`.
 //! - `probes`: `/healthz`, `/readyz`, `/metrics` and the [`probes::Lifecycle`] flags.
 //! - `openapi`: `/openapi.json`, generated from the handlers' own types.
-//! - `page`: the web page at `/` and its files under `/static/` (not in the API document).
+//! - `page`: the web page at `/`, its files under `/static/` and its settings at
+//!   `/page.json` (not in the API document).
 //! - `access`: API keys and rate limiting on `/v1/*`; `config`: `[api]`.
 //! - `errors`: [`errors::ApiError`], the one JSON error shape, the request id header.
+//! - `extract`: body and query extractors whose 400s name the field and what it accepts.
+//! - `request_log`: one log line per request, written once its response has gone out.
 //!
 //! Every response passes [`finish`]: it times the request for the duration histogram
-//! (labelled with the route pattern, never the raw path), sets `x-request-id`, and gives
-//! error responses the JSON error shape.
+//! (labelled with the route pattern, never the raw path), sets `x-request-id`, gives
+//! error responses the JSON error shape, and writes the request's log line
+//! (`request_log`) once the response has gone out.
 
 pub mod access;
 pub mod config;
 pub mod errors;
+pub mod extract;
 pub mod openapi;
 pub mod page;
 pub mod probes;
+pub mod request_log;
 pub mod sse;
 pub mod stories;
 pub mod trends;
@@ -42,6 +48,7 @@ use crate::stories::StoryService;
 use crate::trends::TrendsHandle;
 use access::Access;
 use probes::Lifecycle;
+use request_log::{LoggedBody, RequestLine, StoryNote};
 
 /// What every handler can reach; one per server, shared by its HTTP workers.
 pub struct AppState {
@@ -53,21 +60,29 @@ pub struct AppState {
     pub access: Access,
     /// The served model's display id.
     pub model: Arc<str>,
+    /// The model's weights are random (a benchmark stand-in): its stories are noise.
+    pub random_weights: bool,
     /// `trends.max_trends`: the largest `limit` of the list endpoints.
     pub max_trends: usize,
 }
 
 impl AppState {
+    /// What a list endpoint's `limit` accepts.
+    pub fn limit_rule(&self) -> String {
+        format!("a whole number between 1 and {}", self.max_trends)
+    }
+
     /// A list endpoint's `limit`, checked against `trends.max_trends`.
     ///
     /// # Errors
-    /// `BadRequest` naming the bounds when it is 0 or above them.
+    /// `InvalidField` naming the bounds when it is 0 or above them.
     pub fn trend_limit(&self, limit: usize) -> Result<usize, errors::ApiError> {
-        let max = self.max_trends;
-        if limit == 0 || limit > max {
-            return Err(errors::ApiError::BadRequest(format!(
-                "`limit` must be between 1 and {max}, got {limit}"
-            )));
+        if limit == 0 || limit > self.max_trends {
+            return Err(errors::ApiError::InvalidField {
+                field: "limit",
+                rule: self.limit_rule(),
+                value: limit.to_string(),
+            });
         }
         Ok(limit)
     }
@@ -89,7 +104,6 @@ pub fn configure(config: &mut web::ServiceConfig, api: &ApiConfig) {
                 .limit(api.max_body_bytes)
                 .error_handler(errors::json_error),
         )
-        .app_data(web::QueryConfig::default().error_handler(errors::query_error))
         .service(
             web::scope("/v1")
                 .wrap_fn(|request, service| {
@@ -157,17 +171,25 @@ where
         .extensions()
         .get::<RequestId>()
         .map(|id| id.to_string());
-    let metrics = request
-        .app_data::<web::Data<AppState>>()
-        .map(|state| Arc::clone(&state.metrics));
+    let state = request.app_data::<web::Data<AppState>>();
+    let metrics = state.map(|state| Arc::clone(&state.metrics));
+    let client = state.map_or_else(String::new, |state| state.access.client_ip(&request));
+    let mut line = RequestLine::new(request.method().to_string(), client, started);
+    line.request_id = id.clone();
     let call = service.call(request);
     async move {
-        let response = errors::finish_response(call.await?, id);
+        let response = match call.await {
+            Ok(response) => errors::finish_response(response, id),
+            Err(error) => {
+                line.end(error.as_response_error().status_code().as_u16());
+                return Err(error);
+            }
+        };
+        let route = response
+            .request()
+            .match_pattern()
+            .unwrap_or_else(|| "unmatched".into());
         if let Some(metrics) = metrics {
-            let route = response
-                .request()
-                .match_pattern()
-                .unwrap_or_else(|| "unmatched".into());
             metrics.observe_http(
                 &route,
                 response.request().method().as_str(),
@@ -175,6 +197,9 @@ where
                 started.elapsed(),
             );
         }
-        Ok(response)
+        line.route = route;
+        line.status = response.status().as_u16();
+        line.story = response.request().extensions().get::<StoryNote>().cloned();
+        Ok(response.map_body(|_, body| BoxBody::new(LoggedBody::new(body, line))))
     }
 }

@@ -2,14 +2,25 @@
 //! `include_str!` (no build step, no CDN, no request to any other origin).
 //!
 //! The page is plain HTML, CSS and JavaScript that talks only to this server's own API
-//! (`/readyz`, `/v1/trends`, `/v1/stories`, `/v1/stories/trending`). Every asset is served
+//! (`/readyz`, `/v1/trends`, `/v1/stories`, `/v1/stories/trending`) and to `/page.json`,
+//! its settings from this server ([`PageSettings`]: the model, whether its weights are
+//! random, the length limits of the trends it lists). Every asset is served
 //! with a strict Content-Security-Policy: scripts, styles and images only from this origin,
 //! no inline code, `fetch` only to this origin, no framing. The script inserts trend and
 //! story text with `textContent`, never as HTML. These routes are not part of the JSON API,
 //! so the OpenAPI document leaves them out.
 
+use std::collections::BTreeMap;
+
 use actix_web::http::header::{self, HeaderValue};
 use actix_web::{web, HttpResponse};
+use serde::Serialize;
+
+use super::AppState;
+use crate::stories::Style;
+
+/// How many trends the page lists (the top ones), at most `trends.max_trends`.
+const TRENDS_LISTED: usize = 20;
 
 /// The policy of every page response; the page needs nothing else.
 pub const CONTENT_SECURITY_POLICY: &str = "default-src 'none'; script-src 'self'; \
@@ -48,8 +59,46 @@ const STATIC: [Asset; 3] = [
     },
 ];
 
-/// Registers `GET /` and the `/static/` files (and `HEAD`, answered without the body).
+/// What the page needs to know about this server, at `GET /page.json`.
+#[derive(Debug, Serialize)]
+pub struct PageSettings {
+    /// The served model's display id.
+    pub model: String,
+    /// Its weights are random: the page says, beside the story, that noise is expected.
+    pub random_weights: bool,
+    /// How many of the top trends the page lists.
+    pub trends_listed: usize,
+    pub default_style: Style,
+    pub default_max_tokens: usize,
+    /// Per style, the largest `max_tokens` the server accepts for every trend listed: the
+    /// configured cap, or less where the model's context leaves less after the prompt.
+    pub max_tokens: BTreeMap<&'static str, usize>,
+}
+
+async fn settings(state: web::Data<AppState>) -> HttpResponse {
+    let listed = TRENDS_LISTED.min(state.max_trends);
+    let trends = state.stories.top_trends(listed);
+    let stories = &state.stories;
+    let body = PageSettings {
+        model: state.model.to_string(),
+        random_weights: state.random_weights,
+        trends_listed: listed,
+        default_style: stories.config().default_style,
+        default_max_tokens: stories.config().default_max_tokens,
+        max_tokens: Style::ALL
+            .into_iter()
+            .map(|style| (style.as_str(), stories.max_tokens_for(style, &trends)))
+            .collect(),
+    };
+    HttpResponse::Ok()
+        .insert_header((header::CACHE_CONTROL, "no-cache"))
+        .json(body)
+}
+
+/// Registers `GET /`, `/page.json` and the `/static/` files (and `HEAD`, answered without
+/// the body).
 pub fn configure(config: &mut web::ServiceConfig) {
+    config.route("/page.json", web::get().to(settings));
     for asset in std::iter::once(&INDEX).chain(STATIC.iter()) {
         let (content_type, body) = (asset.content_type, asset.body);
         let handler = move || async move { respond(content_type, body) };

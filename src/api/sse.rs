@@ -13,6 +13,7 @@ use futures_util::stream;
 use serde::Serialize;
 
 use super::errors::{ApiError, ErrorBody};
+use super::request_log::StoryNote;
 use super::stories::StoryResponse;
 use crate::stories::{StoryEvent, StoryStream};
 
@@ -28,15 +29,17 @@ pub fn accepts_event_stream(request: &HttpRequest) -> bool {
         .any(|v| v.contains("text/event-stream"))
 }
 
-/// The streaming response of one story.
+/// The streaming response of one story; `note` gets its token counts at the end.
 pub fn respond(
     story: StoryStream,
     trend_lookup: Duration,
     started: Instant,
     request_id: Option<String>,
+    note: StoryNote,
 ) -> HttpResponse {
     let events = stream::unfold(Some(story), move |story| {
         let request_id = request_id.clone();
+        let note = note.clone();
         async move {
             let mut story = story?;
             let next = tokio::select! {
@@ -50,13 +53,11 @@ pub fn respond(
                 StoryEvent::Done {
                     story: done,
                     cached,
-                } => (
-                    frame(
-                        "done",
-                        &StoryResponse::new(&done, cached, trend_lookup, started),
-                    ),
-                    false,
-                ),
+                } => {
+                    note.set_tokens(done.prompt_tokens, done.tokens);
+                    let body = StoryResponse::new(&done, cached, trend_lookup, started);
+                    (frame("done", &body), false)
+                }
                 StoryEvent::Failed(error) => {
                     let api = ApiError::from(error);
                     let body = ErrorBody::new(api.code(), api.to_string(), request_id);

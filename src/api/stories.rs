@@ -11,8 +11,11 @@ use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
 use super::errors::{ApiError, ErrorBody};
+use super::extract::{Body, Fields, Query};
+use super::request_log::StoryNote;
 use super::{sse, AppState};
 use crate::engine::FinishReason;
+use crate::stories::validate::{field_rule, FIELDS};
 use crate::stories::{millis, Story, StoryRequest, Style, TrendRef};
 
 /// A story, as every story endpoint and the final SSE event return it.
@@ -100,9 +103,9 @@ impl StoryResponse {
 pub async fn post_story(
     request: HttpRequest,
     state: web::Data<AppState>,
-    body: web::Json<StoryRequest>,
+    body: Body<StoryRequest>,
 ) -> Result<HttpResponse, ApiError> {
-    serve(&request, &state, body.into_inner(), false).await
+    serve(&request, &state, body.0, false).await
 }
 
 /// The same request as a URL: a load balancer can route a topic to one replica by
@@ -124,9 +127,9 @@ pub async fn post_story(
 pub async fn get_story(
     request: HttpRequest,
     state: web::Data<AppState>,
-    query: web::Query<StoryRequest>,
+    query: Query<StoryRequest>,
 ) -> Result<HttpResponse, ApiError> {
-    serve(&request, &state, query.into_inner(), true).await
+    serve(&request, &state, query.0, true).await
 }
 
 /// The query parameters of `GET /v1/stories` (documentation of [`StoryRequest`] as a URL).
@@ -145,6 +148,14 @@ pub struct StoryQuery {
     stream: Option<bool>,
 }
 
+impl Fields for StoryRequest {
+    const NAMES: &'static [&'static str] = &FIELDS;
+
+    fn rule(field: &str, state: &AppState) -> String {
+        field_rule(field, state.stories.max_new_tokens())
+    }
+}
+
 /// One code path for both story endpoints.
 async fn serve(
     request: &HttpRequest,
@@ -160,11 +171,14 @@ async fn serve(
     let trend_lookup = started.elapsed();
     let stream = valid.stream || sse::accepts_event_stream(request);
     let story = state.stories.start(&valid)?;
+    let note = StoryNote::of(request);
+    note.set_cache(story.cache_outcome());
     if stream {
         let request_id = super::request_id(request);
-        return Ok(sse::respond(story, trend_lookup, started, request_id));
+        return Ok(sse::respond(story, trend_lookup, started, request_id, note));
     }
     let (story, cached) = story.finish().await?;
+    note.set_tokens(story.prompt_tokens, story.tokens);
     let body = StoryResponse::new(&story, cached, trend_lookup, started);
     let mut response = HttpResponse::Ok();
     if http_cacheable && valid.cacheable {
@@ -187,6 +201,14 @@ pub struct TrendingQuery {
     limit: Option<usize>,
 }
 
+impl Fields for TrendingQuery {
+    const NAMES: &'static [&'static str] = &["limit"];
+
+    fn rule(_: &str, state: &AppState) -> String {
+        state.limit_rule()
+    }
+}
+
 /// The stories of the top trends, as pre-generation keeps them.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct TrendingStories {
@@ -197,7 +219,9 @@ pub struct TrendingStories {
 pub struct TrendingStory {
     pub rank: usize,
     pub topic: String,
-    /// `ready` (story below) or `pending` (not written yet; never waited for).
+    /// `ready` (story below), `pending` (among the `stories.trending.top_k` that
+    /// pre-generation writes, not written yet; never waited for) or `not_scheduled`
+    /// (beyond them, or pre-generation is off: written only when someone asks for it).
     pub status: TrendingStatus,
     pub story: Option<StoryResponse>,
 }
@@ -207,9 +231,11 @@ pub struct TrendingStory {
 pub enum TrendingStatus {
     Ready,
     Pending,
+    NotScheduled,
 }
 
-/// Stories for the top trends, from the story cache; entries not written yet are pending.
+/// Stories for the top trends, from the story cache. Entries pre-generation will write are
+/// `pending` until written; those beyond `stories.trending.top_k` are `not_scheduled`.
 #[utoipa::path(
     get,
     path = "/v1/stories/trending",
@@ -223,7 +249,7 @@ pub enum TrendingStatus {
 )]
 pub async fn trending(
     state: web::Data<AppState>,
-    query: web::Query<TrendingQuery>,
+    Query(query): Query<TrendingQuery>,
 ) -> Result<HttpResponse, ApiError> {
     let started = Instant::now();
     let limit = state.trend_limit(
@@ -231,19 +257,22 @@ pub async fn trending(
             .limit
             .unwrap_or(state.stories.config().trending.top_k.max(1)),
     )?;
+    let pregen = &state.stories.config().trending;
+    let scheduled = if pregen.enabled { pregen.top_k } else { 0 };
     let stories = state
         .stories
         .top_trends(limit)
         .into_iter()
-        .map(|trend| {
+        .enumerate()
+        .map(|(index, trend)| {
             let story = state.stories.default_story(&trend.topic);
             TrendingStory {
                 rank: trend.rank,
                 topic: trend.topic,
-                status: if story.is_some() {
-                    TrendingStatus::Ready
-                } else {
-                    TrendingStatus::Pending
+                status: match &story {
+                    Some(_) => TrendingStatus::Ready,
+                    None if index < scheduled => TrendingStatus::Pending,
+                    None => TrendingStatus::NotScheduled,
                 },
                 story: story
                     .map(|s: Arc<Story>| StoryResponse::new(&s, true, Duration::ZERO, started)),

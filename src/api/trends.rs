@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
 use super::errors::{ApiError, ErrorBody};
+use super::extract::{Fields, Query};
 use super::AppState;
 use crate::trends::{format_time, Freshness, SourceKind, Trend};
 
@@ -20,6 +21,23 @@ pub struct TrendsQuery {
     /// Only trends listed by this source: `hackernews`, `reddit`, `google_trends`,
     /// `wikipedia` or `file`.
     source: Option<String>,
+}
+
+impl Fields for TrendsQuery {
+    const NAMES: &'static [&'static str] = &["limit", "source"];
+
+    fn rule(field: &str, state: &AppState) -> String {
+        match field {
+            "source" => source_rule(),
+            _ => state.limit_rule(),
+        }
+    }
+}
+
+/// What `source` accepts.
+fn source_rule() -> String {
+    let names: Vec<&str> = SourceKind::ALL.iter().map(|s| s.as_str()).collect();
+    format!("one of {}", names.join(", "))
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -90,7 +108,7 @@ impl TrendView {
 )]
 pub async fn list(
     state: web::Data<AppState>,
-    query: web::Query<TrendsQuery>,
+    Query(query): Query<TrendsQuery>,
 ) -> Result<HttpResponse, ApiError> {
     let limit = state.trend_limit(query.limit.unwrap_or(state.max_trends))?;
     let source = match &query.source {
@@ -98,12 +116,10 @@ pub async fn list(
             SourceKind::ALL
                 .into_iter()
                 .find(|s| s.as_str() == name)
-                .ok_or_else(|| {
-                    let names: Vec<&str> = SourceKind::ALL.iter().map(|s| s.as_str()).collect();
-                    ApiError::BadRequest(format!(
-                        "`source` must be one of {}, got `{name}`",
-                        names.join(", ")
-                    ))
+                .ok_or_else(|| ApiError::InvalidField {
+                    field: "source",
+                    rule: source_rule(),
+                    value: serde_json::Value::from(name.as_str()).to_string(),
                 })?,
         ),
         None => None,

@@ -29,7 +29,7 @@ use utoipa::ToSchema;
 pub use cache::{StoryCache, StoryKey};
 pub use config::StoriesConfig;
 pub use prompt::Style;
-pub use service::{StoryEvent, StoryService, StoryStream};
+pub use service::{CacheOutcome, StoryEvent, StoryService, StoryStream};
 pub use validate::{ValidStoryRequest, ValidationError};
 
 use crate::engine::FinishReason;

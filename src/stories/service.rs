@@ -14,7 +14,7 @@ use futures_util::StreamExt;
 use super::cache::{Flight, FlightEvent, Lookup, StoryCache, StoryKey, Subscription};
 use super::prompt::PromptBuilder;
 use super::validate::{validate, ValidStoryRequest, ValidationError};
-use super::{millis, GenerationTimings, StoriesConfig, Story, StoryError, StoryRequest};
+use super::{millis, GenerationTimings, StoriesConfig, Story, StoryError, StoryRequest, Style};
 use crate::engine::{FinishReason, GenerationStats, Priority, SamplingParams};
 use crate::inference::{InferError, InferenceHandle, ResponseStream, StreamEvent};
 use crate::metrics::Metrics;
@@ -53,6 +53,32 @@ pub enum StoryEvent {
 pub struct StoryStream {
     source: Source,
     ended: bool,
+    cache: CacheOutcome,
+}
+
+/// How the story cache answered a request: the `result` label of the cache metric and
+/// the `cache` field of the request's log line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CacheOutcome {
+    /// A finished story, no generation.
+    Hit,
+    /// Joined an identical generation in flight.
+    Coalesced,
+    /// Started the generation others may join.
+    Miss,
+    /// Not cacheable (no seed and `stories.cache.cache_unseeded = false`): a private one.
+    Bypass,
+}
+
+impl CacheOutcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Hit => "hit",
+            Self::Coalesced => "coalesced",
+            Self::Miss => "miss",
+            Self::Bypass => "bypass",
+        }
+    }
 }
 
 enum Source {
@@ -88,6 +114,11 @@ impl StoryStream {
         };
         self.ended = true;
         Some(event)
+    }
+
+    /// How the story cache answered this request.
+    pub fn cache_outcome(&self) -> CacheOutcome {
+        self.cache
     }
 
     /// Waits for the end: the story and whether it came from the cache.
@@ -137,6 +168,28 @@ impl StoryService {
 
     pub fn config(&self) -> &StoriesConfig {
         &self.config
+    }
+
+    /// `inference.max_new_tokens`: the largest `max_tokens` a request may ask for.
+    pub fn max_new_tokens(&self) -> usize {
+        self.max_new_tokens
+    }
+
+    /// The largest `max_tokens` a request in `style` may ask for about every one of
+    /// `trends`: `inference.max_new_tokens`, or less where the model's context leaves less
+    /// room after the longest of their prompts.
+    pub fn max_tokens_for(&self, style: Style, trends: &[Trend]) -> usize {
+        trends
+            .iter()
+            .filter_map(|t| {
+                self.prompts
+                    .build(style, &t.topic, t.context.as_deref())
+                    .ok()
+            })
+            .map(|prompt| self.limits.room(prompt.ids.len()))
+            .min()
+            .unwrap_or(self.limits.context_tokens)
+            .min(self.max_new_tokens)
     }
 
     /// True when an inference worker has its model loaded.
@@ -214,29 +267,31 @@ impl StoryService {
     /// `Inference(Overloaded | NotReady)` when the pool refuses a new generation, or a
     /// prompt that cannot be built.
     pub fn start(&self, request: &ValidStoryRequest) -> Result<StoryStream, StoryError> {
-        let live = |subscription| StoryStream {
+        let live = |subscription, cache| StoryStream {
             source: Source::Live(subscription),
             ended: false,
+            cache,
         };
         if !request.cacheable {
             let (flight, subscription) = StoryCache::private_flight();
             self.launch(request, flight, None, Priority::Interactive)?;
-            return Ok(live(subscription));
+            return Ok(live(subscription, CacheOutcome::Bypass));
         }
         match self.cache.lookup(&request.key) {
             Lookup::Hit(story) => {
-                self.metrics.cache_result("hit");
+                self.metrics.cache_result(CacheOutcome::Hit.as_str());
                 Ok(StoryStream {
                     source: Source::Cached { story, sent: false },
                     ended: false,
+                    cache: CacheOutcome::Hit,
                 })
             }
             Lookup::Follow(subscription) => {
-                self.metrics.cache_result("coalesced");
-                Ok(live(subscription))
+                self.metrics.cache_result(CacheOutcome::Coalesced.as_str());
+                Ok(live(subscription, CacheOutcome::Coalesced))
             }
             Lookup::Lead(flight, subscription) => {
-                self.metrics.cache_result("miss");
+                self.metrics.cache_result(CacheOutcome::Miss.as_str());
                 let landing = Landing {
                     cache: Arc::clone(&self.cache),
                     key: request.key.clone(),
@@ -248,7 +303,7 @@ impl StoryService {
                     Some(landing),
                     Priority::Interactive,
                 ) {
-                    Ok(()) => Ok(live(subscription)),
+                    Ok(()) => Ok(live(subscription, CacheOutcome::Miss)),
                     Err(e) => {
                         // Followers that joined meanwhile get the same refusal.
                         self.cache.land(&request.key, &flight);
@@ -342,6 +397,14 @@ struct PromptLimits {
 }
 
 impl PromptLimits {
+    /// New tokens that fit in the model's context after a prompt (none after one too long).
+    fn room(&self, prompt_tokens: usize) -> usize {
+        if prompt_tokens > self.max_prompt_tokens {
+            return 0;
+        }
+        self.context_tokens.saturating_sub(prompt_tokens)
+    }
+
     /// Refuses, as the client's error, a prompt too long or a `max_tokens` that would
     /// run past the model's context with this prompt.
     fn check(&self, prompt_tokens: usize, max_tokens: usize) -> Result<(), ValidationError> {
@@ -355,7 +418,7 @@ impl PromptLimits {
                 value: format!("a prompt of {prompt_tokens} tokens"),
             });
         }
-        let room = self.context_tokens.saturating_sub(prompt_tokens);
+        let room = self.room(prompt_tokens);
         if max_tokens > room {
             return Err(ValidationError::OutOfRange {
                 field: "max_tokens",

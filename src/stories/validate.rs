@@ -14,6 +14,41 @@ pub const MAX_TEMPERATURE: f32 = 5.0;
 /// Highest repetition penalty accepted.
 pub const MAX_REPETITION_PENALTY: f32 = 10.0;
 
+/// The fields of a story request, in the order the API documents them.
+pub const FIELDS: [&str; 9] = [
+    "topic",
+    "style",
+    "max_tokens",
+    "temperature",
+    "top_p",
+    "top_k",
+    "repetition_penalty",
+    "seed",
+    "stream",
+];
+
+/// What `field` of a story request accepts, in the words of every error about it: a
+/// range check below, and a wrong type at the HTTP edge.
+pub fn field_rule(field: &str, max_new_tokens: usize) -> String {
+    match field {
+        "topic" => "a string".into(),
+        "style" => {
+            let names: Vec<&str> = Style::ALL.iter().map(|s| s.as_str()).collect();
+            format!("one of {}", names.join(", "))
+        }
+        "max_tokens" => format!("a whole number between 1 and {max_new_tokens}"),
+        "temperature" => format!("a number between 0 and {MAX_TEMPERATURE}"),
+        "top_p" => "a number above 0 and at most 1".into(),
+        "top_k" => format!("a whole number between 0 (off) and {}", u32::MAX),
+        "repetition_penalty" => {
+            format!("a number above 0 and at most {MAX_REPETITION_PENALTY}")
+        }
+        "seed" => format!("a whole number between 0 and {}", u64::MAX),
+        "stream" => "true or false".into(),
+        _ => "a valid value".into(),
+    }
+}
+
 /// One rule a request broke; the message names the field, the rule and the value given.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum ValidationError {
@@ -96,7 +131,7 @@ pub fn validate(
         Some(n) if n == 0 || n as usize > max_new_tokens => {
             return Err(ValidationError::range(
                 "max_tokens",
-                format!("between 1 and {max_new_tokens}"),
+                field_rule("max_tokens", max_new_tokens),
                 n,
             ))
         }
@@ -107,13 +142,17 @@ pub fn validate(
     if !(temperature.is_finite() && (0.0..=MAX_TEMPERATURE).contains(&temperature)) {
         return Err(ValidationError::range(
             "temperature",
-            format!("between 0 and {MAX_TEMPERATURE}"),
+            field_rule("temperature", max_new_tokens),
             temperature,
         ));
     }
     let top_p = request.top_p.unwrap_or(config.default_top_p);
     if !(top_p > 0.0 && top_p <= 1.0) {
-        return Err(ValidationError::range("top_p", "in (0, 1]", top_p));
+        return Err(ValidationError::range(
+            "top_p",
+            field_rule("top_p", max_new_tokens),
+            top_p,
+        ));
     }
     let top_k = request.top_k.map_or(config.default_top_k, |k| k as usize);
     let repetition_penalty = request
@@ -122,7 +161,7 @@ pub fn validate(
     if !(repetition_penalty > 0.0 && repetition_penalty <= MAX_REPETITION_PENALTY) {
         return Err(ValidationError::range(
             "repetition_penalty",
-            format!("above 0 and at most {MAX_REPETITION_PENALTY}"),
+            field_rule("repetition_penalty", max_new_tokens),
             repetition_penalty,
         ));
     }
@@ -308,6 +347,38 @@ mod tests {
         for (request, field) in cases {
             assert_eq!(field_of(check(request).unwrap_err()), field);
         }
+    }
+
+    #[test]
+    fn the_fields_are_every_field_serde_knows() {
+        let err = serde_json::from_str::<StoryRequest>(r#"{"?": 1}"#)
+            .unwrap_err()
+            .to_string();
+        // "unknown field `?`, expected one of `topic`, `style`, ... at line 1 column 5"
+        let listed: Vec<&str> = err.split('`').skip(3).step_by(2).collect();
+        assert_eq!(listed, FIELDS, "{err}");
+    }
+
+    #[test]
+    fn range_errors_say_what_the_field_accepts() {
+        let err = check(StoryRequest {
+            max_tokens: Some(513),
+            ..StoryRequest::default()
+        })
+        .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "`max_tokens` must be a whole number between 1 and 512, got 513"
+        );
+        let err = check(StoryRequest {
+            top_p: Some(1.5),
+            ..StoryRequest::default()
+        })
+        .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            format!("`top_p` must be {}, got 1.5", field_rule("top_p", 512))
+        );
     }
 
     #[test]

@@ -24,17 +24,22 @@ pub fn run(config: &TrendsConfig, json: bool) -> anyhow::Result<()> {
         render_text(&snapshot)
     };
     println!("{out}");
-    let failed: Vec<&str> = snapshot
-        .sources
-        .iter()
-        .filter(|s| s.enabled && s.last_success.is_none())
-        .map(|s| s.source.as_str())
-        .collect();
+    let failed = failed_sources(&snapshot);
     if failed.is_empty() {
         Ok(())
     } else {
         anyhow::bail!("trend sources failed: {}", failed.join(", "))
     }
+}
+
+/// The enabled sources this one refresh got no list from.
+fn failed_sources(snapshot: &TrendSnapshot) -> Vec<&'static str> {
+    snapshot
+        .sources
+        .iter()
+        .filter(|s| s.enabled && s.last_success.is_none())
+        .map(|s| s.source.as_str())
+        .collect()
 }
 
 /// Fetches every enabled source once, concurrently, and builds the snapshot.
@@ -74,10 +79,20 @@ pub fn render_text(snapshot: &TrendSnapshot) -> String {
         };
         let _ = writeln!(out, "  {:<14} {line}", s.source.as_str());
     }
+    let failed = failed_sources(snapshot);
+    let health = if failed.is_empty() {
+        format!("{:?}", snapshot.freshness).to_lowercase()
+    } else {
+        let enabled = snapshot.sources.iter().filter(|s| s.enabled).count();
+        format!(
+            "{} of {enabled} sources FAILED: {}",
+            failed.len(),
+            failed.join(", ")
+        )
+    };
     let _ = writeln!(
         out,
-        "\nTrends ({:?}, {} topics, built {}):",
-        snapshot.freshness,
+        "\nTrends ({health}; {} topics, built {}):",
         snapshot.trends.len(),
         format_time(snapshot.built_at)
     );
@@ -116,10 +131,25 @@ mod tests {
         assert!(text.contains("hackernews     disabled"), "{text}");
         assert!(text.contains("file           ok"), "{text}");
         assert!(text.contains("  1. "), "{text}");
+        assert!(text.contains("\nTrends (fresh; "), "{text}");
         let json: serde_json::Value = serde_json::to_value(&snapshot).unwrap();
         assert_eq!(json["freshness"], "fresh");
         assert_eq!(json["trends"][0]["rank"], 1);
         assert_eq!(json["sources"][4]["source"], "file");
         assert!(json["built_at"].as_str().unwrap().ends_with('Z'));
+    }
+
+    #[actix_web::test]
+    async fn the_header_says_which_sources_failed() {
+        let mut config = TrendsConfig::default();
+        config.sources.hackernews.enabled = true;
+        // Nothing listens on port 1: the connection is refused at once.
+        config.sources.hackernews.base_url = "http://127.0.0.1:1".into();
+        let snapshot = refresh_once(&config).await;
+        let text = render_text(&snapshot);
+        assert!(
+            text.contains("\nTrends (1 of 2 sources FAILED: hackernews; "),
+            "{text}"
+        );
     }
 }

@@ -9,6 +9,7 @@ width) are saved under target/browser-artifacts/.
 from __future__ import annotations
 
 import base64
+import http.client
 import json
 import re
 import threading
@@ -177,6 +178,9 @@ def test_the_page_loads_without_console_errors_and_lists_the_trends(page):
     meta = page.find_element(By.ID, "trends-meta").text
     assert meta.startswith("6 trends · Fresh"), meta
     assert "random weights" in page.find_element(By.ID, "model").text
+    # Beside the story, not only in the footer: noise is what this model writes.
+    notice = page.find_element(By.ID, "random-notice")
+    assert notice.is_displayed() and "random weights" in notice.text, notice.text
 
 
 def test_the_script_injection_title_is_shown_as_text(page):
@@ -221,6 +225,91 @@ def test_a_story_streams_into_the_page_to_the_end(page):
     page.find_element(By.ID, "refresh-cached").click()
     wait(page, lambda d: len(d.find_elements(By.CSS_SELECTOR, "#cached-stories details")) >= 1,
          message="a cached story listed")
+    assert severe_console_entries(page) == []
+
+
+def story_status(server, body: dict) -> tuple[int, str | None]:
+    """POSTs a streamed story and hangs up as soon as the status arrives (the server then
+    cancels the generation); returns the status and, for an error, its code."""
+    connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=WAIT_S)
+    try:
+        connection.request("POST", "/v1/stories", json.dumps({**body, "stream": True}),
+                           {"Content-Type": "application/json"})
+        response = connection.getresponse()
+        code = json.loads(response.read())["error"]["code"] if response.status >= 400 else None
+        return response.status, code
+    finally:
+        connection.close()
+
+
+def wait_idle(server) -> None:
+    deadline = time.monotonic() + WAIT_S
+    while server.readyz()["inference"]["in_flight"] > 0:
+        assert time.monotonic() < deadline, "generations still in flight"
+        time.sleep(0.05)
+
+
+def test_the_length_limit_is_the_servers_own_for_the_loaded_model(page, server):
+    settings = json.loads(http_get(f"{server.base}/page.json")[2])
+    field, hint = page.find_element(By.ID, "max-tokens"), page.find_element(By.ID, "max-tokens-hint")
+    for style in ("news", "poem"):
+        Select(page.find_element(By.ID, "style")).select_by_value(style)
+        limit = settings["max_tokens"][style]
+        # The tiny model's 512-position context sets it, not the configured cap of 512.
+        assert 0 < limit < 512, settings
+        assert field.get_attribute("max") == str(limit)
+        assert hint.text.startswith(f"1 to {limit} tokens"), hint.text
+    # The server agrees: every trend the page lists accepts the limit, and one more is
+    # refused for at least one of them (a 429 means it passed validation, the slot was busy).
+    topics = [t["topic"] for t in trend_items(page)]
+    refusals = []
+    for topic in topics:
+        status, code = story_status(server, {"topic": topic, "style": "poem", "max_tokens": limit})
+        assert status in (200, 429), f"{topic!r}: {status} {code}"
+        wait_idle(server)
+        status, code = story_status(server, {"topic": topic, "style": "poem", "max_tokens": limit + 1})
+        refusals.append(code)
+        wait_idle(server)
+    assert "out_of_range" in refusals, refusals
+    set_options(page, "poem", limit + 1)
+    write_button(page, topics[0]).click()
+    status = page.find_element(By.ID, "story-status").text
+    assert status == f"The length must be a whole number from 1 to {limit}.", status
+
+
+def test_another_story_is_new_and_the_cached_one_stays(page, server):
+    deadline = time.monotonic() + WAIT_S
+    while True:  # pre-generation has written the top trend's story
+        top = json.loads(http_get(f"{server.base}/v1/stories/trending?limit=1")[2])["stories"][0]
+        if top["status"] == "ready":
+            break
+        assert time.monotonic() < deadline, "the top trend's story was never written"
+        time.sleep(0.1)
+    settings = json.loads(http_get(f"{server.base}/page.json")[2])
+    set_options(page, settings["default_style"], settings["default_max_tokens"])
+    story_box = page.find_element(By.ID, "story-text")
+    another = page.find_element(By.ID, "another")
+
+    write_button(page, top["topic"]).click()
+    wait_story(page, "done")
+    assert story_box.get_attribute("data-story-id") == top["story"]["id"]
+    assert "already written" in page.find_element(By.ID, "story-status").text
+    assert another.is_enabled()
+
+    another.click()
+    wait_story(page, "done")
+    new_id = story_box.get_attribute("data-story-id")
+    assert new_id != top["story"]["id"]
+    status = page.find_element(By.ID, "story-status").text
+    assert status.startswith("Done: ") and "already written" not in status and "Seed " in status, status
+    assert page.find_element(By.ID, "story-topic").text == top["topic"]
+
+    # The pre-written story stays for everyone else, and for this page's next plain request.
+    again = json.loads(http_get(f"{server.base}/v1/stories/trending?limit=1")[2])["stories"][0]
+    assert again["story"]["id"] == top["story"]["id"]
+    write_button(page, top["topic"]).click()
+    wait_story(page, "done")
+    assert story_box.get_attribute("data-story-id") == top["story"]["id"]
     assert severe_console_entries(page) == []
 
 
@@ -350,6 +439,7 @@ def test_a_stream_cut_off_is_explained(browser, start_server):
     server = start_server("cut-off", model_config())
     browser.get(f"{server.base}/")
     wait(browser, lambda d: d.find_element(By.ID, "server-status").get_attribute("data-state") == "ready")
+    wait(browser, lambda d: d.find_elements(By.CSS_SELECTOR, "#trends button.write"), message="trends listed")
     set_options(browser, "news", 250)
     browser.execute_script(
         """window.__firstText = new Promise(resolve => {

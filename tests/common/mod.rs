@@ -1,6 +1,8 @@
 //! Helpers shared by the integration tests: where the test models are and how to load them.
 #![allow(dead_code)] // each test binary uses its own subset
 
+pub mod process;
+
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;

@@ -32,6 +32,8 @@ const state = {
   activeTopic: null,
   /** Countdown timer of an "overloaded" or "rate limited" answer. */
   retryTimer: null,
+  /** The server's `/page.json`: model, random weights, length limit per style. */
+  settings: null,
 };
 
 // ---------------------------------------------------------------- small helpers
@@ -229,6 +231,40 @@ function setWriteButtons() {
   for (const button of document.querySelectorAll("button.write")) {
     button.disabled = !state.ready;
   }
+  $("another").disabled = !state.ready || state.activeTopic === null || state.writing !== null;
+}
+
+// ---------------------------------------------------------------- the server's settings
+
+/** Reads `/page.json` (null when it cannot) and applies it. */
+async function loadSettings() {
+  try {
+    const response = await fetch("/page.json", { headers: headers(), cache: "no-store" });
+    if (!response.ok) return null;
+    const first = state.settings === null;
+    state.settings = await response.json();
+    $("random-notice").hidden = !state.settings.random_weights;
+    applyLengthLimit(first);
+  } catch {
+    // The readiness notice says when the server cannot be reached.
+  }
+  return state.settings;
+}
+
+/** The largest length the server accepts for every listed trend in the chosen style. */
+function maxTokens() {
+  const limits = state.settings ? state.settings.max_tokens : {};
+  return limits[$("style").value] || null;
+}
+
+/** Shows the server's limit for the chosen style; the first time, sets its default. */
+function applyLengthLimit(setDefault = false) {
+  const max = maxTokens();
+  if (max === null) return;
+  const input = $("max-tokens");
+  input.max = String(max);
+  if (setDefault) input.value = String(Math.min(state.settings.default_max_tokens, max));
+  $("max-tokens-hint").textContent = `1 to ${max} tokens (this model's limit for these trends)`;
 }
 
 // ---------------------------------------------------------------- trends
@@ -260,7 +296,9 @@ async function fetchList(url, meta) {
 }
 
 async function loadTrends() {
-  const body = await fetchList("/v1/trends?limit=20", $("trends-meta"));
+  const settings = await loadSettings();
+  const limit = settings ? settings.trends_listed : 20;
+  const body = await fetchList(`/v1/trends?limit=${limit}`, $("trends-meta"));
   if (body) renderTrends(body);
 }
 
@@ -366,12 +404,17 @@ function setStatus(text, kind = "", detail = null) {
 }
 
 function readOptions() {
-  const input = $("max-tokens");
-  const maxTokens = Number(input.value);
-  if (!Number.isInteger(maxTokens) || maxTokens < 1 || maxTokens > 512) {
+  const length = Number($("max-tokens").value);
+  const max = maxTokens();
+  if (!Number.isInteger(length) || length < 1 || (max !== null && length > max)) {
     return null;
   }
-  return { style: $("style").value, max_tokens: maxTokens };
+  return { style: $("style").value, max_tokens: length };
+}
+
+/** A fresh seed for "Another story": a new story, cached under its own key. */
+function randomSeed() {
+  return crypto.getRandomValues(new Uint32Array(1))[0];
 }
 
 function markActive(topic) {
@@ -403,13 +446,15 @@ function parseEvents(buffer) {
   return [events, rest];
 }
 
-async function writeStory(topic) {
+/** Streams a story about `topic`; with a `seed`, a new one rather than the one cached. */
+async function writeStory(topic, seed = null) {
   const options = readOptions();
   if (!options) {
-    setStatus("The length must be a whole number from 1 to 512.", "error");
+    setStatus(`The length must be a whole number from 1 to ${maxTokens() || "the server's limit"}.`, "error");
     $("max-tokens").focus();
     return;
   }
+  if (seed !== null) options.seed = seed;
   if (state.writing) stopStory(true);
   clearRetry();
   const writing = { controller: new AbortController(), topic, stopped: false };
@@ -423,6 +468,7 @@ async function writeStory(topic) {
   $("story-topic").textContent = topic;
   setStatus("Writing…", "busy");
   $("stop").disabled = false;
+  setWriteButtons();
   if (window.matchMedia("(max-width: 56rem)").matches) {
     $("story").scrollIntoView({ block: "start" });
   }
@@ -492,6 +538,7 @@ async function writeStory(topic) {
     state.writing = null;
     $("stop").disabled = true;
   }
+  setWriteButtons();
 }
 
 function showProblem(problem) {
@@ -530,11 +577,16 @@ function finishStory(story) {
   const box = $("story-text");
   box.dataset.state = "done";
   box.dataset.storyId = story.id;
+  const seed = story.seed === null ? null : `Seed ${story.seed}: the same seed and settings give the same story.`;
   if (story.cached) {
-    setStatus(`Done: this story was already written (from the story cache), ${story.tokens} tokens.`, "ok");
+    setStatus(
+      `Done: this story was already written (from the story cache), ${story.tokens} tokens. “Another story” writes a new one.`,
+      "ok",
+      seed,
+    );
   } else {
     const why = FINISH_REASONS[story.finish_reason] || story.finish_reason;
-    setStatus(`Done: ${story.tokens} tokens (${why}).`, "ok");
+    setStatus(`Done: ${story.tokens} tokens (${why}).`, "ok", seed);
   }
   renderTimings(story);
   loadCached();
@@ -565,6 +617,7 @@ function stopStory(replaced = false) {
   writing.controller.abort();
   state.writing = null;
   $("stop").disabled = true;
+  setWriteButtons();
   if (!replaced) {
     $("story-text").dataset.state = "stopped";
     setStatus("Stopped. The server has stopped writing it too.", "warn");
@@ -592,7 +645,10 @@ function cachedItem(entry, open) {
       "li",
       { className: "cached-item" },
       el("span", { text: `${entry.rank}. ${entry.topic} ` }),
-      el("span", { className: "pending", text: "(being written…)" }),
+      el("span", {
+        className: "pending",
+        text: entry.status === "pending" ? "(being written…)" : "(not written in the background)",
+      }),
     );
   }
   const details = el(
@@ -629,6 +685,8 @@ function start() {
   $("key-form").addEventListener("submit", saveKey);
   $("story-options").addEventListener("submit", (event) => event.preventDefault());
   $("stop").addEventListener("click", () => stopStory());
+  $("another").addEventListener("click", () => writeStory(state.activeTopic, randomSeed()));
+  $("style").addEventListener("change", () => applyLengthLimit());
   $("refresh-trends").addEventListener("click", () => loadTrends());
   $("refresh-cached").addEventListener("click", () => loadCached());
   document.addEventListener("keydown", (event) => {
