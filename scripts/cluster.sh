@@ -92,18 +92,25 @@ wait_ready() {
     done
 }
 
+# Writes scripts/$1 to $2 with each @KEY@ replaced by its value: fill_template IN OUT KEY VALUE...
+fill_template() {
+    local text out="$2"
+    text="$(cat "$ROOT/scripts/$1")"
+    shift 2
+    while [[ $# -gt 1 ]]; do
+        text="${text//"@$1@"/$2}"
+        shift 2
+    done
+    printf '%s\n' "$text" > "$out"
+}
+
 write_nginx_conf() {
     local n="$1" port="$2" servers="" i
     for i in $(seq 1 "$n"); do
         servers+="        server 127.0.0.1:$(replica_port "$i") max_fails=1 fail_timeout=5s;"$'\n'
     done
     mkdir -p "$STATE/nginx-tmp"
-    local template
-    template="$(cat "$ROOT/scripts/cluster-nginx.conf.in")"
-    template="${template//@STATE@/$STATE}"
-    template="${template//@PORT@/$port}"
-    template="${template//@SERVERS@/$servers}"
-    printf '%s\n' "$template" > "$STATE/nginx.conf"
+    fill_template cluster-nginx.conf.in "$STATE/nginx.conf" STATE "$STATE" PORT "$port" SERVERS "$servers"
 }
 
 write_prometheus_conf() {
@@ -112,12 +119,8 @@ write_prometheus_conf() {
         targets+="      - targets: [\"127.0.0.1:$(replica_port "$i")\"]"$'\n'
         targets+="        labels: {namespace: local, pod: replica-$i}"$'\n'
     done
-    local template
-    template="$(cat "$ROOT/scripts/cluster-prometheus.yml.in")"
-    template="${template//@INTERVAL@/$interval}"
-    template="${template//@RULES@/$ROOT/k8s/monitoring/alerts.rules.yaml}"
-    template="${template//@TARGETS@/$targets}"
-    printf '%s\n' "$template" > "$STATE/prometheus.yml"
+    fill_template cluster-prometheus.yml.in "$STATE/prometheus.yml" INTERVAL "$interval" \
+        RULES "$ROOT/k8s/monitoring/alerts.rules.yaml" TARGETS "$targets"
 }
 
 start_prometheus() {
