@@ -91,7 +91,8 @@ def test_every_alert_is_tested_both_ways_and_documented():
         assert any(not c["exp_alerts"] for c in mine), f"{name}: no test where it stays quiet"
         annotations = alert["annotations"]
         assert {"summary", "description", "runbook"} <= annotations.keys(), name
-        assert "{{ $" in annotations["description"], f"{name}: the description shows no value or label"
+        assert "{{ $value" in annotations["description"] and "{{ $labels." in annotations["description"], \
+            f"{name}: the description shows no value or no label"
         assert alert["labels"]["severity"] in ("warning", "critical"), name
         page, anchor = annotations["runbook"].split("#")
         assert page == "README.md" and anchor in anchors, f"{name}: no README section #{anchor}"
