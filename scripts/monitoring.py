@@ -121,7 +121,8 @@ PANELS = [
         ("Batch size", "short", "Sequences in the engines' batches after their last step.",
          total_and_per_replica(f"trendstory_inference_batch_size{{{SEL}}}", "total")),
         ("Tokens/s: prefill and decode", "short",
-         "Prompt tokens prefilled and tokens generated per second, counted as generations end.",
+         "Prompt tokens (a kept shared prefix included) and tokens generated per second, counted as "
+         "generations end.",
          [(f"sum(rate(trendstory_inference_prompt_tokens_total{{{SEL}}}{RATE}))", "prefill, total"),
           (f"sum(rate(trendstory_inference_generated_tokens_total{{{SEL}}}{RATE}))", "decode, total"),
           (f"sum by (pod) (rate(trendstory_inference_prompt_tokens_total{{{SEL}}}{RATE}))", "prefill {{pod}}"),

@@ -169,7 +169,7 @@ impl Metrics {
         let prompt_tokens = counter(
             registry,
             "inference_prompt_tokens",
-            "Prompt tokens prefilled, counted when their generation ends (all priorities)",
+            "Prompt tokens of generations that got past prefill (a kept shared prefix included), counted when they end (all priorities)",
         );
         let tokens_generated = counter(
             registry,
