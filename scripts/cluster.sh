@@ -2,7 +2,9 @@
 # TrendStory replicas on one machine behind nginx, the same routing as in Kubernetes.
 #
 #   scripts/cluster.sh up N [--port P] [--base-port B] [--config FILE] [--binary PATH]
+#                        [--with-prometheus [--prometheus-port Q] [--scrape-interval D]]
 #   scripts/cluster.sh status              replicas, their pids, ports and /readyz; nginx
+#                                          and Prometheus
 #   scripts/cluster.sh stop I [SIGNAL]     signal replica I (TERM by default; KILL to crash it)
 #   scripts/cluster.sh start I             start replica I again, as `up` did, and wait until ready
 #   scripts/cluster.sh down                stop every process this script started, nothing else
@@ -20,14 +22,20 @@
 # (draining, warming up) is skipped for the request and left out for fail_timeout, then
 # tried again (passive checks). Responses carry X-Upstream: the replica(s) nginx tried.
 #
-# State (pids, logs, nginx.conf) lives in $CLUSTER_STATE_DIR (default target/cluster).
-# Needs nginx (Debian package) and curl.
+# --with-prometheus also starts Prometheus (Debian package) on 127.0.0.1:Q (9090), scraping
+# every replica each D (15s) with the labels it has in Kubernetes (job="trendstory",
+# namespace="local", pod="replica-I"), and evaluating the alert rules of k8s/monitoring
+# (scripts/cluster-prometheus.yml.in); its data starts empty at each `up`.
+#
+# State (pids, logs, nginx.conf, prometheus.yml and its data) lives in $CLUSTER_STATE_DIR
+# (default target/cluster). Needs nginx (and prometheus; Debian packages) and curl.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 STATE="${CLUSTER_STATE_DIR:-$ROOT/target/cluster}"
 READY_TIMEOUT="${CLUSTER_READY_TIMEOUT:-120}"
 # Debian puts nginx in /usr/sbin, which a non-root PATH may lack.
 NGINX="$(command -v nginx || echo /usr/sbin/nginx)"
+PROMETHEUS="$(command -v prometheus || echo /usr/bin/prometheus)"
 
 die() {
     echo "cluster.sh: $*" >&2
@@ -84,35 +92,79 @@ wait_ready() {
     done
 }
 
+# Writes scripts/$1 to $2 with each @KEY@ replaced by its value: fill_template IN OUT KEY VALUE...
+fill_template() {
+    local text out="$2"
+    text="$(cat "$ROOT/scripts/$1")"
+    shift 2
+    while [[ $# -gt 1 ]]; do
+        text="${text//"@$1@"/$2}"
+        shift 2
+    done
+    printf '%s\n' "$text" > "$out"
+}
+
 write_nginx_conf() {
     local n="$1" port="$2" servers="" i
     for i in $(seq 1 "$n"); do
         servers+="        server 127.0.0.1:$(replica_port "$i") max_fails=1 fail_timeout=5s;"$'\n'
     done
     mkdir -p "$STATE/nginx-tmp"
-    local template
-    template="$(cat "$ROOT/scripts/cluster-nginx.conf.in")"
-    template="${template//@STATE@/$STATE}"
-    template="${template//@PORT@/$port}"
-    template="${template//@SERVERS@/$servers}"
-    printf '%s\n' "$template" > "$STATE/nginx.conf"
+    fill_template cluster-nginx.conf.in "$STATE/nginx.conf" STATE "$STATE" PORT "$port" SERVERS "$servers"
+}
+
+write_prometheus_conf() {
+    local n="$1" interval="$2" targets="" i
+    for i in $(seq 1 "$n"); do
+        targets+="      - targets: [\"127.0.0.1:$(replica_port "$i")\"]"$'\n'
+        targets+="        labels: {namespace: local, pod: replica-$i}"$'\n'
+    done
+    fill_template cluster-prometheus.yml.in "$STATE/prometheus.yml" INTERVAL "$interval" \
+        RULES "$ROOT/k8s/monitoring/alerts.rules.yaml" TARGETS "$targets"
+}
+
+start_prometheus() {
+    local port="$1" deadline
+    rm -rf "$STATE/prometheus-data"
+    setsid "$PROMETHEUS" --config.file="$STATE/prometheus.yml" \
+        --storage.tsdb.path="$STATE/prometheus-data" \
+        --web.listen-address="127.0.0.1:$port" \
+        >> "$STATE/prometheus.log" 2>&1 < /dev/null &
+    echo $! > "$STATE/prometheus.pid"
+    deadline=$(( $(date +%s) + READY_TIMEOUT ))
+    until [[ "$(curl -s -o /dev/null -m 2 -w '%{http_code}' "http://127.0.0.1:$port/-/ready" || true)" == 200 ]]; do
+        owned_pid "$STATE/prometheus.pid" "$STATE/prometheus.yml" >/dev/null ||
+            die "prometheus exited; its log: $STATE/prometheus.log"
+        (( $(date +%s) < deadline )) || die "prometheus not ready after ${READY_TIMEOUT}s"
+        sleep 0.2
+    done
+    echo "cluster.sh: prometheus on http://127.0.0.1:$port, log $STATE/prometheus.log"
 }
 
 cmd_up() {
     local n="${1:-}"
-    [[ "$n" =~ ^[1-9][0-9]*$ ]] || die "usage: cluster.sh up N [--port P] [--base-port B] [--config FILE] [--binary PATH]"
+    [[ "$n" =~ ^[1-9][0-9]*$ ]] || die "usage: cluster.sh up N [--port P] [--base-port B] [--config FILE] [--binary PATH] [--with-prometheus [--prometheus-port Q] [--scrape-interval D]]"
     shift
     local port=8080 base=18100 config="" binary=""
+    local prometheus="" prometheus_port=9090 interval=15s
     while [[ $# -gt 0 ]]; do
         case "$1" in
             --port) port="$2"; shift 2 ;;
             --base-port) base="$2"; shift 2 ;;
             --config) config="$(realpath "$2")"; shift 2 ;;
             --binary) binary="$(realpath "$2")"; shift 2 ;;
+            --with-prometheus) prometheus=1; shift ;;
+            --prometheus-port) prometheus_port="$2"; shift 2 ;;
+            --scrape-interval) interval="$2"; shift 2 ;;
             *) die "unknown option $1" ;;
         esac
     done
     [[ -x "$NGINX" ]] || die "nginx is not installed (apt-get install nginx, or scripts/deploy-tools.sh)"
+    if [[ -n "$prometheus" ]]; then
+        [[ -x "$PROMETHEUS" ]] ||
+            die "prometheus is not installed (apt-get install prometheus, or scripts/deploy-tools.sh)"
+        [[ "$interval" =~ ^[1-9][0-9]*(ms|s|m)$ ]] || die "--scrape-interval: a duration such as 15s, not $interval"
+    fi
     command -v curl >/dev/null || die "curl is not installed"
     if [[ -z "$binary" ]]; then
         binary="$ROOT/target/release/trendstory"
@@ -126,7 +178,7 @@ cmd_up() {
     mkdir -p "$STATE"
     # A failed `up` stops whatever it had started.
     trap '[[ "${UP_DONE:-}" == 1 ]] || { echo "cluster.sh: up failed: stopping what it started" >&2; cmd_down; }' EXIT
-    rm -f "$STATE"/replica-*.log "$STATE"/access.log "$STATE"/nginx-error.log
+    rm -f "$STATE"/replica-*.log "$STATE"/access.log "$STATE"/nginx-error.log "$STATE"/prometheus.log
     echo "$n" > "$STATE/replicas"
     echo "$base" > "$STATE/base-port"
     echo "$port" > "$STATE/port"
@@ -159,6 +211,10 @@ cmd_up() {
     for i in $(seq 1 "$n"); do
         wait_ready "$i"
     done
+    if [[ -n "$prometheus" ]]; then
+        write_prometheus_conf "$n" "$interval"
+        start_prometheus "$prometheus_port"
+    fi
     UP_DONE=1
     echo "cluster.sh: $n replicas ready behind http://127.0.0.1:$port"
 }
@@ -181,6 +237,9 @@ cmd_status() {
         echo "nginx     $pid 127.0.0.1:$(cat "$STATE/port") (log $STATE/access.log)"
     else
         echo "nginx     stopped"
+    fi
+    if pid="$(owned_pid "$STATE/prometheus.pid" "$STATE/prometheus.yml")"; then
+        echo "prometheus $pid (log $STATE/prometheus.log)"
     fi
 }
 
@@ -213,6 +272,10 @@ cmd_down() {
         kill -QUIT "$pid" 2>/dev/null || true
         pids+=("$pid")
     fi
+    if pid="$(owned_pid "$STATE/prometheus.pid" "$STATE/prometheus.yml")"; then
+        kill -TERM "$pid" 2>/dev/null || true
+        pids+=("$pid")
+    fi
     for i in $(seq 1 "$n"); do
         if pid="$(owned_pid "$STATE/replica-$i.pid" "$binary")"; then
             kill -TERM "$pid" 2>/dev/null || true
@@ -230,7 +293,7 @@ cmd_down() {
             kill -KILL "$pid" 2>/dev/null || true
         fi
     done
-    rm -f "$STATE/replicas" "$STATE"/replica-*.pid "$STATE/nginx.pid"
+    rm -f "$STATE/replicas" "$STATE"/replica-*.pid "$STATE/nginx.pid" "$STATE/prometheus.pid"
     echo "cluster.sh: down (logs kept in $STATE)"
 }
 

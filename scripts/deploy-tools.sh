@@ -1,14 +1,17 @@
 #!/usr/bin/env bash
-# Installs what the deploy tests (tests/deploy) need beyond the Python venv: nginx, the
-# Debian package scripts/cluster.sh balances with (and curl, which it also uses). kubectl (with kustomize), hadolint and
-# kubernetes-validate come from PyPI, pinned in requirements.txt (scripts/python-env.sh).
-# Idempotent: when nginx is there it only checks, in milliseconds.
+# Installs what the deploy tests (tests/deploy) need beyond the Python venv, as Debian
+# packages: nginx, which scripts/cluster.sh balances with (and curl, which it also uses),
+# and prometheus, whose server scrapes that cluster (cluster.sh --with-prometheus) and whose
+# promtool checks and unit-tests the alert rules (k8s/monitoring). kubectl (with kustomize),
+# hadolint and kubernetes-validate come from PyPI, pinned in requirements.txt
+# (scripts/python-env.sh). Idempotent: when the tools are there it only checks, in milliseconds.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 
 missing=()
 command -v nginx >/dev/null || [[ -x /usr/sbin/nginx ]] || missing+=(nginx)
 command -v curl >/dev/null || missing+=(curl)
+command -v promtool >/dev/null && command -v prometheus >/dev/null || missing+=(prometheus)
 if [[ ${#missing[@]} -gt 0 ]]; then
     sudo=()
     if [[ "$(id -u)" -ne 0 ]]; then
@@ -20,9 +23,10 @@ if [[ ${#missing[@]} -gt 0 ]]; then
         fi
     fi
     echo "deploy-tools: installing ${missing[*]} (apt-get)"
-    # Outside a container nothing stops the package from starting a system nginx on port
-    # 80; only scripts/cluster.sh's own instances should run, so forbid service starts
-    # during the install (Docker images ship this file already).
+    # Outside a container nothing stops the packages from starting a system nginx on port
+    # 80 or a system Prometheus on 9090; only scripts/cluster.sh's own instances should
+    # run, so forbid service starts during the install (Docker images ship this file
+    # already).
     policy=/usr/sbin/policy-rc.d
     if [[ ! -e "$policy" ]]; then
         printf '#!/bin/sh\nexit 101\n' | "${sudo[@]}" tee "$policy" >/dev/null
@@ -40,4 +44,6 @@ for tool in kubectl hadolint kubernetes-validate; do
         exit 1
     }
 done
-echo "deploy-tools: nginx $( (nginx -v 2>&1 || /usr/sbin/nginx -v 2>&1) | sed 's/.*nginx\///'), $("$ROOT/.venv/bin/kubectl" version --client 2>/dev/null | head -1)"
+echo "deploy-tools: nginx $( (nginx -v 2>&1 || /usr/sbin/nginx -v 2>&1) | sed 's/.*nginx\///')," \
+    "prometheus $(prometheus --version 2>&1 | awk 'NR == 1 { print $3 }')," \
+    "$("$ROOT/.venv/bin/kubectl" version --client 2>/dev/null | head -1)"

@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # Installs what the tests need and runs them: the ONNX Runtime library, the Python venv,
 # the tiny test models (rebuilt only when the exporter changes), headless Chromium, nginx
-# (scripts/deploy-tools.sh), the Python exporter tests, `cargo test`, the browser tests of
-# the web page, then the deploy tests (Dockerfile lint, Kubernetes overlays rendered and
-# validated, the image layout serving the ConfigMap's config, a replica killed behind
-# nginx), then the load-test smoke (scripts/bench.sh --smoke). Idempotent and fast on a
-# second run.
+# and Prometheus (scripts/deploy-tools.sh), the Python exporter tests, `cargo test`, the
+# browser tests of the web page, then the deploy tests (Dockerfile lint, Kubernetes
+# overlays rendered and validated, the image layout serving the ConfigMap's config, a
+# replica killed behind nginx, the alert rules and their unit tests, a real Prometheus
+# asked for every dashboard, alert and adapter query), then the load-test smoke
+# (scripts/bench.sh --smoke). Idempotent and fast on a second run.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
@@ -86,7 +87,7 @@ cargo build --quiet --bin trendstory
 timeout 600 "$PYTHON_ENV_PY" -m pytest -q tests/browser
 
 # After cargo test: these run its debug binary (scripts/image.sh build dev finds it fresh).
-echo "test.sh: deploy tests (Dockerfile, Kubernetes overlays, image layout, cluster failover)"
+echo "test.sh: deploy tests (Dockerfile, Kubernetes overlays, image layout, cluster failover, monitoring)"
 "$PYTHON_ENV_PY" -m pytest -q tests/deploy
 
 # The load-test scripts (scripts/bench.sh --smoke: tiny model, one user, five requests per

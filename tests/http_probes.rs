@@ -1,5 +1,5 @@
 //! The real server on 127.0.0.1 through the same `server::run` as `main`: liveness at once,
-//! readiness once the model is loaded.
+//! readiness once the model is loaded, metrics in the format the scraper asks for.
 
 mod common;
 
@@ -59,6 +59,39 @@ async fn healthz_at_once_and_readyz_once_loaded() {
         model.contains("random weights"),
         "the tiny model is random: {model}"
     );
+
+    // Metrics: OpenMetrics for Prometheus (it asks), the text format 0.0.4 for others.
+    for (accept, content_type, counter_type) in [
+        (
+            "application/openmetrics-text;version=1.0.0,text/plain;version=0.0.4;q=0.5",
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            "# TYPE trendstory_inference_worker_restarts counter\n",
+        ),
+        (
+            "*/*",
+            "text/plain; version=0.0.4; charset=utf-8",
+            "# TYPE trendstory_inference_worker_restarts_total counter\n",
+        ),
+    ] {
+        let mut response = client
+            .get(format!("{base}/metrics"))
+            .insert_header(("Accept", accept))
+            .send()
+            .await
+            .expect("metrics");
+        assert_eq!(
+            response.headers().get("content-type").unwrap(),
+            content_type
+        );
+        let body = response.body().limit(1 << 22).await.unwrap();
+        let text = std::str::from_utf8(&body).unwrap();
+        assert!(text.contains(counter_type), "{accept}: {text}");
+        assert_eq!(common::metric(text, "trendstory_ready"), 1.0, "{text}");
+        assert_eq!(
+            text.ends_with("# EOF\n"),
+            content_type.contains("openmetrics")
+        );
+    }
 }
 
 #[test]

@@ -6,12 +6,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::SystemTime;
 
 use actix_web::http::header;
-use actix_web::{web, HttpResponse};
+use actix_web::{web, HttpRequest, HttpResponse};
 use serde::Serialize;
 use utoipa::ToSchema;
 
 use super::AppState;
 use crate::inference::PoolStatus;
+use crate::metrics::{Format, Observed};
 
 /// Start-up and shutdown state that readiness depends on.
 #[derive(Debug, Default)]
@@ -80,41 +81,56 @@ pub struct Readiness {
     )
 )]
 pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
-    let inference = state.inference.status();
     let trends = state.trends.snapshot().trends.len();
     let warmed_up = state.lifecycle.warmed_up();
     let shutting_down = state.lifecycle.shutting_down();
-    let ready = state.inference.ready() && trends > 0 && warmed_up && !shutting_down;
     let body = Readiness {
-        ready,
+        ready: ready(&state, trends),
         model: state.model.to_string(),
         warmed_up,
         shutting_down,
-        inference,
+        inference: state.inference.status(),
         trends,
     };
-    if ready {
+    if body.ready {
         HttpResponse::Ok().json(body)
     } else {
         HttpResponse::ServiceUnavailable().json(body)
     }
 }
 
-/// Prometheus metrics (OpenMetrics text).
+/// What `/readyz` answers, given the number of trends.
+fn ready(state: &AppState, trends: usize) -> bool {
+    state.inference.ready()
+        && trends > 0
+        && state.lifecycle.warmed_up()
+        && !state.lifecycle.shutting_down()
+}
+
+/// Prometheus metrics: OpenMetrics text when the `Accept` header asks for it (as
+/// Prometheus does), else the Prometheus text format 0.0.4.
 #[utoipa::path(
     get,
     path = "/metrics",
     tag = "probes",
-    responses((status = 200, description = "OpenMetrics text", content_type = "application/openmetrics-text"))
+    responses((status = 200, description = "OpenMetrics text, or the Prometheus text format 0.0.4", content_type = "application/openmetrics-text"))
 )]
-pub async fn metrics(state: web::Data<AppState>) -> HttpResponse {
-    let text = state.metrics.render(
-        &state.inference.status(),
-        &state.trends.snapshot(),
-        state.stories.cache().usage(),
-        SystemTime::now(),
+pub async fn metrics(request: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
+    let format = Format::negotiate(
+        request
+            .headers()
+            .get(header::ACCEPT)
+            .and_then(|v| v.to_str().ok()),
     );
+    let trends = state.trends.snapshot();
+    let observed = Observed {
+        pool: &state.inference.status(),
+        trends: &trends,
+        cache: state.stories.cache().usage(),
+        ready: ready(&state, trends.trends.len()),
+        now: SystemTime::now(),
+    };
     HttpResponse::Ok()
-        .insert_header((header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE))
-        .body(text)
+        .insert_header((header::CONTENT_TYPE, format.content_type()))
+        .body(state.metrics.render(&observed, format))
 }

@@ -133,7 +133,7 @@ impl InferenceHandle {
 }
 
 /// The pool as a whole.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
 pub struct PoolStatus {
     /// Workers with an engine loaded.
     pub workers_up: usize,

@@ -83,6 +83,18 @@ pub struct StoryCache {
     config: CacheConfig,
     bytes: AtomicUsize,
     clock: AtomicU64,
+    /// Fresh stories pushed out by the bounds (see [`CacheUsage::evictions`]).
+    evictions: AtomicU64,
+}
+
+/// What the cache holds, for metrics and tests.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CacheUsage {
+    pub entries: usize,
+    pub bytes: usize,
+    /// Stories removed before their TTL to keep `max_entries` and `max_bytes`, since
+    /// start: a cache too small for the stories asked within one TTL.
+    pub evictions: u64,
 }
 
 impl StoryCache {
@@ -93,6 +105,7 @@ impl StoryCache {
             config,
             bytes: AtomicUsize::new(0),
             clock: AtomicU64::new(0),
+            evictions: AtomicU64::new(0),
         }
     }
 
@@ -178,9 +191,13 @@ impl StoryCache {
         self.evict();
     }
 
-    /// Stories held and their bytes (for metrics and tests).
-    pub fn usage(&self) -> (usize, usize) {
-        (self.stories.len(), self.bytes.load(Ordering::Relaxed))
+    /// Stories held, their bytes and the evictions so far.
+    pub fn usage(&self) -> CacheUsage {
+        CacheUsage {
+            entries: self.stories.len(),
+            bytes: self.bytes.load(Ordering::Relaxed),
+            evictions: self.evictions.load(Ordering::Relaxed),
+        }
     }
 
     fn evict(&self) {
@@ -207,12 +224,15 @@ impl StoryCache {
             })
             .collect();
         candidates.sort_by_key(|c| (c.0, c.1));
-        for (_, _, key) in candidates {
+        for (fresh, _, key) in candidates {
             if !over(self) {
                 break;
             }
             if let Some((_, old)) = self.stories.remove(&key) {
                 self.bytes.fetch_sub(old.story.size(), Ordering::Relaxed);
+                if fresh {
+                    self.evictions.fetch_add(1, Ordering::Relaxed);
+                }
             }
         }
     }
@@ -413,7 +433,21 @@ mod tests {
         );
         assert!(c.get(&key("a", 1)).is_some());
         assert!(c.get(&key("c", 1)).is_some());
-        assert_eq!(c.usage().0, 2);
+        assert_eq!((c.usage().entries, c.usage().evictions), (2, 1));
+    }
+
+    #[test]
+    fn expired_stories_make_room_without_counting_as_evictions() {
+        // A TTL of 0: every story is expired as soon as it is stored.
+        let c = StoryCache::new(CacheConfig {
+            ttl_secs: 0,
+            max_entries: 2,
+            ..CacheConfig::default()
+        });
+        for topic in ["a", "b", "c", "d"] {
+            c.insert(key(topic, 1), story(topic));
+        }
+        assert_eq!((c.usage().entries, c.usage().evictions), (2, 0));
     }
 
     #[test]
@@ -423,9 +457,9 @@ mod tests {
         for i in 0..5 {
             c.insert(key(&format!("t{i}"), 1), story(&"x".repeat(1000)));
         }
-        let (entries, bytes) = c.usage();
-        assert_eq!(entries, 2);
-        assert!(bytes <= one * 2);
+        let usage = c.usage();
+        assert_eq!((usage.entries, usage.evictions), (2, 3));
+        assert!(usage.bytes <= one * 2);
     }
 
     #[tokio::test]

@@ -26,7 +26,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-pub use cache::{StoryCache, StoryKey};
+pub use cache::{CacheUsage, StoryCache, StoryKey};
 pub use config::StoriesConfig;
 pub use prompt::Style;
 pub use service::{CacheOutcome, StoryEvent, StoryService, StoryStream};

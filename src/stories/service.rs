@@ -499,13 +499,14 @@ impl Driver {
     }
 
     fn finish(&mut self, stats: &GenerationStats) -> Result<Story, StoryError> {
+        // Before the outcome: a request whose deadline passed in the queue waited too.
+        self.metrics.observe_generation(self.priority, stats);
         match stats.finish_reason {
             FinishReason::Cancelled => return Err(StoryError::Timeout(self.timeout)),
             FinishReason::Preempted => return Err(StoryError::Preempted),
             FinishReason::Error => return Err(InferError::Incomplete.into()),
             FinishReason::Stop | FinishReason::Length => {}
         }
-        self.metrics.observe_generation(stats);
         let ttft = stats.time_to_first_token.unwrap_or_default();
         let mut story = self.story.clone();
         story.tokens = stats.generated_tokens;

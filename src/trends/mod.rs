@@ -137,6 +137,20 @@ pub enum Freshness {
     Expired,
 }
 
+impl Freshness {
+    pub const ALL: [Freshness; 4] = [Self::Default, Self::Fresh, Self::Stale, Self::Expired];
+
+    /// The name in JSON bodies and the metric label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Default => "default",
+            Self::Fresh => "fresh",
+            Self::Stale => "stale",
+            Self::Expired => "expired",
+        }
+    }
+}
+
 /// What handlers read: the ranking plus per-source status, built once per change.
 #[derive(Debug, Clone, Serialize)]
 pub struct TrendSnapshot {
