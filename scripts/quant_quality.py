@@ -29,7 +29,10 @@ Q4_0 as --baseline, the rule of BENCHMARKS.md "int4 quality".
 
   .venv/bin/python scripts/quant_quality.py --ref onnx/q-fp32 onnx/q-b32 onnx/q-b128 onnx/q-b128-zp
   ... --json    machine-readable output on stdout (the table then goes to stderr)
-  ... --save DIR / --saved DIR/NAME.npz    keep per-position results, compare them later
+  ... --save DIR    also keep each variant's per-position results (DIR/NAME.npz) and the
+                    reference's log-probabilities (DIR/REF.ref.npz): a later run compares
+                    them as --saved DIR/NAME.npz and --ref DIR/REF.ref.npz without the exports
+                    (4.4 GB each in fp32)
 """
 from __future__ import annotations
 
@@ -38,6 +41,7 @@ import gc
 import hashlib
 import json
 import math
+import os
 import sys
 import time
 from pathlib import Path
@@ -163,11 +167,43 @@ def summary(name: str, path: str, quantization: str, manifest_quantization, kl, 
 
 def save_result(path: Path, row: dict, kl, agree, fingerprint: dict) -> None:
     """A variant's per-position KL and agreement, for a later run's --saved."""
-    path.parent.mkdir(parents=True, exist_ok=True)
     meta = {"name": row["name"], "quantization": row["quantization"],
             "manifest_quantization": row["manifest_quantization"], "fingerprint": fingerprint}
-    np.savez(path, kl=kl, agree=agree, meta=np.array(json.dumps(meta)))
+    write_npz(path, kl=kl, agree=agree, meta=np.array(json.dumps(meta)))
+
+
+def save_ref(path: Path, lp_ref, windows, text_tokens: int, manifest: dict, cfg: dict,
+             fingerprint: dict) -> None:
+    """The reference's log-probabilities (float32) and windows, for a later run's --ref."""
+    meta = {"manifest": manifest, "config": cfg, "fingerprint": fingerprint,
+            "text_tokens": text_tokens, "window_lengths": [len(w) for w in windows]}
+    write_npz(path, lp=lp_ref.astype(np.float32), ids=np.concatenate(windows),
+              meta=np.array(json.dumps(meta)))
+
+
+def write_npz(path: Path, **arrays) -> None:
+    """np.savez to path, whole or not at all (a full disk leaves no truncated file behind)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        with open(tmp, "wb") as f:
+            np.savez(f, **arrays)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
     log(f"saved {path}")
+
+
+def load_saved_ref(path: Path) -> dict:
+    try:
+        with np.load(path) as z:
+            meta = json.loads(str(z["meta"]))
+            lp, ids = z["lp"].astype(np.float64), z["ids"].tolist()
+    except (OSError, KeyError, ValueError) as e:
+        raise SystemExit(f"error: {path} is not a reference saved by quant_quality.py --save ({e})")
+    ends = np.cumsum(meta.pop("window_lengths")).tolist()
+    windows = [ids[a:b] for a, b in zip([0, *ends[:-1]], ends)]
+    return {**meta, "lp": lp, "windows": windows}
 
 
 def load_saved(path: Path) -> dict:
@@ -249,14 +285,17 @@ def markdown(report: dict) -> str:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--ref", type=Path, required=True, help="the fp32 export (--precision fp32)")
+    ap.add_argument("--ref", type=Path, required=True,
+                    help="the fp32 export (--precision fp32), or its results saved by an earlier "
+                    "run's --save (DIR/NAME.ref.npz: its export can then be deleted)")
     ap.add_argument("variants", type=Path, nargs="*", help="int4 exports of the same weights")
     ap.add_argument("--saved", type=Path, action="append", default=[], metavar="FILE.npz",
                     help="a variant measured by an earlier run with --save (same reference, "
                     "text and windows; checked), compared without its export")
     ap.add_argument("--save", type=Path, metavar="DIR",
                     help="write each variant's per-position results to DIR/NAME.npz (for "
-                    "--saved: a big export, such as a dequantized GGUF, can then be deleted)")
+                    "--saved: a big export, such as a dequantized GGUF, can then be deleted) "
+                    "and the reference's log-probabilities to DIR/REF.ref.npz (for --ref)")
     ap.add_argument("--text", type=Path, default=DEFAULT_TEXT, help="plain text (default %(default)s)")
     ap.add_argument("--window", type=int, default=128, help="tokens per window, BOS included")
     ap.add_argument("--max-windows", type=int, help="use only the first N windows")
@@ -271,7 +310,9 @@ def main(argv=None) -> int:
         ap.error("--window must be at least 2")
 
     t_start = time.time()
-    ref_man = read_manifest(args.ref)
+    text = args.text.read_text(encoding="utf-8")
+    saved_ref = load_saved_ref(args.ref) if args.ref.suffix == ".npz" else None
+    ref_man = saved_ref["manifest"] if saved_ref else read_manifest(args.ref)
     if ref_man.get("precision") != "fp32":
         log(f"warning: {args.ref} is {describe(ref_man)}, not fp32")
     if not args.variants and not args.saved:
@@ -292,28 +333,39 @@ def main(argv=None) -> int:
     elif baseline not in names:
         raise SystemExit(f"error: --baseline {baseline} is not one of {names}")
 
-    cfg = json.loads((args.ref / "config.json").read_text())
-    from tokenizers import Tokenizer
-    tok = Tokenizer.from_file(str(args.ref / "tokenizer.json"))
-    text = args.text.read_text(encoding="utf-8")
-    ids = tok.encode(text, add_special_tokens=False).ids
-    bos = int(ref_man.get("bos_token_id", 1))
-    windows = windows_of(ids, bos, args.window, args.max_windows)
-    if not windows:
-        raise SystemExit(f"error: {args.text} has too few tokens ({len(ids)})")
+    if saved_ref:
+        cfg, windows, text_tokens = saved_ref["config"], saved_ref["windows"], saved_ref["text_tokens"]
+        if args.max_windows and args.max_windows != len(windows):
+            raise SystemExit(f"error: {args.ref} holds {len(windows)} windows, not --max-windows "
+                             f"{args.max_windows}")
+    else:
+        cfg = json.loads((args.ref / "config.json").read_text())
+        from tokenizers import Tokenizer
+        tok = Tokenizer.from_file(str(args.ref / "tokenizer.json"))
+        ids = tok.encode(text, add_special_tokens=False).ids
+        text_tokens = len(ids)
+        windows = windows_of(ids, int(ref_man.get("bos_token_id", 1)), args.window, args.max_windows)
+        if not windows:
+            raise SystemExit(f"error: {args.text} has too few tokens ({len(ids)})")
     window_ids = np.concatenate([np.full(len(w), i) for i, w in enumerate(windows)])
     positions = int(window_ids.size)
-    log(f"{len(ids)} text tokens -> {len(windows)} windows, {positions} positions")
+    log(f"{text_tokens} text tokens -> {len(windows)} windows, {positions} positions")
     fingerprint = {"ref_weights": ref_man["files"].get("model.onnx.data"),
                    "text_sha256": hashlib.sha256(text.encode()).hexdigest(),
                    "window": args.window, "windows": len(windows), "positions": positions}
-    for sv, f in zip(saved, args.saved):
+    for sv, f in [*zip(saved, args.saved), *([(saved_ref, args.ref)] if saved_ref else [])]:
         if sv["fingerprint"] != fingerprint:
             raise SystemExit(f"error: {f} was measured against another reference, text or "
                              f"windows ({sv['fingerprint']}, this run: {fingerprint})")
 
-    lp_ref, t_load, t_run = run_model(args.ref, cfg, windows, args.threads)
-    log(f"{args.ref}: fp32 reference, load {t_load:.1f}s, run {t_run:.1f}s")
+    if saved_ref:
+        lp_ref = saved_ref["lp"]
+    else:
+        lp_ref, t_load, t_run = run_model(args.ref, cfg, windows, args.threads)
+        log(f"{args.ref}: fp32 reference, load {t_load:.1f}s, run {t_run:.1f}s")
+        if args.save:
+            save_ref(args.save / f"{args.ref.name}.ref.npz", lp_ref, windows, text_tokens, ref_man,
+                     cfg, fingerprint)
     p_ref = np.exp(lp_ref)
     entropy = -(p_ref * lp_ref).sum(-1)
     top2 = np.sort(lp_ref, axis=-1)[:, -2:]  # log-prob gap == logit gap
@@ -345,7 +397,7 @@ def main(argv=None) -> int:
     report = {
         "ref": str(args.ref), "ref_source": ref_man.get("source"),
         "random_weights": bool(ref_man.get("random_weights")),
-        "text": str(args.text), "text_tokens": len(ids), "window": args.window,
+        "text": str(args.text), "text_tokens": text_tokens, "window": args.window,
         "windows": len(windows), "positions": positions, "vocab_size": int(cfg["vocab_size"]),
         "threads": args.threads,
         "ref_entropy_mean": float(entropy.mean()),

@@ -69,7 +69,7 @@ def test_saved_results_compare_like_a_run(tiny_fp32, tiny_int4, tiny_int4_zp, tm
     first = run_json(["--ref", str(tiny_fp32), str(tiny_int4), str(tiny_int4_zp), "--max-windows", "2",
                       "--save", str(saved)])
     assert sorted(p.name for p in saved.iterdir()) == sorted(
-        [f"{tiny_int4.name}.npz", f"{tiny_int4_zp.name}.npz"])
+        [f"{tiny_int4.name}.npz", f"{tiny_int4_zp.name}.npz", f"{tiny_fp32.name}.ref.npz"])
     zp_file = saved / f"{tiny_int4_zp.name}.npz"
     again = run_json(["--ref", str(tiny_fp32), str(tiny_int4), "--saved", str(zp_file), "--max-windows", "2"])
     a = {v["name"]: v for v in first["variants"]}
@@ -82,7 +82,20 @@ def test_saved_results_compare_like_a_run(tiny_fp32, tiny_int4, tiny_int4_zp, tm
                      "--saved", str(zp_file), "--baseline", tiny_int4.name, "--max-windows", "2"])
     assert {v["name"]: v for v in base["variants"]}[tiny_int4_zp.name]["vs_baseline"] == \
         a[tiny_int4_zp.name]["vs_baseline"]
+    # the saved reference stands in for the fp32 export (float32 log-probabilities)
+    ref_file = saved / f"{tiny_fp32.name}.ref.npz"
+    from_ref = run_json(["--ref", str(ref_file), str(tiny_int4_zp), "--saved",
+                         str(saved / f"{tiny_int4.name}.npz"), "--baseline", tiny_int4.name])
+    assert from_ref["positions"] == 2 * 128 and from_ref["text_tokens"] == first["text_tokens"]
+    c = {v["name"]: v for v in from_ref["variants"]}[tiny_int4_zp.name]
+    assert c["top1_agree_count"] == a[tiny_int4_zp.name]["top1_agree_count"]
+    assert abs(c["kl_mean"] - a[tiny_int4_zp.name]["kl_mean"]) < 1e-5 * a[tiny_int4_zp.name]["kl_mean"]
+    assert c["vs_baseline"]["verdict"] == a[tiny_int4_zp.name]["vs_baseline"]["verdict"]
     with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        with pytest.raises(SystemExit, match="holds 2 windows"):
+            Q.main(["--ref", str(ref_file), str(tiny_int4), "--max-windows", "3"])
+        with pytest.raises(SystemExit, match="another reference, text or windows"):
+            Q.main(["--ref", str(ref_file), str(tiny_int4), "--window", "64"])
         with pytest.raises(SystemExit, match="another reference, text or windows"):
             Q.main(["--ref", str(tiny_fp32), "--saved", str(zp_file), "--max-windows", "3"])
         with pytest.raises(SystemExit, match="must differ"):
