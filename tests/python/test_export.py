@@ -843,7 +843,8 @@ def test_hf_dir_sharded_f16_checkpoint(tmp_path, tiny_int4):
     import contextlib
     import io
     with contextlib.redirect_stderr(io.StringIO()):
-        assert E.main(["--hf-dir", str(hf), "--out", str(out), "--golden-tokens", "3"]) == 0
+        assert E.main(["--hf-dir", str(hf), "--out", str(out), "--golden-tokens", "3",
+                       "--block-size", "32", "--rounding", "absmax"]) == 0  # as tiny_int4
     man = json.loads((out / "manifest.json").read_text())
     assert man["source"] == f"hf-dir:{hf}" and man["random_weights"] is False
     g = json.loads((out / "golden.json").read_text())
