@@ -18,7 +18,8 @@
 # Other options: --binary PATH, --model DIR, --out DIR, --no-docs (leave BENCHMARKS.md alone).
 #
 # It sets up what it needs as run.sh does (ONNX Runtime, .venv with Locust and matplotlib,
-# the bench model onnx/tinyllama-bench with random weights when absent, a release build),
+# the bench model onnx/tinyllama-bench with random weights when absent or holding another
+# graph than the exporter's defaults or TRENDSTORY_EXPORT_ARGS ask for, a release build),
 # then runs scripts/loadtest/bench.py: results in DIR/results.json (default docs/loadtest/),
 # charts DIR/*.png, and the load-test section of BENCHMARKS.md rewritten between its markers
 # (--smoke writes all of it under target/loadtest/smoke/ instead). Records and logs of every
@@ -78,14 +79,17 @@ if [[ "$mode" == smoke ]]; then
 else
     model="${model:-onnx/tinyllama-bench}"
     out="${out:-docs/loadtest}"
-    if [[ ! -f "$model/manifest.json" ]]; then
-        if [[ "$model" != onnx/tinyllama-bench ]]; then
-            echo "bench.sh: $model/manifest.json is missing" >&2
-            exit 1
-        fi
-        # As scripts/run.sh does without the Hugging Face hub: random weights, real shape.
+    if [[ "$model" != onnx/tinyllama-bench && ! -f "$model/manifest.json" ]]; then
+        echo "bench.sh: $model/manifest.json is missing" >&2
+        exit 1
+    fi
+    # As scripts/run.sh does without the Hugging Face hub: random weights, real shape, the
+    # exporter's defaults or TRENDSTORY_EXPORT_ARGS; an export of another graph is redone.
+    read -r -a EXPORT_ARGS <<< "${TRENDSTORY_EXPORT_ARGS:-}"
+    if [[ "$model" == onnx/tinyllama-bench ]] && ! "$PYTHON_ENV_PY" -c 'import sys; sys.path.insert(0, "scripts")
+import export_onnx as E; sys.exit(0 if E.export_matches(sys.argv[1], sys.argv[2:]) else 1)' "$model" "${EXPORT_ARGS[@]}"; then
         echo "bench.sh: building onnx/tinyllama-bench (random weights, TinyLlama-1.1B shape)"
-        "$PYTHON_ENV_PY" scripts/export_onnx.py --random-init --preset tinyllama
+        "$PYTHON_ENV_PY" scripts/export_onnx.py --random-init --preset tinyllama "${EXPORT_ARGS[@]}"
     fi
     if [[ -z "$binary" ]]; then
         cargo build --release --quiet

@@ -3,15 +3,19 @@
 
 No torch: weights are read from safetensors with our own parser (numpy has no bfloat16),
 the graph is built with onnx.helper, linear layers are quantized to int4 for ONNX Runtime's
-`com.microsoft.MatMulNBits` (symmetric by default; --zero-points: asymmetric, a 4-bit zero
-point per block), and golden greedy outputs are computed with onnxruntime.
+`com.microsoft.MatMulNBits` (a block size and symmetric or asymmetric, with a 4-bit zero point
+per block, for each matrix kind; least-squares rounding by default), and golden greedy outputs
+are computed with onnxruntime.
 
 Modes (see --help):
   --hf-dir DIR --out onnx/NAME          export an existing HF Llama folder
   --random-init --preset tinyllama      TinyLlama-1.1B shape, random weights (same run cost)
   --random-init --preset tiny           2-layer model + self-trained 1k BPE tokenizer, for tests
   --linear-only                         only the int4 matmuls (a benchmark baseline)
-  --block-size 32|128, --zero-points    int4 block size; asymmetric int4 with zero points
+  --block-size 32|64|128 --zero-points  one int4 format for every matrix kind (zero points:
+                                        asymmetric int4); default: the per-kind DEFAULT_QUANT
+  --quant KIND=BLOCK[:zp],...           the format of some kinds (qkv, o, gate_up, down, lm_head)
+  --rounding absmax|search              scale rule (search: least squared error, the default)
   --attention packed|explicit           one-pass packed graph (default) or the optimum contract
 
 Output folder: model.onnx + model.onnx.data, tokenizer.json (+tokenizer_config.json),
@@ -62,6 +66,7 @@ import shutil
 import struct
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -247,6 +252,92 @@ def write_safetensors(path: Path, specs, produce, dtype: str = "F32") -> None:
 # int4 quantization (MatMulNBits: symmetric Q4_0 style, or asymmetric with zero points)
 # --------------------------------------------------------------------------------------------
 
+# The linear layers by kind: per layer the fused q/k/v matmul, o, the fused gate/up matmul and
+# down, then the output head. A fused matmul is one MatMulNBits node, so its parts (q, k, v or
+# gate, up) share one format.
+MATRIX_KINDS = ("qkv", "o", "gate_up", "down", "lm_head")
+BLOCK_SIZES = (32, 64, 128)
+# absmax: the block's largest magnitude (symmetric) or its min/max (zero points) sets the scale.
+# search: the scale (and zero point) of least squared error, see search_scales.
+ROUNDINGS = ("absmax", "search")
+# The default int4 layout (fetch-model.sh, run.sh, bench.sh and every export without
+# --block-size/--zero-points/--quant), KIND=BLOCK[:zp] per kind as --quant reads it: chosen by
+# BENCHMARKS.md "int4 quality" (not worse than llama.cpp's Q4_0, the most weights at block
+# 128, the faster kernel): 89% of the weights at block 128; q/k/v, the kind most sensitive to
+# block 128, stays at 32.
+DEFAULT_QUANT = "qkv=32,o=128,gate_up=128,down=128,lm_head=128"
+DEFAULT_ROUNDING = "search"
+
+
+@dataclass(frozen=True)
+class KindFormat:
+    """One kind's int4 format: block size along K, and zero points (asymmetric) or not."""
+    block_size: int
+    zero_points: bool
+
+    def spec(self) -> str:
+        return f"{self.block_size}:zp" if self.zero_points else str(self.block_size)
+
+
+@dataclass(frozen=True)
+class Quantization:
+    """How an int4 export quantizes its linear layers: a format per matrix kind (every kind of
+    MATRIX_KINDS), the MatMulNBits accuracy level and the rounding rule."""
+    formats: tuple  # (kind, KindFormat) pairs in MATRIX_KINDS order
+    accuracy_level: int = 4
+    rounding: str = DEFAULT_ROUNDING
+
+    def of(self, kind: str) -> KindFormat:
+        return dict(self.formats)[kind]
+
+    def spec(self) -> str:
+        """The formats as --quant writes them (KIND=BLOCK[:zp],...)."""
+        return ",".join(f"{k}={f.spec()}" for k, f in self.formats)
+
+    def manifest(self) -> dict:
+        """manifest.json's "quantization" entry."""
+        return {"op": "com.microsoft.MatMulNBits", "bits": 4,
+                "accuracy_level": self.accuracy_level, "rounding": self.rounding,
+                "kinds": {k: {"block_size": f.block_size, "symmetric": not f.zero_points}
+                          for k, f in self.formats}}
+
+
+def parse_quant_spec(spec: str) -> dict:
+    """--quant's KIND=BLOCK[:zp|:sym],... -> {kind: KindFormat} for the kinds it names.
+    Raises ValueError naming the bad item."""
+    out = {}
+    for item in spec.split(","):
+        kind, eq, fmt = item.strip().partition("=")
+        if not eq or kind not in MATRIX_KINDS:
+            raise ValueError(f"{item!r}: expected KIND=BLOCK[:zp], KIND one of {', '.join(MATRIX_KINDS)}")
+        block, _, sym = fmt.partition(":")
+        if not block.isdigit() or int(block) not in BLOCK_SIZES or sym not in ("", "zp", "sym"):
+            raise ValueError(f"{item!r}: expected {kind}=BLOCK or {kind}=BLOCK:zp, BLOCK one of "
+                             f"{', '.join(map(str, BLOCK_SIZES))}")
+        if kind in out:
+            raise ValueError(f"{item!r}: {kind} is given twice")
+        out[kind] = KindFormat(int(block), sym == "zp")
+    return out
+
+
+def quantization(precision: str, block_size: int | None = None, zero_points: bool = False,
+                 quant: str | None = None, accuracy_level: int = 4,
+                 rounding: str = DEFAULT_ROUNDING) -> Quantization | None:
+    """The exporter's options as one Quantization (None for fp32). Without block_size and
+    zero_points every kind starts from DEFAULT_QUANT; with either, every kind gets block_size
+    (default 32) and zero_points; `quant` (KIND=BLOCK[:zp],...) then sets the kinds it names."""
+    if precision == "fp32":
+        return None
+    if block_size is None and not zero_points:
+        formats = parse_quant_spec(DEFAULT_QUANT)
+    else:
+        formats = {k: KindFormat(block_size or 32, zero_points) for k in MATRIX_KINDS}
+    formats.update(parse_quant_spec(quant) if quant else {})
+    if rounding not in ROUNDINGS:
+        raise ValueError(f"rounding {rounding!r}: expected one of {', '.join(ROUNDINGS)}")
+    return Quantization(tuple((k, formats[k]) for k in MATRIX_KINDS), accuracy_level, rounding)
+
+
 def split_blocks(w: np.ndarray, block_size: int) -> np.ndarray:
     """float32 [N, n_blocks, block_size]: each row's K elements in blocks, the last one
     zero-padded when K is not a multiple of block_size."""
@@ -263,11 +354,12 @@ def pack_nibbles(q: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray((q[..., 0::2] | (q[..., 1::2] << 4)).astype(np.uint8))
 
 
-def quantize_q4(w: np.ndarray, block_size: int):
+def quantize_q4(w: np.ndarray, block_size: int, rounding: str = "absmax"):
     """Quantize an HF linear weight [N, K] (out, in) for com.microsoft.MatMulNBits.
 
     Per block of `block_size` consecutive K elements of a row: m = the value of largest
     magnitude, d = m / -8, q = clip(round(w / d) + 8, 0, 15); zero point is the default 8.
+    rounding "search": d is the scale of least squared error instead (search_scales).
     Returns (B uint8 [N, n_blocks, block_size/2] with the even element in the low nibble,
              scales float32 [N * n_blocks]).
     """
@@ -275,11 +367,69 @@ def quantize_q4(w: np.ndarray, block_size: int):
     idx = np.abs(blocks).argmax(axis=2)
     m = np.take_along_axis(blocks, idx[..., None], axis=2)[..., 0]
     d = (m / np.float32(-8.0)).astype(np.float32)
-    with np.errstate(divide="ignore"):
-        inv = np.where(d != 0, np.float32(1.0) / d, np.float32(0.0)).astype(np.float32)
-    q = np.rint(blocks * inv[..., None]) + 8
-    q = np.clip(q, 0, 15).astype(np.uint8)
+    zp = np.full(d.shape, 8, dtype=np.uint8)
+    if rounding == "search":
+        q, d, _ = search_scales(blocks, lambda f: (d * np.float32(f), zp))
+    else:
+        q = q4_codes(blocks, d, zp)
     return pack_nibbles(q), np.ascontiguousarray(d.reshape(-1))
+
+
+def q4_codes(blocks: np.ndarray, scale: np.ndarray, zp: np.ndarray) -> np.ndarray:
+    """uint8 codes clip(round(w / scale) + zp, 0, 15) of blocks [N, nb, B] (0 where scale is 0)."""
+    with np.errstate(divide="ignore"):
+        inv = np.where(scale != 0, np.float32(1.0) / scale, np.float32(0.0)).astype(np.float32)
+    q = np.rint(blocks * inv[..., None]) + zp[..., None]
+    return np.clip(q, 0, 15).astype(np.uint8)
+
+
+# search_scales' candidates: the absmax (or min/max) scale times each of these factors. Finer or
+# wider grids (0.5-1.05 in 32 steps, a zero point +-1, re-rounding after the fit) lowered the
+# error of Gaussian blocks by less than 0.1% more (BENCHMARKS.md "int4 quality").
+SEARCH_FACTORS = np.linspace(0.7, 1.0, 16, dtype=np.float32)
+SEARCH_ROWS = 256  # rows per chunk: keeps the candidates' temporaries small
+
+
+def search_scales(blocks: np.ndarray, candidate):
+    """Error-minimizing int4 rounding, per block (llama.cpp's make_qx_quants idea): for each
+    factor f of SEARCH_FACTORS, candidate(f) gives (scale, zero point) per block; the codes
+    q = clip(round(w / scale) + zp, 0, 15) are then fitted by least squares,
+    d = sum(w * (q - zp)) / sum((q - zp)^2), and each block keeps the candidate whose
+    (q - zp) * d is closest to w. Factor 1 is the plain absmax (min/max) rule and the fit only
+    lowers a candidate's error, so no block gets worse than with rounding "absmax".
+    Returns (codes uint8 [N, nb, B], scales float32 [N, nb], zero points uint8 [N, nb])."""
+    n, nb, _ = blocks.shape
+    best = np.zeros((n, nb), dtype=np.intp)
+    best_gain = np.full((n, nb), -1.0, dtype=np.float32)  # sum(w^2) - squared error, >= 0
+    for i, f in enumerate(SEARCH_FACTORS):
+        scale, zp = candidate(f)
+        for r0 in range(0, n, SEARCH_ROWS):
+            rows = slice(r0, r0 + SEARCH_ROWS)
+            x = blocks[rows]
+            lv = q4_codes(x, scale[rows], zp[rows]).astype(np.float32) - zp[rows][..., None]
+            xl = np.einsum("nbk,nbk->nb", x, lv)
+            ll = np.einsum("nbk,nbk->nb", lv, lv)
+            with np.errstate(divide="ignore", invalid="ignore"):
+                gain = np.where(ll > 0, xl * xl / ll, 0.0)
+            better = gain > best_gain[rows]
+            best_gain[rows] = np.where(better, gain, best_gain[rows])
+            best[rows] = np.where(better, i, best[rows])
+    q = np.empty(blocks.shape, dtype=np.uint8)
+    d = np.empty((n, nb), dtype=np.float32)
+    z = np.empty((n, nb), dtype=np.uint8)
+    for i, f in enumerate(SEARCH_FACTORS):
+        sel = best == i
+        if not sel.any():
+            continue
+        scale, zp = candidate(f)
+        x, zs = blocks[sel], zp[sel]
+        qi = q4_codes(x[None], scale[sel][None], zs[None])[0]
+        lv = qi.astype(np.float32) - zs[:, None]
+        ll = (lv * lv).sum(-1)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            d[sel] = np.where(ll > 0, (x * lv).sum(-1) / ll, 0.0)
+        q[sel], z[sel] = qi, zs
+    return q, d, z
 
 
 def dequantize_q4(packed: np.ndarray, scales: np.ndarray, k: int,
@@ -297,14 +447,16 @@ def dequantize_q4(packed: np.ndarray, scales: np.ndarray, k: int,
     return w.reshape(n, nb * half * 2)[:, :k]
 
 
-def quantize_q4_asym(w: np.ndarray, block_size: int):
+def quantize_q4_asym(w: np.ndarray, block_size: int, rounding: str = "absmax"):
     """Asymmetric int4 (min/max per block, with a zero point) for MatMulNBits' zero_points.
 
     Per block of `block_size` consecutive K elements of a row, with lo = min(min(w), 0) and
     hi = max(max(w), 0) (the range always holds 0, so the zero point fits in 4 bits):
     scale = (hi - lo) / 15, zp = clip(round(-lo / scale), 0, 15),
     q = clip(round(w / scale) + zp, 0, 15); ONNX Runtime dequantizes (q - zp) * scale.
-    Every value is then within scale / 2 of its dequantized value.
+    Every value is then within scale / 2 of its dequantized value. rounding "search": the
+    scale of least squared error instead (search_scales), over ranges shrunk about the block's
+    centre (the zero point follows).
     Returns (B uint8 [N, n_blocks, block_size/2] packed as in quantize_q4,
              scales float32 [N * n_blocks],
              zero_points uint8 [N, ceil(n_blocks / 2)]: the contrib-op contract's packed
@@ -314,12 +466,23 @@ def quantize_q4_asym(w: np.ndarray, block_size: int):
     blocks = split_blocks(w, block_size)
     lo = np.minimum(blocks.min(axis=2), np.float32(0.0))
     hi = np.maximum(blocks.max(axis=2), np.float32(0.0))
-    scale = ((hi - lo) / np.float32(15.0)).astype(np.float32)
-    with np.errstate(divide="ignore"):
-        inv = np.where(scale != 0, np.float32(1.0) / scale, np.float32(0.0)).astype(np.float32)
-    zp = np.clip(np.rint(-lo * inv), 0, 15).astype(np.uint8)
-    q = np.rint(blocks * inv[..., None]) + zp[..., None]
-    q = np.clip(q, 0, 15).astype(np.uint8)
+    full = ((hi - lo) / np.float32(15.0)).astype(np.float32)
+
+    def candidate(f):
+        """Scale f * (hi - lo) / 15 and the zero point that centres it on the block's range."""
+        scale = (full * np.float32(f)).astype(np.float32)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            centre = np.where(scale != 0, (lo + hi) / (2 * scale), 0.0)
+        return scale, np.clip(np.rint(np.float32(7.5) - centre), 0, 15).astype(np.uint8)
+
+    if rounding == "search":
+        q, scale, zp = search_scales(blocks, candidate)
+    else:
+        scale = full
+        with np.errstate(divide="ignore"):
+            inv = np.where(scale != 0, np.float32(1.0) / scale, np.float32(0.0)).astype(np.float32)
+        zp = np.clip(np.rint(-lo * inv), 0, 15).astype(np.uint8)
+        q = q4_codes(blocks, scale, zp)
     return pack_nibbles(q), np.ascontiguousarray(scale.reshape(-1)), pack_zero_points(zp)
 
 
@@ -410,39 +573,50 @@ class GraphBuilder:
 
 
 class Linear:
-    """Emits one linear layer (int4 MatMulNBits or fp32 MatMul).
+    """Emits one linear layer (int4 MatMulNBits or, with quant None, fp32 MatMul).
 
     Several HF weights that read the same input (q/k/v, gate/up) can be fused into one node:
     their rows are concatenated, so the output is the concatenation of the separate outputs.
     int4 quantization is per output row (blocks run along K), so quantizing the concatenated
     matrix gives exactly the blocks, scales, zero points and nibbles of quantizing each weight
-    alone.
+    alone. The node's name says its matrix kind (KIND_OF_NAME), hence its int4 format.
     """
 
-    def __init__(self, g: GraphBuilder, precision: str, block_size: int, accuracy_level: int,
-                 zero_points: bool = False):
-        self.g, self.precision = g, precision
-        self.block_size, self.accuracy_level = block_size, accuracy_level
-        self.zero_points = zero_points
+    def __init__(self, g: GraphBuilder, quant: Quantization | None):
+        self.g, self.quant = g, quant
 
     def __call__(self, x: str, w, name: str) -> str:
         g = self.g
         if isinstance(w, (list, tuple)):
             w = np.concatenate(w, axis=0)
         n, k = w.shape
-        if self.precision == "fp32":
+        if self.quant is None:
             wt = g.init(f"{name}.weight_t", np.ascontiguousarray(w.T.astype(np.float32)))
             return g.op("MatMul", [x, wt], name=f"{name}/MatMul")
-        if self.zero_points:
-            packed, scales, zp = quantize_q4_asym(w, self.block_size)
+        fmt = self.quant.of(kind_of(name))
+        if fmt.zero_points:
+            packed, scales, zp = quantize_q4_asym(w, fmt.block_size, self.quant.rounding)
             inputs = [x, g.init(f"{name}.qweight", packed), g.init(f"{name}.scales", scales),
                       g.init(f"{name}.zero_points", zp)]
         else:
-            packed, scales = quantize_q4(w, self.block_size)
+            packed, scales = quantize_q4(w, fmt.block_size, self.quant.rounding)
             inputs = [x, g.init(f"{name}.qweight", packed), g.init(f"{name}.scales", scales)]
         return g.op("MatMulNBits", inputs, domain=MS_DOMAIN, name=f"{name}/MatMulNBits",
-                    K=k, N=n, bits=4, block_size=self.block_size,
-                    accuracy_level=self.accuracy_level)
+                    K=k, N=n, bits=4, block_size=fmt.block_size,
+                    accuracy_level=self.quant.accuracy_level)
+
+
+# A linear layer's node name ends with one of these; Linear reads its kind from it.
+KIND_OF_NAME = {"qkv_proj": "qkv", "o_proj": "o", "gate_up_proj": "gate_up",
+                "down_proj": "down", "lm_head": "lm_head"}
+
+
+def kind_of(name: str) -> str:
+    """The matrix kind (MATRIX_KINDS) of a linear layer named like model.layers.0.mlp.down_proj."""
+    kind = KIND_OF_NAME.get(name.rsplit(".", 1)[-1])
+    if kind is None:
+        raise ValueError(f"linear layer {name!r} is of no known kind ({', '.join(KIND_OF_NAME)})")
+    return kind
 
 
 def rope_tables(cfg: dict, head_dim: int):
@@ -466,8 +640,7 @@ def model_dims(cfg: dict) -> dict:
                 max_pos=int(cfg["max_position_embeddings"]))
 
 
-def build_decoder(cfg: dict, weights: SafeTensorsDir, out_dir: Path, precision: str,
-                  block_size: int, accuracy_level: int, zero_points: bool = False,
+def build_decoder(cfg: dict, weights: SafeTensorsDir, out_dir: Path, quant: Quantization | None,
                   attention: str = "packed", prefill_lanes: int = DEFAULT_PREFILL_LANES) -> None:
     """Write out_dir/model.onnx (+ model.onnx.data) for a Llama decoder with past.
 
@@ -502,7 +675,7 @@ def build_decoder(cfg: dict, weights: SafeTensorsDir, out_dir: Path, precision: 
         raise SystemExit(f"error: hidden_act {cfg.get('hidden_act')!r} is not supported")
 
     g = GraphBuilder(out_dir / "model.onnx.data")
-    lin = Linear(g, precision, block_size, accuracy_level, zero_points)
+    lin = Linear(g, quant)
     W = weights.get_f32
 
     def norm(x, delta, wname, name):
@@ -727,8 +900,8 @@ def lm_head_name(cfg: dict, weights: SafeTensorsDir) -> str:
     return "model.embed_tokens.weight"
 
 
-def build_linear_only(cfg: dict, weights: SafeTensorsDir, out_dir: Path, block_size: int,
-                      accuracy_level: int, zero_points: bool = False) -> None:
+def build_linear_only(cfg: dict, weights: SafeTensorsDir, out_dir: Path,
+                      quant: Quantization) -> None:
     """Benchmark baseline: exactly the decoder's int4 MatMulNBits nodes, nothing else.
 
     Per layer the same fused matmuls as build_decoder: qkv, o, gate_up, down. Only shape glue
@@ -741,7 +914,7 @@ def build_linear_only(cfg: dict, weights: SafeTensorsDir, out_dir: Path, block_s
     L, H, V = dm["layers"], dm["hidden"], dm["vocab"]
     kv_dim = dm["kv_heads"] * dm["head_dim"]
     g = GraphBuilder(out_dir / "model.onnx.data")
-    lin = Linear(g, "int4", block_size, accuracy_level, zero_points)
+    lin = Linear(g, quant)
     W = weights.get_f32
     split_qkv = g.const_i64([H, 2 * kv_dim], "split_qkv")
     split_mlp = g.const_i64([dm["inter"], dm["inter"]], "split_mlp")
@@ -1130,39 +1303,41 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
-def quantization_manifest(precision: str, block_size: int, accuracy_level: int,
-                          zero_points: bool) -> dict | None:
-    """manifest.json's "quantization" entry (None for fp32)."""
-    if precision == "fp32":
-        return None
-    return {"op": "com.microsoft.MatMulNBits", "bits": 4, "block_size": block_size,
-            "accuracy_level": accuracy_level, "symmetric": not zero_points}
-
-
 def export_matches(out_dir: Path, exporter_args: list[str]) -> bool:
     """Whether out_dir/manifest.json records the graph these exporter arguments ask for: the
-    quantization (--precision, --block-size, --accuracy-level, --zero-points) and the attention
-    (--attention, --prefill-lanes; exports from before --attention had the explicit one, and
-    the old batched "gqa" one is redone). Other arguments are ignored.
-    For the shell scripts that skip an export already done: a different request, or an older
-    export than the defaults ask for, means re-exporting."""
+    quantization (--precision, --block-size, --zero-points, --quant, --rounding,
+    --accuracy-level; exports from before --quant recorded no per-kind formats) and the
+    attention (--attention, --prefill-lanes; exports from before --attention had the explicit
+    one, and the old batched "gqa" one, are redone). Other arguments are ignored. For the shell
+    scripts that skip an export already done: a different request, or an older export than the
+    defaults ask for, means re-exporting."""
     try:
         man = json.loads((Path(out_dir) / "manifest.json").read_text())
     except (OSError, ValueError):
         return False
     a = parse_args(["--hf-dir", "-", "--out", "-", *exporter_args])
+    quant = quantization_of_args(a)
     same_graph = man.get("linear_only", False) or (
         man.get("attention", "explicit") == a.attention
         and (a.attention != "packed" or man.get("prefill_lanes") == a.prefill_lanes))
-    return (man.get("quantization") == quantization_manifest(a.precision, a.block_size,
-                                                             a.accuracy_level, a.zero_points)
-            and same_graph)
+    return man.get("quantization") == (quant.manifest() if quant else None) and same_graph
+
+
+def quantization_of_args(args) -> Quantization | None:
+    return quantization(args.precision, args.block_size, args.zero_points, args.quant,
+                        args.accuracy_level, args.rounding)
 
 
 def export(hf_dir: Path, out_dir: Path, *, source: str, random_weights: bool, precision: str,
-           block_size: int, accuracy_level: int, golden_tokens: int | None,
+           block_size: int | None, accuracy_level: int, golden_tokens: int | None,
            linear_only: bool = False, threads: int = 1, zero_points: bool = False,
-           attention: str = "packed", prefill_lanes: int = DEFAULT_PREFILL_LANES) -> dict:
+           attention: str = "packed", prefill_lanes: int = DEFAULT_PREFILL_LANES,
+           quant: str | None = None,
+           rounding: str = DEFAULT_ROUNDING, weights=None) -> dict:
+    """Export hf_dir to out_dir. The quantization arguments mean what the command line's
+    options do (see quantization(): block_size None and no zero points start from
+    DEFAULT_QUANT). weights: where the tensors come from instead of hf_dir's safetensors
+    (anything with get_f32(name) and `name in weights`, e.g. gguf_dequant.GGUFWeights)."""
     hf_dir, out_dir = Path(hf_dir), Path(out_dir)
     cfg_path = hf_dir / "config.json"
     if not cfg_path.exists():
@@ -1178,16 +1353,19 @@ def export(hf_dir: Path, out_dir: Path, *, source: str, random_weights: bool, pr
     for stale in ("golden.json", "model.onnx", "model.onnx.data"):
         if (out_dir / stale).exists():
             (out_dir / stale).unlink()
-    if zero_points and precision != "int4":
-        raise SystemExit("error: zero points are for int4 exports only")
-    weights = SafeTensorsDir(hf_dir)
+    if (zero_points or quant) and precision != "int4":
+        raise SystemExit("error: zero points and --quant are for int4 exports only")
+    try:
+        q = quantization(precision, block_size, zero_points, quant, accuracy_level, rounding)
+    except ValueError as e:
+        raise SystemExit(f"error: {e}")
+    weights = weights if weights is not None else SafeTensorsDir(hf_dir)
     t0 = time.time()
     if linear_only:
-        build_linear_only(cfg, weights, out_dir, block_size, accuracy_level, zero_points)
+        build_linear_only(cfg, weights, out_dir, q)
         manifest = {"name": out_dir.name, "source": source, "random_weights": random_weights,
                     "linear_only": True, "precision": "int4",
-                    "quantization": quantization_manifest("int4", block_size, accuracy_level,
-                                                          zero_points),
+                    "quantization": q.manifest(),
                     "inputs": {"x": ["batch_size", "sequence_length", dm["hidden"]]},
                     "outputs": {"logits": ["batch_size", "sequence_length", dm["vocab"]]},
                     "num_hidden_layers": dm["layers"], "hidden_size": dm["hidden"],
@@ -1200,8 +1378,7 @@ def export(hf_dir: Path, out_dir: Path, *, source: str, random_weights: bool, pr
         log(f"linear-only graph written to {out_dir} in {time.time() - t0:.1f}s")
         return manifest
 
-    build_decoder(cfg, weights, out_dir, precision, block_size, accuracy_level, zero_points,
-                  attention, prefill_lanes)
+    build_decoder(cfg, weights, out_dir, q, attention, prefill_lanes)
     log(f"graph written to {out_dir}/model.onnx in {time.time() - t0:.1f}s")
     if not (hf_dir / "tokenizer.json").exists():
         raise SystemExit(f"error: {hf_dir}/tokenizer.json not found")
@@ -1228,7 +1405,7 @@ def export(hf_dir: Path, out_dir: Path, *, source: str, random_weights: bool, pr
         "precision": precision,
         "attention": attention,
         **({"prefill_lanes": prefill_lanes} if attention == "packed" else {}),
-        "quantization": quantization_manifest(precision, block_size, accuracy_level, zero_points),
+        "quantization": q.manifest() if q else None,
         "num_hidden_layers": dm["layers"],
         "hidden_size": dm["hidden"],
         "intermediate_size": dm["inter"],
@@ -1263,7 +1440,9 @@ def parse_args(argv=None):
                     "(default: bf16 for tinyllama, f32 for tiny)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--precision", choices=["int4", "fp32"], default="int4")
-    ap.add_argument("--block-size", type=int, choices=[32, 128], default=32)
+    ap.add_argument("--block-size", type=int, choices=BLOCK_SIZES,
+                    help="int4 block size of every matrix kind (default: the per-kind mix "
+                    f"{DEFAULT_QUANT})")
     ap.add_argument("--accuracy-level", type=int, choices=[0, 1, 2, 3, 4], default=4)
     ap.add_argument("--attention", choices=["packed", "explicit"], default="packed",
                     help="packed: every row's tokens in one pass, fused GroupQueryAttention over "
@@ -1274,8 +1453,18 @@ def parse_args(argv=None):
                          f"decoding rows (default {DEFAULT_PREFILL_LANES})")
     ap.add_argument("--zero-points", action="store_true",
                     help="asymmetric int4: per-block min/max scale and a 4-bit zero point "
-                    "(MatMulNBits input zero_points; manifest quantization.symmetric false). "
-                    "Default: symmetric, the op's default zero point 8")
+                    "(MatMulNBits input zero_points; manifest quantization.kinds.*.symmetric "
+                    "false) for every matrix kind, at --block-size (default 32). Default: "
+                    "the per-kind mix")
+    ap.add_argument("--quant", metavar="KIND=BLOCK[:zp],...",
+                    help=f"int4 format per matrix kind ({', '.join(MATRIX_KINDS)}): block size "
+                    f"({'|'.join(map(str, BLOCK_SIZES))}) and ':zp' for zero points, over the "
+                    f"default mix {DEFAULT_QUANT} (or over --block-size/--zero-points when "
+                    "given), e.g. --quant gate_up=128:zp,down=128:zp")
+    ap.add_argument("--rounding", choices=ROUNDINGS, default=DEFAULT_ROUNDING,
+                    help="absmax: scale from each block's largest magnitude (min/max with zero "
+                    "points); search: the scale (and zero point) of least squared error per "
+                    "block (default %(default)s)")
     ap.add_argument("--golden-tokens", type=int, help="greedy tokens per golden prompt "
                     "(default 16 for tiny, 8 otherwise)")
     ap.add_argument("--no-golden", action="store_true")
@@ -1293,6 +1482,13 @@ def parse_args(argv=None):
         ap.error("--zero-points is int4 only")
     if not 1 <= args.prefill_lanes <= 64:
         ap.error("--prefill-lanes must be between 1 and 64")
+    if args.quant:
+        if args.precision != "int4":
+            ap.error("--quant is int4 only")
+        try:
+            parse_quant_spec(args.quant)
+        except ValueError as e:
+            ap.error(f"--quant: {e}")
     return args
 
 
@@ -1327,7 +1523,8 @@ def main(argv=None) -> int:
     export(hf_dir, out, source=source, random_weights=random_weights, precision=args.precision,
            block_size=args.block_size, accuracy_level=args.accuracy_level, golden_tokens=golden,
            linear_only=args.linear_only, threads=args.threads, zero_points=args.zero_points,
-           attention=args.attention, prefill_lanes=args.prefill_lanes)
+           attention=args.attention, prefill_lanes=args.prefill_lanes, quant=args.quant,
+           rounding=args.rounding)
     log(f"done in {time.time() - t0:.1f}s")
     return 0
 

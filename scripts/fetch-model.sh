@@ -4,9 +4,9 @@
 #
 # Needs internet. Idempotent: skips the download for files already in the cache and the
 # export when onnx/tinyllama-1.1b-chat-int4/manifest.json lists complete files. Extra arguments
-# go to the exporter, e.g. `./scripts/fetch-model.sh --block-size 128 --zero-points` (default:
-# symmetric int4, block 32, the packed one-pass graph); an export holding another graph than asked for
-# (another quantization or attention, or an older default) is redone.
+# go to the exporter, e.g. `./scripts/fetch-model.sh --block-size 32` (default: the exporter's
+# int4 mix DEFAULT_QUANT with least-squares scales, the packed one-pass graph); an export holding another
+# graph than asked for (another quantization or attention, or an older default) is redone.
 # Honours HF_ENDPOINT (mirror) and HF_TOKEN.
 #
 # Exit codes: 0 ok, 3 hub unreachable (scripts/run.sh then falls back to the random-weight

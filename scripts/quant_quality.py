@@ -23,15 +23,25 @@ the baseline unless it is worse beyond noise:
 The standard errors treat positions as independent; positions in one window share context,
 so the per-window signs (how many windows the variant is worse in) are reported as well.
 
+The peer's quantization is a variant too: scripts/gguf_dequant.py exports a llama.cpp GGUF
+dequantized to fp32 (its manifest names the checkpoint it approximates), e.g. the load test's
+Q4_0 as --baseline, the rule of BENCHMARKS.md "int4 quality".
+
   .venv/bin/python scripts/quant_quality.py --ref onnx/q-fp32 onnx/q-b32 onnx/q-b128 onnx/q-b128-zp
   ... --json    machine-readable output on stdout (the table then goes to stderr)
+  ... --save DIR    also keep each variant's per-position results (DIR/NAME.npz) and the
+                    reference's log-probabilities (DIR/REF.ref.npz): a later run compares
+                    them as --saved DIR/NAME.npz and --ref DIR/REF.ref.npz without the exports
+                    (4.4 GB each in fp32)
 """
 from __future__ import annotations
 
 import argparse
 import gc
+import hashlib
 import json
 import math
+import os
 import sys
 import time
 from pathlib import Path
@@ -55,12 +65,34 @@ def read_manifest(d: Path) -> dict:
     return json.loads(p.read_text())
 
 
+def kind_formats(q: dict) -> dict:
+    """{kind: (block size, symmetric)} of a manifest's int4 quantization (exports from before
+    per-kind formats had one block size and symmetry for all)."""
+    if "kinds" in q:
+        return {k: (f["block_size"], f["symmetric"]) for k, f in q["kinds"].items()}
+    return {k: (q["block_size"], q.get("symmetric", True)) for k in E.MATRIX_KINDS}
+
+
 def describe(man: dict) -> str:
+    if man.get("gguf"):
+        return f"llama.cpp {man['gguf']['file_type']} (GGUF dequantized to fp32)"
     q = man.get("quantization")
     if man.get("precision") == "fp32" or not q:
         return "fp32"
-    kind = "symmetric" if q.get("symmetric", True) else "asymmetric (zero points)"
-    return f"int4 {kind}, block {q['block_size']}, accuracy level {q['accuracy_level']}"
+    formats = kind_formats(q)
+    if len(set(formats.values())) == 1:
+        block, symmetric = next(iter(formats.values()))
+        desc = f"{'symmetric' if symmetric else 'asymmetric (zero points)'}, block {block}"
+    else:
+        desc = ",".join(f"{k}={b}{'' if sym else ':zp'}" for k, (b, sym) in formats.items())
+    return f"int4 {desc}, {q.get('rounding', 'absmax')} rounding, accuracy level {q['accuracy_level']}"
+
+
+def is_uniform_block32(man: dict) -> bool:
+    """Symmetric int4 at block 32 for every kind: the default baseline."""
+    q = man.get("quantization")
+    return (man.get("precision") == "int4" and bool(q)
+            and set(kind_formats(q).values()) == {(32, True)})
 
 
 def check_same_model(ref: Path, ref_man: dict, d: Path, man: dict, allow_other_source: bool):
@@ -72,7 +104,8 @@ def check_same_model(ref: Path, ref_man: dict, d: Path, man: dict, allow_other_s
     tok, ref_tok = man["files"].get("tokenizer.json"), ref_man["files"].get("tokenizer.json")
     if tok != ref_tok:
         raise SystemExit(f"error: {d} and {ref} have different tokenizers")
-    if man.get("source") != ref_man.get("source"):
+    # a dequantized GGUF export (gguf_dequant.py) names the checkpoint it approximates
+    if man.get("weights_of", man.get("source")) != ref_man.get("source"):
         msg = (f"{d} was exported from {man.get('source')!r}, {ref} from "
                f"{ref_man.get('source')!r}: not provably the same weights")
         if not allow_other_source:
@@ -121,6 +154,64 @@ def compare(lp_ref: np.ndarray, lp: np.ndarray) -> tuple[np.ndarray, np.ndarray]
     kl = (np.exp(lp_ref) * (lp_ref - lp)).sum(axis=-1)
     kl = np.maximum(kl, 0.0)  # tiny negative values from rounding
     return kl, lp_ref.argmax(-1) == lp.argmax(-1)
+
+
+def summary(name: str, path: str, quantization: str, manifest_quantization, kl, agree) -> dict:
+    """A variant's row: top-1 agreement and the KL distribution over all positions."""
+    return {"name": name, "path": path, "quantization": quantization,
+            "manifest_quantization": manifest_quantization,
+            "top1_agreement": float(agree.mean()), "top1_agree_count": int(agree.sum()),
+            "kl_mean": float(kl.mean()), "kl_median": float(np.median(kl)),
+            "kl_p95": float(np.percentile(kl, 95)), "kl_max": float(kl.max())}
+
+
+def save_result(path: Path, row: dict, kl, agree, fingerprint: dict) -> None:
+    """A variant's per-position KL and agreement, for a later run's --saved."""
+    meta = {"name": row["name"], "quantization": row["quantization"],
+            "manifest_quantization": row["manifest_quantization"], "fingerprint": fingerprint}
+    write_npz(path, kl=kl, agree=agree, meta=np.array(json.dumps(meta)))
+
+
+def save_ref(path: Path, lp_ref, windows, text_tokens: int, manifest: dict, cfg: dict,
+             fingerprint: dict) -> None:
+    """The reference's log-probabilities (float32) and windows, for a later run's --ref."""
+    meta = {"manifest": manifest, "config": cfg, "fingerprint": fingerprint,
+            "text_tokens": text_tokens, "window_lengths": [len(w) for w in windows]}
+    write_npz(path, lp=lp_ref.astype(np.float32), ids=np.concatenate(windows),
+              meta=np.array(json.dumps(meta)))
+
+
+def write_npz(path: Path, **arrays) -> None:
+    """np.savez to path, whole or not at all (a full disk leaves no truncated file behind)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        with open(tmp, "wb") as f:
+            np.savez(f, **arrays)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    log(f"saved {path}")
+
+
+def load_saved_ref(path: Path) -> dict:
+    try:
+        with np.load(path) as z:
+            meta = json.loads(str(z["meta"]))
+            lp, ids = z["lp"].astype(np.float64), z["ids"].tolist()
+    except (OSError, KeyError, ValueError) as e:
+        raise SystemExit(f"error: {path} is not a reference saved by quant_quality.py --save ({e})")
+    ends = np.cumsum(meta.pop("window_lengths")).tolist()
+    windows = [ids[a:b] for a, b in zip([0, *ends[:-1]], ends)]
+    return {**meta, "lp": lp, "windows": windows}
+
+
+def load_saved(path: Path) -> dict:
+    try:
+        with np.load(path) as z:
+            return {**json.loads(str(z["meta"])), "kl": z["kl"], "agree": z["agree"]}
+    except (OSError, KeyError, ValueError) as e:
+        raise SystemExit(f"error: {path} is not a quant_quality.py --save file ({e})")
 
 
 def paired(kl_v, agree_v, kl_b, agree_b, window_ids) -> dict:
@@ -194,12 +285,21 @@ def markdown(report: dict) -> str:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--ref", type=Path, required=True, help="the fp32 export (--precision fp32)")
-    ap.add_argument("variants", type=Path, nargs="+", help="int4 exports of the same weights")
+    ap.add_argument("--ref", type=Path, required=True,
+                    help="the fp32 export (--precision fp32), or its results saved by an earlier "
+                    "run's --save (DIR/NAME.ref.npz: its export can then be deleted)")
+    ap.add_argument("variants", type=Path, nargs="*", help="int4 exports of the same weights")
+    ap.add_argument("--saved", type=Path, action="append", default=[], metavar="FILE.npz",
+                    help="a variant measured by an earlier run with --save (same reference, "
+                    "text and windows; checked), compared without its export")
+    ap.add_argument("--save", type=Path, metavar="DIR",
+                    help="write each variant's per-position results to DIR/NAME.npz (for "
+                    "--saved: a big export, such as a dequantized GGUF, can then be deleted) "
+                    "and the reference's log-probabilities to DIR/REF.ref.npz (for --ref)")
     ap.add_argument("--text", type=Path, default=DEFAULT_TEXT, help="plain text (default %(default)s)")
     ap.add_argument("--window", type=int, default=128, help="tokens per window, BOS included")
     ap.add_argument("--max-windows", type=int, help="use only the first N windows")
-    ap.add_argument("--baseline", help="variant (folder name) the others are judged against "
+    ap.add_argument("--baseline", help="variant (folder or saved name) the others are judged against "
                     "(default: the symmetric block-32 int4 variant, if any)")
     ap.add_argument("--threads", type=int, default=2, help="ORT intra-op threads")
     ap.add_argument("--allow-other-source", action="store_true",
@@ -210,42 +310,62 @@ def main(argv=None) -> int:
         ap.error("--window must be at least 2")
 
     t_start = time.time()
-    ref_man = read_manifest(args.ref)
+    text = args.text.read_text(encoding="utf-8")
+    saved_ref = load_saved_ref(args.ref) if args.ref.suffix == ".npz" else None
+    ref_man = saved_ref["manifest"] if saved_ref else read_manifest(args.ref)
     if ref_man.get("precision") != "fp32":
         log(f"warning: {args.ref} is {describe(ref_man)}, not fp32")
+    if not args.variants and not args.saved:
+        ap.error("give at least one variant (an export folder or --saved FILE.npz)")
     mans = []
     for d in args.variants:
         man = read_manifest(d)
         check_same_model(args.ref, ref_man, d, man, args.allow_other_source)
         mans.append(man)
-    names = [d.name for d in args.variants]
+    saved = [load_saved(f) for f in args.saved]
+    names = [d.name for d in args.variants] + [sv["name"] for sv in saved]
     if len(set(names)) != len(names):
-        raise SystemExit("error: variant folder names must differ")
+        raise SystemExit(f"error: variant names must differ: {names}")
     baseline = args.baseline
     if baseline is None:
-        for d, man in zip(args.variants, mans):
-            q = man.get("quantization") or {}
-            if q.get("block_size") == 32 and q.get("symmetric", True) and man.get("precision") == "int4":
-                baseline = d.name
-                break
+        baseline = next((d.name for d, man in zip(args.variants, mans) if is_uniform_block32(man)),
+                        None)
     elif baseline not in names:
         raise SystemExit(f"error: --baseline {baseline} is not one of {names}")
 
-    cfg = json.loads((args.ref / "config.json").read_text())
-    from tokenizers import Tokenizer
-    tok = Tokenizer.from_file(str(args.ref / "tokenizer.json"))
-    text = args.text.read_text(encoding="utf-8")
-    ids = tok.encode(text, add_special_tokens=False).ids
-    bos = int(ref_man.get("bos_token_id", 1))
-    windows = windows_of(ids, bos, args.window, args.max_windows)
-    if not windows:
-        raise SystemExit(f"error: {args.text} has too few tokens ({len(ids)})")
+    if saved_ref:
+        cfg, windows, text_tokens = saved_ref["config"], saved_ref["windows"], saved_ref["text_tokens"]
+        if args.max_windows and args.max_windows != len(windows):
+            raise SystemExit(f"error: {args.ref} holds {len(windows)} windows, not --max-windows "
+                             f"{args.max_windows}")
+    else:
+        cfg = json.loads((args.ref / "config.json").read_text())
+        from tokenizers import Tokenizer
+        tok = Tokenizer.from_file(str(args.ref / "tokenizer.json"))
+        ids = tok.encode(text, add_special_tokens=False).ids
+        text_tokens = len(ids)
+        windows = windows_of(ids, int(ref_man.get("bos_token_id", 1)), args.window, args.max_windows)
+        if not windows:
+            raise SystemExit(f"error: {args.text} has too few tokens ({len(ids)})")
     window_ids = np.concatenate([np.full(len(w), i) for i, w in enumerate(windows)])
     positions = int(window_ids.size)
-    log(f"{len(ids)} text tokens -> {len(windows)} windows, {positions} positions")
+    log(f"{text_tokens} text tokens -> {len(windows)} windows, {positions} positions")
+    fingerprint = {"ref_weights": ref_man["files"].get("model.onnx.data"),
+                   "text_sha256": hashlib.sha256(text.encode()).hexdigest(),
+                   "window": args.window, "windows": len(windows), "positions": positions}
+    for sv, f in [*zip(saved, args.saved), *([(saved_ref, args.ref)] if saved_ref else [])]:
+        if sv["fingerprint"] != fingerprint:
+            raise SystemExit(f"error: {f} was measured against another reference, text or "
+                             f"windows ({sv['fingerprint']}, this run: {fingerprint})")
 
-    lp_ref, t_load, t_run = run_model(args.ref, cfg, windows, args.threads)
-    log(f"{args.ref}: fp32 reference, load {t_load:.1f}s, run {t_run:.1f}s")
+    if saved_ref:
+        lp_ref = saved_ref["lp"]
+    else:
+        lp_ref, t_load, t_run = run_model(args.ref, cfg, windows, args.threads)
+        log(f"{args.ref}: fp32 reference, load {t_load:.1f}s, run {t_run:.1f}s")
+        if args.save:
+            save_ref(args.save / f"{args.ref.name}.ref.npz", lp_ref, windows, text_tokens, ref_man,
+                     cfg, fingerprint)
     p_ref = np.exp(lp_ref)
     entropy = -(p_ref * lp_ref).sum(-1)
     top2 = np.sort(lp_ref, axis=-1)[:, -2:]  # log-prob gap == logit gap
@@ -257,15 +377,16 @@ def main(argv=None) -> int:
         kl, agree = compare(lp_ref, lp)
         del lp
         per_pos[d.name] = (kl, agree)
-        results.append({
-            "name": d.name, "path": str(d), "quantization": describe(man),
-            "manifest_quantization": man.get("quantization"),
-            "top1_agreement": float(agree.mean()), "top1_agree_count": int(agree.sum()),
-            "kl_mean": float(kl.mean()), "kl_median": float(np.median(kl)),
-            "kl_p95": float(np.percentile(kl, 95)), "kl_max": float(kl.max()),
-            "load_seconds": round(t_load, 2), "run_seconds": round(t_run, 2)})
+        results.append({**summary(d.name, str(d), describe(man), man.get("quantization"), kl, agree),
+                        "load_seconds": round(t_load, 2), "run_seconds": round(t_run, 2)})
         log(f"{d}: {describe(man)}: top-1 {agree.mean() * 100:.1f}%, mean KL {kl.mean():.4g} "
             f"(load {t_load:.1f}s, run {t_run:.1f}s)")
+        if args.save:
+            save_result(args.save / f"{d.name}.npz", results[-1], kl, agree, fingerprint)
+    for sv, f in zip(saved, args.saved):
+        per_pos[sv["name"]] = (sv["kl"], sv["agree"])
+        results.append(summary(sv["name"], str(f), sv["quantization"],
+                               sv["manifest_quantization"], sv["kl"], sv["agree"]))
     if baseline:
         kl_b, agree_b = per_pos[baseline]
         for r in results:
@@ -276,7 +397,7 @@ def main(argv=None) -> int:
     report = {
         "ref": str(args.ref), "ref_source": ref_man.get("source"),
         "random_weights": bool(ref_man.get("random_weights")),
-        "text": str(args.text), "text_tokens": len(ids), "window": args.window,
+        "text": str(args.text), "text_tokens": text_tokens, "window": args.window,
         "windows": len(windows), "positions": positions, "vocab_size": int(cfg["vocab_size"]),
         "threads": args.threads,
         "ref_entropy_mean": float(entropy.mean()),

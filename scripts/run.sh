@@ -8,7 +8,8 @@
 #   4. a release build, then `trendstory serve` (extra arguments are passed to it).
 # Idempotent: a second run reuses the library, the venv, the model and the build.
 # TRENDSTORY_MODEL__DIR=... skips step 3 and serves that folder.
-# TRENDSTORY_EXPORT_ARGS="--block-size 128 --zero-points" (for example) passes exporter options
+# TRENDSTORY_EXPORT_ARGS="--block-size 32" (for example; see `scripts/export_onnx.py --help`:
+# --block-size, --zero-points, --quant KIND=BLOCK[:zp],..., --rounding) passes exporter options
 # to step 3 (either model); a model folder exported with another quantization is then redone.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"

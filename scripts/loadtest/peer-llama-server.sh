@@ -4,6 +4,7 @@
 #   scripts/loadtest/peer-llama-server.sh build         # sdist, build, GGUF, Q4_0 (cached)
 #   scripts/loadtest/peer-llama-server.sh serve [PORT]  # build if needed, then serve (foreground)
 #   scripts/loadtest/peer-llama-server.sh path          # print the paths the steps made
+#   PEER_QUANT=Q4_K_M scripts/loadtest/peer-llama-server.sh build   # another llama-quantize type
 #
 # 1. `pip download --no-deps --no-binary llama-cpp-python llama-cpp-python==$LLAMA_CPP_PYTHON`:
 #    the source distribution from PyPI, which vendors llama.cpp (vendor/llama.cpp). Only this
@@ -15,7 +16,9 @@
 # 3. The checkpoint `onnx/tinyllama-bench/hf` (safetensors, bf16, random weights) written as
 #    an F16 GGUF by scripts/loadtest/hf_to_gguf.py with the `gguf` package of the sdist
 #    (vendor/llama.cpp/gguf-py) and the SentencePiece vocabulary of `tokenizer.model`, then
-#    quantized to Q4_0 by the built `llama-quantize`. The sdist's own converter
+#    quantized to Q4_0 (or $PEER_QUANT: any type name llama-quantize takes, e.g. Q4_K_M, its
+#    usual recommendation; for scripts/gguf_dequant.py's quality rows) by the built
+#    `llama-quantize`. The F16 file is deleted once quantized. The sdist's own converter
 #    (convert_hf_to_gguf.py) imports torch at module level, and PyPI's Linux torch wheel is
 #    the CUDA build (about 3 GB with its nvidia-* dependencies; the CPU-only wheels live on
 #    another index, which this machine cannot reach): not practical for a converter that
@@ -42,7 +45,8 @@ LLAMA="$SRC/vendor/llama.cpp"
 BUILD="$CACHE/build-$LLAMA_CPP_PYTHON"
 HF="${PEER_HF_DIR:-$ROOT/onnx/tinyllama-bench/hf}"
 GGUF_F16="$CACHE/tinyllama-bench-f16.gguf"
-GGUF_Q4="$CACHE/tinyllama-bench-q4_0.gguf"
+QUANT="${PEER_QUANT:-Q4_0}"
+GGUF_Q="$CACHE/tinyllama-bench-${QUANT,,}.gguf"
 PEER_VENV="$CACHE/venv"
 SLOTS="${PEER_SLOTS:-32}"
 THREADS="${PEER_THREADS:-2}"
@@ -107,7 +111,7 @@ converter_python() {
 }
 
 build_model() {
-    if [[ -f "$GGUF_Q4" && "$GGUF_Q4" -nt "$HF/model.safetensors" ]]; then
+    if [[ -f "$GGUF_Q" && "$GGUF_Q" -nt "$HF/model.safetensors" ]]; then
         return
     fi
     if [[ ! -f "$HF/model.safetensors" ]]; then
@@ -115,13 +119,16 @@ build_model() {
             "(scripts/export_onnx.py --random-init --preset tinyllama, as scripts/run.sh does)"
         exit 1
     fi
-    local py
-    py="$(converter_python)"
-    log "converting $HF to $GGUF_F16"
-    PYTHONPATH="$LLAMA/gguf-py" "$py" scripts/loadtest/hf_to_gguf.py "$HF" "$GGUF_F16"
-    log "quantizing to Q4_0: $GGUF_Q4"
-    nice -n 19 "$BUILD/bin/llama-quantize" "$GGUF_F16" "$GGUF_Q4.tmp" Q4_0 "$THREADS" >"$CACHE/quantize.log" 2>&1
-    mv "$GGUF_Q4.tmp" "$GGUF_Q4"
+    if [[ ! -f "$GGUF_F16" || "$HF/model.safetensors" -nt "$GGUF_F16" ]]; then
+        local py
+        py="$(converter_python)"
+        log "converting $HF to $GGUF_F16"
+        PYTHONPATH="$LLAMA/gguf-py" "$py" scripts/loadtest/hf_to_gguf.py "$HF" "$GGUF_F16.tmp"
+        mv "$GGUF_F16.tmp" "$GGUF_F16"
+    fi
+    log "quantizing to $QUANT: $GGUF_Q"
+    nice -n 19 "$BUILD/bin/llama-quantize" "$GGUF_F16" "$GGUF_Q.tmp" "$QUANT" "$THREADS" >"$CACHE/quantize.log" 2>&1
+    mv "$GGUF_Q.tmp" "$GGUF_Q"
     rm -f "$GGUF_F16"
 }
 
@@ -138,15 +145,16 @@ case "${1:-serve}" in
     path)
         echo "server=$BUILD/bin/llama-server"
         echo "quantize=$BUILD/bin/llama-quantize"
-        echo "model=$GGUF_Q4"
+        echo "model=$GGUF_Q"
+        echo "gguf_py=$LLAMA/gguf-py"
         ;;
     serve)
         build_all
         port="${2:-${PEER_PORT:-18090}}"
-        log "serving $GGUF_Q4 on 127.0.0.1:$port ($SLOTS slots, context $CTX, $THREADS threads)"
-        exec "$BUILD/bin/llama-server" -m "$GGUF_Q4" --host 127.0.0.1 --port "$port" \
+        log "serving $GGUF_Q on 127.0.0.1:$port ($SLOTS slots, context $CTX, $THREADS threads)"
+        exec "$BUILD/bin/llama-server" -m "$GGUF_Q" --host 127.0.0.1 --port "$port" \
             -np "$SLOTS" -c "$CTX" -t "$THREADS" -tb "$THREADS" --no-webui \
-            --alias tinyllama-bench-q4_0
+            --alias "tinyllama-bench-${QUANT,,}"
         ;;
     *)
         echo "usage: $0 build | serve [PORT] | path" >&2

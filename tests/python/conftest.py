@@ -14,15 +14,16 @@ import export_onnx as E  # noqa: E402
 
 def build_tiny(out: Path, *, dtype="f32", precision="int4", accuracy_level=4, golden=16,
                tokenizer=None, linear_only=False, seed=0, block_size=32, zero_points=False,
-               attention="explicit"):
+               attention="explicit", quant=None, rounding="absmax"):
     """Random-init tiny preset: HF folder in out/hf, export in out (quiet). The explicit
-    attention graph by default: most tests feed it masks and position ids directly."""
+    attention graph by default: most tests feed it masks and position ids directly; absmax
+    rounding by default: the int4 layout tests rebuild its codes with quantize_q4."""
     with contextlib.redirect_stderr(io.StringIO()):
         E.write_random_hf("tiny", out / "hf", dtype, seed, tokenizer)
         E.export(out / "hf", out, source="random-init:tiny", random_weights=True,
                  precision=precision, block_size=block_size, accuracy_level=accuracy_level,
                  golden_tokens=golden, linear_only=linear_only, zero_points=zero_points,
-                 attention=attention)
+                 attention=attention, quant=quant, rounding=rounding)
     return out
 
 

@@ -2,6 +2,8 @@
 
 Run: .venv/bin/python -m pytest -q tests/python
 """
+import contextlib
+import io
 import json
 import math
 
@@ -14,6 +16,7 @@ from tokenizers import Tokenizer
 from conftest import E, REPO, build_tiny
 
 TINY = dict(layers=2, hidden=128, inter=384, heads=4, kv_heads=2, head_dim=32)
+KINDS = ("qkv", "o", "gate_up", "down", "lm_head")  # the exporter's matrix kinds
 
 
 def cfg_of(d):
@@ -105,8 +108,10 @@ def test_manifest(tiny_int4):
     cfg = cfg_of(tiny_int4)
     assert man["source"] == "random-init:tiny" and man["random_weights"] is True
     assert man["precision"] == "int4"
-    assert man["quantization"] == {"op": "com.microsoft.MatMulNBits", "bits": 4, "block_size": 32,
-                                   "accuracy_level": 4, "symmetric": True}
+    assert man["quantization"] == {
+        "op": "com.microsoft.MatMulNBits", "bits": 4, "accuracy_level": 4, "rounding": "absmax",
+        "kinds": {k: {"block_size": 32, "symmetric": True}
+                  for k in ("qkv", "o", "gate_up", "down", "lm_head")}}
     assert man["num_hidden_layers"] == 2 and man["hidden_size"] == 128
     assert man["intermediate_size"] == 384 and man["num_attention_heads"] == 4
     assert man["num_key_value_heads"] == 2 and man["head_dim"] == 32
@@ -316,8 +321,8 @@ def test_zero_points_export_graph_and_manifest(tiny_int4_zp):
             np.testing.assert_array_equal(zp[row:row + len(pw)], E.quantize_q4_asym(pw, 128)[2])
             row += len(pw)
     man = json.loads((tiny_int4_zp / "manifest.json").read_text())
-    assert man["quantization"] == {"op": "com.microsoft.MatMulNBits", "bits": 4, "block_size": 128,
-                                   "accuracy_level": 4, "symmetric": False}
+    assert man["quantization"]["kinds"] == {
+        k: {"block_size": 128, "symmetric": False} for k in ("qkv", "o", "gate_up", "down", "lm_head")}
     for f, digest in man["files"].items():
         assert E.sha256_file(tiny_int4_zp / f) == digest, f
 
@@ -368,22 +373,174 @@ def test_zero_points_cli(tmp_path, tiny_int4):
     out = tmp_path / "lin_zp"
     with contextlib.redirect_stderr(io.StringIO()):
         assert E.main(["--hf-dir", str(tiny_int4 / "hf"), "--out", str(out), "--linear-only",
-                       "--zero-points", "--block-size", "128"]) == 0
+                       "--zero-points", "--block-size", "128", "--rounding", "search"]) == 0
     man = json.loads((out / "manifest.json").read_text())
-    assert man["quantization"]["symmetric"] is False and man["quantization"]["block_size"] == 128
+    assert man["quantization"]["kinds"]["down"] == {"block_size": 128, "symmetric": False}
     m = onnx.load(str(out / "model.onnx"), load_external_data=False)
     assert all(len(n.input) == 4 for n in m.graph.node if n.op_type == "MatMulNBits")
     # what fetch-model.sh / run.sh ask before reusing an export
-    assert E.export_matches(out, ["--zero-points", "--block-size", "128"])
-    assert not E.export_matches(out, ["--block-size", "128"])
+    assert E.export_matches(out, ["--zero-points", "--block-size", "128", "--rounding", "search"])
+    assert not E.export_matches(out, ["--block-size", "128", "--rounding", "search"])
     assert not E.export_matches(out, [])
-    explicit = ["--attention", "explicit"]
-    assert E.export_matches(tiny_int4, explicit)
-    assert E.export_matches(tiny_int4, [*explicit, "--block-size", "32"])
-    assert not E.export_matches(tiny_int4, [*explicit, "--zero-points"])
+    assert not E.export_matches(out, ["--zero-points", "--block-size", "128", "--rounding", "absmax"])
+    # tiny_int4: explicit attention, symmetric block 32 everywhere, absmax rounding
+    b32 = ["--attention", "explicit", "--block-size", "32", "--rounding", "absmax"]
+    assert E.export_matches(tiny_int4, b32)
+    assert E.export_matches(tiny_int4, [*b32, "--quant", "down=32,lm_head=32:sym"])
+    assert not E.export_matches(tiny_int4, [*b32, "--quant", "down=128"])
+    assert not E.export_matches(tiny_int4, [*b32, "--zero-points"])
+    assert not E.export_matches(tiny_int4, [*b32[:-2], "--rounding", "search"])
+    assert E.export_matches(tiny_int4, b32[:2]) == (
+        E.DEFAULT_QUANT == ",".join(f"{k}=32" for k in KINDS) and E.DEFAULT_ROUNDING == "absmax")
     # the default is the packed graph now: an explicit export is redone
-    assert not E.export_matches(tiny_int4, [])
+    assert not E.export_matches(tiny_int4, b32[2:])
     assert not E.export_matches(tmp_path / "nothing-here", [])
+
+
+# ---------------------------------------------------------------------------------------------
+# Per-kind formats (--quant) and least-squares rounding (--rounding search)
+# ---------------------------------------------------------------------------------------------
+
+def test_quantization_options_resolve_per_kind():
+    default = E.quantization("int4")
+    assert default.spec() == E.DEFAULT_QUANT and default.rounding == E.DEFAULT_ROUNDING
+    assert [k for k, _ in default.formats] == list(KINDS)
+    assert E.quantization("fp32") is None
+    # --block-size / --zero-points: one format for every kind (the meaning they always had)
+    assert E.quantization("int4", 128).spec() == ",".join(f"{k}=128" for k in KINDS)
+    assert E.quantization("int4", None, True).spec() == ",".join(f"{k}=32:zp" for k in KINDS)
+    # --quant sets the kinds it names, over the default mix or over --block-size
+    q = E.quantization("int4", 32, False, "gate_up=128:zp,down=64", 0, "absmax")
+    assert q.spec() == "qkv=32,o=32,gate_up=128:zp,down=64,lm_head=32"
+    assert q.of("gate_up") == E.KindFormat(128, True) and q.accuracy_level == 0
+    over_default = E.quantization("int4", quant="lm_head=64:zp")
+    assert over_default.of("lm_head") == E.KindFormat(64, True)
+    assert [f for k, f in over_default.formats if k != "lm_head"] == \
+        [f for k, f in default.formats if k != "lm_head"]
+    assert q.manifest() == {
+        "op": "com.microsoft.MatMulNBits", "bits": 4, "accuracy_level": 0, "rounding": "absmax",
+        "kinds": {"qkv": {"block_size": 32, "symmetric": True}, "o": {"block_size": 32, "symmetric": True},
+                  "gate_up": {"block_size": 128, "symmetric": False},
+                  "down": {"block_size": 64, "symmetric": True},
+                  "lm_head": {"block_size": 32, "symmetric": True}}}
+    assert E.parse_quant_spec("down=128:sym") == {"down": E.KindFormat(128, False)}
+    for bad, says in (("mlp=128", "KIND one of"), ("down=48", "BLOCK one of"), ("down=128:z", "BLOCK one of"),
+                      ("down", "KIND one of"), ("down=32,down=64", "given twice"), ("", "KIND one of")):
+        with pytest.raises(ValueError, match=says):
+            E.parse_quant_spec(bad)
+    with pytest.raises(ValueError, match="rounding"):
+        E.quantization("int4", rounding="nearest")
+    for argv in (["--quant", "mlp=128"], ["--precision", "fp32", "--quant", "down=128"],
+                 ["--rounding", "nearest"], ["--block-size", "48"]):
+        with pytest.raises(SystemExit):
+            E.parse_args(["--random-init", "--preset", "tiny", *argv])
+
+
+def blockwise_sq_error(w, deq, block):
+    return ((E.split_blocks(w, block) - E.split_blocks(deq, block)) ** 2).sum(-1)
+
+
+@pytest.mark.parametrize("block", [32, 64, 128])
+def test_search_rounding_never_worse_than_absmax(block):
+    """Per block, the least-squares search's error is at most absmax's (factor 1 is one of its
+    candidates), and on Gaussian weights clearly lower; ONNX Runtime reads its scales and zero
+    points as numpy dequantizes them."""
+    rng = np.random.default_rng(block)
+    n, k = 40, 384
+    w = rng.standard_normal((n, k)).astype(np.float32)
+    w[:8] = rng.standard_t(3, (8, k))  # heavy tails
+    w[8:16] += rng.uniform(-3, 3, (8, 1)).astype(np.float32)  # off-centre rows
+    w[16, :block] = 0.0  # an all-zero block stays exact
+    w[17, :block] = 0.25  # a constant block is exact with a fitted scale
+    for asym in (False, True):
+        quant = E.quantize_q4_asym if asym else E.quantize_q4
+        plain, found = quant(w, block, "absmax"), quant(w, block, "search")
+        deq_plain = E.dequantize_q4(*plain[:2], k, *plain[2:])
+        deq = E.dequantize_q4(*found[:2], k, *found[2:])
+        e_plain, e = blockwise_sq_error(w, deq_plain, block), blockwise_sq_error(w, deq, block)
+        assert (e <= e_plain * (1 + 1e-5) + 1e-12).all(), asym
+        assert e[16, 0] == 0 and e[17, 0] < 1e-12
+        gauss = slice(18, n)
+        assert e[gauss].sum() < 0.95 * e_plain[gauss].sum(), (asym, e[gauss].sum() / e_plain[gauss].sum())
+        assert found[0].shape == plain[0].shape and found[1].dtype == np.float32
+        zp = found[2] if asym else None
+        x = rng.standard_normal((2, 3, k)).astype(np.float32)
+        y = matmulnbits_session(found[0], found[1], zp, n, k, block).run(None, {"x": x})[0]
+        ref = x @ deq.T
+        np.testing.assert_allclose(y, ref, rtol=1e-4, atol=1e-4 * np.abs(ref).max())
+
+
+def matmul_initializers(d):
+    """{node base name: (attributes, qweight, scales, zero points or None)} of an export."""
+    m = onnx.load(str(d / "model.onnx"))
+    inits = {t.name: numpy_helper.to_array(t) for t in m.graph.initializer}
+    out = {}
+    for n in m.graph.node:
+        if n.op_type == "MatMulNBits":
+            base = n.name.removesuffix("/MatMulNBits")
+            out[base] = ({a.name: onnx.helper.get_attribute_value(a) for a in n.attribute},
+                         *(inits[i] for i in n.input[1:3]),
+                         inits[n.input[3]] if len(n.input) > 3 else None)
+    return out
+
+
+def test_per_kind_export_quantizes_each_kind_in_its_format(tmp_path, tiny_int4, tiny_fp32):
+    """--quant with --rounding search through the CLI: every MatMulNBits node has its kind's
+    block size and zero points, its initializers are exactly what quantize_q4(_asym) makes of
+    the checkpoint, the linear-only baseline has the same matmuls, the manifest says so and
+    the model stays close to fp32."""
+    args = ["--block-size", "32", "--quant", "gate_up=128:zp,down=128:zp,lm_head=64",
+            "--attention", "explicit", "--rounding", "search"]
+    out, lin = tmp_path / "mix", tmp_path / "mix-linear"
+    with contextlib.redirect_stderr(io.StringIO()):
+        assert E.main(["--hf-dir", str(tiny_int4 / "hf"), "--out", str(out), "--no-golden", *args]) == 0
+        assert E.main(["--hf-dir", str(tiny_int4 / "hf"), "--out", str(lin), "--linear-only", *args]) == 0
+    want = {"qkv": (32, False), "o": (32, False), "gate_up": (128, True), "down": (128, True),
+            "lm_head": (64, False)}
+    st = E.SafeTensorsDir(tiny_int4 / "hf")
+    parts = {"qkv": [f"self_attn.{x}_proj" for x in "qkv"], "o": ["self_attn.o_proj"],
+             "gate_up": ["mlp.gate_proj", "mlp.up_proj"], "down": ["mlp.down_proj"]}
+    nodes = matmul_initializers(out)
+    assert len(nodes) == 2 * 4 + 1
+    seen = set()
+    for base, (attrs, packed, scales, zp) in nodes.items():
+        kind = E.kind_of(base)
+        seen.add(kind)
+        block, asym = want[kind]
+        assert attrs["block_size"] == block and attrs["accuracy_level"] == 4
+        assert (zp is not None) == asym
+        layer = base.rsplit(".", 2)[0]
+        names = ["lm_head.weight"] if kind == "lm_head" else [f"{layer}.{p}.weight" for p in parts[kind]]
+        w = np.concatenate([st.get_f32(x) for x in names], axis=0)
+        expect = (E.quantize_q4_asym if asym else E.quantize_q4)(w, block, "search")
+        np.testing.assert_array_equal(packed, expect[0])
+        np.testing.assert_array_equal(scales, expect[1])
+        if asym:
+            np.testing.assert_array_equal(zp, expect[2])
+    assert seen == set(KINDS)
+    assert {b: a for b, (a, *_) in matmul_initializers(lin).items()} == \
+        {b: a for b, (a, *_) in nodes.items()}
+    for d in (out, lin):
+        man = json.loads((d / "manifest.json").read_text())
+        assert man["quantization"]["rounding"] == "search"
+        assert {k: (f["block_size"], not f["symmetric"]) for k, f in man["quantization"]["kinds"].items()} == want
+        assert E.export_matches(d, args)
+        assert not E.export_matches(d, [*args[:2], "--quant", "gate_up=128:zp,down=128:zp", *args[4:]])
+        assert not E.export_matches(d, [*args[:-1], "absmax"])
+    cfg = cfg_of(out)
+    ids = encode(out, "The harbour lights came on one by one as the ferry left.")
+    a = E.run_full(E.make_session(out / "model.onnx"), cfg, np.array([ids]))[0]
+    b = E.run_full(E.make_session(tiny_fp32 / "model.onnx"), cfg, np.array([ids]))[0]
+    cos = (a * b).sum(-1) / np.linalg.norm(a, axis=-1) / np.linalg.norm(b, axis=-1)
+    assert (cos > 0.98).all(), cos
+
+
+def test_kind_of_names_every_linear_layer():
+    assert E.kind_of("model.layers.3.self_attn.qkv_proj") == "qkv"
+    assert E.kind_of("model.layers.0.mlp.down_proj") == "down"
+    assert E.kind_of("lm_head") == "lm_head"
+    with pytest.raises(ValueError, match="no known kind"):
+        E.kind_of("model.layers.0.mlp.gate_proj")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -659,7 +816,8 @@ def test_cli_help_and_errors():
     with pytest.raises(SystemExit):
         E.parse_args(["--hf-dir", "x"])  # needs --out
     a = E.parse_args(["--random-init", "--preset", "tiny"])
-    assert a.precision == "int4" and a.block_size == 32 and a.accuracy_level == 4
+    assert a.precision == "int4" and a.block_size is None and a.accuracy_level == 4
+    assert E.quantization_of_args(a).spec() == E.DEFAULT_QUANT
 
 
 def test_hf_dir_sharded_f16_checkpoint(tmp_path, tiny_int4):
@@ -685,7 +843,8 @@ def test_hf_dir_sharded_f16_checkpoint(tmp_path, tiny_int4):
     import contextlib
     import io
     with contextlib.redirect_stderr(io.StringIO()):
-        assert E.main(["--hf-dir", str(hf), "--out", str(out), "--golden-tokens", "3"]) == 0
+        assert E.main(["--hf-dir", str(hf), "--out", str(out), "--golden-tokens", "3",
+                       "--block-size", "32", "--rounding", "absmax"]) == 0  # as tiny_int4
     man = json.loads((out / "manifest.json").read_text())
     assert man["source"] == f"hf-dir:{hf}" and man["random_weights"] is False
     g = json.loads((out / "golden.json").read_text())
@@ -711,4 +870,4 @@ def test_hf_dir_export_of_a_random_checkpoint_says_random(tmp_path, tiny_int4):
                        "--no-golden"]) == 0
     man = json.loads((out / "manifest.json").read_text())
     assert man["random_weights"] is True
-    assert man["quantization"]["block_size"] == 128
+    assert {f["block_size"] for f in man["quantization"]["kinds"].values()} == {128}

@@ -42,10 +42,12 @@ def test_packed_graph_contract(tiny_packed):
     # lm_head sees only the gathered positions
     lm_head = next(n for n in m.graph.node if n.name == "lm_head/MatMulNBits")
     assert lm_head.input[0] == "/model/logits_gather_out0"
-    # scripts skip an export only when it has the lanes asked for
-    assert E.export_matches(tiny_packed, [])
-    assert E.export_matches(tiny_packed, ["--prefill-lanes", str(lanes)])
-    assert not E.export_matches(tiny_packed, ["--prefill-lanes", str(lanes + 1)])
+    # scripts skip an export only when it has the lanes asked for (the fixture's quantization:
+    # block 32, absmax)
+    quant = ["--block-size", "32", "--rounding", "absmax"]
+    assert E.export_matches(tiny_packed, quant)
+    assert E.export_matches(tiny_packed, [*quant, "--prefill-lanes", str(lanes)])
+    assert not E.export_matches(tiny_packed, [*quant, "--prefill-lanes", str(lanes + 1)])
 
 
 def test_packed_matches_explicit_attention_fp32(tiny_fp32, tiny_packed_fp32):

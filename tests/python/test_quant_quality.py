@@ -5,6 +5,7 @@ import json
 import sys
 
 import numpy as np
+import pytest
 
 from conftest import REPO
 
@@ -52,3 +53,69 @@ def test_report_on_tiny_exports(tiny_fp32, tiny_int4, tiny_int4_zp):
     c = v[tiny_int4_zp.name]["vs_baseline"]
     assert c["verdict"].startswith(("meets", "fails")) and c["windows"] == 3
     assert "| variant |" in err.getvalue() and "not language quality" in err.getvalue()
+
+
+def run_json(argv):
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(io.StringIO()):
+        assert Q.main([*argv, "--threads", "1", "--json"]) == 0
+    return json.loads(out.getvalue())
+
+
+def test_saved_results_compare_like_a_run(tiny_fp32, tiny_int4, tiny_int4_zp, tmp_path):
+    """--save then --saved: a variant measured earlier is compared without its export, with
+    the same figures, and only against the same reference, text and windows."""
+    saved = tmp_path / "saved"
+    first = run_json(["--ref", str(tiny_fp32), str(tiny_int4), str(tiny_int4_zp), "--max-windows", "2",
+                      "--save", str(saved)])
+    assert sorted(p.name for p in saved.iterdir()) == sorted(
+        [f"{tiny_int4.name}.npz", f"{tiny_int4_zp.name}.npz", f"{tiny_fp32.name}.ref.npz"])
+    zp_file = saved / f"{tiny_int4_zp.name}.npz"
+    again = run_json(["--ref", str(tiny_fp32), str(tiny_int4), "--saved", str(zp_file), "--max-windows", "2"])
+    a = {v["name"]: v for v in first["variants"]}
+    b = {v["name"]: v for v in again["variants"]}
+    for key in ("kl_mean", "kl_max", "top1_agree_count", "quantization"):
+        assert b[tiny_int4_zp.name][key] == a[tiny_int4_zp.name][key], key
+    assert b[tiny_int4_zp.name]["vs_baseline"] == a[tiny_int4_zp.name]["vs_baseline"]
+    # a saved variant can be the baseline, and saved files alone are enough
+    base = run_json(["--ref", str(tiny_fp32), "--saved", str(saved / f"{tiny_int4.name}.npz"),
+                     "--saved", str(zp_file), "--baseline", tiny_int4.name, "--max-windows", "2"])
+    assert {v["name"]: v for v in base["variants"]}[tiny_int4_zp.name]["vs_baseline"] == \
+        a[tiny_int4_zp.name]["vs_baseline"]
+    # the saved reference stands in for the fp32 export (float32 log-probabilities)
+    ref_file = saved / f"{tiny_fp32.name}.ref.npz"
+    from_ref = run_json(["--ref", str(ref_file), str(tiny_int4_zp), "--saved",
+                         str(saved / f"{tiny_int4.name}.npz"), "--baseline", tiny_int4.name])
+    assert from_ref["positions"] == 2 * 128 and from_ref["text_tokens"] == first["text_tokens"]
+    c = {v["name"]: v for v in from_ref["variants"]}[tiny_int4_zp.name]
+    assert c["top1_agree_count"] == a[tiny_int4_zp.name]["top1_agree_count"]
+    assert abs(c["kl_mean"] - a[tiny_int4_zp.name]["kl_mean"]) < 1e-5 * a[tiny_int4_zp.name]["kl_mean"]
+    assert c["vs_baseline"]["verdict"] == a[tiny_int4_zp.name]["vs_baseline"]["verdict"]
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        with pytest.raises(SystemExit, match="holds 2 windows"):
+            Q.main(["--ref", str(ref_file), str(tiny_int4), "--max-windows", "3"])
+        with pytest.raises(SystemExit, match="another reference, text or windows"):
+            Q.main(["--ref", str(ref_file), str(tiny_int4), "--window", "64"])
+        with pytest.raises(SystemExit, match="another reference, text or windows"):
+            Q.main(["--ref", str(tiny_fp32), "--saved", str(zp_file), "--max-windows", "3"])
+        with pytest.raises(SystemExit, match="must differ"):
+            Q.main(["--ref", str(tiny_fp32), str(tiny_int4_zp), "--saved", str(zp_file)])
+        with pytest.raises(SystemExit, match="not a quant_quality.py --save file"):
+            Q.main(["--ref", str(tiny_fp32), "--saved", str(tiny_int4 / "manifest.json")])
+
+
+def test_describe_per_kind_and_older_manifests():
+    q = {"op": "com.microsoft.MatMulNBits", "bits": 4, "accuracy_level": 4, "rounding": "search",
+         "kinds": {k: {"block_size": 128 if k in ("gate_up", "down") else 32,
+                       "symmetric": k not in ("gate_up", "down")}
+                   for k in ("qkv", "o", "gate_up", "down", "lm_head")}}
+    man = {"precision": "int4", "quantization": q}
+    assert Q.describe(man) == ("int4 qkv=32,o=32,gate_up=128:zp,down=128:zp,lm_head=32, search "
+                               "rounding, accuracy level 4")
+    assert not Q.is_uniform_block32(man)
+    older = {"precision": "int4", "quantization": {"op": "com.microsoft.MatMulNBits", "bits": 4,
+                                                   "block_size": 32, "accuracy_level": 4,
+                                                   "symmetric": True}}
+    assert Q.describe(older) == "int4 symmetric, block 32, absmax rounding, accuracy level 4"
+    assert Q.is_uniform_block32(older)
+    assert Q.describe({"precision": "fp32", "quantization": None}) == "fp32"
