@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
 # Installs what the tests need and runs them: the ONNX Runtime library, the Python venv,
 # the tiny test models (rebuilt only when the exporter changes), headless Chromium, nginx
-# (scripts/deploy-tools.sh), the Python exporter tests, `cargo test`, the browser tests of
-# the web page, then the deploy tests (Dockerfile lint, Kubernetes overlays rendered and
-# validated, the image layout serving the ConfigMap's config, a replica killed behind
-# nginx), then the load-test smoke (scripts/bench.sh --smoke). Idempotent and fast on a
-# second run.
+# (scripts/deploy-tools.sh), the Python exporter tests, `cargo test`, the HTTP contract
+# (Schemathesis against /openapi.json), the browser tests of the web page, then the deploy
+# tests (Dockerfile lint, Kubernetes overlays rendered and validated, the image layout
+# serving the ConfigMap's config, a replica killed behind nginx), then the load-test smoke
+# (scripts/bench.sh --smoke). Idempotent and fast on a second run.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
@@ -81,8 +81,14 @@ cargo test --all-targets "$@" "${SKIP_SHARED[@]}"
 # The web page in headless Chromium against target/debug/trendstory with the tiny model;
 # the tests start and stop their servers on free 127.0.0.1 ports. Screenshots and server
 # logs: target/browser-artifacts/.
-echo "test.sh: browser tests"
 cargo build --quiet --bin trendstory
+
+# Schemathesis against the real binary's /openapi.json (seeded; under a minute): prints its
+# figures, and on a failure its report with a curl reproduction of each case.
+echo "test.sh: HTTP contract (Schemathesis)"
+timeout 600 "$PYTHON_ENV_PY" -m pytest -q -s tests/contract
+
+echo "test.sh: browser tests"
 timeout 600 "$PYTHON_ENV_PY" -m pytest -q tests/browser
 
 # After cargo test: these run its debug binary (scripts/image.sh build dev finds it fresh).

@@ -72,6 +72,8 @@ pub struct Metrics {
     trends: Gauge,
     source_up: Family<SourceLabels, Gauge>,
     source_age: Family<SourceLabels, Gauge<f64, AtomicU64>>,
+    /// Set by the connections themselves (`api::connections`), not from a snapshot.
+    connections: Gauge,
 }
 
 fn http_histogram() -> Histogram {
@@ -185,6 +187,11 @@ impl Metrics {
             Unit::Seconds,
             source_age.clone(),
         );
+        let connections = gauge(
+            &mut registry,
+            "http_connections",
+            "Open client connections (at most server.max_connections)",
+        );
         Self {
             registry,
             http_duration,
@@ -204,7 +211,16 @@ impl Metrics {
             trends,
             source_up,
             source_age,
+            connections,
         }
+    }
+
+    pub fn connection_opened(&self) {
+        self.connections.inc();
+    }
+
+    pub fn connection_closed(&self) {
+        self.connections.dec();
     }
 
     /// Counts one HTTP response.

@@ -9,10 +9,48 @@ use super::{StoriesConfig, StoryRequest, TrendRef};
 use crate::engine::SamplingParams;
 use crate::trends::{Trend, TrendSnapshot};
 
-/// Highest temperature accepted: above it the text is noise.
-pub const MAX_TEMPERATURE: f32 = 5.0;
-/// Highest repetition penalty accepted.
-pub const MAX_REPETITION_PENALTY: f32 = 10.0;
+/// The range of a number field: `validate` checks it and the OpenAPI document publishes it,
+/// so the two cannot disagree.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct NumberRange {
+    pub min: f64,
+    /// `min` itself is refused (JSON Schema's `exclusiveMinimum`).
+    pub min_exclusive: bool,
+    pub max: f64,
+}
+
+impl NumberRange {
+    /// True for a finite value within the range.
+    pub fn contains(&self, value: f64) -> bool {
+        let above_min = if self.min_exclusive {
+            value > self.min
+        } else {
+            value >= self.min
+        };
+        value.is_finite() && above_min && value <= self.max
+    }
+}
+
+/// `temperature`: 0 is greedy; above 5 the text is noise.
+pub const TEMPERATURE: NumberRange = NumberRange {
+    min: 0.0,
+    min_exclusive: false,
+    max: 5.0,
+};
+/// `top_p`: the nucleus' probability mass.
+pub const TOP_P: NumberRange = NumberRange {
+    min: 0.0,
+    min_exclusive: true,
+    max: 1.0,
+};
+/// `repetition_penalty`: above 1 discourages repeated tokens.
+pub const REPETITION_PENALTY: NumberRange = NumberRange {
+    min: 0.0,
+    min_exclusive: true,
+    max: 10.0,
+};
+/// The smallest `max_tokens`; the largest is `inference.max_new_tokens`.
+pub const MIN_MAX_TOKENS: u32 = 1;
 
 /// One rule a request broke; the message names the field, the rule and the value given.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -93,45 +131,55 @@ pub fn validate(
         },
     };
     let max_tokens = match request.max_tokens {
-        Some(n) if n == 0 || n as usize > max_new_tokens => {
+        Some(n) if n < MIN_MAX_TOKENS || n as usize > max_new_tokens => {
             return Err(ValidationError::range(
                 "max_tokens",
-                format!("between 1 and {max_new_tokens}"),
+                format!("between {MIN_MAX_TOKENS} and {max_new_tokens}"),
                 n,
             ))
         }
         Some(n) => n as usize,
         None => config.default_max_tokens,
     };
-    let temperature = request.temperature.unwrap_or(config.default_temperature);
-    if !(temperature.is_finite() && (0.0..=MAX_TEMPERATURE).contains(&temperature)) {
+    // Checked as the f64 the client sent, then narrowed for the engine.
+    let temperature = request
+        .temperature
+        .unwrap_or(f64::from(config.default_temperature));
+    if !TEMPERATURE.contains(temperature) {
         return Err(ValidationError::range(
             "temperature",
-            format!("between 0 and {MAX_TEMPERATURE}"),
+            format!("between {} and {}", TEMPERATURE.min, TEMPERATURE.max),
             temperature,
         ));
     }
-    let top_p = request.top_p.unwrap_or(config.default_top_p);
-    if !(top_p > 0.0 && top_p <= 1.0) {
-        return Err(ValidationError::range("top_p", "in (0, 1]", top_p));
+    let top_p = request.top_p.unwrap_or(f64::from(config.default_top_p));
+    if !TOP_P.contains(top_p) {
+        return Err(ValidationError::range(
+            "top_p",
+            format!("in ({}, {}]", TOP_P.min, TOP_P.max),
+            top_p,
+        ));
     }
     let top_k = request.top_k.map_or(config.default_top_k, |k| k as usize);
     let repetition_penalty = request
         .repetition_penalty
-        .unwrap_or(config.default_repetition_penalty);
-    if !(repetition_penalty > 0.0 && repetition_penalty <= MAX_REPETITION_PENALTY) {
+        .unwrap_or(f64::from(config.default_repetition_penalty));
+    if !REPETITION_PENALTY.contains(repetition_penalty) {
         return Err(ValidationError::range(
             "repetition_penalty",
-            format!("above 0 and at most {MAX_REPETITION_PENALTY}"),
+            format!(
+                "above {} and at most {}",
+                REPETITION_PENALTY.min, REPETITION_PENALTY.max
+            ),
             repetition_penalty,
         ));
     }
     let style = request.style.unwrap_or(config.default_style);
     let params = SamplingParams {
-        temperature,
+        temperature: temperature as f32,
         top_k,
-        top_p,
-        repetition_penalty,
+        top_p: positive_f32(top_p),
+        repetition_penalty: positive_f32(repetition_penalty),
         seed: request.seed.unwrap_or_else(rand::random),
         max_tokens,
         stop: Vec::new(),
@@ -148,6 +196,12 @@ pub fn validate(
         stream: request.stream.unwrap_or(false),
         key,
     }))
+}
+
+/// A positive f64 as an f32 that stays positive (a value below f32's range would round to 0,
+/// which the sampler refuses).
+fn positive_f32(value: f64) -> f32 {
+    (value as f32).max(f32::MIN_POSITIVE)
 }
 
 fn trend_ref(trend: &Trend) -> TrendRef {
@@ -278,7 +332,7 @@ mod tests {
             ),
             (
                 StoryRequest {
-                    temperature: Some(f32::NAN),
+                    temperature: Some(f64::NAN),
                     ..StoryRequest::default()
                 },
                 "temperature",
@@ -308,6 +362,69 @@ mod tests {
         for (request, field) in cases {
             assert_eq!(field_of(check(request).unwrap_err()), field);
         }
+    }
+
+    #[test]
+    fn bounds_are_checked_on_the_value_sent_and_stay_valid_for_the_engine() {
+        // The smallest positive f64 is inside (0, 1] but rounds to 0 as an f32.
+        let valid = check(StoryRequest {
+            top_p: Some(5e-324),
+            repetition_penalty: Some(5e-324),
+            ..StoryRequest::default()
+        })
+        .unwrap()
+        .unwrap();
+        assert!(valid.params.top_p > 0.0 && valid.params.repetition_penalty > 0.0);
+        // Just above the maximum as an f64, the maximum itself as an f32: refused.
+        let above = f64::from_bits(TEMPERATURE.max.to_bits() + 1);
+        let err = check(StoryRequest {
+            temperature: Some(above),
+            ..StoryRequest::default()
+        })
+        .unwrap_err();
+        assert_eq!(field_of(err), "temperature");
+        for (range, inside, outside) in [
+            (TEMPERATURE, [0.0, 5.0], [-1e-9, 5.000001]),
+            (TOP_P, [1e-9, 1.0], [0.0, 1.000001]),
+            (REPETITION_PENALTY, [1e-9, 10.0], [0.0, 10.000001]),
+        ] {
+            assert!(inside.iter().all(|v| range.contains(*v)), "{range:?}");
+            assert!(!outside.iter().any(|v| range.contains(*v)), "{range:?}");
+            assert!(!range.contains(f64::NAN) && !range.contains(f64::INFINITY));
+        }
+    }
+
+    #[test]
+    fn messages_keep_their_wording() {
+        let message = |request| check(request).unwrap_err().to_string();
+        assert_eq!(
+            message(StoryRequest {
+                top_p: Some(2.0),
+                ..StoryRequest::default()
+            }),
+            "`top_p` must be in (0, 1], got 2"
+        );
+        assert_eq!(
+            message(StoryRequest {
+                temperature: Some(9.5),
+                ..StoryRequest::default()
+            }),
+            "`temperature` must be between 0 and 5, got 9.5"
+        );
+        assert_eq!(
+            message(StoryRequest {
+                repetition_penalty: Some(0.0),
+                ..StoryRequest::default()
+            }),
+            "`repetition_penalty` must be above 0 and at most 10, got 0"
+        );
+        assert_eq!(
+            message(StoryRequest {
+                max_tokens: Some(0),
+                ..StoryRequest::default()
+            }),
+            "`max_tokens` must be between 1 and 512, got 0"
+        );
     }
 
     #[test]
