@@ -64,6 +64,9 @@ pub async fn run(config: Config, listener: TcpListener) -> std::io::Result<()> {
         config.inference.max_background,
         move || !pregen_lifecycle.shutting_down(),
     ));
+    // The listener may come bound with another backlog (std's is 128): listening again sets ours.
+    socket2::SockRef::from(&listener)
+        .listen(i32::try_from(config.server.backlog).unwrap_or(i32::MAX))?;
     tracing::info!(address = %listener.local_addr()?, model = %state.model, "listening");
     let api_config = config.api.clone();
     let connections = ConnectionPolicy::new(&config.server, Arc::clone(&state.metrics));
@@ -82,7 +85,6 @@ pub async fn run(config: Config, listener: TcpListener) -> std::io::Result<()> {
     .on_connect(move |io, extensions| connections.on_connect(io, extensions))
     .workers(workers)
     .max_connections((config.server.max_connections / workers).max(1))
-    .backlog(config.server.backlog)
     .client_request_timeout(Duration::from_secs(
         config.server.client_request_timeout_secs,
     ))

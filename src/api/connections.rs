@@ -9,10 +9,12 @@
 //! - **A slow request head after the first.** actix times only a connection's first head
 //!   (`server.client_request_timeout_secs`, answered 408); after an answer, its keep-alive
 //!   timer stops at the next byte received, so a client could trickle a second head forever.
-//!   A watchdog per connection closes it once no request has been in progress for
-//!   `keep_alive_secs + client_request_timeout_secs` (an honest idle connection is closed by
-//!   actix's keep-alive before that). A request is in progress from the end of its head
-//!   until its answer's body is dropped ([`InProgress`], held by `api::finish`).
+//!   A watchdog per connection closes it once it has been idle for
+//!   `keep_alive_secs + client_request_timeout_secs`: no request in progress and no answer
+//!   bytes left in the kernel to send (an honest idle connection is closed by actix's
+//!   keep-alive before that, and a client still reading an answer is left alone). A
+//!   request is in progress from the end of its head until its answer's body is dropped
+//!   ([`InProgress`], held by `api::finish`).
 //! - Open connections are a gauge in `/metrics`.
 //!
 //! The watchdog holds a duplicate of the socket's descriptor (so it can never shut down a
@@ -111,8 +113,27 @@ impl Drop for Connection {
 #[derive(Clone)]
 struct ConnectionState(Rc<Connection>);
 
-/// Closes the connection once it has been idle with no request in progress for too long;
-/// ends when actix drops the connection.
+/// How often the watchdog looks at a connection still sending its last answer.
+const DRAIN_CHECK: Duration = Duration::from_secs(1);
+
+/// Bytes of answer the kernel has not yet seen acknowledged (`TIOCOUTQ`); 0 when unknown.
+fn unsent_bytes(socket: &Socket) -> usize {
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::fd::AsRawFd;
+        let mut unsent: libc::c_int = 0;
+        // SAFETY: TIOCOUTQ writes one c_int through the valid pointer; the descriptor is ours.
+        let status = unsafe { libc::ioctl(socket.as_raw_fd(), libc::TIOCOUTQ, &mut unsent) };
+        if status == 0 {
+            return usize::try_from(unsent).unwrap_or(0);
+        }
+    }
+    let _ = socket;
+    0
+}
+
+/// Closes the connection once it has been idle (module doc) for too long; ends when actix
+/// drops the connection.
 async fn watch(connection: Weak<Connection>, idle_limit: Duration) {
     loop {
         let Some(state) = connection.upgrade() else {
@@ -121,6 +142,13 @@ async fn watch(connection: Weak<Connection>, idle_limit: Duration) {
         if state.in_progress.get() > 0 {
             drop(state);
             sleep(idle_limit).await;
+            continue;
+        }
+        if unsent_bytes(&state.socket) > 0 {
+            // Still sending the last answer: idle only once it is out.
+            state.idle_since.set(Instant::now());
+            drop(state);
+            sleep(DRAIN_CHECK.min(idle_limit)).await;
             continue;
         }
         let deadline = state.idle_since.get() + idle_limit;
