@@ -294,11 +294,25 @@ fn stalled_stream_readers_are_bounded_and_dropped() {
     ]);
     let query = "topic=Slow%20readers&seed=11&temperature=0&max_tokens=320&stream=true";
     // The same story alone first (another seed): what an unshared generation takes.
-    let (alone, alone_took) = read_stream(
+    let (alone, _) = read_stream(
         server.address,
         &format!("/v1/stories?{}", query.replace("seed=11", "seed=12")),
     );
     let alone = done_event(&alone);
+    // And shared by 51 clients that all read (another seed): the cost of serving the readers
+    // themselves, to compare with 50 stalled ones below.
+    let readers_path = format!("/v1/stories?{}", query.replace("seed=11", "seed=13"));
+    let with_readers = std::thread::scope(|scope| {
+        let readers: Vec<_> = (0..51)
+            .map(|_| scope.spawn(|| done_event(&read_stream(server.address, &readers_path).0)))
+            .collect();
+        readers
+            .into_iter()
+            .map(|r| r.join().unwrap())
+            .filter(|done| done["cached"] == false)
+            .map(|done| done["timings"]["generation_ms"].as_f64().unwrap())
+            .fold(0.0, f64::max)
+    });
     let rss_before = server.rss_kib();
 
     let mut stalled = Vec::new();
@@ -368,7 +382,7 @@ fn stalled_stream_readers_are_bounded_and_dropped() {
     }
     let rss_after = server.rss_kib();
     eprintln!(
-        "stalled readers: 50 clients (receive buffer at the kernel's minimum) on one {stream_bytes}-byte story stream; the reader sharing it got {} tokens in {shared_took:?} (generation {} ms; alone: {} ms, {alone_took:?}); per stalled client at most {most_unsent} bytes unsent in the server's kernel buffer and {most_unread} unread in the client's; server RSS {rss_before} KiB before, {rss_hanging} KiB with all 50 hanging (+{growth_mib:.1} MiB), {rss_after} KiB after they were dropped ({:.1} s after the reader finished, send timeout 2 s)",
+        "stalled readers: 50 clients (receive buffer at the kernel's minimum) on one {stream_bytes}-byte story stream; the reader sharing it got {} tokens in {shared_took:?} (generation {} ms; the same story alone: {} ms, shared by 51 reading clients: {with_readers} ms); per stalled client at most {most_unsent} bytes unsent in the server's kernel buffer and {most_unread} unread in the client's; server RSS {rss_before} KiB before, {rss_hanging} KiB with all 50 hanging (+{growth_mib:.1} MiB), {rss_after} KiB after they were dropped ({:.1} s after the reader finished, send timeout 2 s)",
         story["tokens"],
         story["timings"]["generation_ms"],
         alone["timings"]["generation_ms"],

@@ -303,25 +303,35 @@ async fn undeclared_methods_get_405_with_allow() {
     }
 }
 
-/// Sends raw bytes on a new connection and reads the answer until the server closes it.
-fn raw_exchange(base: &str, request: &[u8]) -> String {
+/// Sends `request` as raw bytes on a new connection and reads the answer until the server
+/// closes it; checks its status line.
+async fn raw_exchange(base: &str, request: String, status: &str) -> String {
     use std::io::{Read, Write};
-    let address = base.trim_start_matches("http://");
-    let mut stream = std::net::TcpStream::connect(address).unwrap();
-    stream
-        .set_read_timeout(Some(std::time::Duration::from_secs(30)))
-        .unwrap();
-    // The server may answer and close before reading everything (a head over its limit).
-    let _ = stream.write_all(request);
-    let mut answer = Vec::new();
-    let _ = stream.read_to_end(&mut answer);
-    String::from_utf8_lossy(&answer).into_owned()
+    let address = base.trim_start_matches("http://").to_string();
+    let answer = actix_web::rt::task::spawn_blocking(move || {
+        let mut stream = std::net::TcpStream::connect(address).unwrap();
+        stream
+            .set_read_timeout(Some(std::time::Duration::from_secs(30)))
+            .unwrap();
+        // The server may answer and close before reading everything (a head over its limit).
+        let _ = stream.write_all(request.as_bytes());
+        let mut answer = Vec::new();
+        let _ = stream.read_to_end(&mut answer);
+        String::from_utf8_lossy(&answer).into_owned()
+    })
+    .await
+    .unwrap();
+    assert!(
+        answer.starts_with(&format!("HTTP/1.1 {status}")),
+        "{answer}"
+    );
+    answer
 }
 
 /// A request head over `api.max_url_bytes` or `api.max_header_bytes` gets 414 or 431 with
 /// the JSON error and a request id; beyond the HTTP codec's own limits (a URL of 64 KiB,
 /// 96 headers, a 128 KiB head) actix answers before any of our code runs: 400 or 431 with
-/// an empty body (README, "Request limits").
+/// an empty body (README, "Reliability").
 #[actix_web::test]
 async fn request_heads_over_the_limits() {
     let mut config = tiny_server_config();
@@ -341,15 +351,7 @@ async fn request_heads_over_the_limits() {
         (long_url, "414", "uri_too_long"),
         (big_headers, "431", "headers_too_large"),
     ] {
-        let base = base.clone();
-        let answer =
-            actix_web::rt::task::spawn_blocking(move || raw_exchange(&base, request.as_bytes()))
-                .await
-                .unwrap();
-        assert!(
-            answer.starts_with(&format!("HTTP/1.1 {status}")),
-            "{answer}"
-        );
+        let answer = raw_exchange(&base, request, status).await;
         let (head, body) = answer.split_once("\r\n\r\n").unwrap();
         assert!(head.to_lowercase().contains("x-request-id:"), "{head}");
         let body: Value = serde_json::from_str(body).unwrap();
@@ -366,15 +368,7 @@ async fn request_heads_over_the_limits() {
         .collect();
     let too_many = format!("GET /healthz HTTP/1.1\r\nHost: x\r\n{too_many}\r\n");
     for (request, status) in [(huge_url, "400"), (too_many, "431")] {
-        let base = base.clone();
-        let answer =
-            actix_web::rt::task::spawn_blocking(move || raw_exchange(&base, request.as_bytes()))
-                .await
-                .unwrap();
-        assert!(
-            answer.starts_with(&format!("HTTP/1.1 {status}")),
-            "{answer}"
-        );
+        let answer = raw_exchange(&base, request, status).await;
         assert!(
             answer.to_lowercase().contains("content-length: 0"),
             "{answer}"

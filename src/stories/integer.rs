@@ -23,27 +23,24 @@ pub trait Unsigned: Copy + TryFrom<u64> {
     ) -> Result<Self, D::Error>;
 }
 
-impl Unsigned for u32 {
-    const NAME: &'static str = "u32";
+/// serde's own name and `deserialize_*` method for each type.
+macro_rules! unsigned {
+    ($type:ty, $name:literal, $method:ident) => {
+        impl Unsigned for $type {
+            const NAME: &'static str = $name;
 
-    fn ask<'de, D: Deserializer<'de>, V: Visitor<'de, Value = Self>>(
-        deserializer: D,
-        visitor: V,
-    ) -> Result<Self, D::Error> {
-        deserializer.deserialize_u32(visitor)
-    }
+            fn ask<'de, D: Deserializer<'de>, V: Visitor<'de, Value = Self>>(
+                deserializer: D,
+                visitor: V,
+            ) -> Result<Self, D::Error> {
+                deserializer.$method(visitor)
+            }
+        }
+    };
 }
 
-impl Unsigned for u64 {
-    const NAME: &'static str = "u64";
-
-    fn ask<'de, D: Deserializer<'de>, V: Visitor<'de, Value = Self>>(
-        deserializer: D,
-        visitor: V,
-    ) -> Result<Self, D::Error> {
-        deserializer.deserialize_u64(visitor)
-    }
-}
+unsigned!(u32, "u32", deserialize_u32);
+unsigned!(u64, "u64", deserialize_u64);
 
 /// `#[serde(default, deserialize_with = "integer::optional")]` for an `Option<u32>` or
 /// `Option<u64>` field.
