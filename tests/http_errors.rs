@@ -400,8 +400,9 @@ async fn every_field_error_names_the_field_and_what_it_accepts() {
     }
 }
 
-/// Every documented path answers a method it has no route for with 405, `Allow` naming
-/// exactly its methods, and the JSON error (actix alone answers 404 or a bare 405).
+/// Every path, the page's included, answers a method it has no route for with 405,
+/// `Allow` naming exactly its methods, and the JSON error (actix alone answers 404 or a
+/// bare 405).
 #[actix_web::test]
 async fn undeclared_methods_get_405_with_allow() {
     let base = start_server(tiny_server_config()).await;
@@ -414,6 +415,9 @@ async fn undeclared_methods_get_405_with_allow() {
         ("/readyz", "OPTIONS", "GET"),
         ("/metrics", "QUERY", "GET"),
         ("/openapi.json", "DELETE", "GET"),
+        ("/page.json", "POST", "GET"),
+        ("/", "DELETE", "GET, HEAD"),
+        ("/static/app.js", "PUT", "GET, HEAD"),
     ] {
         let method = actix_web::http::Method::from_bytes(method.as_bytes()).unwrap();
         let mut response = client()
