@@ -415,6 +415,7 @@ fn add_links(doc: &mut Value) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::stories::validate::FIELDS;
 
     fn limits() -> DocumentLimits {
         DocumentLimits {
@@ -447,6 +448,21 @@ mod tests {
         let trends = &doc["paths"]["/v1/trends"]["get"]["parameters"];
         assert_eq!(trends[0]["schema"]["maximum"], 40);
         assert_eq!(trends[1]["schema"]["enum"][0], "hackernews");
+    }
+
+    #[test]
+    fn the_story_query_takes_exactly_the_fields_the_extractor_reads() {
+        let doc = document(&limits());
+        let mut names: Vec<&str> = doc["paths"]["/v1/stories"]["get"]["parameters"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p["name"].as_str().unwrap())
+            .collect();
+        names.sort_unstable();
+        let mut fields = FIELDS;
+        fields.sort_unstable();
+        assert_eq!(names, fields);
     }
 
     #[test]
