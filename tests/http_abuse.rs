@@ -12,57 +12,49 @@ mod common;
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::process::{Child, Command, Stdio};
 use std::thread::sleep;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use socket2::{Domain, Socket, Type};
 
+use common::process::{self, ServerProcess};
+
 /// Long enough that only a hang reaches it.
 const HANG: Duration = Duration::from_secs(60);
 
 /// The real binary on 127.0.0.1 with the tiny model, killed on drop.
 struct Server {
-    child: Child,
+    process: ServerProcess,
     address: SocketAddr,
 }
 
 impl Server {
     /// Starts it with `TRENDSTORY_*` overrides on top of the tests' settings; waits until ready.
     fn start(overrides: &[(&str, &str)]) -> Self {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let model = common::required_model(common::TINY);
-        let library = common::runtime().onnxruntime_library.unwrap();
-        let mut command = Command::new(env!("CARGO_BIN_EXE_trendstory"));
-        command
-            .arg("serve")
-            .env_remove("TRENDSTORY_CONFIG")
-            .env("TRENDSTORY_MODEL__DIR", &model)
-            .env("TRENDSTORY_RUNTIME__ONNXRUNTIME_LIBRARY", &library)
-            .env("TRENDSTORY_SERVER__HOST", "127.0.0.1")
-            .env("TRENDSTORY_SERVER__PORT", port.to_string())
-            .env("TRENDSTORY_SERVER__HTTP_WORKERS", "2")
-            .env("TRENDSTORY_SERVER__SHUTDOWN_DRAIN_SECS", "0")
-            .env("TRENDSTORY_INFERENCE__THREADS_PER_WORKER", "1")
-            .env("TRENDSTORY_STORIES__TRENDING__ENABLED", "false")
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit());
+        let port = process::free_port();
+        let mut command = process::serve_tiny_command(
+            port,
+            &[
+                ("TRENDSTORY_SERVER__HTTP_WORKERS", "2"),
+                ("TRENDSTORY_SERVER__SHUTDOWN_DRAIN_SECS", "0"),
+                ("RUST_LOG", "warn"),
+            ],
+        );
         for (key, value) in overrides {
             command.env(format!("TRENDSTORY_{key}"), value);
         }
         let server = Self {
-            child: command.spawn().expect("start trendstory"),
+            process: ServerProcess::start(command, port),
             address: SocketAddr::from(([127, 0, 0, 1], port)),
         };
         let deadline = Instant::now() + HANG;
         while get(server.address, "/readyz").map(|(status, _)| status) != Some(200) {
-            assert!(Instant::now() < deadline, "not ready within a minute");
+            assert!(
+                Instant::now() < deadline,
+                "not ready within a minute:\n{}",
+                server.process.log()
+            );
             sleep(Duration::from_millis(50));
         }
         server
@@ -70,7 +62,8 @@ impl Server {
 
     /// Resident memory of the server process, in KiB.
     fn rss_kib(&self) -> u64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
+        let status =
+            std::fs::read_to_string(format!("/proc/{}/status", self.process.id())).unwrap();
         status
             .lines()
             .find_map(|line| line.strip_prefix("VmRSS:"))
@@ -82,13 +75,6 @@ impl Server {
     fn metric(&self, sample: &str) -> f64 {
         let (_, body) = get(self.address, "/metrics").expect("metrics");
         common::metric(&body, sample)
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 
