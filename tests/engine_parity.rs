@@ -79,7 +79,11 @@ fn each_graph_gets_its_kv_layout() {
     assert_eq!(common::load(&explicit).model.kv_layout(), KvLayout::Padded);
     let packed = common::load(&packed).model;
     assert_eq!(packed.kv_layout(), KvLayout::Slots);
-    assert_eq!(packed.prefill_lanes(), Some(4), "the exporter's default lanes");
+    assert_eq!(
+        packed.prefill_lanes(),
+        Some(4),
+        "the exporter's default lanes"
+    );
 }
 
 /// The packed graph (slot cache, written in place) against the explicit one (padded cache,

@@ -23,9 +23,9 @@ use crate::config::{Config, InferenceConfig};
 use tokio::sync::mpsc::UnboundedReceiver;
 
 use crate::engine::{
-    event_channel, open_session, BatchEngine, Engine, EngineLimits, EngineStats,
-    GenerationEvent, GenerationRequest, ModelInfo, OnnxModel, Priority, SamplingParams,
-    SessionOptions, TextTokenizer,
+    event_channel, open_session, BatchEngine, Engine, EngineLimits, EngineStats, GenerationEvent,
+    GenerationRequest, ModelInfo, OnnxModel, Priority, SamplingParams, SessionOptions,
+    TextTokenizer,
 };
 use table::{Column, Table};
 

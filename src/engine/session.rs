@@ -141,6 +141,8 @@ pub struct OnnxModel {
     past_names: Vec<String>,
     present_names: Vec<String>,
     packed: PackedNames,
+    /// Packed graphs: the binding of the last pass, reused by the next one.
+    binding: Option<PackedBinding>,
 }
 
 impl OnnxModel {
@@ -232,6 +234,7 @@ impl OnnxModel {
             past_names,
             present_names,
             packed,
+            binding: None,
         })
     }
 
@@ -377,26 +380,55 @@ impl OnnxModel {
         };
         let packed = PackedInputs::new(rows, cache, lanes)?;
         let fail = EngineError::inference;
-        let memory = MemoryInfo::new(
-            AllocationDevice::CPU,
-            0,
-            AllocatorType::Device,
-            MemoryType::Default,
-        )
-        .map_err(fail)?;
-        let mut binding = self.session.create_binding().map_err(fail)?;
-        let mut inputs: Vec<(&str, DynValue)> = vec![
+        let binding = match self.binding.take() {
+            Some(b) if b.cache_id == cache.id() => b,
+            _ => PackedBinding {
+                binding: self.session.create_binding().map_err(fail)?,
+                cache_id: cache.id(),
+                decode_slots: 0,
+                lanes: vec![None; lanes],
+            },
+        };
+        let binding = self.bind(binding, &packed, cache)?;
+        let started = std::time::Instant::now();
+        let result = self.session.run_binding(&binding.binding);
+        self.run_time += started.elapsed();
+        self.runs += 1;
+        let logits = result.map_err(fail).and_then(|outputs| {
+            let asked = packed.asked;
+            logits_at(&outputs, &self.info, asked, &(0..asked).collect::<Vec<_>>())
+        });
+        // A failed run leaves the binding as it was bound: keep it either way.
+        self.binding = Some(binding);
+        let logits = logits?;
+        for row in rows {
+            cache.set_end(row.slot, row.past + row.tokens.len());
+        }
+        Ok(logits)
+    }
+
+    /// Binds a pass's inputs: the small ones every time, the KV views only where they
+    /// changed since the last pass over the same cache (the decode rows' span, each lane's
+    /// slot), since a graph of 22 layers has hundreds of them.
+    fn bind(
+        &self,
+        mut b: PackedBinding,
+        packed: &PackedInputs,
+        cache: &mut SlotCache,
+    ) -> Result<PackedBinding, EngineError> {
+        let fail = EngineError::inference;
+        let small = [
             (
                 "input_ids",
-                i64_value(vec![1, packed.ids.len()], packed.ids)?,
+                i64_value(vec![1, packed.ids.len()], packed.ids.clone())?,
             ),
             (
                 "decode_rows",
-                i64_value(vec![packed.slots], packed.decode_rows)?,
+                i64_value(vec![packed.slots], packed.decode_rows.clone())?,
             ),
             (
                 "decode_seqlens_k",
-                i32_value(vec![packed.slots], packed.decode_seqlens)?,
+                i32_value(vec![packed.slots], packed.decode_seqlens.clone())?,
             ),
             (
                 "decode_total",
@@ -404,78 +436,104 @@ impl OnnxModel {
             ),
             (
                 "attn_order",
-                i64_value(vec![packed.attn_order.len()], packed.attn_order)?,
+                i64_value(vec![packed.attn_order.len()], packed.attn_order.clone())?,
             ),
             (
                 "logits_index",
-                i64_value(vec![packed.logits_index.len()], packed.logits_index)?,
+                i64_value(vec![packed.logits_index.len()], packed.logits_index.clone())?,
             ),
         ];
+        for (name, value) in &small {
+            b.binding.bind_input(*name, value).map_err(fail)?;
+        }
         for (names, lane) in self.packed.lane_inputs.iter().zip(&packed.lanes) {
-            inputs.push((&names[0], i64_value(vec![1], vec![lane.start as i64])?));
-            inputs.push((&names[1], i64_value(vec![1], vec![lane.end as i64])?));
-            inputs.push((&names[2], i32_value(vec![1], vec![lane.seqlens_k])?));
-            inputs.push((&names[3], i32_value(vec![], vec![lane.seqlens_k + 1])?));
+            let values = [
+                i64_value(vec![1], vec![lane.start as i64])?,
+                i64_value(vec![1], vec![lane.end as i64])?,
+                i32_value(vec![1], vec![lane.seqlens_k])?,
+                i32_value(vec![], vec![lane.seqlens_k + 1])?,
+            ];
+            for (name, value) in names.iter().zip(&values) {
+                b.binding.bind_input(name.as_str(), value).map_err(fail)?;
+            }
         }
-        for (name, value) in &inputs {
-            binding.bind_input(*name, value).map_err(fail)?;
-        }
+        let memory = MemoryInfo::new(
+            AllocationDevice::CPU,
+            0,
+            AllocatorType::Device,
+            MemoryType::Default,
+        )
+        .map_err(fail)?;
         // Every KV view is bound as both past and present: GroupQueryAttention then writes
         // the new positions into the same memory it reads.
-        let mut views = Vec::with_capacity(self.past_names.len() * (1 + lanes) * 2);
-        for t in 0..self.past_names.len() {
-            let mut bind = |past: &str, present: &str, (data, shape): (*mut f32, [usize; 4])| {
-                // SAFETY: `data` points into `cache`'s buffers (or its scratch), which this
-                // function borrows mutably and which are never reallocated, so the memory
-                // stays valid and unmoved until the views are dropped with the binding at
-                // the end of this function. The views overlap only as GroupQueryAttention's
-                // shared past/present, and lanes and decode rows write disjoint positions.
-                let (input, output) = unsafe {
-                    (
-                        borrowed_f32_tensor(&memory, data, shape)?,
-                        borrowed_f32_tensor(&memory, data, shape)?,
-                    )
-                };
-                binding.bind_input(past, &input).map_err(fail)?;
-                binding.bind_output(present, output).map_err(fail)?;
-                views.push(input);
-                Ok::<(), EngineError>(())
+        let bind_kv = |binding: &mut ort::session::IoBinding,
+                       past: &str,
+                       present: &str,
+                       (data, shape): (*mut f32, [usize; 4])| {
+            // SAFETY: `data` points into `cache`'s buffers (or its scratch), which are never
+            // reallocated and live as long as the cache. The binding is used for a run only
+            // with the cache it was made for (`cache_id`), so the views are valid whenever
+            // ONNX Runtime reads or writes through them. They overlap only as
+            // GroupQueryAttention's shared past/present, and the decode rows and the lanes
+            // write disjoint positions.
+            let (input, output) = unsafe {
+                (
+                    borrowed_f32_tensor(&memory, data, shape)?,
+                    borrowed_f32_tensor(&memory, data, shape)?,
+                )
             };
-            bind(
-                &self.past_names[t],
-                &self.present_names[t],
-                cache.view(t, 0..packed.slots)?,
-            )?;
-            for (k, lane) in packed.lanes.iter().enumerate() {
+            binding.bind_input(past, &input).map_err(fail)?;
+            binding.bind_output(present, output).map_err(fail)
+        };
+        for (k, lane) in packed.lanes.iter().enumerate() {
+            let target = Some(lane.slot);
+            if b.lanes[k] == target {
+                continue;
+            }
+            for t in 0..self.past_names.len() {
                 let view = match lane.slot {
                     Some(slot) => cache.view(t, slot..slot + 1)?,
                     None => cache.scratch(t, k),
                 };
-                bind(
+                let (past, present) = (
                     &self.packed.lane_past[k][t],
                     &self.packed.lane_present[k][t],
+                );
+                bind_kv(&mut b.binding, past, present, view)?;
+            }
+            b.lanes[k] = target;
+        }
+        // Bound anew each pass: a bound output keeps its first shape, and the logits' count
+        // changes from pass to pass.
+        b.binding
+            .bind_output_to_device("logits", &memory)
+            .map_err(fail)?;
+        if b.decode_slots != packed.slots {
+            for t in 0..self.past_names.len() {
+                let view = cache.view(t, 0..packed.slots)?;
+                bind_kv(
+                    &mut b.binding,
+                    &self.past_names[t],
+                    &self.present_names[t],
                     view,
                 )?;
             }
+            b.decode_slots = packed.slots;
         }
-        binding
-            .bind_output_to_device("logits", &memory)
-            .map_err(fail)?;
-        let started = std::time::Instant::now();
-        let result = self.session.run_binding(&binding);
-        self.run_time += started.elapsed();
-        self.runs += 1;
-        let outputs = result.map_err(EngineError::inference)?;
-        let asked = packed.asked;
-        let logits = logits_at(&outputs, &self.info, asked, &(0..asked).collect::<Vec<_>>())?;
-        drop(outputs);
-        drop(binding);
-        drop(views);
-        for row in rows {
-            cache.set_end(row.slot, row.past + row.tokens.len());
-        }
-        Ok(logits)
+        Ok(b)
     }
+}
+
+/// The packed graph's IoBinding, kept from one pass to the next over the same cache.
+struct PackedBinding {
+    binding: ort::session::IoBinding,
+    /// The [`SlotCache`] its KV views point into.
+    cache_id: u64,
+    /// Slots bound to the decode attention (0: none yet).
+    decode_slots: usize,
+    /// Per lane, what its KV views are bound to: `Some(Some(slot))`, `Some(None)` for the
+    /// scratch slot, `None` when not bound yet.
+    lanes: Vec<Option<Option<usize>>>,
 }
 
 /// A packed pass's inputs, laid out as the exporter's PACKED_CONTRACT says: one-token rows

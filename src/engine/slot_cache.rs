@@ -17,8 +17,13 @@ pub struct KeptKv {
     pub(crate) len: usize,
 }
 
+/// Distinguishes caches, so a binding made for one is never used with another.
+static NEXT_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+
 /// See the module doc.
 pub struct SlotCache {
+    /// Unique per cache: what a kept IoBinding's views point into.
+    id: u64,
     buffers: Vec<Vec<f32>>,
     slots: usize,
     capacity: usize,
@@ -37,6 +42,7 @@ impl SlotCache {
         let slot = info.num_kv_heads * capacity * info.head_dim;
         let tensors = info.num_layers * 2;
         Self {
+            id: NEXT_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
             // Zeroed allocations come from fresh pages: untouched capacity costs no memory.
             buffers: (0..tensors).map(|_| vec![0.0f32; slots * slot]).collect(),
             slots,
@@ -48,6 +54,10 @@ impl SlotCache {
                 .map(|_| vec![0.0f32; info.num_kv_heads * info.head_dim])
                 .collect(),
         }
+    }
+
+    pub fn id(&self) -> u64 {
+        self.id
     }
 
     pub fn slots(&self) -> usize {
