@@ -2,10 +2,11 @@
 # Installs what the tests need and runs them: the ONNX Runtime library, the Python venv,
 # the tiny test models (rebuilt only when the exporter changes), headless Chromium, nginx
 # and Prometheus (scripts/deploy-tools.sh), the Python exporter tests, `cargo test`, the
-# browser tests of the web page, then the deploy tests (Dockerfile lint, Kubernetes
-# overlays rendered and validated, the image layout serving the ConfigMap's config, a
-# replica killed behind nginx, the alert rules and their unit tests, a real Prometheus
-# asked for every dashboard, alert and adapter query), then the load-test smoke
+# HTTP contract (Schemathesis against /openapi.json), the browser tests of the web page,
+# then the deploy tests (Dockerfile lint, Kubernetes overlays rendered and validated, the
+# image layout serving the ConfigMap's config, a replica killed behind nginx, the alert
+# rules and their unit tests, a real Prometheus asked for every dashboard, alert and
+# adapter query), then the load-test smoke
 # (scripts/bench.sh --smoke). Idempotent and fast on a second run.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -79,11 +80,17 @@ echo "test.sh: Python exporter tests"
 echo "test.sh: cargo test"
 cargo test --all-targets "$@" "${SKIP_SHARED[@]}"
 
-# The web page in headless Chromium against target/debug/trendstory with the tiny model;
-# the tests start and stop their servers on free 127.0.0.1 ports. Screenshots and server
-# logs: target/browser-artifacts/.
-echo "test.sh: browser tests"
+# The contract and browser tests run target/debug/trendstory with the tiny model; they
+# start and stop their servers on free 127.0.0.1 ports.
 cargo build --quiet --bin trendstory
+
+# Schemathesis against the real binary's /openapi.json (seeded; under a minute): prints its
+# figures, and on a failure its report with a curl reproduction of each case.
+echo "test.sh: HTTP contract (Schemathesis)"
+timeout 600 "$PYTHON_ENV_PY" -m pytest -q -s tests/contract
+
+# The web page in headless Chromium. Screenshots and server logs: target/browser-artifacts/.
+echo "test.sh: browser tests"
 timeout 600 "$PYTHON_ENV_PY" -m pytest -q tests/browser
 
 # After cargo test: these run its debug binary (scripts/image.sh build dev finds it fresh).

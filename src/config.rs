@@ -64,6 +64,25 @@ pub struct ServerConfig {
     pub shutdown_timeout_secs: u64,
     /// `text` (human-readable) or `json` (one object per line, with the request id).
     pub log_format: LogFormat,
+    /// A request head (line and headers) must arrive within this long: from the connection's
+    /// start for its first request (actix answers 408 and closes), and for a later request
+    /// within `keep_alive_secs` plus this of the previous answer (the connection watchdog
+    /// closes it: `api::connections`). Bounds slow-header (slowloris) clients.
+    pub client_request_timeout_secs: u64,
+    /// An idle connection between requests is closed after this long.
+    pub keep_alive_secs: u64,
+    /// Open connections at most, shared evenly by the HTTP workers; more wait in the
+    /// listen backlog (`backlog`) until one closes, and beyond it are refused by the kernel.
+    pub max_connections: usize,
+    /// Connections the kernel keeps waiting for acceptance beyond `max_connections`.
+    pub backlog: u32,
+    /// A connection whose client stops reading (or vanishes) with answer bytes unsent is
+    /// dropped after this long (TCP_USER_TIMEOUT: the kernel aborts it, streams included).
+    pub send_timeout_secs: u64,
+    /// Kernel send buffer of each connection (SO_SNDBUF; the kernel doubles it for its
+    /// bookkeeping): with actix's 32 KiB write buffer, what a client that stops reading
+    /// can make the server hold.
+    pub send_buffer_bytes: usize,
 }
 
 impl Default for ServerConfig {
@@ -75,7 +94,57 @@ impl Default for ServerConfig {
             shutdown_drain_secs: 5,
             shutdown_timeout_secs: 30,
             log_format: LogFormat::Text,
+            client_request_timeout_secs: 5,
+            keep_alive_secs: 5,
+            max_connections: 1024,
+            backlog: 1024,
+            send_timeout_secs: 30,
+            send_buffer_bytes: 64 * 1024,
         }
+    }
+}
+
+impl ServerConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        if self.port == 0 {
+            return Err(ConfigError::Invalid {
+                key: "server.port",
+                reason: "must be a port number from 1 to 65535, got 0".into(),
+            });
+        }
+        if self.host.trim().is_empty() {
+            return Err(ConfigError::Invalid {
+                key: "server.host",
+                reason: "must not be empty".into(),
+            });
+        }
+        let positive = [
+            (
+                "server.client_request_timeout_secs",
+                self.client_request_timeout_secs,
+            ),
+            ("server.keep_alive_secs", self.keep_alive_secs),
+            ("server.max_connections", self.max_connections as u64),
+            ("server.backlog", u64::from(self.backlog)),
+            ("server.send_timeout_secs", self.send_timeout_secs),
+            ("server.send_buffer_bytes", self.send_buffer_bytes as u64),
+        ];
+        for (key, value) in positive {
+            if value == 0 {
+                return Err(ConfigError::Invalid {
+                    key,
+                    reason: "must be at least 1".into(),
+                });
+            }
+        }
+        // TCP_USER_TIMEOUT is a u32 of milliseconds.
+        if self.send_timeout_secs > u64::from(u32::MAX / 1000) {
+            return Err(ConfigError::Invalid {
+                key: "server.send_timeout_secs",
+                reason: format!("must be at most {}", u32::MAX / 1000),
+            });
+        }
+        Ok(())
     }
 }
 
@@ -264,18 +333,7 @@ impl Config {
 
     /// Checks rules that types alone cannot express.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        if self.server.port == 0 {
-            return Err(ConfigError::Invalid {
-                key: "server.port",
-                reason: "must be a port number from 1 to 65535, got 0".into(),
-            });
-        }
-        if self.server.host.trim().is_empty() {
-            return Err(ConfigError::Invalid {
-                key: "server.host",
-                reason: "must not be empty".into(),
-            });
-        }
+        self.server.validate()?;
         if self.model.dir.as_os_str().is_empty() {
             return Err(ConfigError::Invalid {
                 key: "model.dir",

@@ -2,6 +2,9 @@
 //! background tasks once, then actix-web on the given listener. `main` and the integration
 //! tests share this entry point.
 //!
+//! Each connection is bounded (`server.client_request_timeout_secs`, `keep_alive_secs`,
+//! `max_connections`, `backlog`, and the send limits of `api::connections`).
+//!
 //! Shutdown on SIGTERM (how Kubernetes stops a pod): readiness turns false and new story
 //! requests get 503 at once; after `server.shutdown_drain_secs` (time for the load
 //! balancer to notice) the listener closes, and requests and streams in flight get
@@ -17,6 +20,8 @@ use actix_web::{web, App, HttpServer};
 use tracing_actix_web::TracingLogger;
 
 use crate::api::access::Access;
+use crate::api::connections::ConnectionPolicy;
+use crate::api::openapi::{self, DocumentLimits};
 use crate::api::probes::Lifecycle;
 use crate::api::{self, AppState};
 use crate::config::{env_var, Config};
@@ -79,9 +84,17 @@ pub async fn run(config: Config, listener: TcpListener) -> std::io::Result<()> {
         config.inference.max_background,
         move || !pregen_lifecycle.shutting_down(),
     ));
+    // The listener may come bound with another backlog (std's is 128): listening again sets ours.
+    socket2::SockRef::from(&listener)
+        .listen(i32::try_from(config.server.backlog).unwrap_or(i32::MAX))?;
     tracing::info!(address = %listener.local_addr()?, model = %state.model, "listening");
     let api_config = config.api.clone();
-    let mut server = HttpServer::new(move || {
+    let connections = ConnectionPolicy::new(&config.server, Arc::clone(&state.metrics));
+    let workers = match config.server.http_workers {
+        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        n => n,
+    };
+    let server = HttpServer::new(move || {
         App::new()
             .app_data(state.clone())
             .configure(|c| api::configure(c, &api_config))
@@ -89,13 +102,17 @@ pub async fn run(config: Config, listener: TcpListener) -> std::io::Result<()> {
             .wrap_fn(api::finish)
             .wrap(TracingLogger::default())
     })
+    .on_connect(move |io, extensions| connections.on_connect(io, extensions))
+    .workers(workers)
+    .max_connections((config.server.max_connections / workers).max(1))
+    .client_request_timeout(Duration::from_secs(
+        config.server.client_request_timeout_secs,
+    ))
+    .keep_alive(Duration::from_secs(config.server.keep_alive_secs))
     .disable_signals()
     .shutdown_timeout(config.server.shutdown_timeout_secs)
-    .listen(listener)?;
-    if config.server.http_workers > 0 {
-        server = server.workers(config.server.http_workers);
-    }
-    let server = server.run();
+    .listen(listener)?
+    .run();
     let handle = server.handle();
     let drain = Duration::from_secs(config.server.shutdown_drain_secs);
     actix_web::rt::spawn(async move {
@@ -146,6 +163,12 @@ fn start_services(config: &Config) -> anyhow::Result<AppState> {
         Arc::clone(&model),
         Arc::clone(&metrics),
     ));
+    let document = DocumentLimits {
+        max_new_tokens: config.inference.max_new_tokens,
+        max_trends: config.trends.max_trends,
+        max_url_bytes: config.api.max_url_bytes,
+        max_header_bytes: config.api.max_header_bytes,
+    };
     Ok(AppState {
         stories,
         inference,
@@ -156,6 +179,9 @@ fn start_services(config: &Config) -> anyhow::Result<AppState> {
         model,
         random_weights: info.random_weights,
         max_trends: config.trends.max_trends,
+        max_url_bytes: config.api.max_url_bytes,
+        max_header_bytes: config.api.max_header_bytes,
+        openapi: openapi::render(&document),
     })
 }
 

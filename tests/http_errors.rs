@@ -399,3 +399,122 @@ async fn every_field_error_names_the_field_and_what_it_accepts() {
         assert_eq!(body["error"]["message"], expected.as_str(), "{what}");
     }
 }
+
+/// Every path, the page's included, answers a method it has no route for with 405,
+/// `Allow` naming exactly its methods, and the JSON error (actix alone answers 404 or a
+/// bare 405).
+#[actix_web::test]
+async fn undeclared_methods_get_405_with_allow() {
+    let base = start_server(tiny_server_config()).await;
+    for (path, method, allow) in [
+        ("/v1/stories", "DELETE", "POST, GET"),
+        ("/v1/stories", "PATCH", "POST, GET"),
+        ("/v1/stories/trending", "POST", "GET"),
+        ("/v1/trends", "PUT", "GET"),
+        ("/healthz", "TRACE", "GET"),
+        ("/readyz", "OPTIONS", "GET"),
+        ("/metrics", "QUERY", "GET"),
+        ("/openapi.json", "DELETE", "GET"),
+        ("/page.json", "POST", "GET"),
+        ("/", "DELETE", "GET, HEAD"),
+        ("/static/app.js", "PUT", "GET, HEAD"),
+    ] {
+        let method = actix_web::http::Method::from_bytes(method.as_bytes()).unwrap();
+        let mut response = client()
+            .request(method.clone(), format!("{base}{path}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 405, "{method} {path}");
+        assert_eq!(
+            response.headers().get(header::ALLOW).unwrap(),
+            allow,
+            "{path}"
+        );
+        let body: Value = response.json().await.unwrap();
+        assert_eq!(
+            body["error"]["code"], "method_not_allowed",
+            "{method} {path}"
+        );
+    }
+}
+
+/// Sends `request` as raw bytes on a new connection and reads the answer until the server
+/// closes it; checks its status line.
+async fn raw_exchange(base: &str, request: String, status: &str) -> String {
+    use std::io::{Read, Write};
+    let address = base.trim_start_matches("http://").to_string();
+    let answer = actix_web::rt::task::spawn_blocking(move || {
+        let mut stream = std::net::TcpStream::connect(address).unwrap();
+        stream
+            .set_read_timeout(Some(std::time::Duration::from_secs(30)))
+            .unwrap();
+        // The server may answer and close before reading everything (a head over its limit).
+        let _ = stream.write_all(request.as_bytes());
+        let mut answer = Vec::new();
+        let _ = stream.read_to_end(&mut answer);
+        String::from_utf8_lossy(&answer).into_owned()
+    })
+    .await
+    .unwrap();
+    assert!(
+        answer.starts_with(&format!("HTTP/1.1 {status}")),
+        "{answer}"
+    );
+    answer
+}
+
+/// A request head over `api.max_url_bytes` or `api.max_header_bytes` gets 414 or 431 with
+/// the JSON error and a request id; beyond the HTTP codec's own limits (a URL of 64 KiB,
+/// 96 headers, a 128 KiB head) actix answers before any of our code runs: 400 or 431 with
+/// an empty body (README, "Reliability").
+#[actix_web::test]
+async fn request_heads_over_the_limits() {
+    let mut config = tiny_server_config();
+    config.api.max_url_bytes = 4096;
+    config.api.max_header_bytes = 8192;
+    let base = start_server(config).await;
+    let long_url = format!(
+        "GET /v1/trends?source={} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        "a".repeat(5000)
+    );
+    let many_headers: String = (0..40)
+        .map(|i| format!("X-Pad-{i}: {}\r\n", "b".repeat(250)))
+        .collect();
+    let big_headers =
+        format!("GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n{many_headers}\r\n");
+    for (request, status, code) in [
+        (long_url, "414", "uri_too_long"),
+        (big_headers, "431", "headers_too_large"),
+    ] {
+        let answer = raw_exchange(&base, request, status).await;
+        let (head, body) = answer.split_once("\r\n\r\n").unwrap();
+        assert!(head.to_lowercase().contains("x-request-id:"), "{head}");
+        let body: Value = serde_json::from_str(body).unwrap();
+        assert_eq!(body["error"]["code"], code, "{body}");
+        assert!(body["error"]["request_id"].is_string(), "{body}");
+    }
+    // The codec's own limits: no JSON possible there.
+    let huge_url = format!(
+        "GET /healthz?{} HTTP/1.1\r\nHost: x\r\n\r\n",
+        "c".repeat(70_000)
+    );
+    let too_many: String = (0..200)
+        .map(|i| format!("X-Many-{i}: {}\r\n", "d".repeat(200)))
+        .collect();
+    let too_many = format!("GET /healthz HTTP/1.1\r\nHost: x\r\n{too_many}\r\n");
+    for (request, status) in [(huge_url, "400"), (too_many, "431")] {
+        let answer = raw_exchange(&base, request, status).await;
+        assert!(
+            answer.to_lowercase().contains("content-length: 0"),
+            "{answer}"
+        );
+    }
+    // Still serving.
+    let response = client()
+        .get(format!("{base}/healthz"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+}

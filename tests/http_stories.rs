@@ -539,10 +539,27 @@ async fn api_keys_and_rate_limits_guard_v1_only() {
 
 #[actix_web::test]
 async fn the_openapi_document_is_valid_and_lists_every_route() {
-    let base = start_server(tiny_server_config()).await;
+    let mut config = tiny_server_config();
+    config.inference.max_new_tokens = 77;
+    config.trends.max_trends = 33;
+    let base = start_server(config).await;
     let (status, document) = get_json(&base, "/openapi.json").await;
     assert_eq!(status, 200);
     assert_eq!(document["openapi"], "3.1.0");
+    // The configured limits are the published bounds, and the server enforces exactly them.
+    let body = &document["components"]["schemas"]["StoryRequest"]["properties"];
+    assert_eq!(body["max_tokens"]["maximum"], 77);
+    let trends_limit = &document["paths"]["/v1/trends"]["get"]["parameters"][0]["schema"];
+    assert_eq!(trends_limit["maximum"], 33);
+    for (path, status) in [
+        ("/v1/trends?limit=33", 200),
+        ("/v1/trends?limit=34", 400),
+        ("/v1/stories?topic=edge&max_tokens=77", 200),
+        ("/v1/stories?topic=edge&max_tokens=78", 400),
+    ] {
+        let response = client().get(format!("{base}{path}")).send().await.unwrap();
+        assert_eq!(response.status(), status, "{path}");
+    }
     let paths = document["paths"].as_object().unwrap();
     for (path, method) in [
         ("/v1/stories", "post"),

@@ -1,4 +1,4 @@
-//! `[api]` configuration: body limit, API keys, rate limit, CORS.
+//! `[api]` configuration: body and request head limits, API keys, rate limit, CORS.
 
 use std::path::PathBuf;
 
@@ -11,6 +11,13 @@ use crate::config::ConfigError;
 pub struct ApiConfig {
     /// Larger request bodies get 413.
     pub max_body_bytes: usize,
+    /// Longer URLs (path and query) get 414 with the JSON error. Must stay below the HTTP
+    /// codec's own limit ([`CODEC_MAX_URL_BYTES`]), which answers with an empty 400.
+    pub max_url_bytes: usize,
+    /// Request headers (names, values and their separators) over this get 431 with the
+    /// JSON error; the codec refuses a head over [`CODEC_MAX_HEAD_BYTES`] or more than
+    /// [`CODEC_MAX_HEADERS`] headers itself, with an empty 431.
+    pub max_header_bytes: usize,
     /// Bearer tokens accepted on `/v1/*`; with none here or in the file, `/v1` is open.
     pub api_keys: Vec<String>,
     /// A file with one key per line (`#` comments), e.g. a mounted Kubernetes secret.
@@ -26,10 +33,19 @@ pub struct ApiConfig {
     pub cors_allowed_origins: Vec<String>,
 }
 
+/// actix-http's limits, enforced before any of our code runs (its answers have an empty body
+/// and no request id): the `http` crate's longest URI, the longest head the decoder buffers,
+/// and the most headers it parses.
+pub const CODEC_MAX_URL_BYTES: usize = 65_534;
+pub const CODEC_MAX_HEAD_BYTES: usize = 131_072;
+pub const CODEC_MAX_HEADERS: usize = 96;
+
 impl Default for ApiConfig {
     fn default() -> Self {
         Self {
             max_body_bytes: 16 * 1024,
+            max_url_bytes: 8 * 1024,
+            max_header_bytes: 16 * 1024,
             api_keys: Vec::new(),
             api_keys_file: None,
             rate_limit_per_second: 0,
@@ -46,6 +62,25 @@ impl ApiConfig {
             return Err(ConfigError::Invalid {
                 key: "api.max_body_bytes",
                 reason: "must be at least 1".into(),
+            });
+        }
+        if self.max_url_bytes == 0 || self.max_url_bytes >= CODEC_MAX_URL_BYTES {
+            return Err(ConfigError::Invalid {
+                key: "api.max_url_bytes",
+                reason: format!(
+                    "must be between 1 and {} (the HTTP codec's own limit)",
+                    CODEC_MAX_URL_BYTES - 1
+                ),
+            });
+        }
+        if self.max_header_bytes == 0
+            || self.max_url_bytes + self.max_header_bytes >= CODEC_MAX_HEAD_BYTES
+        {
+            return Err(ConfigError::Invalid {
+                key: "api.max_header_bytes",
+                reason: format!(
+                    "must be at least 1, and with api.max_url_bytes below {CODEC_MAX_HEAD_BYTES} (the HTTP codec's head limit)"
+                ),
             });
         }
         if self

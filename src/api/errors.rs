@@ -57,6 +57,13 @@ pub enum ApiError {
     ShuttingDown,
     #[error("no route for this path")]
     NotFound,
+    /// A method the path has no route for; `allow` lists those it has.
+    #[error("method not allowed on this path; it accepts {allow}")]
+    MethodNotAllowed { allow: String },
+    #[error("the URL is {length} bytes, over the {limit} byte limit")]
+    UriTooLong { length: usize, limit: usize },
+    #[error("the request headers are {length} bytes, over the {limit} byte limit")]
+    HeadersTooLarge { length: usize, limit: usize },
     #[error("{0}")]
     Other(String),
 }
@@ -75,6 +82,9 @@ impl ApiError {
             Self::RateLimited { .. } => "rate_limited",
             Self::ShuttingDown => "shutting_down",
             Self::NotFound => "not_found",
+            Self::MethodNotAllowed { .. } => "method_not_allowed",
+            Self::UriTooLong { .. } => "uri_too_long",
+            Self::HeadersTooLarge { .. } => "headers_too_large",
             Self::Other(_) => "internal",
         }
     }
@@ -117,6 +127,9 @@ impl ResponseError for ApiError {
             Self::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
             Self::NotFound => StatusCode::NOT_FOUND,
+            Self::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
+            Self::UriTooLong { .. } => StatusCode::URI_TOO_LONG,
+            Self::HeadersTooLarge { .. } => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             Self::Other(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -127,8 +140,14 @@ impl ResponseError for ApiError {
         if let Some(after) = self.retry_after() {
             response.insert_header((header::RETRY_AFTER, after.as_secs().max(1).to_string()));
         }
-        if matches!(self, Self::Unauthorized) {
-            response.insert_header((header::WWW_AUTHENTICATE, "Bearer"));
+        match self {
+            Self::Unauthorized => {
+                response.insert_header((header::WWW_AUTHENTICATE, "Bearer"));
+            }
+            Self::MethodNotAllowed { allow } => {
+                response.insert_header((header::ALLOW, allow.as_str()));
+            }
+            _ => {}
         }
         response.json(ErrorBody::new(self.code(), self.to_string(), None))
     }
@@ -192,6 +211,14 @@ pub fn json_error(error: JsonPayloadError, _: &HttpRequest) -> actix_web::Error 
 /// The default service: unknown paths.
 pub async fn not_found() -> Result<HttpResponse, ApiError> {
     Err(ApiError::NotFound)
+}
+
+/// A resource's default service: the methods it has no route for.
+pub fn method_not_allowed(allow: String) -> actix_web::Route {
+    actix_web::web::to(move || {
+        let allow = allow.clone();
+        async move { Err::<HttpResponse, _>(ApiError::MethodNotAllowed { allow }) }
+    })
 }
 
 /// Stamps the request id header on every response and gives every error response the
@@ -270,7 +297,7 @@ mod tests {
 
     #[test]
     fn statuses_follow_the_error() {
-        let cases: [(ApiError, u16); 8] = [
+        let cases: [(ApiError, u16); 11] = [
             (ValidationError::EmptyTopic.into(), 400),
             (
                 InferError::Overloaded {
@@ -294,6 +321,26 @@ mod tests {
             (ApiError::UnsupportedMediaType, 415),
             (ApiError::Unauthorized, 401),
             (ApiError::NotFound, 404),
+            (
+                ApiError::MethodNotAllowed {
+                    allow: "GET".into(),
+                },
+                405,
+            ),
+            (
+                ApiError::UriTooLong {
+                    length: 9000,
+                    limit: 8192,
+                },
+                414,
+            ),
+            (
+                ApiError::HeadersTooLarge {
+                    length: 20_000,
+                    limit: 16_384,
+                },
+                431,
+            ),
         ];
         for (error, status) in cases {
             assert_eq!(error.status_code().as_u16(), status, "{error:?}");
@@ -307,6 +354,15 @@ mod tests {
         })
         .error_response();
         assert_eq!(response.headers().get(header::RETRY_AFTER).unwrap(), "3");
+    }
+
+    #[test]
+    fn method_not_allowed_lists_the_allowed_methods() {
+        let response = ApiError::MethodNotAllowed {
+            allow: "GET, POST".into(),
+        }
+        .error_response();
+        assert_eq!(response.headers().get(header::ALLOW).unwrap(), "GET, POST");
     }
 
     #[test]

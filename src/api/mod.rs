@@ -10,14 +10,18 @@
 //! - `errors`: [`errors::ApiError`], the one JSON error shape, the request id header.
 //! - `extract`: body and query extractors whose 400s name the field and what it accepts.
 //! - `request_log`: one log line per request, written once its response has gone out.
+//! - `connections`: what one client connection may cost (send limits, slow heads).
 //!
-//! Every response passes [`finish`]: it times the request for the duration histogram
-//! (labelled with the route pattern, never the raw path), sets `x-request-id`, gives
-//! error responses the JSON error shape, and writes the request's log line
-//! (`request_log`) once the response has gone out.
+//! Every response passes [`finish`]: it refuses a request head over `api.max_url_bytes` or
+//! `api.max_header_bytes`, times the request for the duration histogram (labelled with the
+//! route pattern, never the raw path), sets `x-request-id`, gives error responses the JSON
+//! error shape, keeps the request in progress on its connection until the answer is sent,
+//! and writes the request's log line (`request_log`) once the response has gone out.
+//! Every API path answers a method it has no route for with 405 and `Allow`.
 
 pub mod access;
 pub mod config;
+pub mod connections;
 pub mod errors;
 pub mod extract;
 pub mod openapi;
@@ -35,9 +39,10 @@ use std::time::Instant;
 use actix_cors::Cors;
 use actix_web::body::{BoxBody, MessageBody};
 use actix_web::dev::{Service, ServiceRequest, ServiceResponse};
-use actix_web::http::header;
+use actix_web::http::{header, Method};
 use actix_web::middleware::Condition;
-use actix_web::{web, HttpMessage, HttpRequest};
+use actix_web::web::Bytes;
+use actix_web::{web, HttpMessage, HttpRequest, Resource, Route};
 use tracing_actix_web::RequestId;
 
 pub use config::ApiConfig;
@@ -47,6 +52,8 @@ use crate::metrics::Metrics;
 use crate::stories::StoryService;
 use crate::trends::TrendsHandle;
 use access::Access;
+use connections::InProgress;
+use errors::ApiError;
 use probes::Lifecycle;
 use request_log::{LoggedBody, RequestLine, StoryNote};
 
@@ -64,6 +71,11 @@ pub struct AppState {
     pub random_weights: bool,
     /// `trends.max_trends`: the largest `limit` of the list endpoints.
     pub max_trends: usize,
+    /// `api.max_url_bytes`, `api.max_header_bytes`: checked by [`finish`].
+    pub max_url_bytes: usize,
+    pub max_header_bytes: usize,
+    /// The OpenAPI document, rendered at start-up with this server's limits.
+    pub openapi: Bytes,
 }
 
 impl AppState {
@@ -85,6 +97,37 @@ impl AppState {
             });
         }
         Ok(limit)
+    }
+
+    /// The request head against `api.max_url_bytes` and `api.max_header_bytes` (the HTTP
+    /// codec's own, larger limits answer before any of this runs).
+    ///
+    /// # Errors
+    /// `UriTooLong` or `HeadersTooLarge` with the size and the limit.
+    fn check_head(&self, request: &ServiceRequest) -> Result<(), ApiError> {
+        let url = request
+            .uri()
+            .path_and_query()
+            .map_or(0, |p| p.as_str().len());
+        if url > self.max_url_bytes {
+            return Err(ApiError::UriTooLong {
+                length: url,
+                limit: self.max_url_bytes,
+            });
+        }
+        // As sent: `name: value` and CRLF.
+        let headers: usize = request
+            .headers()
+            .iter()
+            .map(|(name, value)| name.as_str().len() + value.len() + 4)
+            .sum();
+        if headers > self.max_header_bytes {
+            return Err(ApiError::HeadersTooLarge {
+                length: headers,
+                limit: self.max_header_bytes,
+            });
+        }
+        Ok(())
     }
 }
 
@@ -121,20 +164,53 @@ pub fn configure(config: &mut web::ServiceConfig, api: &ApiConfig) {
                         }
                     }
                 })
-                .service(
-                    web::resource("/stories")
-                        .route(web::post().to(stories::post_story))
-                        .route(web::get().to(stories::get_story)),
-                )
-                .service(web::resource("/stories/trending").route(web::get().to(stories::trending)))
-                .service(web::resource("/trends").route(web::get().to(trends::list))),
+                .service(resource(
+                    "/stories",
+                    [
+                        (Method::POST, web::route().to(stories::post_story)),
+                        (Method::GET, web::route().to(stories::get_story)),
+                    ],
+                ))
+                .service(resource(
+                    "/stories/trending",
+                    [(Method::GET, web::route().to(stories::trending))],
+                ))
+                .service(resource(
+                    "/trends",
+                    [(Method::GET, web::route().to(trends::list))],
+                )),
         )
-        .route("/healthz", web::get().to(probes::healthz))
-        .route("/readyz", web::get().to(probes::readyz))
-        .route("/metrics", web::get().to(probes::metrics))
-        .route("/openapi.json", web::get().to(openapi::document))
+        .service(resource(
+            "/healthz",
+            [(Method::GET, web::route().to(probes::healthz))],
+        ))
+        .service(resource(
+            "/readyz",
+            [(Method::GET, web::route().to(probes::readyz))],
+        ))
+        .service(resource(
+            "/metrics",
+            [(Method::GET, web::route().to(probes::metrics))],
+        ))
+        .service(resource(
+            "/openapi.json",
+            [(Method::GET, web::route().to(openapi::serve))],
+        ))
         .configure(page::configure)
         .default_service(web::to(errors::not_found));
+}
+
+/// A path with a route per method; any other method gets 405 with `Allow` naming these
+/// (actix's own 405 has no `Allow`, and a route added with `App::route` answers 404).
+fn resource<const N: usize>(path: &str, routes: [(Method, Route); N]) -> Resource {
+    let allow: Vec<&str> = routes.iter().map(|(method, _)| method.as_str()).collect();
+    let allow = allow.join(", ");
+    routes
+        .into_iter()
+        .fold(web::resource(path), |resource, (method, route)| {
+            resource.route(route.method(method))
+        })
+        .default_service(errors::method_not_allowed(allow))
 }
 
 /// CORS for the configured origins; off (no CORS headers) when none are.
@@ -171,26 +247,35 @@ where
         .extensions()
         .get::<RequestId>()
         .map(|id| id.to_string());
-    let state = request.app_data::<web::Data<AppState>>();
-    let metrics = state.map(|state| Arc::clone(&state.metrics));
-    let client = state.map_or_else(String::new, |state| state.access.client_ip(&request));
+    let state = request.app_data::<web::Data<AppState>>().cloned();
+    let client = state
+        .as_ref()
+        .map_or_else(String::new, |state| state.access.client_ip(&request));
     let mut line = RequestLine::new(request.method().to_string(), client, started);
     line.request_id = id.clone();
-    let call = service.call(request);
+    let in_progress = InProgress::start(request.request());
+    let outcome = match state.as_ref().map(|s| s.check_head(&request)) {
+        Some(Err(error)) => Err(request.error_response(error)),
+        _ => Ok(service.call(request)),
+    };
     async move {
-        let response = match call.await {
-            Ok(response) => errors::finish_response(response, id),
-            Err(error) => {
-                line.end(error.as_response_error().status_code().as_u16());
-                return Err(error);
-            }
+        let response = match outcome {
+            Ok(call) => match call.await {
+                Ok(response) => response.map_into_boxed_body(),
+                Err(error) => {
+                    line.end(error.as_response_error().status_code().as_u16());
+                    return Err(error);
+                }
+            },
+            Err(refused) => refused,
         };
+        let response = errors::finish_response(response, id);
         let route = response
             .request()
             .match_pattern()
             .unwrap_or_else(|| "unmatched".into());
-        if let Some(metrics) = metrics {
-            metrics.observe_http(
+        if let Some(state) = state {
+            state.metrics.observe_http(
                 &route,
                 response.request().method().as_str(),
                 response.status().as_u16(),
@@ -200,6 +285,12 @@ where
         line.route = route;
         line.status = response.status().as_u16();
         line.story = response.request().extensions().get::<StoryNote>().cloned();
-        Ok(response.map_body(|_, body| BoxBody::new(LoggedBody::new(body, line))))
+        Ok(response.map_body(|_, body| {
+            let body = BoxBody::new(LoggedBody::new(body, line));
+            match in_progress {
+                Some(in_progress) => in_progress.hold_until_sent(body),
+                None => body,
+            }
+        }))
     }
 }

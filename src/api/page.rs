@@ -13,6 +13,7 @@
 use std::collections::BTreeMap;
 
 use actix_web::http::header::{self, HeaderValue};
+use actix_web::http::Method;
 use actix_web::{web, HttpResponse};
 use serde::Serialize;
 
@@ -95,18 +96,23 @@ async fn settings(state: web::Data<AppState>) -> HttpResponse {
         .json(body)
 }
 
-/// Registers `GET /`, `/page.json` and the `/static/` files (and `HEAD`, answered without
-/// the body).
+/// Registers `GET /`, `/page.json` and the `/static/` files (and `HEAD` of the files,
+/// answered without the body); another method gets 405 with `Allow`, as on the API.
 pub fn configure(config: &mut web::ServiceConfig) {
-    config.route("/page.json", web::get().to(settings));
+    config.service(super::resource(
+        "/page.json",
+        [(Method::GET, web::route().to(settings))],
+    ));
     for asset in std::iter::once(&INDEX).chain(STATIC.iter()) {
         let (content_type, body) = (asset.content_type, asset.body);
         let handler = move || async move { respond(content_type, body) };
-        config.service(
-            web::resource(asset.path)
-                .route(web::get().to(handler))
-                .route(web::head().to(handler)),
-        );
+        config.service(super::resource(
+            asset.path,
+            [
+                (Method::GET, web::route().to(handler)),
+                (Method::HEAD, web::route().to(handler)),
+            ],
+        ));
     }
 }
 

@@ -113,7 +113,11 @@ fn ready(state: &AppState, trends: usize) -> bool {
     get,
     path = "/metrics",
     tag = "probes",
-    responses((status = 200, description = "OpenMetrics text, or the Prometheus text format 0.0.4", content_type = "application/openmetrics-text"))
+    responses((
+        status = 200,
+        description = "The Prometheus text format 0.0.4, or OpenMetrics 1.0 text when `Accept` names `application/openmetrics-text` (as Prometheus does)",
+        content(("text/plain"), ("application/openmetrics-text"))
+    ))
 )]
 pub async fn metrics(request: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
     let format = Format::negotiate(

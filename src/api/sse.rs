@@ -11,6 +11,7 @@ use actix_web::web::Bytes;
 use actix_web::{HttpRequest, HttpResponse};
 use futures_util::stream;
 use serde::Serialize;
+use utoipa::ToSchema;
 
 use super::errors::{ApiError, ErrorBody};
 use super::request_log::StoryNote;
@@ -49,7 +50,7 @@ pub fn respond(
                 }
             };
             let (frame, more) = match next? {
-                StoryEvent::Delta(text) => (frame("token", &Token { text }), true),
+                StoryEvent::Delta(text) => (frame("token", &StoryToken { text }), true),
                 StoryEvent::Done {
                     story: done,
                     cached,
@@ -75,8 +76,10 @@ pub fn respond(
         .streaming(events)
 }
 
-#[derive(Serialize)]
-struct Token {
+/// The data of a `token` event.
+#[derive(Serialize, ToSchema)]
+pub struct StoryToken {
+    /// New text, to append to what came before.
     text: String,
 }
 

@@ -89,12 +89,13 @@ impl StoryResponse {
     tag = "stories",
     request_body = StoryRequest,
     responses(
-        (status = 200, description = "The story (JSON), or Server-Sent Events with `\"stream\": true` or `Accept: text/event-stream`: `token` events `{\"text\"}`, then one `done` event with this body, or one `error` event", body = StoryResponse),
+        (status = 200, description = "The story (JSON), or Server-Sent Events with `\"stream\": true` or `Accept: text/event-stream`", body = StoryResponse),
         (status = 400, description = "Invalid JSON, unknown field, wrong type or out-of-range value", body = ErrorBody),
         (status = 401, description = "Missing or wrong API key", body = ErrorBody),
         (status = 413, description = "Body over `api.max_body_bytes`", body = ErrorBody),
         (status = 415, description = "Not application/json", body = ErrorBody),
         (status = 429, description = "Inference queue full or rate limited (see Retry-After)", body = ErrorBody),
+        (status = 500, description = "The generation failed", body = ErrorBody),
         (status = 503, description = "Not ready, no trends, or shutting down (see Retry-After)", body = ErrorBody),
         (status = 504, description = "Not finished within `inference.request_timeout_secs`", body = ErrorBody),
     ),
@@ -109,18 +110,19 @@ pub async fn post_story(
 }
 
 /// The same request as a URL: a load balancer can route a topic to one replica by
-/// hashing `topic`, and any HTTP cache may keep the answer for the story cache's TTL.
+/// hashing `topic`, and any HTTP cache may keep the answer for the story cache's TTL. Its
+/// query parameters are `StoryRequest`'s fields (the document copies them from it).
 #[utoipa::path(
     get,
     path = "/v1/stories",
     tag = "stories",
-    params(StoryQuery),
     responses(
         (status = 200, description = "As POST /v1/stories; `Cache-Control: public, max-age=<story cache TTL>` when the story may be shared", body = StoryResponse),
         (status = 400, description = "Invalid parameter", body = ErrorBody),
-        (status = 429, description = "Inference queue full or rate limited", body = ErrorBody),
-        (status = 503, description = "Not ready or shutting down", body = ErrorBody),
-        (status = 504, description = "Timed out", body = ErrorBody),
+        (status = 429, description = "Inference queue full or rate limited (see Retry-After)", body = ErrorBody),
+        (status = 500, description = "The generation failed", body = ErrorBody),
+        (status = 503, description = "Not ready, no trends, or shutting down (see Retry-After)", body = ErrorBody),
+        (status = 504, description = "Not finished within `inference.request_timeout_secs`", body = ErrorBody),
     ),
     security((), ("api_key" = []))
 )]
@@ -130,22 +132,6 @@ pub async fn get_story(
     query: Query<StoryRequest>,
 ) -> Result<HttpResponse, ApiError> {
     serve(&request, &state, query.0, true).await
-}
-
-/// The query parameters of `GET /v1/stories` (documentation of [`StoryRequest`] as a URL).
-#[derive(Deserialize, IntoParams)]
-#[into_params(parameter_in = Query)]
-#[allow(dead_code)] // documents the query; the handler reads `StoryRequest`
-pub struct StoryQuery {
-    topic: Option<String>,
-    style: Option<Style>,
-    max_tokens: Option<u32>,
-    temperature: Option<f32>,
-    top_p: Option<f32>,
-    top_k: Option<u32>,
-    repetition_penalty: Option<f32>,
-    seed: Option<u64>,
-    stream: Option<bool>,
 }
 
 impl Fields for StoryRequest {
@@ -240,6 +226,7 @@ pub enum TrendingStatus {
     get,
     path = "/v1/stories/trending",
     tag = "stories",
+    operation_id = "trending_stories",
     params(TrendingQuery),
     responses(
         (status = 200, body = TrendingStories),

@@ -99,6 +99,7 @@ impl TrendView {
     get,
     path = "/v1/trends",
     tag = "trends",
+    operation_id = "list_trends",
     params(TrendsQuery),
     responses(
         (status = 200, body = TrendsResponse),

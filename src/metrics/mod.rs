@@ -109,6 +109,8 @@ pub struct Metrics {
     freshness: Family<FreshnessLabels, Gauge>,
     source_up: Family<SourceLabels, Gauge>,
     source_age: Family<SourceLabels, Gauge<f64, AtomicU64>>,
+    /// Set by the connections themselves (`api::connections`), not from a snapshot.
+    connections: Gauge,
 }
 
 fn http_histogram() -> Histogram {
@@ -275,6 +277,11 @@ impl Metrics {
             Unit::Seconds,
             source_age.clone(),
         );
+        let connections = gauge(
+            registry,
+            "http_connections",
+            "Open client connections (at most server.max_connections)",
+        );
         Self {
             registry: root,
             http_duration,
@@ -300,7 +307,16 @@ impl Metrics {
             freshness,
             source_up,
             source_age,
+            connections,
         }
+    }
+
+    pub fn connection_opened(&self) {
+        self.connections.inc();
+    }
+
+    pub fn connection_closed(&self) {
+        self.connections.dec();
     }
 
     /// Counts one HTTP response.

@@ -14,6 +14,7 @@
 
 pub mod cache;
 pub mod config;
+pub mod integer;
 pub mod pregen;
 pub mod prompt;
 pub mod service;
@@ -37,27 +38,32 @@ use crate::inference::InferError;
 
 /// A story request as a client sends it, as a JSON body (`POST /v1/stories`) or as query
 /// parameters (`GET /v1/stories`). Every field is optional; unknown fields are refused.
+/// The bounds of each field are in `validate` (published by the OpenAPI document, which
+/// also fills them into this schema); floats are f64 so they are checked as sent.
 #[derive(Debug, Clone, Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct StoryRequest {
-    /// What the story is about (at most `stories.max_topic_chars` characters are kept;
-    /// control characters are removed). Absent: the top current trend.
+    /// What the story is about: it must hold a visible character (control characters,
+    /// invisible formatting and surrounding spaces are removed); at most
+    /// `stories.max_topic_chars` characters are kept. Absent: the top current trend.
     pub topic: Option<String>,
     /// Absent: `stories.default_style`.
     pub style: Option<Style>,
-    /// New tokens at most, 1..=`inference.max_new_tokens`.
-    #[schema(minimum = 1)]
+    /// New tokens at most (at most `inference.max_new_tokens`; the prompt plus these must
+    /// also fit the model's context).
+    #[serde(default, deserialize_with = "integer::optional")]
     pub max_tokens: Option<u32>,
     /// 0 is greedy.
-    #[schema(minimum = 0.0)]
-    pub temperature: Option<f32>,
-    /// Nucleus sampling mass, in (0, 1].
-    pub top_p: Option<f32>,
+    pub temperature: Option<f64>,
+    /// Nucleus sampling mass.
+    pub top_p: Option<f64>,
     /// 0 disables top-k.
+    #[serde(default, deserialize_with = "integer::optional")]
     pub top_k: Option<u32>,
-    /// Above 1 discourages repeated tokens; must be above 0.
-    pub repetition_penalty: Option<f32>,
+    /// Above 1 discourages repeated tokens.
+    pub repetition_penalty: Option<f64>,
     /// Same seed, same parameters, same model: same story (and always cacheable).
+    #[serde(default, deserialize_with = "integer::optional")]
     pub seed: Option<u64>,
     /// Server-Sent Events instead of one JSON answer (`Accept: text/event-stream` too).
     pub stream: Option<bool>,

@@ -187,6 +187,13 @@ pub fn clean_topic(raw: &str, max_chars: usize) -> Result<String, PromptError> {
 
 /// Format characters that show nothing yet can hide or reorder text in logs and prompts.
 /// Zero-width (non-)joiners stay: emoji sequences and some scripts need them.
+/// True for a character [`clean_topic`] never keeps (whitespace survives only as a space
+/// between kept characters): a topic of nothing else is empty. The OpenAPI document
+/// derives the topic's `pattern` from this.
+pub fn is_blank(c: char) -> bool {
+    c.is_whitespace() || c.is_control() || is_invisible_format(c)
+}
+
 fn is_invisible_format(c: char) -> bool {
     matches!(
         c,
@@ -629,6 +636,17 @@ mod tests {
                 matches!(clean_topic(raw, 100), Err(PromptError::EmptyTopic)),
                 "{raw:?}"
             );
+        }
+    }
+
+    #[test]
+    fn is_blank_is_exactly_what_cleans_to_nothing() {
+        for c in (0..=0x10_ffff).filter_map(char::from_u32) {
+            let empty = matches!(
+                clean_topic(&c.to_string(), 10),
+                Err(PromptError::EmptyTopic)
+            );
+            assert_eq!(empty, is_blank(c), "U+{:04X}", u32::from(c));
         }
     }
 

@@ -9,10 +9,57 @@ use super::{StoriesConfig, StoryRequest, TrendRef};
 use crate::engine::SamplingParams;
 use crate::trends::{Trend, TrendSnapshot};
 
-/// Highest temperature accepted: above it the text is noise.
-pub const MAX_TEMPERATURE: f32 = 5.0;
-/// Highest repetition penalty accepted.
-pub const MAX_REPETITION_PENALTY: f32 = 10.0;
+/// The range of a number field: `validate` checks it and the OpenAPI document publishes it,
+/// so the two cannot disagree.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct NumberRange {
+    pub min: f64,
+    /// `min` itself is refused (JSON Schema's `exclusiveMinimum`).
+    pub min_exclusive: bool,
+    pub max: f64,
+}
+
+impl NumberRange {
+    /// True for a finite value within the range.
+    pub fn contains(&self, value: f64) -> bool {
+        let above_min = if self.min_exclusive {
+            value > self.min
+        } else {
+            value >= self.min
+        };
+        value.is_finite() && above_min && value <= self.max
+    }
+
+    /// The range in the words of every error about its field ([`field_rule`]).
+    pub fn rule(&self) -> String {
+        if self.min_exclusive {
+            format!("a number above {} and at most {}", self.min, self.max)
+        } else {
+            format!("a number between {} and {}", self.min, self.max)
+        }
+    }
+}
+
+/// `temperature`: 0 is greedy; above 5 the text is noise.
+pub const TEMPERATURE: NumberRange = NumberRange {
+    min: 0.0,
+    min_exclusive: false,
+    max: 5.0,
+};
+/// `top_p`: the nucleus' probability mass.
+pub const TOP_P: NumberRange = NumberRange {
+    min: 0.0,
+    min_exclusive: true,
+    max: 1.0,
+};
+/// `repetition_penalty`: above 1 discourages repeated tokens.
+pub const REPETITION_PENALTY: NumberRange = NumberRange {
+    min: 0.0,
+    min_exclusive: true,
+    max: 10.0,
+};
+/// The smallest `max_tokens`; the largest is `inference.max_new_tokens`.
+pub const MIN_MAX_TOKENS: u32 = 1;
 
 /// The fields of a story request, in the order the API documents them.
 pub const FIELDS: [&str; 9] = [
@@ -36,13 +83,11 @@ pub fn field_rule(field: &str, max_new_tokens: usize) -> String {
             let names: Vec<&str> = Style::ALL.iter().map(|s| s.as_str()).collect();
             format!("one of {}", names.join(", "))
         }
-        "max_tokens" => format!("a whole number between 1 and {max_new_tokens}"),
-        "temperature" => format!("a number between 0 and {MAX_TEMPERATURE}"),
-        "top_p" => "a number above 0 and at most 1".into(),
+        "max_tokens" => format!("a whole number between {MIN_MAX_TOKENS} and {max_new_tokens}"),
+        "temperature" => TEMPERATURE.rule(),
+        "top_p" => TOP_P.rule(),
         "top_k" => format!("a whole number between 0 (off) and {}", u32::MAX),
-        "repetition_penalty" => {
-            format!("a number above 0 and at most {MAX_REPETITION_PENALTY}")
-        }
+        "repetition_penalty" => REPETITION_PENALTY.rule(),
         "seed" => format!("a whole number between 0 and {}", u64::MAX),
         "stream" => "true or false".into(),
         _ => "a valid value".into(),
@@ -128,7 +173,7 @@ pub fn validate(
         },
     };
     let max_tokens = match request.max_tokens {
-        Some(n) if n == 0 || n as usize > max_new_tokens => {
+        Some(n) if n < MIN_MAX_TOKENS || n as usize > max_new_tokens => {
             return Err(ValidationError::range(
                 "max_tokens",
                 field_rule("max_tokens", max_new_tokens),
@@ -138,16 +183,19 @@ pub fn validate(
         Some(n) => n as usize,
         None => config.default_max_tokens,
     };
-    let temperature = request.temperature.unwrap_or(config.default_temperature);
-    if !(temperature.is_finite() && (0.0..=MAX_TEMPERATURE).contains(&temperature)) {
+    // Checked as the f64 the client sent, then narrowed for the engine.
+    let temperature = request
+        .temperature
+        .unwrap_or(f64::from(config.default_temperature));
+    if !TEMPERATURE.contains(temperature) {
         return Err(ValidationError::range(
             "temperature",
             field_rule("temperature", max_new_tokens),
             temperature,
         ));
     }
-    let top_p = request.top_p.unwrap_or(config.default_top_p);
-    if !(top_p > 0.0 && top_p <= 1.0) {
+    let top_p = request.top_p.unwrap_or(f64::from(config.default_top_p));
+    if !TOP_P.contains(top_p) {
         return Err(ValidationError::range(
             "top_p",
             field_rule("top_p", max_new_tokens),
@@ -157,8 +205,8 @@ pub fn validate(
     let top_k = request.top_k.map_or(config.default_top_k, |k| k as usize);
     let repetition_penalty = request
         .repetition_penalty
-        .unwrap_or(config.default_repetition_penalty);
-    if !(repetition_penalty > 0.0 && repetition_penalty <= MAX_REPETITION_PENALTY) {
+        .unwrap_or(f64::from(config.default_repetition_penalty));
+    if !REPETITION_PENALTY.contains(repetition_penalty) {
         return Err(ValidationError::range(
             "repetition_penalty",
             field_rule("repetition_penalty", max_new_tokens),
@@ -167,10 +215,10 @@ pub fn validate(
     }
     let style = request.style.unwrap_or(config.default_style);
     let params = SamplingParams {
-        temperature,
+        temperature: temperature as f32,
         top_k,
-        top_p,
-        repetition_penalty,
+        top_p: positive_f32(top_p),
+        repetition_penalty: positive_f32(repetition_penalty),
         seed: request.seed.unwrap_or_else(rand::random),
         max_tokens,
         stop: Vec::new(),
@@ -187,6 +235,12 @@ pub fn validate(
         stream: request.stream.unwrap_or(false),
         key,
     }))
+}
+
+/// A positive f64 as an f32 that stays positive (a value below f32's range would round to 0,
+/// which the sampler refuses).
+fn positive_f32(value: f64) -> f32 {
+    (value as f32).max(f32::MIN_POSITIVE)
 }
 
 fn trend_ref(trend: &Trend) -> TrendRef {
@@ -317,7 +371,7 @@ mod tests {
             ),
             (
                 StoryRequest {
-                    temperature: Some(f32::NAN),
+                    temperature: Some(f64::NAN),
                     ..StoryRequest::default()
                 },
                 "temperature",
@@ -360,25 +414,68 @@ mod tests {
     }
 
     #[test]
+    fn bounds_are_checked_on_the_value_sent_and_stay_valid_for_the_engine() {
+        // The smallest positive f64 is inside (0, 1] but rounds to 0 as an f32.
+        let valid = check(StoryRequest {
+            top_p: Some(5e-324),
+            repetition_penalty: Some(5e-324),
+            ..StoryRequest::default()
+        })
+        .unwrap()
+        .unwrap();
+        assert!(valid.params.top_p > 0.0 && valid.params.repetition_penalty > 0.0);
+        // Just above the maximum as an f64, the maximum itself as an f32: refused.
+        let above = f64::from_bits(TEMPERATURE.max.to_bits() + 1);
+        let err = check(StoryRequest {
+            temperature: Some(above),
+            ..StoryRequest::default()
+        })
+        .unwrap_err();
+        assert_eq!(field_of(err), "temperature");
+        for (range, inside, outside) in [
+            (TEMPERATURE, [0.0, 5.0], [-1e-9, 5.000001]),
+            (TOP_P, [1e-9, 1.0], [0.0, 1.000001]),
+            (REPETITION_PENALTY, [1e-9, 10.0], [0.0, 10.000001]),
+        ] {
+            assert!(inside.iter().all(|v| range.contains(*v)), "{range:?}");
+            assert!(!outside.iter().any(|v| range.contains(*v)), "{range:?}");
+            assert!(!range.contains(f64::NAN) && !range.contains(f64::INFINITY));
+        }
+    }
+
+    #[test]
     fn range_errors_say_what_the_field_accepts() {
-        let err = check(StoryRequest {
-            max_tokens: Some(513),
-            ..StoryRequest::default()
-        })
-        .unwrap_err();
+        let message = |request| check(request).unwrap_err().to_string();
         assert_eq!(
-            err.to_string(),
-            "`max_tokens` must be a whole number between 1 and 512, got 513"
+            message(StoryRequest {
+                top_p: Some(2.0),
+                ..StoryRequest::default()
+            }),
+            "`top_p` must be a number above 0 and at most 1, got 2"
         );
-        let err = check(StoryRequest {
-            top_p: Some(1.5),
-            ..StoryRequest::default()
-        })
-        .unwrap_err();
         assert_eq!(
-            err.to_string(),
-            format!("`top_p` must be {}, got 1.5", field_rule("top_p", 512))
+            message(StoryRequest {
+                temperature: Some(9.5),
+                ..StoryRequest::default()
+            }),
+            "`temperature` must be a number between 0 and 5, got 9.5"
         );
+        assert_eq!(
+            message(StoryRequest {
+                repetition_penalty: Some(0.0),
+                ..StoryRequest::default()
+            }),
+            "`repetition_penalty` must be a number above 0 and at most 10, got 0"
+        );
+        for max_tokens in [0, 513] {
+            assert_eq!(
+                message(StoryRequest {
+                    max_tokens: Some(max_tokens),
+                    ..StoryRequest::default()
+                }),
+                format!("`max_tokens` must be a whole number between 1 and 512, got {max_tokens}")
+            );
+        }
     }
 
     #[test]

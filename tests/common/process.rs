@@ -28,6 +28,22 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// The command of [`ServerProcess::serve_tiny`], on `port`.
+pub fn serve_tiny_command(port: u16, env: &[(&str, &str)]) -> Command {
+    let mut command = trendstory();
+    command
+        .env("TRENDSTORY_MODEL__DIR", super::required_model(super::TINY))
+        .env(
+            "TRENDSTORY_RUNTIME__ONNXRUNTIME_LIBRARY",
+            super::runtime().onnxruntime_library.unwrap(),
+        )
+        .env("TRENDSTORY_INFERENCE__THREADS_PER_WORKER", "1")
+        .env("TRENDSTORY_STORIES__TRENDING__ENABLED", "false")
+        .envs(env.iter().copied())
+        .args(["serve", "--host", "127.0.0.1", "--port", &port.to_string()]);
+    command
+}
+
 /// A running `trendstory serve`, killed when dropped; its stderr goes to a file.
 pub struct ServerProcess {
     child: Child,
@@ -58,20 +74,14 @@ impl ServerProcess {
     /// Runtime, one thread and no pre-generation, plus `env`; ready when this returns.
     pub async fn serve_tiny(env: &[(&str, &str)]) -> Self {
         let port = free_port();
-        let mut command = trendstory();
-        command
-            .env("TRENDSTORY_MODEL__DIR", super::required_model(super::TINY))
-            .env(
-                "TRENDSTORY_RUNTIME__ONNXRUNTIME_LIBRARY",
-                super::runtime().onnxruntime_library.unwrap(),
-            )
-            .env("TRENDSTORY_INFERENCE__THREADS_PER_WORKER", "1")
-            .env("TRENDSTORY_STORIES__TRENDING__ENABLED", "false")
-            .envs(env.iter().copied())
-            .args(["serve", "--host", "127.0.0.1", "--port", &port.to_string()]);
-        let mut server = Self::start(command, port);
+        let mut server = Self::start(serve_tiny_command(port, env), port);
         server.wait_ready().await;
         server
+    }
+
+    /// The process id (for what only /proc shows, such as its memory).
+    pub fn id(&self) -> u32 {
+        self.child.id()
     }
 
     /// Waits until `/readyz` answers 200; panics with the log if the process exits first.
