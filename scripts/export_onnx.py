@@ -81,8 +81,9 @@ TOKENIZER_CORPUS = REPO_ROOT / "scripts" / "tokenizer_corpus.txt"
 OPSET = 17
 # Prefill lanes of a packed graph: how many prompts can advance in one pass beside the
 # decoding rows (each lane is one batch-1 GroupQueryAttention per layer; an unused one costs
-# a one-token attention over a scratch slot).
-DEFAULT_PREFILL_LANES = 4
+# a one-token attention over a scratch slot, about 1.2 ms a pass for TinyLlama: BENCHMARKS.md,
+# "One pass per step"). Story prompts arrive a few per second, so two lanes suffice.
+DEFAULT_PREFILL_LANES = 2
 MS_DOMAIN = "com.microsoft"
 # Finite "minus infinity" for masked attention scores: Where(mask, scores, MASK_VALUE) keeps a
 # fully-masked (left pad) row finite (uniform softmax, ignored by the caller), never NaN.

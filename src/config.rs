@@ -234,7 +234,10 @@ impl Default for InferenceConfig {
             max_prompt_tokens: 1024,
             max_new_tokens: 512,
             max_total_kv_tokens: 16_384,
-            step_token_budget: 128,
+            // Measured on the bench model (BENCHMARKS.md, "One pass per step"): the engine's
+            // tokens/s is flat from about 30 tokens per pass, and a pass of 64 takes about
+            // 0.3 s, the longest a decoding stream waits while a long prompt prefills.
+            step_token_budget: 64,
             request_timeout_secs: 120,
             retry_after_secs: 1,
             restart_delay_ms: 500,

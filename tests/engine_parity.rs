@@ -81,7 +81,7 @@ fn each_graph_gets_its_kv_layout() {
     assert_eq!(packed.kv_layout(), KvLayout::Slots);
     assert_eq!(
         packed.prefill_lanes(),
-        Some(4),
+        Some(2),
         "the exporter's default lanes"
     );
 }

@@ -47,6 +47,9 @@ pub struct LevelReport {
     pub concurrency: usize,
     /// Decode tokens per second of the steps where every row decodes (no prompt chunk).
     pub aggregate_decode_tokens_per_s: f64,
+    /// Rows in those steps, on average: `concurrency` unless prompts started late enough
+    /// for early rows to finish first.
+    pub mean_decode_rows: f64,
     pub per_stream_decode_tokens_per_s: f64,
     /// Prompt tokens per second of the steps that prefilled.
     pub prefill_tokens_per_s: f64,
@@ -156,16 +159,12 @@ pub fn run(config: &Config, options: &BenchOptions) -> anyhow::Result<BenchRepor
 
     let mut levels = Vec::new();
     for &concurrency in &options.concurrency {
-        // The baseline is timed right before and right after the engine, and averaged, so
-        // both see the same machine load as closely as a shared machine allows.
-        let before = match baseline.as_mut() {
-            Some(b) => Some(b.step_time(concurrency)?),
-            None => None,
-        };
         let mut level = run_level(&mut engine, &prompts, concurrency, options.new_tokens)?;
-        if let (Some(b), Some(before)) = (baseline.as_mut(), before) {
-            let step = (before + b.step_time(concurrency)?) / 2;
-            let ms = step.as_secs_f64() * 1e3;
+        // The baseline is timed right after the level, at the rows its decode steps had
+        // (prompts start a few per step, so early rows may finish before late ones start).
+        if let Some(b) = baseline.as_mut() {
+            let rows = (level.mean_decode_rows.round() as usize).max(1);
+            let ms = b.step_time(rows)?.as_secs_f64() * 1e3;
             level.baseline_step_ms = Some(ms);
             level.engine_over_baseline = Some(level.mean_decode_step_ms / ms);
         }
@@ -309,11 +308,13 @@ fn run_level(
     let split = StepSplit::between(start, reading(engine));
     let decode_time = (after.decode_only_time - before.decode_only_time).as_secs_f64();
     let decode_steps = (after.decode_only_steps - before.decode_only_steps).max(1) as f64;
+    let decode_tokens = (after.decode_only_tokens - before.decode_only_tokens) as f64;
     let prefill_time = (after.step_time - before.step_time).as_secs_f64() - decode_time;
     let prefill_tokens = (after.prefill_tokens - before.prefill_tokens) as f64;
     Ok(LevelReport {
         concurrency,
-        aggregate_decode_tokens_per_s: concurrency as f64 * decode_steps / decode_time,
+        aggregate_decode_tokens_per_s: decode_tokens / decode_time,
+        mean_decode_rows: decode_tokens / decode_steps,
         per_stream_decode_tokens_per_s: mean(&per_stream),
         prefill_tokens_per_s: prefill_tokens / prefill_time,
         mean_decode_step_ms: decode_time / decode_steps * 1e3,
@@ -413,6 +414,7 @@ impl BenchReport {
             |v: Option<f64>, digits: usize| v.map_or("-".into(), |v| format!("{v:.digits$}"));
         let mut table = Table::new(vec![
             Column::new("conc", 5),
+            Column::new("rows", 5),
             Column::new("agg tok/s", 10),
             Column::new("stream t/s", 11),
             Column::new("prefill t/s", 12),
@@ -432,6 +434,7 @@ impl BenchReport {
             let s = &l.split;
             table.row(vec![
                 l.concurrency.to_string(),
+                format!("{:.1}", l.mean_decode_rows),
                 format!("{:.1}", l.aggregate_decode_tokens_per_s),
                 format!("{:.1}", l.per_stream_decode_tokens_per_s),
                 format!("{:.1}", l.prefill_tokens_per_s),
@@ -480,6 +483,7 @@ mod tests {
         let level = |concurrency, baseline: Option<f64>| LevelReport {
             concurrency,
             aggregate_decode_tokens_per_s: 123.45,
+            mean_decode_rows: 15.5,
             per_stream_decode_tokens_per_s: 7.7,
             prefill_tokens_per_s: 1234.5,
             mean_decode_step_ms: 130.1,
@@ -505,7 +509,7 @@ mod tests {
         // headings hold spaces ("agg tok/s"), values do not: count by the table's own widths
         assert_eq!(lines[0].len(), lines[1].len(), "{text}");
         assert_eq!(lines[1].len(), lines[2].len(), "{text}");
-        assert_eq!(columns(lines[1]), 15, "{text}");
+        assert_eq!(columns(lines[1]), 16, "{text}");
         // each value ends where its heading ends
         for (heading, value) in [("eng/base", "1.08"), ("TTFT ms", "456"), ("detok", "1.0%")] {
             let end = lines[0].find(heading).unwrap() + heading.len();

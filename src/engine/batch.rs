@@ -71,8 +71,9 @@ pub struct EngineStats {
     pub decoded_tokens: u64,
     /// Prompt tokens prefilled (kept prefixes not counted).
     pub prefill_tokens: u64,
-    /// Steps with no prompt chunk, and their time: the pure decode step.
+    /// Steps with no prompt chunk, their tokens and their time: the pure decode step.
     pub decode_only_steps: u64,
+    pub decode_only_tokens: u64,
     pub decode_only_time: Duration,
     /// Prefills that started from a kept shared prefix, and the prompt tokens they skipped.
     pub prefix_hits: u64,
@@ -493,6 +494,7 @@ impl Engine for BatchEngine {
         self.stats.step_time += spent;
         if pass.chunks.is_empty() {
             self.stats.decode_only_steps += 1;
+            self.stats.decode_only_tokens += pass.decode.len() as u64;
             self.stats.decode_only_time += spent;
         }
         Ok(())
