@@ -185,7 +185,12 @@ fn roof(
     tokens_per_pass: f64,
 ) -> anyhow::Result<f64> {
     let tokens = (tokens_per_pass.round() as usize).max(1);
-    let mut baseline = Baseline::load(dir, config, options)?;
+    // The engine's profile, if any, is not the baseline's.
+    let options = SessionOptions {
+        profile_prefix: None,
+        ..options.clone()
+    };
+    let mut baseline = Baseline::load(dir, config, &options)?;
     Ok(tokens as f64 / baseline.step_time(tokens)?.as_secs_f64())
 }
 
