@@ -111,7 +111,7 @@ PANELS = [
          quantiles("trendstory_inference_queue_time_seconds")
          + [per_replica_p95("trendstory_inference_queue_time_seconds")]),
         ("In flight and queued (user requests)", "short",
-         "In flight per replica is the autoscaler's metric (overlays/large: target 8 per replica); "
+         "In flight per replica is the autoscaler's metric (overlays/large: target 20 per replica); "
          "queued are those beyond the batch slots, waiting.",
          [(f"sum(trendstory_inference_in_flight{{{SEL}}})", "in flight, total"),
           (f"sum(trendstory_inference_queue_depth{{{SEL}}})", "queued, total"),
