@@ -10,7 +10,7 @@ use utoipa::{IntoParams, ToSchema};
 use super::errors::{ApiError, ErrorBody};
 use super::extract::{Fields, Query};
 use super::AppState;
-use crate::trends::{format_time, Freshness, SourceKind, Trend};
+use crate::trends::{format_time, SourceKind, Trend};
 
 #[derive(Debug, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
@@ -134,12 +134,7 @@ pub async fn list(
         .take(limit)
         .map(|t| TrendView::new(t, now))
         .collect();
-    let freshness = match snapshot.freshness {
-        Freshness::Default => "default",
-        Freshness::Fresh => "fresh",
-        Freshness::Stale => "stale",
-        Freshness::Expired => "expired",
-    };
+    let freshness = snapshot.freshness.as_str();
     Ok(HttpResponse::Ok()
         .insert_header((header::CACHE_CONTROL, "no-cache"))
         .json(TrendsResponse {

@@ -23,9 +23,8 @@ use crate::config::{Config, InferenceConfig};
 use tokio::sync::mpsc::UnboundedReceiver;
 
 use crate::engine::{
-    event_channel, open_session, BatchEngine, Engine, EngineLimits, EngineStats, GenerationEvent,
-    GenerationRequest, ModelInfo, OnnxModel, Priority, SamplingParams, SessionOptions,
-    TextTokenizer,
+    event_channel, open_session, BatchEngine, Engine, EngineStats, GenerationEvent,
+    GenerationRequest, ModelInfo, Priority, SamplingParams, SessionOptions,
 };
 use table::{Column, Table};
 
@@ -202,10 +201,7 @@ fn load_engine(
         profile_prefix,
         ..SessionOptions::from_config(&inference)
     };
-    let info = ModelInfo::load(model)?;
-    let tokenizer = std::sync::Arc::new(TextTokenizer::load(&info.tokenizer_path(), &info)?);
-    let onnx = OnnxModel::load(&info, &config.runtime, &options)?;
-    let engine = BatchEngine::new(onnx, tokenizer, EngineLimits::from(&inference));
+    let engine = BatchEngine::load_with(model, &config.runtime, &inference, &options)?;
     Ok((engine, options))
 }
 
@@ -304,8 +300,9 @@ fn run_level(
             }
         }
     }
-    let after = engine.stats();
-    let split = StepSplit::between(start, reading(engine));
+    let end = reading(engine);
+    let after = end.0;
+    let split = StepSplit::between(start, end);
     let decode_time = (after.decode_only_time - before.decode_only_time).as_secs_f64();
     let decode_steps = (after.decode_only_steps - before.decode_only_steps).max(1) as f64;
     let decode_tokens = (after.decode_only_tokens - before.decode_only_tokens) as f64;

@@ -139,10 +139,20 @@ impl BatchEngine {
         runtime: &crate::config::RuntimeConfig,
         config: &InferenceConfig,
     ) -> Result<Self, EngineError> {
+        let options = super::SessionOptions::from_config(config);
+        Self::load_with(dir, runtime, config, &options)
+    }
+
+    /// [`Self::load`] with session options of the caller's (benchmarks profile the session).
+    pub fn load_with(
+        dir: &std::path::Path,
+        runtime: &crate::config::RuntimeConfig,
+        config: &InferenceConfig,
+        options: &super::SessionOptions,
+    ) -> Result<Self, EngineError> {
         let info = super::ModelInfo::load(dir)?;
         let tokenizer = Arc::new(TextTokenizer::load(&info.tokenizer_path(), &info)?);
-        let options = super::SessionOptions::from_config(config);
-        let model = OnnxModel::load(&info, runtime, &options)?;
+        let model = OnnxModel::load(&info, runtime, options)?;
         Ok(Self::new(model, tokenizer, EngineLimits::from(config)))
     }
 
@@ -324,15 +334,11 @@ impl BatchEngine {
         for (_, slot, mut seq) in placed {
             seq.mark_admitted(now);
             let prefix = Self::shared_prefix(&seq).to_vec();
-            let mut done = 0;
-            if let Some(kept) = self.prefixes.get(&prefix) {
-                let started = Instant::now();
-                self.kv.adopt(&self.model, slot, kept)?;
-                self.stats.kv_copy_time += started.elapsed();
-                self.stats.prefix_hits += 1;
-                self.stats.prefix_tokens_reused += prefix.len() as u64;
-                done = prefix.len();
-            }
+            let done = if self.start_from_kept(slot, &prefix)? {
+                prefix.len()
+            } else {
+                0
+            };
             self.slots[slot] = Some(Slot {
                 seq,
                 admitted: self.admissions,
@@ -351,20 +357,27 @@ impl BatchEngine {
             if s.phase != (SlotPhase::Prefilling { done: 0 }) || prefix.is_empty() {
                 continue;
             }
-            let len = prefix.len();
             let prefix = prefix.to_vec();
-            if let Some(kept) = self.prefixes.get(&prefix) {
-                let started = Instant::now();
-                self.kv.adopt(&self.model, slot, kept)?;
-                self.stats.kv_copy_time += started.elapsed();
-                self.stats.prefix_hits += 1;
-                self.stats.prefix_tokens_reused += len as u64;
+            if self.start_from_kept(slot, &prefix)? {
                 if let Some(s) = self.slots[slot].as_mut() {
-                    s.phase = SlotPhase::Prefilling { done: len };
+                    s.phase = SlotPhase::Prefilling { done: prefix.len() };
                 }
             }
         }
         Ok(())
+    }
+
+    /// Copies the kept KV of `prefix`, when there is one, into `slot`; says whether it did.
+    fn start_from_kept(&mut self, slot: usize, prefix: &[u32]) -> Result<bool, EngineError> {
+        let Some(kept) = self.prefixes.get(prefix) else {
+            return Ok(false);
+        };
+        let started = Instant::now();
+        self.kv.adopt(&self.model, slot, kept)?;
+        self.stats.kv_copy_time += started.elapsed();
+        self.stats.prefix_hits += 1;
+        self.stats.prefix_tokens_reused += prefix.len() as u64;
+        Ok(true)
     }
 
     /// The pass the plan asks for.

@@ -5,8 +5,9 @@
 //! the padding): row `b`'s real positions are the last `len` of it, `len` being known to the
 //! caller.
 
-use ort::value::{DynValue, Tensor};
+use ort::value::DynValue;
 
+use super::session::owned_value;
 use super::slot_cache::KeptKv;
 use super::{EngineError, ModelInfo};
 
@@ -120,14 +121,10 @@ impl PaddedCache {
         width: usize,
         buffers: Vec<Vec<f32>>,
     ) -> Result<Self, EngineError> {
-        let shape = [batch, info.num_kv_heads, width, info.head_dim];
+        let shape = vec![batch, info.num_kv_heads, width, info.head_dim];
         let tensors = buffers
             .into_iter()
-            .map(|d| {
-                Tensor::<f32>::from_array((shape, d))
-                    .map(|t| t.into_dyn())
-                    .map_err(EngineError::inference)
-            })
+            .map(|d| owned_value(shape.clone(), d))
             .collect::<Result<Vec<_>, _>>()?;
         Ok(Self::from_values(info, tensors, batch, width))
     }

@@ -18,7 +18,7 @@ use std::borrow::Cow;
 use ort::memory::{AllocationDevice, Allocator, AllocatorType, MemoryInfo, MemoryType};
 use ort::session::builder::GraphOptimizationLevel;
 use ort::session::{Session, SessionInputValue};
-use ort::value::{DynValue, Tensor};
+use ort::value::{DynValue, PrimitiveTensorElementType, Tensor};
 use ort::AsPointer;
 
 use super::{EngineError, ModelInfo, PaddedCache, SlotCache};
@@ -420,27 +420,27 @@ impl OnnxModel {
         let small = [
             (
                 "input_ids",
-                i64_value(vec![1, packed.ids.len()], packed.ids.clone())?,
+                owned_value(vec![1, packed.ids.len()], packed.ids.clone())?,
             ),
             (
                 "decode_rows",
-                i64_value(vec![packed.slots], packed.decode_rows.clone())?,
+                owned_value(vec![packed.slots], packed.decode_rows.clone())?,
             ),
             (
                 "decode_seqlens_k",
-                i32_value(vec![packed.slots], packed.decode_seqlens.clone())?,
+                owned_value(vec![packed.slots], packed.decode_seqlens.clone())?,
             ),
             (
                 "decode_total",
-                i32_value(vec![], vec![packed.decode_total])?,
+                owned_value(vec![], vec![packed.decode_total])?,
             ),
             (
                 "attn_order",
-                i64_value(vec![packed.attn_order.len()], packed.attn_order.clone())?,
+                owned_value(vec![packed.attn_order.len()], packed.attn_order.clone())?,
             ),
             (
                 "logits_index",
-                i64_value(vec![packed.logits_index.len()], packed.logits_index.clone())?,
+                owned_value(vec![packed.logits_index.len()], packed.logits_index.clone())?,
             ),
         ];
         for (name, value) in &small {
@@ -448,10 +448,10 @@ impl OnnxModel {
         }
         for (names, lane) in self.packed.lane_inputs.iter().zip(&packed.lanes) {
             let values = [
-                i64_value(vec![1], vec![lane.start as i64])?,
-                i64_value(vec![1], vec![lane.end as i64])?,
-                i32_value(vec![1], vec![lane.seqlens_k])?,
-                i32_value(vec![], vec![lane.seqlens_k + 1])?,
+                owned_value(vec![1], vec![lane.start as i64])?,
+                owned_value(vec![1], vec![lane.end as i64])?,
+                owned_value(vec![1], vec![lane.seqlens_k])?,
+                owned_value(vec![], vec![lane.seqlens_k + 1])?,
             ];
             for (name, value) in names.iter().zip(&values) {
                 b.binding.bind_input(name.as_str(), value).map_err(fail)?;
@@ -680,17 +680,15 @@ fn i64_tensor(
     shape: Vec<usize>,
     data: Vec<i64>,
 ) -> Result<SessionInputValue<'static>, EngineError> {
-    i64_value(shape, data).map(SessionInputValue::from)
+    owned_value(shape, data).map(SessionInputValue::from)
 }
 
-fn i64_value(shape: Vec<usize>, data: Vec<i64>) -> Result<DynValue, EngineError> {
-    Tensor::<i64>::from_array((shape, data))
-        .map(|t| t.into_dyn())
-        .map_err(EngineError::inference)
-}
-
-fn i32_value(shape: Vec<usize>, data: Vec<i32>) -> Result<DynValue, EngineError> {
-    Tensor::<i32>::from_array((shape, data))
+/// An ONNX Runtime tensor of `shape` that owns `data`.
+pub(crate) fn owned_value<T>(shape: Vec<usize>, data: Vec<T>) -> Result<DynValue, EngineError>
+where
+    T: PrimitiveTensorElementType + std::fmt::Debug + Clone + 'static,
+{
+    Tensor::<T>::from_array((shape, data))
         .map(|t| t.into_dyn())
         .map_err(EngineError::inference)
 }

@@ -185,8 +185,6 @@ pub fn clean_topic(raw: &str, max_chars: usize) -> Result<String, PromptError> {
     }
 }
 
-/// Format characters that show nothing yet can hide or reorder text in logs and prompts.
-/// Zero-width (non-)joiners stay: emoji sequences and some scripts need them.
 /// True for a character [`clean_topic`] never keeps (whitespace survives only as a space
 /// between kept characters): a topic of nothing else is empty. The OpenAPI document
 /// derives the topic's `pattern` from this.
@@ -194,6 +192,8 @@ pub fn is_blank(c: char) -> bool {
     c.is_whitespace() || c.is_control() || is_invisible_format(c)
 }
 
+/// Format characters that show nothing yet can hide or reorder text in logs and prompts.
+/// Zero-width (non-)joiners stay: emoji sequences and some scripts need them.
 fn is_invisible_format(c: char) -> bool {
     matches!(
         c,

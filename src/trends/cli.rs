@@ -81,7 +81,7 @@ pub fn render_text(snapshot: &TrendSnapshot) -> String {
     }
     let failed = failed_sources(snapshot);
     let health = if failed.is_empty() {
-        format!("{:?}", snapshot.freshness).to_lowercase()
+        snapshot.freshness.as_str().to_string()
     } else {
         let enabled = snapshot.sources.iter().filter(|s| s.enabled).count();
         format!(
