@@ -118,7 +118,7 @@ impl ServerConfig {
                 reason: "must not be empty".into(),
             });
         }
-        let positive = [
+        at_least_one(&[
             (
                 "server.client_request_timeout_secs",
                 self.client_request_timeout_secs,
@@ -128,15 +128,7 @@ impl ServerConfig {
             ("server.backlog", u64::from(self.backlog)),
             ("server.send_timeout_secs", self.send_timeout_secs),
             ("server.send_buffer_bytes", self.send_buffer_bytes as u64),
-        ];
-        for (key, value) in positive {
-            if value == 0 {
-                return Err(ConfigError::Invalid {
-                    key,
-                    reason: "must be at least 1".into(),
-                });
-            }
-        }
+        ])?;
         // TCP_USER_TIMEOUT is a u32 of milliseconds.
         if self.send_timeout_secs > u64::from(u32::MAX / 1000) {
             return Err(ConfigError::Invalid {
@@ -258,22 +250,17 @@ impl InferenceConfig {
     }
 
     fn validate(&self) -> Result<(), ConfigError> {
-        let positive = [
-            ("inference.workers", self.workers),
-            ("inference.max_batch_size", self.max_batch_size),
-            ("inference.max_prompt_tokens", self.max_prompt_tokens),
-            ("inference.max_new_tokens", self.max_new_tokens),
-            ("inference.max_total_kv_tokens", self.max_total_kv_tokens),
-            ("inference.step_token_budget", self.step_token_budget),
-        ];
-        for (key, value) in positive {
-            if value == 0 {
-                return Err(ConfigError::Invalid {
-                    key,
-                    reason: "must be at least 1".into(),
-                });
-            }
-        }
+        at_least_one(&[
+            ("inference.workers", self.workers as u64),
+            ("inference.max_batch_size", self.max_batch_size as u64),
+            ("inference.max_prompt_tokens", self.max_prompt_tokens as u64),
+            ("inference.max_new_tokens", self.max_new_tokens as u64),
+            (
+                "inference.max_total_kv_tokens",
+                self.max_total_kv_tokens as u64,
+            ),
+            ("inference.step_token_budget", self.step_token_budget as u64),
+        ])?;
         if self.request_timeout_secs == 0 {
             return Err(ConfigError::Invalid {
                 key: "inference.request_timeout_secs",
@@ -347,6 +334,17 @@ impl Config {
         self.trends.validate()?;
         self.stories.validate(self.inference.max_new_tokens)?;
         self.api.validate()
+    }
+}
+
+/// The first of `fields` (key, value) that is 0, as the error that names it.
+fn at_least_one(fields: &[(&'static str, u64)]) -> Result<(), ConfigError> {
+    match fields.iter().find(|&&(_, value)| value == 0) {
+        Some(&(key, _)) => Err(ConfigError::Invalid {
+            key,
+            reason: "must be at least 1".into(),
+        }),
+        None => Ok(()),
     }
 }
 

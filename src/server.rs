@@ -143,7 +143,7 @@ pub async fn run(config: Config, listener: TcpListener) -> std::io::Result<()> {
 
 /// Starts the trend actor, the inference pool and the story service.
 fn start_services(config: &Config) -> anyhow::Result<AppState> {
-    let info = ModelInfo::load(&config.model.dir)?;
+    let info = load_model_info(config)?;
     let model: Arc<str> = Arc::from(info.model_id.as_str());
     let tokenizer = TextTokenizer::load(&info.tokenizer_path(), &info)?;
     let template = ChatTemplate::load(&config.model.dir)?;
@@ -163,7 +163,7 @@ fn start_services(config: &Config) -> anyhow::Result<AppState> {
         Arc::clone(&model),
         Arc::clone(&metrics),
     ));
-    let document = DocumentLimits {
+    let limits = DocumentLimits {
         max_new_tokens: config.inference.max_new_tokens,
         max_trends: config.trends.max_trends,
         max_url_bytes: config.api.max_url_bytes,
@@ -178,10 +178,8 @@ fn start_services(config: &Config) -> anyhow::Result<AppState> {
         access,
         model,
         random_weights: info.random_weights,
-        max_trends: config.trends.max_trends,
-        max_url_bytes: config.api.max_url_bytes,
-        max_header_bytes: config.api.max_header_bytes,
-        openapi: openapi::render(&document),
+        openapi: openapi::render(&limits),
+        limits,
     })
 }
 

@@ -28,11 +28,9 @@ use std::rc::{Rc, Weak};
 use std::sync::Arc;
 use std::time::Duration;
 
-use actix_web::body::{BodySize, BoxBody, MessageBody};
 use actix_web::dev::Extensions;
 use actix_web::rt::net::TcpStream;
 use actix_web::rt::time::{sleep, sleep_until, Instant};
-use actix_web::web::Bytes;
 use actix_web::HttpRequest;
 use socket2::{SockRef, Socket};
 
@@ -173,14 +171,6 @@ impl InProgress {
         connection.in_progress.set(connection.in_progress.get() + 1);
         Some(Self(connection))
     }
-
-    /// The answer's body, holding this mark until actix drops it (sent, or the client left).
-    pub fn hold_until_sent(self, body: BoxBody) -> BoxBody {
-        BoxBody::new(HeldBody {
-            body,
-            _in_progress: self,
-        })
-    }
 }
 
 impl Drop for InProgress {
@@ -190,26 +180,5 @@ impl Drop for InProgress {
             .in_progress
             .set(connection.in_progress.get().saturating_sub(1));
         connection.idle_since.set(Instant::now());
-    }
-}
-
-/// An answer's body that keeps its request in progress.
-struct HeldBody {
-    body: BoxBody,
-    _in_progress: InProgress,
-}
-
-impl MessageBody for HeldBody {
-    type Error = Box<dyn std::error::Error>;
-
-    fn size(&self) -> BodySize {
-        self.body.size()
-    }
-
-    fn poll_next(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<Result<Bytes, Self::Error>>> {
-        std::pin::Pin::new(&mut self.body).poll_next(cx)
     }
 }

@@ -60,21 +60,18 @@ impl<T: Fields + 'static> FromRequest for Body<T> {
 
 impl<T: Fields + 'static> FromRequest for Query<T> {
     type Error = actix_web::Error;
-    type Future = Extracting<Self>;
+    /// Parsing the query string waits for nothing.
+    type Future = std::future::Ready<Result<Self, Self::Error>>;
 
     fn from_request(request: &HttpRequest, _: &mut Payload) -> Self::Future {
-        let query = request.query_string().to_owned();
-        let request = request.clone();
-        Box::pin(async move {
-            let pairs = form_urlencoded::parse(query.as_bytes());
-            let parsed =
-                serde_path_to_error::deserialize(serde_urlencoded::Deserializer::new(pairs));
-            parsed.map(Query).map_err(|error| {
-                let (path, message) = (error.path().to_string(), error.inner().to_string());
-                let given = |name: &str| query_value(&query, name);
-                field_error::<T>(&request, Input::Query, &path, &message, given).into()
-            })
-        })
+        let query = request.query_string();
+        let pairs = form_urlencoded::parse(query.as_bytes());
+        let parsed = serde_path_to_error::deserialize(serde_urlencoded::Deserializer::new(pairs));
+        std::future::ready(parsed.map(Query).map_err(|error| {
+            let (path, message) = (error.path().to_string(), error.inner().to_string());
+            let given = |name: &str| query_value(query, name);
+            field_error::<T>(request, Input::Query, &path, &message, given).into()
+        }))
     }
 }
 

@@ -54,6 +54,7 @@ use crate::trends::TrendsHandle;
 use access::Access;
 use connections::InProgress;
 use errors::ApiError;
+use openapi::DocumentLimits;
 use probes::Lifecycle;
 use request_log::{LoggedBody, RequestLine, StoryNote};
 
@@ -69,19 +70,17 @@ pub struct AppState {
     pub model: Arc<str>,
     /// The model's weights are random (a benchmark stand-in): its stories are noise.
     pub random_weights: bool,
-    /// `trends.max_trends`: the largest `limit` of the list endpoints.
-    pub max_trends: usize,
-    /// `api.max_url_bytes`, `api.max_header_bytes`: checked by [`finish`].
-    pub max_url_bytes: usize,
-    pub max_header_bytes: usize,
-    /// The OpenAPI document, rendered at start-up with this server's limits.
+    /// The limits the handlers check and the OpenAPI document publishes (one copy of each;
+    /// the request head's are checked by [`finish`]).
+    pub limits: DocumentLimits,
+    /// The OpenAPI document, rendered at start-up with `limits`.
     pub openapi: Bytes,
 }
 
 impl AppState {
     /// What a list endpoint's `limit` accepts.
     pub fn limit_rule(&self) -> String {
-        format!("a whole number between 1 and {}", self.max_trends)
+        format!("a whole number between 1 and {}", self.limits.max_trends)
     }
 
     /// A list endpoint's `limit`, checked against `trends.max_trends`.
@@ -89,7 +88,7 @@ impl AppState {
     /// # Errors
     /// `InvalidField` naming the bounds when it is 0 or above them.
     pub fn trend_limit(&self, limit: usize) -> Result<usize, errors::ApiError> {
-        if limit == 0 || limit > self.max_trends {
+        if limit == 0 || limit > self.limits.max_trends {
             return Err(errors::ApiError::InvalidField {
                 field: "limit",
                 rule: self.limit_rule(),
@@ -109,10 +108,10 @@ impl AppState {
             .uri()
             .path_and_query()
             .map_or(0, |p| p.as_str().len());
-        if url > self.max_url_bytes {
+        if url > self.limits.max_url_bytes {
             return Err(ApiError::UriTooLong {
                 length: url,
-                limit: self.max_url_bytes,
+                limit: self.limits.max_url_bytes,
             });
         }
         // As sent: `name: value` and CRLF.
@@ -121,10 +120,10 @@ impl AppState {
             .iter()
             .map(|(name, value)| name.as_str().len() + value.len() + 4)
             .sum();
-        if headers > self.max_header_bytes {
+        if headers > self.limits.max_header_bytes {
             return Err(ApiError::HeadersTooLarge {
                 length: headers,
-                limit: self.max_header_bytes,
+                limit: self.limits.max_header_bytes,
             });
         }
         Ok(())
@@ -285,12 +284,6 @@ where
         line.route = route;
         line.status = response.status().as_u16();
         line.story = response.request().extensions().get::<StoryNote>().cloned();
-        Ok(response.map_body(|_, body| {
-            let body = BoxBody::new(LoggedBody::new(body, line));
-            match in_progress {
-                Some(in_progress) => in_progress.hold_until_sent(body),
-                None => body,
-            }
-        }))
+        Ok(response.map_body(|_, body| BoxBody::new(LoggedBody::new(body, line, in_progress))))
     }
 }

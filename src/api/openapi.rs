@@ -82,7 +82,7 @@ pub struct DocumentLimits {
     pub max_new_tokens: usize,
     /// `trends.max_trends`: the largest `limit` of the list endpoints.
     pub max_trends: usize,
-    /// `api.max_url_bytes` and `api.max_header_bytes` (module `head_limits`).
+    /// `api.max_url_bytes` and `api.max_header_bytes`: the largest request head.
     pub max_url_bytes: usize,
     pub max_header_bytes: usize,
 }

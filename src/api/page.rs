@@ -77,7 +77,7 @@ pub struct PageSettings {
 }
 
 async fn settings(state: web::Data<AppState>) -> HttpResponse {
-    let listed = TRENDS_LISTED.min(state.max_trends);
+    let listed = TRENDS_LISTED.min(state.limits.max_trends);
     let trends = state.stories.top_trends(listed);
     let stories = &state.stories;
     let body = PageSettings {

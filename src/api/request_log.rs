@@ -17,6 +17,7 @@ use actix_web::body::{BodySize, BoxBody, MessageBody};
 use actix_web::web::Bytes;
 use actix_web::HttpMessage;
 
+use super::connections::InProgress;
 use crate::stories::{millis, CacheOutcome};
 
 /// Routes polled by machines, logged at `debug`.
@@ -136,17 +137,23 @@ impl Drop for RequestLine {
 }
 
 /// A response body that writes its request's line when it is dropped: after the last
-/// byte was taken, or when the client left.
+/// byte was taken, or when the client left. Until then it also keeps its request in
+/// progress on its connection (`in_progress`), which the idle watchdog reads.
 pub struct LoggedBody {
     body: BoxBody,
     line: RequestLine,
+    _in_progress: Option<InProgress>,
 }
 
 impl LoggedBody {
-    pub fn new(body: BoxBody, mut line: RequestLine) -> Self {
+    pub fn new(body: BoxBody, mut line: RequestLine, in_progress: Option<InProgress>) -> Self {
         // An empty body (HEAD, 204, 304) is never polled: it is complete as it is.
         line.complete = matches!(body.size(), BodySize::None | BodySize::Sized(0));
-        Self { body, line }
+        Self {
+            body,
+            line,
+            _in_progress: in_progress,
+        }
     }
 }
 

@@ -111,7 +111,7 @@ pub async fn list(
     state: web::Data<AppState>,
     Query(query): Query<TrendsQuery>,
 ) -> Result<HttpResponse, ApiError> {
-    let limit = state.trend_limit(query.limit.unwrap_or(state.max_trends))?;
+    let limit = state.trend_limit(query.limit.unwrap_or(state.limits.max_trends))?;
     let source = match &query.source {
         Some(name) => Some(
             SourceKind::ALL
