@@ -55,8 +55,25 @@ owned_pid() {
 
 replica_port() { echo $(( $(cat "$STATE/base-port") + $1 )); }
 
+# The HTTP status of GET $1 ("000" when nothing answers).
+http_code() {
+    curl -s -o /dev/null -m 2 -w '%{http_code}' "$1" || true
+}
+
 readyz() {
-    curl -s -o /dev/null -m 2 -w '%{http_code}' "http://127.0.0.1:$1/readyz" || true
+    http_code "http://127.0.0.1:$1/readyz"
+}
+
+# Waits until GET $1 answers 200: wait_http URL PIDFILE MARKER NAME LOG. Dies when the
+# process of PIDFILE (its command line holding MARKER) exits, or after READY_TIMEOUT.
+wait_http() {
+    local url="$1" pidfile="$2" marker="$3" name="$4" log="$5" deadline
+    deadline=$(( $(date +%s) + READY_TIMEOUT ))
+    until [[ "$(http_code "$url")" == 200 ]]; do
+        owned_pid "$pidfile" "$marker" >/dev/null || die "$name exited; its log: $log"
+        (( $(date +%s) < deadline )) || die "$name not ready after ${READY_TIMEOUT}s"
+        sleep 0.2
+    done
 }
 
 start_replica() {
@@ -81,15 +98,9 @@ start_replica() {
 }
 
 wait_ready() {
-    local i="$1" port deadline
-    port="$(replica_port "$i")"
-    deadline=$(( $(date +%s) + READY_TIMEOUT ))
-    until [[ "$(readyz "$port")" == 200 ]]; do
-        owned_pid "$STATE/replica-$i.pid" "$(cat "$STATE/binary")" >/dev/null ||
-            die "replica $i exited; its log: $STATE/replica-$i.log"
-        (( $(date +%s) < deadline )) || die "replica $i not ready after ${READY_TIMEOUT}s"
-        sleep 0.2
-    done
+    local i="$1"
+    wait_http "http://127.0.0.1:$(replica_port "$i")/readyz" "$STATE/replica-$i.pid" \
+        "$(cat "$STATE/binary")" "replica $i" "$STATE/replica-$i.log"
 }
 
 # Writes scripts/$1 to $2 with each @KEY@ replaced by its value: fill_template IN OUT KEY VALUE...
@@ -124,20 +135,15 @@ write_prometheus_conf() {
 }
 
 start_prometheus() {
-    local port="$1" deadline
+    local port="$1"
     rm -rf "$STATE/prometheus-data"
     setsid "$PROMETHEUS" --config.file="$STATE/prometheus.yml" \
         --storage.tsdb.path="$STATE/prometheus-data" \
         --web.listen-address="127.0.0.1:$port" \
         >> "$STATE/prometheus.log" 2>&1 < /dev/null &
     echo $! > "$STATE/prometheus.pid"
-    deadline=$(( $(date +%s) + READY_TIMEOUT ))
-    until [[ "$(curl -s -o /dev/null -m 2 -w '%{http_code}' "http://127.0.0.1:$port/-/ready" || true)" == 200 ]]; do
-        owned_pid "$STATE/prometheus.pid" "$STATE/prometheus.yml" >/dev/null ||
-            die "prometheus exited; its log: $STATE/prometheus.log"
-        (( $(date +%s) < deadline )) || die "prometheus not ready after ${READY_TIMEOUT}s"
-        sleep 0.2
-    done
+    wait_http "http://127.0.0.1:$port/-/ready" "$STATE/prometheus.pid" "$STATE/prometheus.yml" \
+        prometheus "$STATE/prometheus.log"
     echo "cluster.sh: prometheus on http://127.0.0.1:$port, log $STATE/prometheus.log"
 }
 

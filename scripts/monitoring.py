@@ -68,11 +68,6 @@ def quantiles(metric: str, by: str = "", where: str = SEL) -> list[tuple[str, st
               f"p{round(q * 100)}{legend}") for q in (0.5, 0.95, 0.99)]
 
 
-def per_replica_p95(metric: str) -> tuple[str, str]:
-    return (f"histogram_quantile(0.95, sum by (pod, le) (rate({metric}_bucket{{{SEL}}}{RATE})))",
-            "p95 {{pod}}")
-
-
 def total_and_per_replica(expr: str, name: str, legend: str = "{{pod}}") -> list[tuple[str, str]]:
     """`sum(expr)` as `name` and `sum by (pod) (expr)` for each replica."""
     return [(f"sum({expr})", name), (f"sum by (pod) ({expr})", legend)]
@@ -105,11 +100,11 @@ PANELS = [
         ("Time to first token (user requests)", "s",
          "From admission to the first token. Alert TrendStoryTimeToFirstTokenHigh: p95 over 10 s for 5 minutes.",
          quantiles("trendstory_inference_time_to_first_token_seconds")
-         + [per_replica_p95("trendstory_inference_time_to_first_token_seconds")]),
+         + [quantiles("trendstory_inference_time_to_first_token_seconds", "pod")[1]]),
         ("Queue time (user requests)", "s",
          "From admission until a batch slot. Alert TrendStoryQueueTimeHigh: p95 over 5 s for 5 minutes.",
          quantiles("trendstory_inference_queue_time_seconds")
-         + [per_replica_p95("trendstory_inference_queue_time_seconds")]),
+         + [quantiles("trendstory_inference_queue_time_seconds", "pod")[1]]),
         ("In flight and queued (user requests)", "short",
          "In flight per replica is the autoscaler's metric (overlays/large: target 20 per replica); "
          "queued are those beyond the batch slots, waiting.",

@@ -4,7 +4,9 @@
 
     target/release/trendstory bench-engine --model onnx/tinyllama-bench --users 20 \\
         --duration 30 --ort-profile target/profile/w1
-    .venv/bin/python scripts/profile_steps.py target/profile/w1_*.json [--skip-runs 5] [--json]
+    .venv/bin/python scripts/profile_steps.py FILE [--skip-runs 5] [--json]
+
+FILE is the one profile the run wrote (bench-engine prints its name: the prefix, a date).
 
 Per node group, the share of the time inside `session.run` (model_run): the int4 matmuls
 (MatMulNBits), attention (GroupQueryAttention, or the explicit graph's MatMul/Softmax/...),

@@ -567,13 +567,18 @@ def run_phase(phase: Phase, server: Server, args, workdir: Path) -> None:
           flush=True)
 
 
+def fetch_trends(server: Server, args) -> dict:
+    """The server's `/v1/trends` answer for the top `trend_limit` trends."""
+    url = f"{server.host}/v1/trends?limit={args.trend_limit}"
+    with urllib.request.urlopen(url, timeout=10) as response:
+        return json.load(response)
+
+
 def fill_story_cache(server: Server, args) -> dict:
     """W2's warm-up: one story for each of the top `trend_limit` trends, all requested at
     once with W2's exact request (so that W2 finds them in the story cache)."""
     started = time.time()
-    url = f"{server.host}/v1/trends?limit={args.trend_limit}"
-    with urllib.request.urlopen(url, timeout=10) as response:
-        topics = [t["topic"] for t in json.load(response)["trends"]]
+    topics = [t["topic"] for t in fetch_trends(server, args)["trends"]]
     failures: list[str] = []
 
     def one(topic: str) -> None:
@@ -620,9 +625,7 @@ def prepare_page(server: Server, args) -> dict:
                 break
             time.sleep(1)
         waited = time.time() - started
-        url = f"{server.host}/v1/trends?limit={args.trend_limit}"
-        with urllib.request.urlopen(url, timeout=10) as response:
-            answer = json.load(response)
+        answer = fetch_trends(server, args)
     except (OSError, ValueError, KeyError) as e:
         raise RuntimeError(f"W4 set-up on {server.kind} failed: {e}") from None
     path = page_trends_file(args)
@@ -769,13 +772,12 @@ def main(argv: list[str] | None = None) -> int:
         server = Server(kind, args, workdir, overrides)
         try:
             server.start()
+            if kind == "trendstory-page":  # runs W4 only (plan)
+                results["w4_setup"] = prepare_page(server, args)
             filled = False
             for phase in phases:
                 if phase.workload == "W2" and not filled:
                     results["w2_cache_fill"] = fill_story_cache(server, args)
-                    filled = True
-                if phase.workload == "W4" and kind == "trendstory-page" and not filled:
-                    results["w4_setup"] = prepare_page(server, args)
                     filled = True
                 if phase.workload == "W4" and not page_trends_file(args).exists():
                     broken.append(f"{phase.name}: no W4 trend list (TrendStory's W4 run saves it)")
