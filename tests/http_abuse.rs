@@ -44,20 +44,12 @@ impl Server {
         for (key, value) in overrides {
             command.env(format!("TRENDSTORY_{key}"), value);
         }
-        let server = Self {
-            process: ServerProcess::start(command, port),
+        let mut process = ServerProcess::start(command, port);
+        actix_web::rt::System::new().block_on(process.wait_ready());
+        Self {
+            process,
             address: SocketAddr::from(([127, 0, 0, 1], port)),
-        };
-        let deadline = Instant::now() + HANG;
-        while get(server.address, "/readyz").map(|(status, _)| status) != Some(200) {
-            assert!(
-                Instant::now() < deadline,
-                "not ready within a minute:\n{}",
-                server.process.log()
-            );
-            sleep(Duration::from_millis(50));
         }
-        server
     }
 
     /// Resident memory of the server process, in KiB.
@@ -76,26 +68,58 @@ impl Server {
         let (_, body) = get(self.address, "/metrics").expect("metrics");
         common::metric(&body, sample)
     }
+
+    /// Waits until the server counts at most one open connection (the one that asks);
+    /// returns how long that took.
+    fn wait_connections_at_most_one(&self) -> Duration {
+        let waiting = Instant::now();
+        loop {
+            let open = self.metric("trendstory_http_connections");
+            if open <= 1.0 {
+                return waiting.elapsed();
+            }
+            assert!(
+                waiting.elapsed() < HANG,
+                "{open} connections still open after {HANG:?}"
+            );
+            sleep(Duration::from_millis(50));
+        }
+    }
 }
 
 /// `GET path` on a new connection: status and body, `None` if the server does not answer.
 fn get(address: SocketAddr, path: &str) -> Option<(u16, String)> {
-    let mut stream = TcpStream::connect_timeout(&address, Duration::from_secs(5)).ok()?;
-    stream.set_read_timeout(Some(HANG)).ok()?;
+    parse_answer(&exchange(address, path).ok()?)
+}
+
+/// `GET path` on a new connection (`Connection: close`): the whole answer, head and body.
+fn exchange(address: SocketAddr, path: &str) -> std::io::Result<String> {
+    let mut stream = TcpStream::connect_timeout(&address, Duration::from_secs(5))?;
+    stream.set_read_timeout(Some(HANG))?;
     write!(
         stream,
         "GET {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"
-    )
-    .ok()?;
+    )?;
     let mut answer = String::new();
-    stream.read_to_string(&mut answer).ok()?;
-    parse_answer(&answer)
+    stream.read_to_string(&mut answer)?;
+    Ok(answer)
 }
 
 fn parse_answer(answer: &str) -> Option<(u16, String)> {
     let status = answer.get(9..12)?.parse().ok()?;
     let body = answer.split_once("\r\n\r\n")?.1.to_string();
     Some((status, body))
+}
+
+/// The value of header `name` (any case) in an answer's head (or a whole answer: the
+/// lines after the head's blank line are not read).
+fn header(head: &str, name: &str) -> Option<String> {
+    let prefix = format!("{}:", name.to_lowercase());
+    head.lines().take_while(|l| !l.is_empty()).find_map(|l| {
+        l.to_lowercase()
+            .strip_prefix(&prefix)
+            .map(|v| v.trim().to_string())
+    })
 }
 
 /// Reads one whole answer with `Content-Length` from a kept-alive connection.
@@ -105,13 +129,7 @@ fn read_answer(stream: &mut TcpStream) -> std::io::Result<(u16, String)> {
     loop {
         let text = String::from_utf8_lossy(&data).into_owned();
         if let Some((head, body)) = text.split_once("\r\n\r\n") {
-            let length: usize = head
-                .lines()
-                .find_map(|l| {
-                    l.to_lowercase()
-                        .strip_prefix("content-length:")
-                        .map(|v| v.trim().to_string())
-                })
+            let length: usize = header(head, "content-length")
                 .and_then(|v| v.parse().ok())
                 .unwrap_or(0);
             if body.len() >= length {
@@ -347,15 +365,7 @@ fn stalled_stream_readers_are_bounded_and_dropped() {
     );
 
     // Dropped after the send timeout: the connections close, each cut short.
-    let waiting = Instant::now();
-    while server.metric("trendstory_http_connections") > 1.0 {
-        assert!(
-            waiting.elapsed() < HANG,
-            "stalled connections still open after {HANG:?}"
-        );
-        sleep(Duration::from_millis(200));
-    }
-    let dropped_after = waiting.elapsed();
+    let dropped_after = server.wait_connections_at_most_one();
     for stream in &mut stalled {
         stream.set_read_timeout(Some(HANG)).unwrap();
         let mut received = Vec::new();
@@ -391,11 +401,7 @@ fn connections_over_the_limit_wait_while_the_others_are_served() {
         ("SERVER__CLIENT_REQUEST_TIMEOUT_SECS", "60"),
     ]);
     // Let the readiness probe's connection close, so eight are free.
-    let deadline = Instant::now() + HANG;
-    while server.metric("trendstory_http_connections") > 1.0 {
-        assert!(Instant::now() < deadline);
-        sleep(Duration::from_millis(50));
-    }
+    server.wait_connections_at_most_one();
     sleep(Duration::from_millis(200));
     let rss_before = server.rss_kib();
     let mut admitted: Vec<TcpStream> = (0..8)
@@ -492,20 +498,8 @@ fn a_flood_of_unique_topics_is_refused_beyond_capacity_and_hurts_no_one_admitted
             .map(|i| {
                 let path = story(i, i % 2 == 1);
                 scope.spawn(move || {
-                    let mut stream = TcpStream::connect(address).unwrap();
-                    stream.set_read_timeout(Some(HANG)).unwrap();
-                    write!(
-                        stream,
-                        "GET {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"
-                    )
-                    .unwrap();
-                    let mut answer = String::new();
-                    stream.read_to_string(&mut answer).unwrap();
-                    let retry_after = answer.lines().take_while(|l| !l.is_empty()).find_map(|l| {
-                        l.to_lowercase()
-                            .strip_prefix("retry-after:")
-                            .map(|v| v.trim().to_string())
-                    });
+                    let answer = exchange(address, &path).unwrap();
+                    let retry_after = header(&answer, "retry-after");
                     let (status, body) = parse_answer(&answer).expect("an HTTP answer");
                     (i % 2 == 1, status, body, retry_after)
                 })

@@ -287,17 +287,20 @@ def send_stories(nginx: str, round_: int):
     post(f"round {round_} stream", stream=True)
 
 
-def scraped_value(replica: str, sample: str) -> float:
+def scrape(replica: str) -> str:
+    """The replica's /metrics text."""
     status, body = http_get(f"{replica}/metrics")
     assert status == 200
-    return sum(float(line.rsplit(" ", 1)[1]) for line in body.decode().splitlines()
+    return body.decode()
+
+
+def scraped_value(replica: str, sample: str) -> float:
+    return sum(float(line.rsplit(" ", 1)[1]) for line in scrape(replica).splitlines()
                if line.startswith((sample + " ", sample + "{")))
 
 
 def exported_samples(replica: str) -> set[str]:
-    status, body = http_get(f"{replica}/metrics")
-    assert status == 200
-    return {re.split(r"[ {]", line, maxsplit=1)[0] for line in body.decode().splitlines()
+    return {re.split(r"[ {]", line, maxsplit=1)[0] for line in scrape(replica).splitlines()
             if line and not line.startswith("#")} | {"up"}
 
 
@@ -344,9 +347,7 @@ def adapter_queries() -> list[tuple[str, str]]:
 
 def test_a_scrape_passes_promtool_check_metrics(monitored):
     _, replicas = monitored
-    status, body = http_get(f"{replicas[0]}/metrics")
-    assert status == 200
-    done = promtool("check", "metrics", stdin=body.decode())
+    done = promtool("check", "metrics", stdin=scrape(replicas[0]))
     assert done.returncode == 0 and not (done.stdout + done.stderr).strip(), done.stdout + done.stderr
 
 

@@ -28,6 +28,12 @@ import report  # noqa: E402
 LOCUST = REPO / ".venv" / "bin" / "locust"
 
 
+def locust(*args: str) -> subprocess.CompletedProcess:
+    """The locustfile, headless, with `args` (host, users, duration, user class...)."""
+    return subprocess.run([str(LOCUST), "-f", "scripts/loadtest/locustfile.py", "--headless",
+                           *args], cwd=REPO, capture_output=True, text=True, timeout=60)
+
+
 def binary() -> str:
     explicit = os.environ.get("LOADTEST_BINARY")
     if explicit:
@@ -87,17 +93,13 @@ def check_w4(results: dict) -> None:
 @pytest.mark.parametrize("host", ["http://10.1.2.3:8080", "http://example.org",
                                   "http://192.168.0.1"])
 def test_locust_refuses_other_hosts(host):
-    proc = subprocess.run([str(LOCUST), "-f", "scripts/loadtest/locustfile.py", "--headless",
-                           "-H", host, "-u", "1", "-t", "2s", "W1Unique"],
-                          cwd=REPO, capture_output=True, text=True, timeout=60)
+    proc = locust("-H", host, "-u", "1", "-t", "2s", "W1Unique")
     assert proc.returncode == 2
     assert "refusing host" in proc.stderr
 
 
 def test_locust_refuses_an_unbounded_run():
-    proc = subprocess.run([str(LOCUST), "-f", "scripts/loadtest/locustfile.py", "--headless",
-                           "-H", "http://127.0.0.1:9", "-u", "1", "W1Unique"],
-                          cwd=REPO, capture_output=True, text=True, timeout=60)
+    proc = locust("-H", "http://127.0.0.1:9", "-u", "1", "W1Unique")
     assert proc.returncode == 2
     assert "unbounded" in proc.stderr
 
@@ -135,10 +137,8 @@ def test_section_is_replaced_between_the_markers():
 
 
 def test_w4_against_llama_server_needs_a_trend_list():
-    proc = subprocess.run([str(LOCUST), "-f", "scripts/loadtest/locustfile.py", "--headless",
-                           "-H", "http://127.0.0.1:9", "-u", "1", "-t", "20s", "--target",
-                           "llama-server", "W4Page"],
-                          cwd=REPO, capture_output=True, text=True, timeout=60)
+    proc = locust("-H", "http://127.0.0.1:9", "-u", "1", "-t", "20s", "--target", "llama-server",
+                  "W4Page")
     assert proc.returncode == 2
     assert "needs --trends-file" in proc.stderr
 
@@ -255,8 +255,6 @@ def test_w4_targets_and_section(tmp_path):
 
 
 def test_w2_stops_with_status_2_without_a_trend_list():
-    proc = subprocess.run([str(LOCUST), "-f", "scripts/loadtest/locustfile.py", "--headless",
-                           "-H", "http://127.0.0.1:9", "-u", "1", "-t", "20s", "W2Trending"],
-                          cwd=REPO, capture_output=True, text=True, timeout=60)
+    proc = locust("-H", "http://127.0.0.1:9", "-u", "1", "-t", "20s", "W2Trending")
     assert proc.returncode == 2
     assert "cannot read http://127.0.0.1:9/v1/trends" in proc.stderr
