@@ -66,7 +66,7 @@ import shutil
 import struct
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -283,10 +283,12 @@ class KindFormat:
 @dataclass(frozen=True)
 class Quantization:
     """How an int4 export quantizes its linear layers: a format per matrix kind (every kind of
-    MATRIX_KINDS), the MatMulNBits accuracy level and the rounding rule."""
+    MATRIX_KINDS), the MatMulNBits accuracy level and the rounding rule; keep_native: weights
+    that come quantized keep their own blocks where MatMulNBits can hold them (see Linear)."""
     formats: tuple  # (kind, KindFormat) pairs in MATRIX_KINDS order
     accuracy_level: int = 4
     rounding: str = DEFAULT_ROUNDING
+    keep_native: bool = False
 
     def of(self, kind: str) -> KindFormat:
         return dict(self.formats)[kind]
@@ -297,10 +299,13 @@ class Quantization:
 
     def manifest(self) -> dict:
         """manifest.json's "quantization" entry."""
-        return {"op": "com.microsoft.MatMulNBits", "bits": 4,
-                "accuracy_level": self.accuracy_level, "rounding": self.rounding,
-                "kinds": {k: {"block_size": f.block_size, "symmetric": not f.zero_points}
-                          for k, f in self.formats}}
+        out = {"op": "com.microsoft.MatMulNBits", "bits": 4,
+               "accuracy_level": self.accuracy_level, "rounding": self.rounding,
+               "kinds": {k: {"block_size": f.block_size, "symmetric": not f.zero_points}
+                         for k, f in self.formats}}
+        if self.keep_native:
+            out["keep_native"] = True
+        return out
 
 
 def parse_quant_spec(spec: str) -> dict:
@@ -578,33 +583,110 @@ class Linear:
 
     Several HF weights that read the same input (q/k/v, gate/up) can be fused into one node:
     their rows are concatenated, so the output is the concatenation of the separate outputs.
-    int4 quantization is per output row (blocks run along K), so quantizing the concatenated
-    matrix gives exactly the blocks, scales, zero points and nibbles of quantizing each weight
+    Quantization is per output row (blocks run along K), so quantizing the concatenated
+    matrix gives exactly the blocks, scales, zero points and codes of quantizing each weight
     alone. The node's name says its matrix kind (KIND_OF_NAME), hence its int4 format.
+
+    With quant.keep_native, weights that arrive already quantized (a GGUF's blocks, see
+    gguf_import.GGUFWeights.native) keep their own codes and scales where every part of the
+    node has a MatMulNBits form of the same width (4 bits, else 8); the others are quantized
+    to the kind's format. `encodings` records which node got which, for the manifest.
     """
 
-    def __init__(self, g: GraphBuilder, quant: Quantization | None):
-        self.g, self.quant = g, quant
+    def __init__(self, g: GraphBuilder, quant: Quantization | None, weights):
+        self.g, self.quant, self.weights = g, quant, weights
+        self.encodings: dict[str, dict] = {}
 
-    def __call__(self, x: str, w, name: str) -> str:
+    def __call__(self, x: str, names, name: str) -> str:
         g = self.g
-        if isinstance(w, (list, tuple)):
-            w = np.concatenate(w, axis=0)
-        n, k = w.shape
+        names = [names] if isinstance(names, str) else list(names)
         if self.quant is None:
+            w = np.concatenate([self.weights.get_f32(n) for n in names], axis=0)
             wt = g.init(f"{name}.weight_t", np.ascontiguousarray(w.T.astype(np.float32)))
             return g.op("MatMul", [x, wt], name=f"{name}/MatMul")
+        native = self.native(names) if self.quant.keep_native else None
+        if native is not None:
+            return self.emit(x, name, native)
+        w = np.concatenate([self.weights.get_f32(n) for n in names], axis=0)
         fmt = self.quant.of(kind_of(name))
         if fmt.zero_points:
             packed, scales, zp = quantize_q4_asym(w, fmt.block_size, self.quant.rounding)
-            inputs = [x, g.init(f"{name}.qweight", packed), g.init(f"{name}.scales", scales),
-                      g.init(f"{name}.zero_points", zp)]
         else:
-            packed, scales = quantize_q4(w, fmt.block_size, self.quant.rounding)
-            inputs = [x, g.init(f"{name}.qweight", packed), g.init(f"{name}.scales", scales)]
+            (packed, scales), zp = quantize_q4(w, fmt.block_size, self.quant.rounding), None
+        self.record(name, names, f"int4 block {fmt.block_size}"
+                    + (" with zero points" if fmt.zero_points else "") + ", quantized here")
+        return self.node(x, name, packed, scales, zp, w.shape[1], 4, fmt.block_size)
+
+    def native(self, names) -> "NativeBlocks | None":
+        """The parts' own blocks at the narrowest width they all have, concatenated."""
+        source = getattr(self.weights, "native", None)
+        if source is None:
+            return None
+        for bits in (4, 8):
+            parts = [source(n, bits) for n in names]
+            if all(p is not None for p in parts) and len({p.block_size for p in parts}) == 1:
+                return NativeBlocks.concat(parts)
+        return None
+
+    def emit(self, x: str, name: str, b: "NativeBlocks") -> str:
+        n, k = b.codes.shape
+        blocks = b.codes.reshape(n, -1, b.block_size)
+        packed = pack_nibbles(blocks) if b.bits == 4 else np.ascontiguousarray(blocks)
+        zp = None
+        if b.zero_points is not None:
+            zp = pack_zero_points(b.zero_points) if b.bits == 4 else b.zero_points
+        self.record(name, [], f"{b.bits}-bit block {b.block_size}, "
+                    + ("the file's own codes and scales" if b.exact else b.note), b.sources)
+        return self.node(x, name, packed, b.scales.reshape(-1), zp, k, b.bits, b.block_size)
+
+    def node(self, x, name, packed, scales, zp, k, bits, block_size) -> str:
+        g = self.g
+        inputs = [x, g.init(f"{name}.qweight", packed), g.init(f"{name}.scales", scales)]
+        if zp is not None:
+            inputs.append(g.init(f"{name}.zero_points", zp))
         return g.op("MatMulNBits", inputs, domain=MS_DOMAIN, name=f"{name}/MatMulNBits",
-                    K=k, N=n, bits=4, block_size=fmt.block_size,
+                    K=k, N=packed.shape[0], bits=bits, block_size=block_size,
                     accuracy_level=self.quant.accuracy_level)
+
+    def record(self, name: str, names, encoding: str, sources=()) -> None:
+        """Counts nodes per (kind, encoding, source types) for the manifest."""
+        types = sorted(set(sources) or {getattr(self.weights, "type_name", lambda _: "float")(n)
+                                        for n in names})
+        key = f"{kind_of(name)}: {encoding} ({'+'.join(types)})"
+        self.encodings[key] = self.encodings.get(key, 0) + 1
+
+
+@dataclass
+class NativeBlocks:
+    """A weight's own quantized blocks in MatMulNBits form: codes [N, K] (one value each),
+    scales [N, K / block_size], zero points [N, K / block_size] or None (the default
+    2^(bits-1)). `exact`: dequantizing gives the source's values bit for bit; otherwise `note`
+    says what differs."""
+    bits: int
+    block_size: int
+    codes: np.ndarray
+    scales: np.ndarray
+    zero_points: np.ndarray | None
+    exact: bool
+    note: str
+    sources: tuple
+
+    @staticmethod
+    def concat(parts: list) -> "NativeBlocks":
+        if len(parts) == 1:
+            return parts[0]
+        bits = parts[0].bits
+        zps = None
+        if any(p.zero_points is not None for p in parts):
+            zps = np.concatenate([p.zero_points if p.zero_points is not None
+                                  else np.full(p.scales.shape, 1 << (bits - 1), np.uint8)
+                                  for p in parts])
+        inexact = [p.note for p in parts if not p.exact]
+        return NativeBlocks(bits, parts[0].block_size,
+                            np.concatenate([p.codes for p in parts]),
+                            np.concatenate([p.scales for p in parts]), zps,
+                            not inexact, inexact[0] if inexact else "",
+                            tuple(sorted({s for p in parts for s in p.sources})))
 
 
 # A linear layer's node name ends with one of these; Linear reads its kind from it.
@@ -642,8 +724,9 @@ def model_dims(cfg: dict) -> dict:
 
 
 def build_decoder(cfg: dict, weights: SafeTensorsDir, out_dir: Path, quant: Quantization | None,
-                  attention: str = "packed", prefill_lanes: int = DEFAULT_PREFILL_LANES) -> None:
-    """Write out_dir/model.onnx (+ model.onnx.data) for a Llama decoder with past.
+                  attention: str = "packed", prefill_lanes: int = DEFAULT_PREFILL_LANES) -> dict:
+    """Write out_dir/model.onnx (+ model.onnx.data) for a Llama decoder with past. Returns
+    Linear.encodings (how each kind's nodes were quantized).
 
     On a small CPU a decode step is dominated by per-node dispatch overhead outside the int4
     matmuls, so the graph is built from as few nodes as the contract allows, using the fused
@@ -676,7 +759,7 @@ def build_decoder(cfg: dict, weights: SafeTensorsDir, out_dir: Path, quant: Quan
         raise SystemExit(f"error: hidden_act {cfg.get('hidden_act')!r} is not supported")
 
     g = GraphBuilder(out_dir / "model.onnx.data")
-    lin = Linear(g, quant)
+    lin = Linear(g, quant, weights)
     W = weights.get_f32
 
     def norm(x, delta, wname, name):
@@ -725,7 +808,7 @@ def build_decoder(cfg: dict, weights: SafeTensorsDir, out_dir: Path, quant: Quan
         """Self-attention of layer i on the normed input h [B, S, H]: returns the o_proj
         output [B, S, H]; writes present.{i}.key|value."""
         p = f"model.layers.{i}"
-        qkv = lin(h, [W(f"{p}.self_attn.{n}_proj.weight") for n in "qkv"], f"{p}.self_attn.qkv_proj")
+        qkv = lin(h, [f"{p}.self_attn.{n}_proj.weight" for n in "qkv"], f"{p}.self_attn.qkv_proj")
         # One Reshape + Transpose for all heads: [B, S, nh+2kvh, hd] -> [B, nh+2kvh, S, hd].
         heads = g.op("Transpose", [g.op("Reshape", [qkv, shape_qkv], name=f"/{p}/qkv_reshape")],
                      name=f"/{p}/qkv_t", perm=[0, 2, 1, 3])
@@ -750,7 +833,7 @@ def build_decoder(cfg: dict, weights: SafeTensorsDir, out_dir: Path, quant: Quan
         ctx = g.op("Reshape", [ctx, shape_heads], name=f"/{p}/ctx_heads")  # [B, nh, S, hd]
         ctx = g.op("Transpose", [ctx], name=f"/{p}/ctx_t", perm=[0, 2, 1, 3])
         ctx = g.op("Reshape", [ctx, shape_hidden], name=f"/{p}/ctx_merge")  # [B, S, H]
-        return lin(ctx, W(f"{p}.self_attn.o_proj.weight"), f"{p}.self_attn.o_proj")
+        return lin(ctx, f"{p}.self_attn.o_proj.weight", f"{p}.self_attn.o_proj")
 
     def gqa_node(qkv, i, pk, pv, seqlens, total, out, present):
         """One GroupQueryAttention of layer i on a packed q|k|v input (Linear concatenates the
@@ -769,7 +852,7 @@ def build_decoder(cfg: dict, weights: SafeTensorsDir, out_dir: Path, quant: Quan
         each prefill lane's chunk (a slice) in a batch-1 one over its row's slot; the outputs
         concatenated and gathered back into packed order."""
         p = f"model.layers.{i}"
-        qkv = lin(h, [W(f"{p}.self_attn.{n}_proj.weight") for n in "qkv"], f"{p}.self_attn.qkv_proj")
+        qkv = lin(h, [f"{p}.self_attn.{n}_proj.weight" for n in "qkv"], f"{p}.self_attn.qkv_proj")
         rows = g.op("Gather", [qkv, "decode_rows"], name=f"/{p}/decode_gather", axis=1)
         rows = g.op("Reshape", [rows, shape_rows], name=f"/{p}/decode_rows")  # [R, 1, qkv]
         outs = [f"/{p}/decode_gqa_out"]
@@ -786,17 +869,17 @@ def build_decoder(cfg: dict, weights: SafeTensorsDir, out_dir: Path, quant: Quan
             outs.append(out)
         ctx = g.op("Concat", outs, name=f"/{p}/attn_concat", axis=1)
         ctx = g.op("Gather", [ctx, "attn_order"], name=f"/{p}/attn_order", axis=1)
-        return lin(ctx, W(f"{p}.self_attn.o_proj.weight"), f"{p}.self_attn.o_proj")
+        return lin(ctx, f"{p}.self_attn.o_proj.weight", f"{p}.self_attn.o_proj")
 
     def mlp(h, i):
         """SwiGLU MLP: down(silu(gate(h)) * up(h)), gate and up as one matmul."""
         p = f"model.layers.{i}"
-        gate_up = lin(h, [W(f"{p}.mlp.gate_proj.weight"), W(f"{p}.mlp.up_proj.weight")],
+        gate_up = lin(h, [f"{p}.mlp.gate_proj.weight", f"{p}.mlp.up_proj.weight"],
                       f"{p}.mlp.gate_up_proj")
         gate, up = g.op("Split", [gate_up, split_mlp], n_out=2, name=f"/{p}/mlp/split", axis=-1)
         act = g.op("QuickGelu", [gate], domain=MS_DOMAIN, name=f"/{p}/mlp/silu", alpha=1.0)
         return lin(g.op("Mul", [act, up], name=f"/{p}/mlp/mul"),
-                   W(f"{p}.mlp.down_proj.weight"), f"{p}.mlp.down_proj")
+                   f"{p}.mlp.down_proj.weight", f"{p}.mlp.down_proj")
 
     def value(name, elem, shape):
         return helper.make_tensor_value_info(name, elem, shape)
@@ -853,7 +936,7 @@ def build_decoder(cfg: dict, weights: SafeTensorsDir, out_dir: Path, quant: Quan
     x, _ = norm(x, delta, "model.norm.weight", "/model/norm")
     if attention == "packed":
         x = g.op("Gather", [x, "logits_index"], name="/model/logits_gather", axis=1)
-    logits = lin(x, W(lm_head_name(cfg, weights)), "lm_head")
+    logits = lin(x, lm_head_name(cfg, weights), "lm_head")
     g.nodes.append(helper.make_node("Identity", [logits], ["logits"], name="logits"))
     g.close()
 
@@ -864,6 +947,7 @@ def build_decoder(cfg: dict, weights: SafeTensorsDir, out_dir: Path, quant: Quan
                               producer_version=str(EXPORTER_VERSION))
     model.ir_version = 8
     onnx.save_model(model, str(out_dir / "model.onnx"))
+    return lin.encodings
 
 
 def attention_mask_bool(g: GraphBuilder, groups: int) -> str:
@@ -902,7 +986,7 @@ def lm_head_name(cfg: dict, weights: SafeTensorsDir) -> str:
 
 
 def build_linear_only(cfg: dict, weights: SafeTensorsDir, out_dir: Path,
-                      quant: Quantization) -> None:
+                      quant: Quantization) -> dict:
     """Benchmark baseline: exactly the decoder's int4 MatMulNBits nodes, nothing else.
 
     Per layer the same fused matmuls as build_decoder: qkv, o, gate_up, down. Only shape glue
@@ -915,22 +999,21 @@ def build_linear_only(cfg: dict, weights: SafeTensorsDir, out_dir: Path,
     L, H, V = dm["layers"], dm["hidden"], dm["vocab"]
     kv_dim = dm["kv_heads"] * dm["head_dim"]
     g = GraphBuilder(out_dir / "model.onnx.data")
-    lin = Linear(g, quant)
-    W = weights.get_f32
+    lin = Linear(g, quant, weights)
     split_qkv = g.const_i64([H, 2 * kv_dim], "split_qkv")
     split_mlp = g.const_i64([dm["inter"], dm["inter"]], "split_mlp")
     x = "x"
     for i in range(L):
         p = f"model.layers.{i}"
-        qkv = lin(x, [W(f"{p}.self_attn.{n}_proj.weight") for n in "qkv"], f"{p}.self_attn.qkv_proj")
+        qkv = lin(x, [f"{p}.self_attn.{n}_proj.weight" for n in "qkv"], f"{p}.self_attn.qkv_proj")
         q, _ = g.op("Split", [qkv, split_qkv], n_out=2, name=f"/{p}/qkv_split", axis=-1)
-        a = lin(q, W(f"{p}.self_attn.o_proj.weight"), f"{p}.self_attn.o_proj")
-        gate_up = lin(a, [W(f"{p}.mlp.gate_proj.weight"), W(f"{p}.mlp.up_proj.weight")],
+        a = lin(q, f"{p}.self_attn.o_proj.weight", f"{p}.self_attn.o_proj")
+        gate_up = lin(a, [f"{p}.mlp.gate_proj.weight", f"{p}.mlp.up_proj.weight"],
                       f"{p}.mlp.gate_up_proj")
         gt, up = g.op("Split", [gate_up, split_mlp], n_out=2, name=f"/{p}/mlp/split", axis=-1)
-        x = lin(g.op("Mul", [gt, up], name=f"/{p}/gu"), W(f"{p}.mlp.down_proj.weight"),
+        x = lin(g.op("Mul", [gt, up], name=f"/{p}/gu"), f"{p}.mlp.down_proj.weight",
                 f"{p}.mlp.down_proj")
-    logits = lin(x, W(lm_head_name(cfg, weights)), "lm_head")
+    logits = lin(x, lm_head_name(cfg, weights), "lm_head")
     g.nodes.append(helper.make_node("Identity", [logits], ["logits"], name="logits"))
     g.close()
     graph = helper.make_graph(
@@ -943,6 +1026,7 @@ def build_linear_only(cfg: dict, weights: SafeTensorsDir, out_dir: Path,
                               producer_name="trendstory-export_onnx")
     model.ir_version = 8
     onnx.save_model(model, str(out_dir / "model.onnx"))
+    return lin.encodings
 
 
 # --------------------------------------------------------------------------------------------
@@ -1324,6 +1408,17 @@ def export_matches(out_dir: Path, exporter_args: list[str]) -> bool:
     return man.get("quantization") == (quant.manifest() if quant else None) and same_graph
 
 
+def quantization_manifest(q: Quantization | None, encodings: dict) -> dict | None:
+    """manifest.json's "quantization": the requested formats and, where native blocks could be
+    kept, what each kind's nodes really got (Linear.encodings: node counts)."""
+    if q is None:
+        return None
+    out = q.manifest()
+    if q.keep_native:
+        out["nodes"] = encodings
+    return out
+
+
 def quantization_of_args(args) -> Quantization | None:
     return quantization(args.precision, args.block_size, args.zero_points, args.quant,
                         args.accuracy_level, args.rounding)
@@ -1334,11 +1429,14 @@ def export(hf_dir: Path, out_dir: Path, *, source: str, random_weights: bool, pr
            linear_only: bool = False, threads: int = 1, zero_points: bool = False,
            attention: str = "packed", prefill_lanes: int = DEFAULT_PREFILL_LANES,
            quant: str | None = None,
-           rounding: str = DEFAULT_ROUNDING, weights=None) -> dict:
+           rounding: str = DEFAULT_ROUNDING, weights=None, keep_native: bool = False,
+           name: str | None = None) -> dict:
     """Export hf_dir to out_dir. The quantization arguments mean what the command line's
     options do (see quantization(): block_size None and no zero points start from
     DEFAULT_QUANT). weights: where the tensors come from instead of hf_dir's safetensors
-    (anything with get_f32(name) and `name in weights`, e.g. gguf_dequant.GGUFWeights)."""
+    (anything with get_f32(name) and `name in weights`, e.g. gguf_import.GGUFWeights);
+    keep_native: an int4 export keeps the blocks such weights already have where it can
+    (Linear). name: the manifest's model name (default: out_dir's)."""
     hf_dir, out_dir = Path(hf_dir), Path(out_dir)
     cfg_path = hf_dir / "config.json"
     if not cfg_path.exists():
@@ -1360,13 +1458,16 @@ def export(hf_dir: Path, out_dir: Path, *, source: str, random_weights: bool, pr
         q = quantization(precision, block_size, zero_points, quant, accuracy_level, rounding)
     except ValueError as e:
         raise SystemExit(f"error: {e}")
+    if q is not None and keep_native:
+        q = replace(q, keep_native=True)
+    name = name or out_dir.name
     weights = weights if weights is not None else SafeTensorsDir(hf_dir)
     t0 = time.time()
     if linear_only:
-        build_linear_only(cfg, weights, out_dir, q)
-        manifest = {"name": out_dir.name, "source": source, "random_weights": random_weights,
+        encodings = build_linear_only(cfg, weights, out_dir, q)
+        manifest = {"name": name, "source": source, "random_weights": random_weights,
                     "linear_only": True, "precision": "int4",
-                    "quantization": q.manifest(),
+                    "quantization": quantization_manifest(q, encodings),
                     "inputs": {"x": ["batch_size", "sequence_length", dm["hidden"]]},
                     "outputs": {"logits": ["batch_size", "sequence_length", dm["vocab"]]},
                     "num_hidden_layers": dm["layers"], "hidden_size": dm["hidden"],
@@ -1379,7 +1480,7 @@ def export(hf_dir: Path, out_dir: Path, *, source: str, random_weights: bool, pr
         log(f"linear-only graph written to {out_dir} in {time.time() - t0:.1f}s")
         return manifest
 
-    build_decoder(cfg, weights, out_dir, q, attention, prefill_lanes)
+    encodings = build_decoder(cfg, weights, out_dir, q, attention, prefill_lanes)
     log(f"graph written to {out_dir}/model.onnx in {time.time() - t0:.1f}s")
     if not (hf_dir / "tokenizer.json").exists():
         raise SystemExit(f"error: {hf_dir}/tokenizer.json not found")
@@ -1400,13 +1501,13 @@ def export(hf_dir: Path, out_dir: Path, *, source: str, random_weights: bool, pr
         if (out_dir / extra).exists():
             files.append(extra)
     manifest = {
-        "name": out_dir.name,
+        "name": name,
         "source": source,
         "random_weights": random_weights,
         "precision": precision,
         "attention": attention,
         **({"prefill_lanes": prefill_lanes} if attention == "packed" else {}),
-        "quantization": q.manifest() if q else None,
+        "quantization": quantization_manifest(q, encodings),
         "num_hidden_layers": dm["layers"],
         "hidden_size": dm["hidden"],
         "intermediate_size": dm["inter"],
