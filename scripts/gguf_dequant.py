@@ -38,6 +38,7 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 import export_onnx as E  # noqa: E402
+import gguf_import as I  # noqa: E402
 
 # Block formats as (elements per block, bits, symmetric): a symmetric block's step is its
 # largest magnitude / 2^(bits-1), an asymmetric one's its range / (2^bits - 1) (K-quants: the
@@ -69,13 +70,6 @@ def import_gguf(gguf_py: Path | None):
     return gguf
 
 
-def unpermute(w: np.ndarray, n_head: int) -> np.ndarray:
-    """Inverse of hf_to_gguf.permute (llama.cpp's rotary pairs back to HF's halves)."""
-    return (w.reshape(n_head, w.shape[0] // n_head // 2, 2, *w.shape[1:])
-            .swapaxes(1, 2)
-            .reshape(w.shape))
-
-
 def predicted_rel_error(w: np.ndarray, type_name: str) -> float:
     """Relative error ||Q(w) - w|| / ||w|| the GGUF type predicts for w: per block, a uniform
     rounding error over one step (step^2 / 12 per element); float types: the cast's own error."""
@@ -95,52 +89,19 @@ def predicted_rel_error(w: np.ndarray, type_name: str) -> float:
     return float(np.sqrt(mse) / np.linalg.norm(w.astype(np.float64)))
 
 
-class GGUFWeights:
-    """The GGUF's tensors under their Hugging Face names, dequantized to float32 on demand (the
-    exporter's weights interface: get_f32 and `in`)."""
-
-    def __init__(self, gguf, path: Path, cfg: dict, hf_names: list[str]):
-        self.gguf = gguf
-        self.reader = gguf.GGUFReader(str(path))
-        self.n_head = int(cfg["num_attention_heads"])
-        self.n_head_kv = int(cfg.get("num_key_value_heads", self.n_head))
-        name_map = gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, int(cfg["num_hidden_layers"]))
-        by_name = {t.name: t for t in self.reader.tensors}
-        self.tensors = {}
-        for hf in hf_names:
-            g = name_map.get_name(hf, try_suffixes=(".weight", ".bias"))
-            if g is None or g not in by_name:
-                raise SystemExit(f"error: {path} has no tensor for {hf} (GGUF name {g})")
-            self.tensors[hf] = by_name.pop(g)
-        if by_name:
-            raise SystemExit(f"error: {path} has tensors the checkpoint lacks: {sorted(by_name)}")
-        field = self.reader.get_field("general.file_type")
-        self.file_type = (gguf.LlamaFileType(int(field.contents())).name.removeprefix("MOSTLY_")
-                          if field is not None else "unknown")
-
-    def __contains__(self, name: str) -> bool:
-        return name in self.tensors
-
-    def type_name(self, name: str) -> str:
-        return self.tensors[name].tensor_type.name
-
-    def get_f32(self, name: str) -> np.ndarray:
-        t = self.tensors[name]
-        w = np.asarray(self.gguf.quants.dequantize(t.data, t.tensor_type), dtype=np.float32)
-        if name.endswith("self_attn.q_proj.weight"):
-            w = unpermute(w, self.n_head)
-        elif name.endswith("self_attn.k_proj.weight"):
-            w = unpermute(w, self.n_head_kv)
-        return w
+def load_weights(path: Path, cfg: dict, names: list[str]) -> I.GGUFWeights:
+    """The GGUF's tensors under the checkpoint's names (the file must hold exactly those)."""
+    try:
+        weights = I.GGUFWeights(I.GGUFFile(path), cfg)
+    except I.ImportError_ as e:
+        raise SystemExit(f"error: {e}")
+    if set(weights.tensors) != set(names):
+        raise SystemExit(f"error: {path} and the checkpoint differ in tensors: "
+                         f"{sorted(set(weights.tensors) ^ set(names))}")
+    return weights
 
 
-def tensor_kind(name: str) -> str:
-    """model.layers.3.mlp.down_proj.weight -> mlp.down_proj; lm_head.weight -> lm_head."""
-    parts = name.removesuffix(".weight").split(".")
-    return ".".join(parts[3:]) if parts[:2] == ["model", "layers"] else ".".join(parts)
-
-
-def check(weights: GGUFWeights, checkpoint: E.SafeTensorsDir) -> tuple[list[dict], list[str]]:
+def check(weights: I.GGUFWeights, checkpoint: E.SafeTensorsDir) -> tuple[list[dict], list[str]]:
     """Per tensor: measured and predicted relative error against the checkpoint. Returns the
     per (kind, type) summary and the tensors outside CHECK_BAND."""
     groups, bad = {}, []
@@ -161,7 +122,7 @@ def check(weights: GGUFWeights, checkpoint: E.SafeTensorsDir) -> tuple[list[dict
             ok = CHECK_BAND[0] <= ratio <= CHECK_BAND[1]
         if not ok:
             bad.append(f"{name} ({type_name}): error {err:.4%}, predicted {pred:.4%}")
-        g = groups.setdefault((tensor_kind(name), type_name), {"errors": [], "ratios": []})
+        g = groups.setdefault((I.kind_of_tensor(name), type_name), {"errors": [], "ratios": []})
         g["errors"].append(err)
         if ratio is not None:
             g["ratios"].append(ratio)
@@ -196,17 +157,15 @@ def main(argv=None) -> int:
     ap.add_argument("--source", help="the checkpoint's export source, recorded as weights_of "
                     "(default hf-dir:HF_DIR, what export_onnx.py --hf-dir HF_DIR records)")
     args = ap.parse_args(argv)
-    gguf = import_gguf(args.gguf_py)
-    if not args.gguf.is_file():
-        raise SystemExit(f"error: {args.gguf} not found")
+    import_gguf(args.gguf_py)
     cfg = json.loads((args.hf_dir / "config.json").read_text())
     checkpoint = E.SafeTensorsDir(args.hf_dir)
     names = [n for n in checkpoint.where if not n.endswith(".rotary_emb.inv_freq")]
-    weights = GGUFWeights(gguf, args.gguf, cfg, names)
+    weights = load_weights(args.gguf, cfg, names)
     t0 = time.time()
     summary, bad = check(weights, checkpoint)
     table = markdown(summary)
-    print(f"{args.gguf.name} (llama.cpp {weights.file_type}) against {args.hf_dir}:\n{table}")
+    print(f"{args.gguf.name} (llama.cpp {weights.f.file_type}) against {args.hf_dir}:\n{table}")
     log(f"checked {len(weights.tensors)} tensors in {time.time() - t0:.1f}s")
     if bad:
         raise SystemExit("error: relative error outside "
@@ -220,10 +179,10 @@ def main(argv=None) -> int:
                    precision="fp32", block_size=None, accuracy_level=4, golden_tokens=None,
                    attention=args.attention, weights=weights)
     man["weights_of"] = source
-    man["gguf"] = {"file": args.gguf.name, "file_type": weights.file_type,
+    man["gguf"] = {"file": args.gguf.name, "file_type": weights.f.file_type,
                    "size_bytes": args.gguf.stat().st_size, "tensors": summary}
     (args.out / "manifest.json").write_text(json.dumps(man, indent=2))
-    log(f"exported {args.out} (fp32, dequantized {weights.file_type})")
+    log(f"exported {args.out} (fp32, dequantized {weights.f.file_type})")
     return 0
 
 

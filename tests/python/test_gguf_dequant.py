@@ -13,6 +13,7 @@ from conftest import REPO, E
 
 sys.path.insert(0, str(REPO / "scripts" / "loadtest"))
 import gguf_dequant as G  # noqa: E402
+import gguf_import as I  # noqa: E402
 import hf_to_gguf  # noqa: E402
 import quant_quality as Q  # noqa: E402
 
@@ -51,7 +52,7 @@ def test_unpermute_inverts_the_converter_permutation():
     for heads in (1, 2, 4):
         p = hf_to_gguf.permute(w, heads)
         assert not np.array_equal(p, w)
-        np.testing.assert_array_equal(G.unpermute(p, heads), w)
+        np.testing.assert_array_equal(I.unpermute(p, heads), w)
 
 
 def test_prediction_matches_our_own_q4_0_equivalent():
@@ -72,8 +73,8 @@ def test_gguf_round_trip_check_and_export(tiny_int4, tiny_fp32, tmp_path, qtype)
     path = write_gguf(hf, tmp_path / "tiny.gguf", qtype)
     cfg = json.loads((hf / "config.json").read_text())
     st = E.SafeTensorsDir(hf)
-    weights = G.GGUFWeights(gguf, path, cfg, list(st.where))
-    assert weights.file_type == ("Q4_0" if qtype == QT.Q4_0 else "Q8_0")
+    weights = G.load_weights(path, cfg, list(st.where))
+    assert weights.f.file_type == ("Q4_0" if qtype == QT.Q4_0 else "Q8_0")
     # q and k come back in HF row order: each row close to its own checkpoint row
     q = weights.get_f32("model.layers.1.self_attn.q_proj.weight")
     ref = st.get_f32("model.layers.1.self_attn.q_proj.weight")
@@ -88,7 +89,7 @@ def test_gguf_round_trip_check_and_export(tiny_int4, tiny_fp32, tmp_path, qtype)
                        "--attention", "explicit", "--source", "random-init:tiny"]) == 0
     man = json.loads((out / "manifest.json").read_text())
     assert man["precision"] == "fp32" and man["source"] == "gguf:tiny.gguf"
-    assert man["weights_of"] == "random-init:tiny" and man["gguf"]["file_type"] == weights.file_type
+    assert man["weights_of"] == "random-init:tiny" and man["gguf"]["file_type"] == weights.f.file_type
     assert man["random_weights"] is True
     # the export computes with the dequantized weights: close to the fp32 model, not equal
     ids = [[1, 300, 301, 302, 303, 304, 305]]
@@ -99,7 +100,7 @@ def test_gguf_round_trip_check_and_export(tiny_int4, tiny_fp32, tmp_path, qtype)
     # quant_quality takes it as the same model as the fp32 reference
     Q.check_same_model(tiny_fp32, json.loads((tiny_fp32 / "manifest.json").read_text()), out,
                        man, allow_other_source=False)
-    assert Q.describe(man) == f"llama.cpp {weights.file_type} (GGUF dequantized to fp32)"
+    assert Q.describe(man) == f"llama.cpp {weights.f.file_type} (GGUF dequantized to fp32)"
 
 
 def test_check_catches_a_missed_permutation(tiny_int4, tmp_path):
@@ -107,7 +108,7 @@ def test_check_catches_a_missed_permutation(tiny_int4, tmp_path):
     path = write_gguf(hf, tmp_path / "unpermuted.gguf", QT.Q8_0, permute=False)
     cfg = json.loads((hf / "config.json").read_text())
     st = E.SafeTensorsDir(hf)
-    _, bad = G.check(G.GGUFWeights(gguf, path, cfg, list(st.where)), st)
+    _, bad = G.check(G.load_weights(path, cfg, list(st.where)), st)
     assert len(bad) == 2 * 2 and all("q_proj" in b or "k_proj" in b for b in bad), bad
     with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
         with pytest.raises(SystemExit, match="outside"):
