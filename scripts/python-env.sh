@@ -1,20 +1,25 @@
 #!/usr/bin/env bash
-# Create or update the Python virtualenv at <repo>/.venv from scripts/requirements.txt.
+# Create or update a Python virtualenv from a requirements file: by default <repo>/.venv from
+# scripts/requirements.txt (the model tools, the test and load-test tooling).
 #
-# Idempotent and fast on a second run: the sha256 of requirements.txt is stored in
-# .venv/.requirements.sha256 and pip runs only when it changes (or the venv is broken).
+# Idempotent and fast on a second run: the sha256 of the requirements file is stored in
+# VENV/.requirements.sha256 and pip runs only when it changes (or the venv is broken).
 # Usable both ways:
-#   bash scripts/python-env.sh          # just make sure the venv is ready
-#   source scripts/python-env.sh        # ... and put .venv/bin first on PATH
-# Exports PYTHON_ENV_PY with the venv's python path.
+#   bash scripts/python-env.sh [REQUIREMENTS VENV]   # make sure that venv is ready; prints
+#                                                    # its python's path
+#   source scripts/python-env.sh                     # ... the default one, and put .venv/bin
+#                                                    # first on PATH
+# Exports PYTHON_ENV_PY with the venv's python path (sourced: the default venv's).
+# The second form is for venvs the default one must not carry, e.g.
+#   bash scripts/python-env.sh scripts/requirements-reference.txt .cache/venv-reference
 
 _pyenv_main() {
     set -euo pipefail
     local here root req venv stamp want have py
     here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
     root="$(cd "$here/.." && pwd)"
-    req="$here/requirements.txt"
-    venv="$root/.venv"
+    req="${1:-$here/requirements.txt}"
+    venv="${2:-$root/.venv}"
     stamp="$venv/.requirements.sha256"
     py="${PYTHON:-python3}"
 
@@ -49,6 +54,6 @@ if [[ "${BASH_SOURCE[0]}" != "$0" ]]; then
         return 1
     fi
 else
-    _pyenv_main
+    _pyenv_main "$@"
     echo "$PYTHON_ENV_PY"
 fi

