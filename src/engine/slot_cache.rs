@@ -209,6 +209,8 @@ mod tests {
             dir: std::path::PathBuf::new(),
             model_id: "test".into(),
             random_weights: true,
+            source: None,
+            sampling: Default::default(),
             num_layers: 1,
             num_kv_heads: 2,
             head_dim: 4,

@@ -5,6 +5,7 @@ use serde::{Deserialize, Serialize};
 
 use super::prompt::Style;
 use crate::config::ConfigError;
+use crate::engine::ModelSampling;
 
 /// Defaults and limits of a story request, the cache and pre-generation.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -14,11 +15,12 @@ pub struct StoriesConfig {
     pub default_style: Style,
     /// `max_tokens` of a request that gives none (at most `inference.max_new_tokens`).
     pub default_max_tokens: usize,
-    /// Sampling defaults; a request may override each.
-    pub default_temperature: f32,
-    pub default_top_p: f32,
-    pub default_top_k: usize,
-    pub default_repetition_penalty: f32,
+    /// Sampling defaults; a request may override each. Unset ones are the model folder's
+    /// (its `generation_config.json`), else [`SamplingDefaults::BUILT_IN`]'s.
+    pub default_temperature: Option<f32>,
+    pub default_top_p: Option<f32>,
+    pub default_top_k: Option<usize>,
+    pub default_repetition_penalty: Option<f32>,
     /// Longer topics are cut to this many characters (after cleaning).
     pub max_topic_chars: usize,
     pub cache: CacheConfig,
@@ -30,13 +32,50 @@ impl Default for StoriesConfig {
         Self {
             default_style: Style::default(),
             default_max_tokens: 128,
-            default_temperature: 0.8,
-            default_top_p: 0.95,
-            default_top_k: 50,
-            default_repetition_penalty: 1.1,
+            default_temperature: None,
+            default_top_p: None,
+            default_top_k: None,
+            default_repetition_penalty: None,
             max_topic_chars: 200,
             cache: CacheConfig::default(),
             trending: TrendingConfig::default(),
+        }
+    }
+}
+
+/// The sampling a story request starts from, each value from the configuration where it
+/// sets one, else from the model folder, else built in.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct SamplingDefaults {
+    pub temperature: f32,
+    pub top_p: f32,
+    pub top_k: usize,
+    pub repetition_penalty: f32,
+}
+
+impl SamplingDefaults {
+    /// For models whose folder says nothing (TinyLlama's generation_config.json names only
+    /// its special tokens).
+    pub const BUILT_IN: Self = Self {
+        temperature: 0.8,
+        top_p: 0.95,
+        top_k: 50,
+        repetition_penalty: 1.1,
+    };
+
+    pub fn resolve(config: &StoriesConfig, model: &ModelSampling) -> Self {
+        let b = Self::BUILT_IN;
+        Self {
+            temperature: config
+                .default_temperature
+                .or(model.temperature)
+                .unwrap_or(b.temperature),
+            top_p: config.default_top_p.or(model.top_p).unwrap_or(b.top_p),
+            top_k: config.default_top_k.or(model.top_k).unwrap_or(b.top_k),
+            repetition_penalty: config
+                .default_repetition_penalty
+                .or(model.repetition_penalty)
+                .unwrap_or(b.repetition_penalty),
         }
     }
 }
@@ -103,22 +142,28 @@ impl StoriesConfig {
                 ),
             ));
         }
-        if !(self.default_temperature >= 0.0 && self.default_temperature.is_finite()) {
+        if let Some(t) = self
+            .default_temperature
+            .filter(|t| !(*t >= 0.0 && t.is_finite()))
+        {
             return Err(invalid(
                 "stories.default_temperature",
-                format!("must be 0 or more, got {}", self.default_temperature),
+                format!("must be 0 or more, got {t}"),
             ));
         }
-        if !(self.default_top_p > 0.0 && self.default_top_p <= 1.0) {
+        if let Some(p) = self.default_top_p.filter(|p| !(*p > 0.0 && *p <= 1.0)) {
             return Err(invalid(
                 "stories.default_top_p",
-                format!("must be in (0, 1], got {}", self.default_top_p),
+                format!("must be in (0, 1], got {p}"),
             ));
         }
-        if !(self.default_repetition_penalty > 0.0 && self.default_repetition_penalty.is_finite()) {
+        if let Some(r) = self
+            .default_repetition_penalty
+            .filter(|r| !(*r > 0.0 && r.is_finite()))
+        {
             return Err(invalid(
                 "stories.default_repetition_penalty",
-                format!("must be above 0, got {}", self.default_repetition_penalty),
+                format!("must be above 0, got {r}"),
             ));
         }
         if self.max_topic_chars == 0 {
@@ -140,5 +185,36 @@ impl StoriesConfig {
             ));
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sampling_defaults_are_the_configs_then_the_models_then_built_in() {
+        let model = ModelSampling {
+            temperature: Some(0.3),
+            top_k: Some(20),
+            ..ModelSampling::default()
+        };
+        let config = StoriesConfig {
+            default_top_k: Some(40),
+            ..StoriesConfig::default()
+        };
+        let resolved = SamplingDefaults::resolve(&config, &model);
+        assert_eq!(
+            resolved,
+            SamplingDefaults {
+                temperature: 0.3,
+                top_k: 40,
+                ..SamplingDefaults::BUILT_IN
+            }
+        );
+        assert_eq!(
+            SamplingDefaults::resolve(&StoriesConfig::default(), &ModelSampling::default()),
+            SamplingDefaults::BUILT_IN
+        );
     }
 }

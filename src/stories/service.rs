@@ -12,6 +12,7 @@ use std::time::Duration;
 use futures_util::StreamExt;
 
 use super::cache::{Flight, FlightEvent, Lookup, StoryCache, StoryKey, Subscription};
+use super::config::SamplingDefaults;
 use super::prompt::PromptBuilder;
 use super::validate::{validate, ValidStoryRequest, ValidationError};
 use super::{millis, GenerationTimings, StoriesConfig, Story, StoryError, StoryRequest, Style};
@@ -27,6 +28,8 @@ pub struct StoryService {
     cache: Arc<StoryCache>,
     prompts: PromptBuilder,
     config: StoriesConfig,
+    /// Sampling of a request that sets none (the configuration's, the model's, built in).
+    sampling: SamplingDefaults,
     max_new_tokens: usize,
     /// Prompt plus new tokens must fit here: the model's context, capped by
     /// `inference.max_prompt_tokens` for the prompt part.
@@ -140,6 +143,7 @@ impl StoryService {
         trends: TrendsHandle,
         prompts: PromptBuilder,
         config: StoriesConfig,
+        sampling: SamplingDefaults,
         inference_config: &crate::config::InferenceConfig,
         context_tokens: usize,
         model: Arc<str>,
@@ -151,6 +155,7 @@ impl StoryService {
             cache: Arc::new(StoryCache::new(config.cache.clone())),
             prompts,
             config,
+            sampling,
             max_new_tokens: inference_config.max_new_tokens,
             limits: PromptLimits {
                 context_tokens,
@@ -254,6 +259,7 @@ impl StoryService {
         validate(
             request,
             &self.config,
+            &self.sampling,
             self.max_new_tokens,
             &snapshot,
             &self.model,

