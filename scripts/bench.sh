@@ -83,7 +83,7 @@ else
         echo "bench.sh: $model/manifest.json is missing" >&2
         exit 1
     fi
-    # As scripts/run.sh does without the Hugging Face hub: random weights, real shape, the
+    # The benchmark stand-in (what run.sh never serves unasked): random weights, real shape, the
     # exporter's defaults or TRENDSTORY_EXPORT_ARGS; an export of another graph is redone.
     read -r -a EXPORT_ARGS <<< "${TRENDSTORY_EXPORT_ARGS:-}"
     if [[ "$model" == onnx/tinyllama-bench ]] && ! "$PYTHON_ENV_PY" -c 'import sys; sys.path.insert(0, "scripts")

