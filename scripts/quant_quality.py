@@ -6,7 +6,7 @@ Given an fp32 export (--ref) and one or more int4 exports of the SAME weights (f
 `... --block-size 128 --zero-points`), runs a plain English text (scripts/quality_text.txt by
 default) through every model in windows of --window tokens, each window starting with BOS,
 one full-sequence forward pass per window (the decoder-with-past graph with an empty past, no
-KV cache), and reports per int4 variant, over every position of every window:
+KV cache; no BOS for a model whose tokenizer adds none), and reports per int4 variant, over every position of every window:
 
   - top-1 agreement: the share of positions where argmax(int4 logits) == argmax(fp32 logits);
   - KL(p_fp32 || p_int4) of the next-token distributions, in nats: mean, median, p95, max.
@@ -74,11 +74,14 @@ def kind_formats(q: dict) -> dict:
 
 
 def describe(man: dict) -> str:
-    if man.get("gguf"):
+    if man.get("gguf") and man.get("weights_of"):
         return f"llama.cpp {man['gguf']['file_type']} (GGUF dequantized to fp32)"
     q = man.get("quantization")
     if man.get("precision") == "fp32" or not q:
         return "fp32"
+    if q.get("keep_native"):
+        # a GGUF import: each kind's encoding (gguf_import.py), e.g. "lm_head: 8-bit block 32, ..."
+        return "GGUF blocks kept: " + "; ".join(sorted(q["nodes"]))
     formats = kind_formats(q)
     if len(set(formats.values())) == 1:
         block, symmetric = next(iter(formats.values()))
@@ -113,18 +116,20 @@ def check_same_model(ref: Path, ref_man: dict, d: Path, man: dict, allow_other_s
         log(f"warning: {msg}")
 
 
-def windows_of(ids: list[int], bos: int, window: int, max_windows: int | None,
+def windows_of(ids: list[int], bos: int | None, window: int, max_windows: int | None,
                min_tokens: int = 16) -> list[list[int]]:
-    """Non-overlapping windows of `window` tokens: BOS + the next window-1 text tokens.
+    """Non-overlapping windows of `window` tokens: BOS + the next window-1 text tokens (or
+    `window` text tokens for a model that takes no BOS: bos None).
 
     A last, shorter window is kept when it has at least min_tokens text tokens."""
-    step = window - 1
+    lead = [] if bos is None else [bos]
+    step = window - len(lead)
     out = []
     for start in range(0, len(ids), step):
         chunk = ids[start:start + step]
         if len(chunk) < min_tokens:
             break
-        out.append([bos] + chunk)
+        out.append(lead + chunk)
         if max_windows and len(out) == max_windows:
             break
     return out
@@ -344,7 +349,9 @@ def main(argv=None) -> int:
         tok = Tokenizer.from_file(str(args.ref / "tokenizer.json"))
         ids = tok.encode(text, add_special_tokens=False).ids
         text_tokens = len(ids)
-        windows = windows_of(ids, int(ref_man.get("bos_token_id", 1)), args.window, args.max_windows)
+        bos = int(ref_man.get("bos_token_id", 1))
+        takes_bos = tok.encode("a", add_special_tokens=True).ids[:1] == [bos]
+        windows = windows_of(ids, bos if takes_bos else None, args.window, args.max_windows)
         if not windows:
             raise SystemExit(f"error: {args.text} has too few tokens ({len(ids)})")
     window_ids = np.concatenate([np.full(len(w), i) for i, w in enumerate(windows)])

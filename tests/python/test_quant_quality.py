@@ -21,6 +21,9 @@ def test_windows_start_with_bos_and_cover_the_text():
     assert sum((x[1:] for x in w), []) == ids
     assert len(Q.windows_of(ids, 1, 128, 2)) == 2
     assert [len(x) for x in Q.windows_of(list(range(260)), 1, 128, None)] == [128, 128]  # tail of 6 dropped
+    # a model that takes no BOS (SmolLM2): windows of text alone
+    w = Q.windows_of(ids, None, 128, None)
+    assert [len(x) for x in w] == [128, 128, 44] and sum(w, []) == ids
 
 
 def test_kl_and_agreement_match_a_direct_computation():
