@@ -283,12 +283,13 @@ class KindFormat:
 @dataclass(frozen=True)
 class Quantization:
     """How an int4 export quantizes its linear layers: a format per matrix kind (every kind of
-    MATRIX_KINDS), the MatMulNBits accuracy level and the rounding rule; keep_native: weights
-    that come quantized keep their own blocks where MatMulNBits can hold them (see Linear)."""
+    MATRIX_KINDS), the MatMulNBits accuracy level and the rounding rule; keep_native: the kinds
+    whose weights, where they come quantized, keep their own blocks where MatMulNBits can hold
+    them (see Linear)."""
     formats: tuple  # (kind, KindFormat) pairs in MATRIX_KINDS order
     accuracy_level: int = 4
     rounding: str = DEFAULT_ROUNDING
-    keep_native: bool = False
+    keep_native: tuple = ()
 
     def of(self, kind: str) -> KindFormat:
         return dict(self.formats)[kind]
@@ -304,7 +305,7 @@ class Quantization:
                "kinds": {k: {"block_size": f.block_size, "symmetric": not f.zero_points}
                          for k, f in self.formats}}
         if self.keep_native:
-            out["keep_native"] = True
+            out["keep_native"] = list(self.keep_native)
         return out
 
 
@@ -587,7 +588,7 @@ class Linear:
     matrix gives exactly the blocks, scales, zero points and codes of quantizing each weight
     alone. The node's name says its matrix kind (KIND_OF_NAME), hence its int4 format.
 
-    With quant.keep_native, weights that arrive already quantized (a GGUF's blocks, see
+    For the kinds of quant.keep_native, weights that arrive already quantized (a GGUF's blocks, see
     gguf_import.GGUFWeights.native) keep their own codes and scales where every part of the
     node has a MatMulNBits form of the same width (4 bits, else 8); the others are quantized
     to the kind's format. `encodings` records which node got which, for the manifest.
@@ -604,7 +605,7 @@ class Linear:
             w = np.concatenate([self.weights.get_f32(n) for n in names], axis=0)
             wt = g.init(f"{name}.weight_t", np.ascontiguousarray(w.T.astype(np.float32)))
             return g.op("MatMul", [x, wt], name=f"{name}/MatMul")
-        native = self.native(names) if self.quant.keep_native else None
+        native = self.native(names) if kind_of(name) in self.quant.keep_native else None
         if native is not None:
             return self.emit(x, name, native)
         w = np.concatenate([self.weights.get_f32(n) for n in names], axis=0)
@@ -1429,14 +1430,14 @@ def export(hf_dir: Path, out_dir: Path, *, source: str, random_weights: bool, pr
            linear_only: bool = False, threads: int = 1, zero_points: bool = False,
            attention: str = "packed", prefill_lanes: int = DEFAULT_PREFILL_LANES,
            quant: str | None = None,
-           rounding: str = DEFAULT_ROUNDING, weights=None, keep_native: bool = False,
+           rounding: str = DEFAULT_ROUNDING, weights=None, keep_native=(),
            name: str | None = None) -> dict:
     """Export hf_dir to out_dir. The quantization arguments mean what the command line's
     options do (see quantization(): block_size None and no zero points start from
     DEFAULT_QUANT). weights: where the tensors come from instead of hf_dir's safetensors
     (anything with get_f32(name) and `name in weights`, e.g. gguf_import.GGUFWeights);
-    keep_native: an int4 export keeps the blocks such weights already have where it can
-    (Linear). name: the manifest's model name (default: out_dir's)."""
+    keep_native: the matrix kinds for which an int4 export keeps the blocks such weights
+    already have where it can (Linear). name: the manifest's model name (default: out_dir's)."""
     hf_dir, out_dir = Path(hf_dir), Path(out_dir)
     cfg_path = hf_dir / "config.json"
     if not cfg_path.exists():
@@ -1459,7 +1460,7 @@ def export(hf_dir: Path, out_dir: Path, *, source: str, random_weights: bool, pr
     except ValueError as e:
         raise SystemExit(f"error: {e}")
     if q is not None and keep_native:
-        q = replace(q, keep_native=True)
+        q = replace(q, keep_native=tuple(k for k in MATRIX_KINDS if k in keep_native))
     name = name or out_dir.name
     weights = weights if weights is not None else SafeTensorsDir(hf_dir)
     t0 = time.time()

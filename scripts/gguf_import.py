@@ -16,8 +16,9 @@ From the file alone (no Hugging Face download):
   (GGUFWeights.native: Q4_0 at 4 bits, Q8_0 and Q4_0 at 8 bits exactly; Q4_1 at 8 bits within
   a small offset, because ONNX Runtime 1.32 runs float zero points on a slow path) and
   quantizes the rest with the exporter's own formats; the manifest's quantization.nodes says
-  which node got what. --requantize (or any of --block-size, --zero-points, --quant) quantizes
-  everything with our formats from the dequantized weights; --precision fp32 dequantizes.
+  which node got what. --requantize [KIND,...] quantizes those kinds (all by default, and
+  all when any of --block-size, --zero-points, --quant is given) with our formats from the
+  dequantized weights; --precision fp32 dequantizes.
 Anything else (another architecture, a truncated or corrupt file, a tokenizer we cannot
 build) is an error naming the file and the field. The folder is written beside its final
 place and renamed into it only when complete: nothing half-written is left behind.
@@ -350,7 +351,8 @@ def q4_1_as_8bit(d: np.ndarray, m: np.ndarray, q: np.ndarray):
     w' = (d / k) * (k * q + c - z), per block the k in 1..17 (and c, z) whose offset
     (d / k) * (c - z) is closest to m: the codes and scale keep the file's steps, and only
     the minimum moves, by at most d / (2k). Returns (codes, scales, zero points) as uint8,
-    float32, uint8."""
+    float32, uint8, or None when a block's minimum lies too far from zero for 8 bits
+    (|m| > 255 d: values far from zero with a tiny spread), which then goes to the exporter."""
     d64, m64 = d.astype(np.float64), m.astype(np.float64)
     best = np.full(d.shape, np.inf)
     ks, cs, zs = (np.ones(d.shape, np.int32) for _ in range(3))
@@ -363,6 +365,8 @@ def q4_1_as_8bit(d: np.ndarray, m: np.ndarray, q: np.ndarray):
             better = (d != 0) & (c + 15 * k <= 255) & (z <= 255) & (err < best)
             best = np.where(better, err, best)
             ks, cs, zs = (np.where(better, v, old) for v, old in ((k, ks), (c, cs), (z, zs)))
+    if np.isinf(best[d != 0]).any():
+        return None
     scales = (d / ks).astype(np.float32)
     # A block of equal values (d == 0) is its minimum: one code at scale m.
     flat = d == 0
@@ -444,7 +448,10 @@ class GGUFWeights:
                 codes, zp, exact, note = (q if bits == 4 else q + 120), None, True, ""
             else:
                 m = blocks[..., 2:4].copy().view(np.float16)[..., 0].astype(np.float32)
-                codes, d, zp = q4_1_as_8bit(d, m, q.astype(np.int32))
+                encoded = q4_1_as_8bit(d, m, q.astype(np.int32))
+                if encoded is None:
+                    return None
+                codes, d, zp = encoded
                 exact, note = False, "Q4_1's codes times k at scale d/k, its minimum rounded to d/(2k)"
         rows = lambda a: self.rows_in_hf_order(name, a)  # noqa: E731
         return E.NativeBlocks(bits, 32, rows(codes.reshape(codes.shape[0], -1)), rows(d),
@@ -483,8 +490,11 @@ def write_hf_folder(f: GGUFFile, folder: Path, sampling: dict) -> None:
                         lambda name, _shape: weights.get_f32(name), dtype="BF16")
 
 
-def import_gguf(f: GGUFFile, folder: Path, sampling: dict, export_args, requantize: bool) -> dict:
-    """The TrendStory model folder (export_args: export_onnx's parsed options)."""
+def import_gguf(f: GGUFFile, folder: Path, sampling: dict, export_args,
+                requantize: tuple = ()) -> dict:
+    """The TrendStory model folder (export_args: export_onnx's parsed options); the matrix
+    kinds in `requantize` are quantized with our formats, the others keep the file's blocks
+    where they can."""
     cfg = write_metadata(f, folder, sampling)
     weights = GGUFWeights(f, cfg)
     a = export_args
@@ -494,7 +504,7 @@ def import_gguf(f: GGUFFile, folder: Path, sampling: dict, export_args, requanti
                    accuracy_level=a.accuracy_level, golden_tokens=golden,
                    linear_only=a.linear_only, threads=a.threads, zero_points=a.zero_points,
                    attention=a.attention, prefill_lanes=a.prefill_lanes, quant=a.quant,
-                   rounding=a.rounding, weights=weights, keep_native=not requantize,
+                   rounding=a.rounding, weights=weights, keep_native=tuple(k for k in E.MATRIX_KINDS if k not in requantize),
                    name=a.out.name)
     man["gguf"] = {
         "file": f.path.name, "sha256": E.sha256_file(f.path), "size_bytes": f.path.stat().st_size,
@@ -502,7 +512,7 @@ def import_gguf(f: GGUFFile, folder: Path, sampling: dict, export_args, requanti
         "tensor_types": {k: sorted({weights.type_name(n) for n in weights.tensors
                                     if kind_of_tensor(n) == k})
                          for k in sorted({kind_of_tensor(n) for n in weights.tensors})},
-        "requantized": requantize,
+        "requantized": list(requantize),
     }
     write_json(folder / "manifest.json", man)
     return man
@@ -551,9 +561,12 @@ def main(argv=None) -> int:
     out.add_argument("--out", type=Path, help="the TrendStory model folder to write")
     out.add_argument("--hf-out", type=Path, help="write a Hugging Face folder instead (config, "
                      "tokenizer, bf16 model.safetensors)")
-    ap.add_argument("--requantize", action="store_true",
-                    help="quantize every linear layer with our int4 formats (export_onnx.py's "
-                    "defaults or options) instead of keeping the file's own blocks")
+    ap.add_argument("--requantize", nargs="?", const=",".join(E.MATRIX_KINDS), default="",
+                    metavar="KIND,...",
+                    help="quantize these matrix kinds (default: all of "
+                    f"{','.join(E.MATRIX_KINDS)}) with our int4 formats (export_onnx.py's "
+                    "defaults or options) instead of keeping the file's own blocks; any of "
+                    "--block-size, --zero-points, --quant, --rounding alone means all")
     ap.add_argument("--sampling", default="", metavar="NAME=VALUE,...",
                     help="sampling defaults for generation_config.json (temperature, top_p, "
                     "top_k, repetition_penalty), over the file's general.sampling.*")
@@ -568,7 +581,11 @@ def main(argv=None) -> int:
         ap.error(f"--sampling: {e}")
     target = args.out or args.hf_out
     export_args = E.parse_args(["--hf-dir", str(args.gguf), "--out", str(target), *rest])
-    requantize = args.requantize or any(o.split("=")[0] in REQUANTIZING for o in rest)
+    requantize = tuple(filter(None, args.requantize.split(",")))
+    if bad := [k for k in requantize if k not in E.MATRIX_KINDS]:
+        ap.error(f"--requantize: {', '.join(bad)}: the kinds are {', '.join(E.MATRIX_KINDS)}")
+    if not requantize and any(o.split("=")[0] in REQUANTIZING for o in rest):
+        requantize = E.MATRIX_KINDS
     try:
         f = GGUFFile(args.gguf)
         if args.hf_out:

@@ -19,7 +19,7 @@ _pyenv_main() {
     here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
     root="$(cd "$here/.." && pwd)"
     req="${1:-$here/requirements.txt}"
-    venv="${2:-$root/.venv}"
+    venv="$(realpath -m "${2:-$root/.venv}")"
     stamp="$venv/.requirements.sha256"
     py="${PYTHON:-python3}"
 

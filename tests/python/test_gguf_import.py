@@ -164,7 +164,7 @@ def test_q4_0_and_q8_0_keep_the_files_own_codes_and_scales(vocab, tmp_path):
     assert bits == 8 and np.array_equal(got, w.get_f32("lm_head.weight"))
     man = json.loads((out / "manifest.json").read_text())
     assert man["source"] == "gguf:m.gguf" and man["random_weights"] is False
-    assert man["name"] == "m" and man["gguf"]["requantized"] is False
+    assert man["name"] == "m" and man["gguf"]["requantized"] == []
     nodes_by = man["quantization"]["nodes"]
     assert nodes_by["gate_up: 4-bit block 32, the file's own codes and scales (Q4_0)"] == 2
     assert nodes_by["qkv: 8-bit block 32, the file's own codes and scales (Q4_0+Q8_0)"] == 2
@@ -199,6 +199,9 @@ def test_q4_1_8_bit_codes_reproduce_each_blocks_minimum():
     want = d[..., None] * q + m[..., None]
     assert np.abs(got - want).max() <= (d.max() / 2 / 17) * 1.001 + 1e-9
     assert np.abs(got[1, 1] - m[1, 1]).max() < 1e-9  # the flat block exactly
+    # a block far from zero with a tiny spread has no 8-bit form: the exporter quantizes it
+    m[2, 2] = -300 * d[2, 2]
+    assert I.q4_1_as_8bit(d, m, q) is None
 
 
 def test_other_block_formats_and_requantize_use_our_int4(vocab, tmp_path):
@@ -209,12 +212,21 @@ def test_other_block_formats_and_requantize_use_our_int4(vocab, tmp_path):
     assert man["quantization"]["nodes"]["gate_up: int4 block 128, quantized here (Q5_0)"] == 2
     assert run_import(path, out, "--requantize")[0] == 0
     man = json.loads((out / "manifest.json").read_text())
-    assert man["gguf"]["requantized"] is True
+    assert man["gguf"]["requantized"] == list(E.MATRIX_KINDS)
     assert "keep_native" not in man["quantization"], "every node in our formats (kinds)"
     assert run_import(path, out, "--block-size", "64")[0] == 0  # our options: requantized too
     man = json.loads((out / "manifest.json").read_text())
-    assert man["gguf"]["requantized"] is True
+    assert man["gguf"]["requantized"] == list(E.MATRIX_KINDS)
     assert man["quantization"]["kinds"]["down"] == {"block_size": 64, "symmetric": True}
+    # some kinds in our formats, the others as the file has them
+    assert run_import(path, out, "--requantize", "qkv,o", "--block-size", "32", "--zero-points")[0] == 0
+    man = json.loads((out / "manifest.json").read_text())
+    assert man["gguf"]["requantized"] == ["qkv", "o"]
+    nodes = man["quantization"]["nodes"]
+    assert nodes["qkv: int4 block 32 with zero points, quantized here (Q4_0)"] == 2
+    assert nodes["down: 4-bit block 32, the file's own codes and scales (Q4_0)"] == 2
+    with pytest.raises(SystemExit):  # argparse's usage error, naming the kinds
+        run_import(path, out, "--requantize", "qkv,mlp")
 
 
 def test_fp32_and_int4_imports_compute_the_same_model(vocab, tmp_path):
