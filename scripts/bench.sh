@@ -15,7 +15,10 @@
 # --steady-duration S [600], --spike-duration S [300], --spike-ramp S [30],
 # --endurance-duration S [600] (3600: the 1-hour run), --nobatch-levels LIST, --peer-levels
 # LIST (llama-server's W1 and W3); 0 or an empty list skips a part.
-# Other options: --binary PATH, --model DIR, --out DIR, --no-docs (leave BENCHMARKS.md alone).
+# Other options: --binary PATH, --model DIR, --out DIR, --no-docs (leave BENCHMARKS.md alone),
+# --peer-gguf FILE (llama-server serves that file: the GGUF --model was imported from, e.g.
+# SmolLM2's, with prompts in the model's own template) and --ignore-eos (both servers write
+# max_tokens per request, past a real model's end of turn).
 #
 # It sets up what it needs as run.sh does (ONNX Runtime, .venv with Locust and matplotlib,
 # the bench model onnx/tinyllama-bench with random weights when absent or holding another
@@ -43,6 +46,8 @@ while (($#)); do
         --smoke) mode=smoke ;;
         --full) mode=full ;;
         --with-peer) with_peer=1 ;;
+        --peer-gguf) export PEER_GGUF="$2"; pass+=("$1" "$2"); shift ;;
+        --ignore-eos) pass+=("$1") ;;
         --binary) binary="$2"; shift ;;
         --model) model="$2"; shift ;;
         --out) out="$2"; shift ;;
@@ -51,7 +56,7 @@ while (($#)); do
 --spike-ramp|--spike-users|--endurance-duration|--nobatch-levels|--peer-levels|--max-tokens|\
 --max-requests|--w4-levels|--w4-duration)
             pass+=("$1" "$2"); shift ;;
-        -h|--help) sed -n '2,26p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,29p' "$0"; exit 0 ;;
         *) echo "bench.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
     esac
     shift

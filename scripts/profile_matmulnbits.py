@@ -6,6 +6,13 @@ dominated by these matmuls, so their speed at batch 1 and 16 on the machine at h
 single-stream and aggregate tokens/s. Weights are random (speed does not depend on them).
 
     .venv/bin/python scripts/profile_matmulnbits.py [--threads 2] [--block-size 32 128]
+
+--forms times other weight forms of one shape (--shape K N) instead: FORMS, the ways a
+GGUF's blocks can be held (scripts/gguf_import.py): 4 or 8 bits, no zero points, uint8 ones,
+or float ones (what Q4_1's per-block minimum needs to be exact). A form ONNX Runtime refuses
+is printed with its error.
+
+    .venv/bin/python scripts/profile_matmulnbits.py --forms --shape 576 1536 --block-size 32
 """
 import argparse
 import time
@@ -25,19 +32,38 @@ SHAPES = {
 }
 
 
-def graph(k, n, block, accuracy_level):
+# --forms: name -> (bits, zero points: None, "uint8" or "float")
+FORMS = {
+    "4-bit, no zero points": (4, None),
+    "4-bit, uint8 zero points": (4, "uint8"),
+    "4-bit, float zero points": (4, "float"),
+    "8-bit, no zero points": (8, None),
+    "8-bit, uint8 zero points": (8, "uint8"),
+    "8-bit, float zero points": (8, "float"),
+}
+
+
+def graph(k, n, block, accuracy_level, bits=4, zero_points=None):
     blocks = (k + block - 1) // block
     rng = np.random.default_rng(0)
-    weights = rng.integers(0, 255, size=(n, blocks, block // 2), dtype=np.uint8)
+    weights = rng.integers(0, 255, size=(n, blocks, block * bits // 8), dtype=np.uint8)
     scales = rng.random(n * blocks, dtype=np.float32) * 0.01
+    inits = [numpy_helper.from_array(weights, "B"), numpy_helper.from_array(scales, "S")]
+    if zero_points == "uint8":
+        per_row = (blocks * bits + 7) // 8
+        inits.append(numpy_helper.from_array(
+            rng.integers(0, 255, size=(n, per_row), dtype=np.uint8), "Z"))
+    elif zero_points == "float":
+        inits.append(numpy_helper.from_array(
+            (rng.random(n * blocks, dtype=np.float32) * (2 ** bits - 1)), "Z"))
     node = helper.make_node(
-        "MatMulNBits", ["A", "B", "S"], ["Y"], domain="com.microsoft",
-        K=k, N=n, bits=4, block_size=block, accuracy_level=accuracy_level)
+        "MatMulNBits", ["A", "B", "S"] + (["Z"] if zero_points else []), ["Y"],
+        domain="com.microsoft", K=k, N=n, bits=bits, block_size=block,
+        accuracy_level=accuracy_level)
     g = helper.make_graph(
         [node], "matmul",
         [helper.make_tensor_value_info("A", TensorProto.FLOAT, ["batch", 1, k])],
-        [helper.make_tensor_value_info("Y", TensorProto.FLOAT, ["batch", 1, n])],
-        [numpy_helper.from_array(weights, "B"), numpy_helper.from_array(scales, "S")])
+        [helper.make_tensor_value_info("Y", TensorProto.FLOAT, ["batch", 1, n])], inits)
     model = helper.make_model(g, opset_imports=[
         helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)])
     model.ir_version = 8
@@ -59,12 +85,28 @@ def main():
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--block-size", type=int, nargs="+", default=[32, 128])
     ap.add_argument("--batches", type=int, nargs="+", default=[1, 16])
+    ap.add_argument("--forms", action="store_true", help="time FORMS of one --shape instead")
+    ap.add_argument("--shape", type=int, nargs=2, metavar=("K", "N"), default=[576, 1536])
     args = ap.parse_args()
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = args.threads
+    if args.forms:
+        k, n = args.shape
+        for block in args.block_size:
+            for name, (bits, zp) in FORMS.items():
+                try:
+                    session = ort.InferenceSession(graph(k, n, block, 4, bits, zp), options,
+                                                   providers=["CPUExecutionProvider"])
+                except Exception as e:  # ONNX Runtime refuses the form: say why
+                    print(f"block {block:>3} {k}x{n} {name:<26} refused: {str(e).splitlines()[-1][:160]}")
+                    continue
+                cells = [f"batch {b:>2}: {seconds_per_run(session, b, k, 200) * 1e6:8.1f} us"
+                         for b in args.batches]
+                print(f"block {block:>3} {k}x{n} {name:<26} " + "  ".join(cells), flush=True)
+        return
     for block in args.block_size:
         totals = dict.fromkeys(args.batches, 0.0)
         for name, (k, n, count) in SHAPES.items():
-            options = ort.SessionOptions()
-            options.intra_op_num_threads = args.threads
             session = ort.InferenceSession(graph(k, n, block, 4), options, providers=["CPUExecutionProvider"])
             cells = []
             for batch in args.batches:

@@ -80,6 +80,37 @@ fn the_end_of_turn_is_the_models_eos() {
     assert!(info.sampling.temperature.is_some() && info.sampling.top_p.is_some());
 }
 
+/// The ChatML text of SmolLM2's template around a story request (what the load test's
+/// scripts/loadtest/page_traffic.py renders for llama-server from the same folder).
+#[test]
+fn the_prompt_is_the_models_chatml() {
+    let dir = common::required_model(common::SMOLLM2);
+    let info = ModelInfo::load(&dir).unwrap();
+    let tokenizer = TextTokenizer::load(&info.tokenizer_path(), &info).unwrap();
+    let builder = PromptBuilder::new(&ChatTemplate::load(&dir).unwrap(), &tokenizer).unwrap();
+    let prompt = builder
+        .build(Style::News, "Comet", Some("Seen at dawn"))
+        .unwrap();
+    assert_eq!(
+        prompt.text,
+        format!(
+            "<|im_start|>system\n{}<|im_end|>\n<|im_start|>user\nWrite a short news story \
+             about this trending topic.\nTopic: Comet\nWhy it is trending: Seen at dawn\
+             <|im_end|>\n<|im_start|>assistant\n",
+            Style::News.system_prompt()
+        )
+    );
+    // no BOS: the file says add_bos_token = false
+    assert_eq!(
+        prompt.ids,
+        tokenizer
+            .hf_tokenizer()
+            .encode(prompt.text.as_str(), false)
+            .unwrap()
+            .get_ids()
+    );
+}
+
 #[test]
 fn special_tokens_in_a_topic_stay_text() {
     let dir = common::required_model(common::SMOLLM2);

@@ -193,11 +193,14 @@ class Server:
         env = dict(os.environ)
         if self.kind == "llama-server":
             cmd = ["bash", PEER_SCRIPT, "serve", str(self.port)]
+            if self.args.peer_gguf:
+                env["PEER_GGUF"] = str(Path(self.args.peer_gguf).resolve())
             ready = f"{self.host}/health"
         else:
             config = self.workdir / f"{self.kind}.toml"
             # Absolute: a relative path in a config file is taken from the file's folder.
-            config.write_text(bench_config(self.port, str((ROOT / self.args.model).resolve())))
+            config.write_text(bench_config(self.port, str((ROOT / self.args.model).resolve()),
+                                           self.args.ignore_eos))
             cmd = [self.args.binary, "serve", "--config", str(config)]
             env.setdefault("ORT_DYLIB_PATH",
                            str(ROOT / ".cache/onnxruntime/libonnxruntime.so.1.32.0"))
@@ -271,10 +274,12 @@ def worker_error(error: urllib.error.HTTPError) -> str:
         return ""
 
 
-def bench_config(port: int, model: str) -> str:
+def bench_config(port: int, model: str, ignore_eos: bool = False) -> str:
     """The bench configuration: loopback only, the defaults otherwise, except that
     background stories are off (they would take batch slots during the runs), requests get
-    300 s (no timeouts at 20 users without batching) and shutdown does not wait."""
+    300 s (no timeouts at 20 users without batching) and shutdown does not wait; with
+    ignore_eos, every story runs to its max_tokens (a real model's end of turn would
+    otherwise make its stories shorter than the peer's)."""
     return f"""# Written by scripts/loadtest/bench.py
 [server]
 host = "127.0.0.1"
@@ -287,6 +292,9 @@ dir = "{model}"
 
 [inference]
 request_timeout_secs = 300
+
+[stories]
+ignore_eos = {str(ignore_eos).lower()}
 
 [stories.trending]
 enabled = false
@@ -501,6 +509,11 @@ def locust_command(phase: Phase, server: Server, args, records: Path) -> list[st
             cmd += ["--spike-ramp", str(int(phase.spike_ramp))]
     if args.max_requests:
         cmd += ["--max-requests", str(args.max_requests)]
+    if phase.target == "llama-server":
+        if args.peer_gguf:  # the model's own template, as TrendStory renders it
+            cmd += ["--chat-template", str(ROOT / args.model / "tokenizer_config.json")]
+        if args.ignore_eos:
+            cmd.append("--ignore-eos")
     if phase.workload == "W2":
         cmd += ["--trend-limit", str(args.trend_limit)]
     if phase.workload == "W4":
@@ -721,6 +734,11 @@ def parse_args(argv: list[str] | None = None):
     p.add_argument("--section", default="", help="also write the section alone to this file")
     p.add_argument("--command", default="", help="the bench.sh command line, for the report")
     p.add_argument("--with-peer", action="store_true")
+    p.add_argument("--peer-gguf", default="",
+                   help="llama-server serves this GGUF (the file --model was imported from) "
+                   "with prompts in the model's own chat template")
+    p.add_argument("--ignore-eos", action="store_true",
+                   help="both servers write max_tokens per request past the end of turn")
     p.add_argument("--max-tokens", type=int, default=64)
     p.add_argument("--ready-timeout", type=float, default=300)
     for key, value in MODES["full"].items():

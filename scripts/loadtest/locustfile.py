@@ -61,7 +61,7 @@ import gevent
 import requests
 from locust import FastHttpUser, LoadTestShape, User, constant, events, task
 
-from page_traffic import SUBJECTS, PageTraffic, chat_prompt, zipf_weights
+from page_traffic import SUBJECTS, ChatTemplate, PageTraffic, chat_prompt, zipf_weights
 
 MAX_RUN_SECONDS = 2 * 3600
 SCENARIOS = {
@@ -71,6 +71,11 @@ SCENARIOS = {
     "endurance": (5, 600),
 }
 
+# W1's and W3's sampling beside --temperature, sent to both servers (TrendStory's built-in
+# defaults: a model folder's own would otherwise apply on its side only).
+SAMPLING = {"top_p": 0.95, "top_k": 50, "repetition_penalty": 1.1}
+# llama-server's chat template (--chat-template), or None for TinyLlama's.
+TEMPLATE: ChatTemplate | None = None
 RECORDS: list[dict] = []
 # W2's and W4's trends ({"topic", "context"}, ranked) and W2's weights; W4's sequence.
 TRENDS: list[dict] = []
@@ -97,6 +102,12 @@ def _options(parser) -> None:
     group.add_argument("--spike-ramp", type=float, default=30, help="seconds from 0 to all users")
     group.add_argument("--max-tokens", type=int, default=64)
     group.add_argument("--temperature", type=float, default=0.8)
+    group.add_argument("--chat-template", default="",
+                       help="llama-server: render its prompts with this model folder's "
+                       "tokenizer_config.json chat template (default: TinyLlama's)")
+    group.add_argument("--ignore-eos", action="store_true",
+                       help="llama-server: write n_predict tokens past the end of turn (pair "
+                       "with TrendStory's stories.ignore_eos)")
     group.add_argument("--seed", type=int, default=42)
     group.add_argument("--zipf-s", type=float, default=1.1, help="W2, W4: weight of rank r is 1/r^s")
     group.add_argument("--trend-limit", type=int, default=20, help="W2, W4: the top N trends")
@@ -134,6 +145,14 @@ def _check_bounds(environment, **_kwargs) -> None:
     if Scenario.duration(options) > MAX_RUN_SECONDS:
         log.error("refusing a run longer than %d s", MAX_RUN_SECONDS)
         sys.exit(2)
+
+
+@events.test_start.add_listener
+def _load_template(environment, **_kwargs) -> None:
+    global TEMPLATE
+    options = environment.parsed_options
+    if options is not None and options.chat_template:
+        TEMPLATE = ChatTemplate(options.chat_template)
 
 
 @events.test_start.add_listener
@@ -221,21 +240,24 @@ class Story:
         """W1's, W2's and W3's request: a news story, fixed temperature and seed."""
         o = self.environment.parsed_options
         if o.target == "llama-server":
-            return self.completion(chat_prompt(topic), o.seed, stream)
+            return self.completion(chat_prompt(topic, template=TEMPLATE), o.seed, stream)
         body = {"topic": topic, "style": "news", "max_tokens": o.max_tokens,
-                "temperature": o.temperature, "seed": o.seed}
+                "temperature": o.temperature, **SAMPLING, "seed": o.seed}
         if stream:
             body["stream"] = True
         return body
 
     def completion(self, prompt: str, seed: int | None, stream: bool = False) -> dict:
-        """llama-server's request: TrendStory's sampling defaults (temperature as
+        """llama-server's request: the sampling W1 and W3 send TrendStory (temperature as
         --temperature), the seed when there is one (else llama-server picks one)."""
         o = self.environment.parsed_options
         body = {"prompt": prompt, "n_predict": o.max_tokens, "temperature": o.temperature,
-                "top_p": 0.95, "top_k": 50, "repeat_penalty": 1.1, "stream": stream}
+                "top_p": SAMPLING["top_p"], "top_k": SAMPLING["top_k"],
+                "repeat_penalty": SAMPLING["repetition_penalty"], "stream": stream}
         if seed is not None:
             body["seed"] = seed
+        if o.ignore_eos:
+            body["ignore_eos"] = True
         return body
 
     def path(self) -> str:
@@ -348,7 +370,8 @@ class W4Page(StoryJson):
         request = PAGE[0].next()
         o = self.environment.parsed_options
         if o.target == "llama-server":
-            body = self.completion(chat_prompt(request.topic, request.style, request.context),
+            body = self.completion(chat_prompt(request.topic, request.style, request.context,
+                                               TEMPLATE),
                                    request.seed)
         else:
             # What the page sends: topic, style and length; the seed asks for another story.

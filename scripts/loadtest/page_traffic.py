@@ -9,9 +9,9 @@ is one of the page's five, its default (news) most likely. `PageTraffic` draws t
 from a seed, so TrendStory and llama-server get the same requests in the same order.
 
 llama-server gets the text TrendStory renders for each request (`chat_prompt`): TinyLlama's
-chat template around the style's system prompt and the user message, with the trend's
-context ("why it is trending") as TrendStory adds it. tests/loadtest checks these strings
-against src/stories/prompt.rs.
+chat template (or a model folder's, `ChatTemplate`) around the style's system prompt and the
+user message, with the trend's context ("why it is trending") as TrendStory adds it.
+tests/loadtest checks these strings against src/stories/prompt.rs.
 
 No Locust import here: bench.py, report.py and the tests use it too.
 """
@@ -83,13 +83,38 @@ def clean(text: str) -> str:
     return out
 
 
-def chat_prompt(topic: str, style: str = "news", context: str | None = None) -> str:
-    """The text of TrendStory's prompt (TinyLlama's chat template; BOS added by the
-    tokenizer) for a story about `topic`, with why it trends when known."""
+class ChatTemplate:
+    """A model folder's chat template (tokenizer_config.json), rendered as TrendStory renders
+    it (src/stories/template.rs: Hugging Face's trim_blocks and lstrip_blocks, the folder's
+    BOS and EOS tokens)."""
+
+    def __init__(self, tokenizer_config: str):
+        import json
+
+        import jinja2
+        config = json.loads(open(tokenizer_config, encoding="utf-8").read())
+        token = lambda v: v.get("content") if isinstance(v, dict) else v  # noqa: E731
+        self.bos, self.eos = token(config.get("bos_token")), token(config.get("eos_token"))
+        env = jinja2.Environment(trim_blocks=True, lstrip_blocks=True)
+        self.template = env.from_string(config["chat_template"])
+
+    def render(self, system: str, user: str) -> str:
+        return self.template.render(
+            messages=[{"role": "system", "content": system}, {"role": "user", "content": user}],
+            add_generation_prompt=True, bos_token=self.bos, eos_token=self.eos)
+
+
+def chat_prompt(topic: str, style: str = "news", context: str | None = None,
+                template: ChatTemplate | None = None) -> str:
+    """The text of TrendStory's prompt (TinyLlama's chat template unless another is given;
+    BOS added by the tokenizer where the model takes one) for a story about `topic`, with why
+    it trends when known."""
     system, kind = STYLES[style]
     user = f"Write {kind} about this trending topic.\nTopic: {clean(topic)}"
     if context and clean(context):
         user += f"\nWhy it is trending: {clean(context)}"
+    if template is not None:
+        return template.render(system, user)
     return f"<|system|>\n{system}</s>\n<|user|>\n{user}</s>\n<|assistant|>\n"
 
 

@@ -5,6 +5,7 @@
 #   scripts/loadtest/peer-llama-server.sh serve [PORT]  # build if needed, then serve (foreground)
 #   scripts/loadtest/peer-llama-server.sh path          # print the paths the steps made
 #   PEER_QUANT=Q4_K_M scripts/loadtest/peer-llama-server.sh build   # another llama-quantize type
+#   PEER_GGUF=FILE.gguf scripts/loadtest/peer-llama-server.sh serve   # serve that file as it is
 #
 # 1. `pip download --no-deps --no-binary llama-cpp-python llama-cpp-python==$LLAMA_CPP_PYTHON`:
 #    the source distribution from PyPI, which vendors llama.cpp (vendor/llama.cpp). Only this
@@ -18,7 +19,8 @@
 #    (vendor/llama.cpp/gguf-py) and the SentencePiece vocabulary of `tokenizer.model`, then
 #    quantized to Q4_0 (or $PEER_QUANT: any type name llama-quantize takes, e.g. Q4_K_M, its
 #    usual recommendation; for scripts/gguf_dequant.py's quality rows) by the built
-#    `llama-quantize`. The F16 file is deleted once quantized. The sdist's own converter
+#    `llama-quantize`. With PEER_GGUF, that file is served instead (e.g. SmolLM2's, the same
+#    file scripts/fetch-smollm2.sh imports for TrendStory) and nothing is converted. The F16 file is deleted once quantized. The sdist's own converter
 #    (convert_hf_to_gguf.py) imports torch at module level, and PyPI's Linux torch wheel is
 #    the CUDA build (about 3 GB with its nvidia-* dependencies; the CPU-only wheels live on
 #    another index, which this machine cannot reach): not practical for a converter that
@@ -42,11 +44,11 @@ CONVERTER_PACKAGES=(numpy==2.4.6 sentencepiece==0.2.3 PyYAML==6.0.4 tqdm==4.70.1
 CACHE="$ROOT/.cache/llama.cpp"
 SRC="$CACHE/src/llama_cpp_python-$LLAMA_CPP_PYTHON"
 LLAMA="$SRC/vendor/llama.cpp"
-BUILD="$CACHE/build-$LLAMA_CPP_PYTHON"
+BUILD="$CACHE/build-$LLAMA_CPP_PYTHON-noamx"
 HF="${PEER_HF_DIR:-$ROOT/onnx/tinyllama-bench/hf}"
 GGUF_F16="$CACHE/tinyllama-bench-f16.gguf"
 QUANT="${PEER_QUANT:-Q4_0}"
-GGUF_Q="$CACHE/tinyllama-bench-${QUANT,,}.gguf"
+GGUF_Q="${PEER_GGUF:-$CACHE/tinyllama-bench-${QUANT,,}.gguf}"
 PEER_VENV="$CACHE/venv"
 SLOTS="${PEER_SLOTS:-32}"
 THREADS="${PEER_THREADS:-2}"
@@ -89,8 +91,9 @@ build_binaries() {
     ensure_toolchain
     local started=$SECONDS
     log "building llama-server and llama-quantize in $BUILD (nice -n 19, -j2; minutes)"
+    local no_amx="-mno-amx-tile -mno-amx-int8 -mno-amx-bf16"
     nice -n 19 cmake -S "$LLAMA" -B "$BUILD" -DCMAKE_BUILD_TYPE=Release \
-        -DGGML_NATIVE=ON -DLLAMA_OPENSSL=OFF -DLLAMA_BUILD_UI=OFF -DLLAMA_USE_PREBUILT_UI=OFF \
+        -DGGML_NATIVE=ON -DCMAKE_C_FLAGS="$no_amx" -DCMAKE_CXX_FLAGS="$no_amx" -DLLAMA_OPENSSL=OFF -DLLAMA_BUILD_UI=OFF -DLLAMA_USE_PREBUILT_UI=OFF \
         -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_APP=OFF \
         -DLLAMA_BUILD_SERVER=ON -DLLAMA_BUILD_TOOLS=ON -DBUILD_SHARED_LIBS=OFF >"$CACHE/cmake.log"
     nice -n 19 cmake --build "$BUILD" --target llama-server llama-quantize -j 2 >"$CACHE/build.log"
@@ -111,6 +114,10 @@ converter_python() {
 }
 
 build_model() {
+    if [[ -n "${PEER_GGUF:-}" ]]; then
+        [[ -f "$PEER_GGUF" ]] || { log "PEER_GGUF $PEER_GGUF is not a file"; exit 1; }
+        return
+    fi
     if [[ -f "$GGUF_Q" && "$GGUF_Q" -nt "$HF/model.safetensors" ]]; then
         return
     fi
@@ -154,7 +161,7 @@ case "${1:-serve}" in
         log "serving $GGUF_Q on 127.0.0.1:$port ($SLOTS slots, context $CTX, $THREADS threads)"
         exec "$BUILD/bin/llama-server" -m "$GGUF_Q" --host 127.0.0.1 --port "$port" \
             -np "$SLOTS" -c "$CTX" -t "$THREADS" -tb "$THREADS" --no-webui \
-            --alias "tinyllama-bench-${QUANT,,}"
+            --alias "$(basename "$GGUF_Q" .gguf)"
         ;;
     *)
         echo "usage: $0 build | serve [PORT] | path" >&2

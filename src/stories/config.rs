@@ -23,6 +23,9 @@ pub struct StoriesConfig {
     pub default_repetition_penalty: Option<f32>,
     /// Longer topics are cut to this many characters (after cleaning).
     pub max_topic_chars: usize,
+    /// Benchmarks only: every story runs to its `max_tokens`, past the model's end of turn,
+    /// so a load test writes as many tokens per request as a peer told to ignore EOS.
+    pub ignore_eos: bool,
     pub cache: CacheConfig,
     pub trending: TrendingConfig,
 }
@@ -37,6 +40,7 @@ impl Default for StoriesConfig {
             default_top_k: None,
             default_repetition_penalty: None,
             max_topic_chars: 200,
+            ignore_eos: false,
             cache: CacheConfig::default(),
             trending: TrendingConfig::default(),
         }

@@ -224,7 +224,7 @@ pub fn validate(
         seed: request.seed.unwrap_or_else(rand::random),
         max_tokens,
         stop: Vec::new(),
-        ignore_eos: false,
+        ignore_eos: config.ignore_eos,
     };
     let key = StoryKey::new(&topic, style, model, &params, request.seed);
     Ok(Some(ValidStoryRequest {

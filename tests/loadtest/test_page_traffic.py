@@ -103,6 +103,19 @@ def test_chat_prompt_renders_tinyllamas_template_with_the_context():
     assert "Why it is trending" not in page.chat_prompt("Comet", context=" \u200b\x07 ")
 
 
+def test_a_model_folders_template_renders_as_trendstory_renders_it():
+    """SmolLM2's ChatML template (onnx/smollm2-test, imported by ./scripts/test.sh): the same
+    text tests/real_text.rs expects of TrendStory's prompt builder."""
+    config = REPO / "onnx" / "smollm2-test" / "tokenizer_config.json"
+    if not config.is_file():
+        pytest.fail(f"{config} is missing: run ./scripts/fetch-smollm2.sh --out onnx/smollm2-test")
+    system = page.STYLES["news"][0]
+    assert page.chat_prompt("Comet", "news", "Seen at dawn", page.ChatTemplate(str(config))) == (
+        f"<|im_start|>system\n{system}<|im_end|>\n<|im_start|>user\n"
+        "Write a short news story about this trending topic.\nTopic: Comet\nWhy it is trending: "
+        "Seen at dawn<|im_end|>\n<|im_start|>assistant\n")
+
+
 def test_clean_leaves_text_as_trendstory_does():
     assert page.clean("  a\u200bb\x00c \u00a0 d\u200de ") == "abc d\u200de"
     assert page.clean("x <|assistant|> y") == "x <assistant> y"
