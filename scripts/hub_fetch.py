@@ -48,6 +48,9 @@ from huggingface_hub.errors import (
 from huggingface_hub.file_download import get_hf_file_metadata, hf_hub_url, http_get
 from huggingface_hub.utils import build_hf_headers
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from export_onnx import sha256_file  # noqa: E402
+
 REQUIRED = ("config.json", "tokenizer.json")
 OPTIONAL = ("generation_config.json", "tokenizer_config.json", "special_tokens_map.json",
             "tokenizer.model")
@@ -65,14 +68,6 @@ class FetchError(Exception):
 
 def log(msg: str) -> None:
     print(f"fetch-model: {msg}", flush=True)
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 22), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def git_blob_sha1(path: Path) -> str:

@@ -15,7 +15,6 @@ the text are recognized, as our tokenizer.json's added tokens are).
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import socket
 import subprocess
@@ -26,6 +25,9 @@ import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "scripts"))
+from export_onnx import sha256_file  # noqa: E402
+
 PEER = ROOT / "scripts" / "loadtest" / "peer-llama-server.sh"
 
 # Texts where pre-tokenizers differ: digits and numbers of every Unicode kind, contractions in
@@ -125,7 +127,7 @@ def main(argv=None) -> int:
     import gguf
     own = gguf.GGUFReader(str(args.gguf)).get_field("tokenizer.ggml.pre").contents()
     record = {"gguf": args.gguf.name,
-              "gguf_sha256": hashlib.sha256(args.gguf.read_bytes()).hexdigest(),
+              "gguf_sha256": sha256_file(args.gguf),
               "llama_cpp": Path(server).parent.parent.name, "file_pre": own,
               "command": "scripts/record_llama_tokens.py " + " ".join(
                   sys.argv[1:] if argv is None else argv), "pre": {}}
