@@ -588,15 +588,16 @@ class Linear:
     matrix gives exactly the blocks, scales, zero points and codes of quantizing each weight
     alone. The node's name says its matrix kind (KIND_OF_NAME), hence its int4 format.
 
-    For the kinds of quant.keep_native, weights that arrive already quantized (a GGUF's blocks, see
-    gguf_import.GGUFWeights.native) keep their own codes and scales where every part of the
-    node has a MatMulNBits form of the same width (4 bits, else 8); the others are quantized
-    to the kind's format. `encodings` records which node got which, for the manifest.
+    For the kinds of quant.keep_native, weights that arrive already quantized (a GGUF's
+    blocks, see gguf_import.GGUFWeights.native) keep their own codes and scales where every
+    part of the node has a MatMulNBits form of the same width (4 bits, else 8); the others are
+    quantized to the kind's format. `encodings` counts the nodes by what they got, for the
+    manifest.
     """
 
     def __init__(self, g: GraphBuilder, quant: Quantization | None, weights):
         self.g, self.quant, self.weights = g, quant, weights
-        self.encodings: dict[str, dict] = {}
+        self.encodings: dict[str, int] = {}
 
     def __call__(self, x: str, names, name: str) -> str:
         g = self.g

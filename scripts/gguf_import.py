@@ -191,7 +191,8 @@ def parse_sampling(spec: str) -> dict:
     for item in filter(None, (s.strip() for s in spec.split(","))):
         name, eq, value = item.partition("=")
         if not eq or name not in SAMPLING_NAMES:
-            raise ValueError(f"{item!r}: expected NAME=VALUE, NAME one of {', '.join(SAMPLING_NAMES)}")
+            raise ValueError(f"{item!r}: expected NAME=VALUE, NAME one of "
+                             f"{', '.join(SAMPLING_NAMES)}")
         try:
             out[name] = int(value) if name == "top_k" else float(value)
         except ValueError:
@@ -452,7 +453,8 @@ class GGUFWeights:
                 if encoded is None:
                     return None
                 codes, d, zp = encoded
-                exact, note = False, "Q4_1's codes times k at scale d/k, its minimum rounded to d/(2k)"
+                exact = False
+                note = "Q4_1's codes times k at scale d/k, its minimum rounded to d/(2k)"
         rows = lambda a: self.rows_in_hf_order(name, a)  # noqa: E731
         return E.NativeBlocks(bits, 32, rows(codes.reshape(codes.shape[0], -1)), rows(d),
                               None if zp is None else rows(zp), exact, note, (kind,))
@@ -504,7 +506,8 @@ def import_gguf(f: GGUFFile, folder: Path, sampling: dict, export_args,
                    accuracy_level=a.accuracy_level, golden_tokens=golden,
                    linear_only=a.linear_only, threads=a.threads, zero_points=a.zero_points,
                    attention=a.attention, prefill_lanes=a.prefill_lanes, quant=a.quant,
-                   rounding=a.rounding, weights=weights, keep_native=tuple(k for k in E.MATRIX_KINDS if k not in requantize),
+                   rounding=a.rounding, weights=weights,
+                   keep_native=tuple(k for k in E.MATRIX_KINDS if k not in requantize),
                    name=a.out.name)
     man["gguf"] = {
         "file": f.path.name, "sha256": E.sha256_file(f.path), "size_bytes": f.path.stat().st_size,
