@@ -91,26 +91,31 @@ impl ModelSampling {
             top_k: g.top_k,
             repetition_penalty: g.repetition_penalty,
         };
-        let bad = |key: &str, rule: &str, value: f32| EngineError::BadModelFile {
-            path: path.to_path_buf(),
-            reason: format!("`{key}` must be {rule}, got {value}"),
-        };
-        if let Some(t) = sampling
-            .temperature
-            .filter(|t| !(t.is_finite() && *t >= 0.0))
-        {
-            return Err(bad("temperature", "0 or more", t));
+        match sampling.invalid() {
+            Some((key, reason)) => Err(EngineError::BadModelFile {
+                path: path.to_path_buf(),
+                reason: format!("`{key}` {reason}"),
+            }),
+            None => Ok(sampling),
         }
-        if let Some(p) = sampling.top_p.filter(|p| !(*p > 0.0 && *p <= 1.0)) {
-            return Err(bad("top_p", "in (0, 1]", p));
+    }
+
+    /// The first value sampling cannot use, by its Hugging Face name, and why; the same
+    /// rules hold for a folder's values and for the `stories.default_*` keys.
+    pub fn invalid(&self) -> Option<(&'static str, String)> {
+        if let Some(t) = self.temperature.filter(|t| !(t.is_finite() && *t >= 0.0)) {
+            return Some(("temperature", format!("must be 0 or more, got {t}")));
         }
-        if let Some(r) = sampling
+        if let Some(p) = self.top_p.filter(|p| !(*p > 0.0 && *p <= 1.0)) {
+            return Some(("top_p", format!("must be in (0, 1], got {p}")));
+        }
+        if let Some(r) = self
             .repetition_penalty
             .filter(|r| !(r.is_finite() && *r > 0.0))
         {
-            return Err(bad("repetition_penalty", "above 0", r));
+            return Some(("repetition_penalty", format!("must be above 0, got {r}")));
         }
-        Ok(sampling)
+        None
     }
 }
 

@@ -146,29 +146,19 @@ impl StoriesConfig {
                 ),
             ));
         }
-        if let Some(t) = self
-            .default_temperature
-            .filter(|t| !(*t >= 0.0 && t.is_finite()))
-        {
-            return Err(invalid(
-                "stories.default_temperature",
-                format!("must be 0 or more, got {t}"),
-            ));
-        }
-        if let Some(p) = self.default_top_p.filter(|p| !(*p > 0.0 && *p <= 1.0)) {
-            return Err(invalid(
-                "stories.default_top_p",
-                format!("must be in (0, 1], got {p}"),
-            ));
-        }
-        if let Some(r) = self
-            .default_repetition_penalty
-            .filter(|r| !(*r > 0.0 && r.is_finite()))
-        {
-            return Err(invalid(
-                "stories.default_repetition_penalty",
-                format!("must be above 0, got {r}"),
-            ));
+        let sampling = ModelSampling {
+            temperature: self.default_temperature,
+            top_p: self.default_top_p,
+            top_k: self.default_top_k,
+            repetition_penalty: self.default_repetition_penalty,
+        };
+        if let Some((name, reason)) = sampling.invalid() {
+            let key = match name {
+                "temperature" => "stories.default_temperature",
+                "top_p" => "stories.default_top_p",
+                _ => "stories.default_repetition_penalty",
+            };
+            return Err(invalid(key, reason));
         }
         if self.max_topic_chars == 0 {
             return Err(invalid(
@@ -195,6 +185,19 @@ impl StoriesConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_bad_sampling_default_names_its_key() {
+        let config = StoriesConfig {
+            default_top_p: Some(1.5),
+            ..StoriesConfig::default()
+        };
+        let err = config.validate(512).unwrap_err().to_string();
+        assert!(
+            err.contains("stories.default_top_p") && err.contains("must be in (0, 1], got 1.5"),
+            "{err}"
+        );
+    }
 
     #[test]
     fn sampling_defaults_are_the_configs_then_the_models_then_built_in() {
