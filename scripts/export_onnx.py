@@ -602,14 +602,14 @@ class Linear:
     def __call__(self, x: str, names, name: str) -> str:
         g = self.g
         names = [names] if isinstance(names, str) else list(names)
+        if self.quant is not None and kind_of(name) in self.quant.keep_native:
+            native = self.native(names)
+            if native is not None:
+                return self.emit(x, name, native)
+        w = np.concatenate([self.weights.get_f32(n) for n in names], axis=0)
         if self.quant is None:
-            w = np.concatenate([self.weights.get_f32(n) for n in names], axis=0)
             wt = g.init(f"{name}.weight_t", np.ascontiguousarray(w.T.astype(np.float32)))
             return g.op("MatMul", [x, wt], name=f"{name}/MatMul")
-        native = self.native(names) if kind_of(name) in self.quant.keep_native else None
-        if native is not None:
-            return self.emit(x, name, native)
-        w = np.concatenate([self.weights.get_f32(n) for n in names], axis=0)
         fmt = self.quant.of(kind_of(name))
         if fmt.zero_points:
             packed, scales, zp = quantize_q4_asym(w, fmt.block_size, self.quant.rounding)

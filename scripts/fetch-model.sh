@@ -66,7 +66,7 @@ PY="$PYTHON_ENV_PY"
 # 1. Already exported from this repository? manifest.json is written last; check its listed
 #    files still match.
 if [[ -f "$OUT_DIR/manifest.json" ]] && "$PY" - "$here" "$OUT_DIR" "$REPO_ID" "${args[@]}" <<'PYEOF'
-import hashlib, json, os, sys
+import json, os, sys
 sys.path.insert(0, sys.argv[1])
 import export_onnx
 d, repo = sys.argv[2], sys.argv[3]
@@ -79,13 +79,7 @@ if m.get("source") != f"hub:{repo}":
     sys.exit(1)
 for name, digest in m.get("files", {}).items():
     p = os.path.join(d, name)
-    if not os.path.exists(p):
-        sys.exit(1)
-    h = hashlib.sha256()
-    with open(p, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 22), b""):
-            h.update(chunk)
-    if h.hexdigest() != digest:
+    if not os.path.exists(p) or export_onnx.sha256_file(p) != digest:
         sys.exit(1)
 PYEOF
 then

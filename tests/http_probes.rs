@@ -7,14 +7,7 @@ use std::time::Duration;
 
 use trendstory::config::{Config, InferenceConfig, ModelConfig};
 
-async fn get(client: &awc::Client, url: &str) -> (u16, serde_json::Value) {
-    let mut response = client.get(url).send().await.expect("request");
-    let body = response
-        .json::<serde_json::Value>()
-        .await
-        .expect("json body");
-    (response.status().as_u16(), body)
-}
+use common::get_json;
 
 #[actix_web::test]
 async fn healthz_at_once_and_readyz_once_loaded() {
@@ -34,13 +27,13 @@ async fn healthz_at_once_and_readyz_once_loaded() {
     actix_web::rt::spawn(trendstory::server::run(config, listener));
     let client = awc::Client::default();
 
-    let (status, body) = get(&client, &format!("{base}/healthz")).await;
+    let (status, body) = get_json(&base, "/healthz").await;
     assert_eq!(status, 200);
     assert_eq!(body["status"], "ok");
 
     let ready = tokio::time::timeout(Duration::from_secs(60), async {
         loop {
-            let (status, body) = get(&client, &format!("{base}/readyz")).await;
+            let (status, body) = get_json(&base, "/readyz").await;
             if status == 200 {
                 return body;
             }

@@ -10,7 +10,9 @@ use actix_web::http::header;
 use futures_util::StreamExt;
 use serde_json::{json, Value};
 
-use common::{client, metric, parse_sse, start_server, tiny_server_config, SseEvent};
+use common::{
+    client, get_json, metric, parse_sse, post_story, start_server, tiny_server_config, SseEvent,
+};
 
 /// Keys every story answer has, in any order.
 const STORY_KEYS: [&str; 12] = [
@@ -51,26 +53,6 @@ fn sorted(names: &[&str]) -> Vec<String> {
     let mut names: Vec<String> = names.iter().map(|s| s.to_string()).collect();
     names.sort();
     names
-}
-
-async fn post(base: &str, body: Value) -> (u16, Value) {
-    let mut response = client()
-        .post(format!("{base}/v1/stories"))
-        .send_json(&body)
-        .await
-        .expect("request");
-    let json = response.json::<Value>().limit(1 << 20).await.expect("json");
-    (response.status().as_u16(), json)
-}
-
-async fn get_json(base: &str, path: &str) -> (u16, Value) {
-    let mut response = client()
-        .get(format!("{base}{path}"))
-        .send()
-        .await
-        .expect("request");
-    let json = response.json::<Value>().limit(1 << 22).await.expect("json");
-    (response.status().as_u16(), json)
 }
 
 async fn metrics(base: &str) -> String {
@@ -167,7 +149,7 @@ async fn open_stream(base: &str, body: Value) -> SseReader {
 async fn every_endpoint_answers_with_its_shape() {
     let base = start_server(tiny_server_config()).await;
 
-    let (status, story) = post(
+    let (status, story) = post_story(
         &base,
         json!({"topic": "Tides of Saturn", "max_tokens": 12, "seed": 3, "style": "poem"}),
     )
@@ -186,7 +168,7 @@ async fn every_endpoint_answers_with_its_shape() {
     assert!(story["model"].as_str().unwrap().contains("random weights"));
 
     // No topic: the top trend, carried with its rank and sources.
-    let (status, top) = post(&base, json!({"max_tokens": 4})).await;
+    let (status, top) = post_story(&base, json!({"max_tokens": 4})).await;
     assert_eq!(status, 200, "{top}");
     let (_, trends) = get_json(&base, "/v1/trends?limit=3").await;
     assert_eq!(top["topic"], trends["trends"][0]["topic"]);
@@ -325,7 +307,8 @@ async fn identical_requests_share_one_generation_and_late_joiners_get_everything
     let before = metrics(&base).await;
 
     // N identical requests at once: one generation.
-    let answers = futures_util::future::join_all((0..5).map(|_| post(&base, body.clone()))).await;
+    let answers =
+        futures_util::future::join_all((0..5).map(|_| post_story(&base, body.clone()))).await;
     let first = &answers[0].1;
     for (status, answer) in &answers {
         assert_eq!(*status, 200, "{answer}");
@@ -348,7 +331,7 @@ async fn identical_requests_share_one_generation_and_late_joiners_get_everything
     );
 
     // A cached request does not touch the inference pool.
-    let (status, cached) = post(&base, body.clone()).await;
+    let (status, cached) = post_story(&base, body.clone()).await;
     assert_eq!((status, &cached["cached"]), (200, &json!(true)));
     let later = metrics(&base).await;
     assert_eq!(generations(&later, "ok"), generations(&after, "ok"));
@@ -434,7 +417,7 @@ async fn overload_is_refused_with_retry_after_and_recovers() {
     drop(holder);
     let recovered = tokio::time::timeout(Duration::from_secs(10), async {
         loop {
-            let (status, _) = post(
+            let (status, _) = post_story(
                 &base,
                 json!({"topic": "Another", "max_tokens": 4, "seed": 2}),
             )
@@ -489,7 +472,7 @@ async fn pregeneration_fills_the_trending_stories() {
         ["ready", "ready", "not_scheduled", "not_scheduled"]
     );
     // A plain request for the top topic is then a cache hit.
-    let (status, story) = post(&base, json!({"topic": ready[0]["topic"]})).await;
+    let (status, story) = post_story(&base, json!({"topic": ready[0]["topic"]})).await;
     assert_eq!(status, 200);
     assert_eq!(story["cached"], true);
     assert_eq!(story["story"], ready[0]["story"]["story"]);
@@ -639,7 +622,7 @@ async fn a_trend_s_context_reaches_the_story_and_its_prompt() {
     );
     assert!(trends["trends"][1]["context"].is_null());
 
-    let (status, with_context) = post(
+    let (status, with_context) = post_story(
         &base,
         json!({"topic": "comet atlas", "max_tokens": 2, "seed": 1}),
     )
@@ -652,7 +635,7 @@ async fn a_trend_s_context_reaches_the_story_and_its_prompt() {
         trends["trends"][0]["context"]
     );
     // The same words without the trend behind them: the context is in the prompt.
-    let (_, without) = post(
+    let (_, without) = post_story(
         &base,
         json!({"topic": "comet atlases", "max_tokens": 2, "seed": 1}),
     )
@@ -724,7 +707,7 @@ async fn a_passed_deadline_is_a_504() {
     let base = start_server(config).await;
     // One at a time, each a hundred milliseconds or more: the later ones cannot finish in 1 s.
     let answers = futures_util::future::join_all((0..24).map(|seed| {
-        post(
+        post_story(
             &base,
             json!({"topic": "Queue", "max_tokens": 340, "seed": seed}),
         )

@@ -13,7 +13,7 @@ use trendstory::engine::{ModelInfo, TextTokenizer};
 use trendstory::stories::prompt::{PromptBuilder, Style};
 use trendstory::stories::template::ChatTemplate;
 
-use common::{client, parse_sse, start_server, tiny_server_config};
+use common::{client, get_json, parse_sse, post_story, start_server, tiny_server_config};
 
 /// A topic that tries to close the user turn and open a system one, with the special tokens
 /// of the template and others of the vocabulary (SmolLM2 has 17: `<|endoftext|>`,
@@ -29,23 +29,15 @@ fn smollm2_config() -> trendstory::config::Config {
     config
 }
 
+/// A story request that must be answered 200: its JSON answer.
 async fn post(base: &str, body: Value) -> Value {
-    let mut response = client()
-        .post(format!("{base}/v1/stories"))
-        .send_json(&body)
-        .await
-        .expect("request");
-    assert_eq!(response.status(), 200);
-    response.json::<Value>().limit(1 << 20).await.expect("json")
+    let (status, story) = post_story(base, body).await;
+    assert_eq!(status, 200, "{story}");
+    story
 }
 
 async fn get(base: &str, path: &str) -> Value {
-    let mut response = client()
-        .get(format!("{base}{path}"))
-        .send()
-        .await
-        .expect("request");
-    response.json::<Value>().limit(1 << 20).await.expect("json")
+    get_json(base, path).await.1
 }
 
 /// Words of plain English prose: mostly ASCII letters, spaces between words.

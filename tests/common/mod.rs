@@ -178,6 +178,28 @@ pub fn client() -> awc::Client {
         .finish()
 }
 
+/// `POST /v1/stories` with a JSON body: the status and the JSON answer.
+pub async fn post_story(base: &str, body: serde_json::Value) -> (u16, serde_json::Value) {
+    let mut response = client()
+        .post(format!("{base}/v1/stories"))
+        .send_json(&body)
+        .await
+        .expect("request");
+    let json = response.json().limit(1 << 20).await.expect("json");
+    (response.status().as_u16(), json)
+}
+
+/// `GET path`: the status and the JSON answer.
+pub async fn get_json(base: &str, path: &str) -> (u16, serde_json::Value) {
+    let mut response = client()
+        .get(format!("{base}{path}"))
+        .send()
+        .await
+        .expect("request");
+    let json = response.json().limit(1 << 22).await.expect("json");
+    (response.status().as_u16(), json)
+}
+
 /// The value of one sample in OpenMetrics text, e.g.
 /// `metric(&text, "trendstory_story_cache_lookups_total{result=\"hit\"}")`; 0 when absent.
 pub fn metric(text: &str, sample: &str) -> f64 {
