@@ -16,10 +16,12 @@ Modes (see --help):
                                         asymmetric int4); default: the per-kind DEFAULT_QUANT
   --quant KIND=BLOCK[:zp],...           the format of some kinds (qkv, o, gate_up, down, lm_head)
   --rounding absmax|search              scale rule (search: least squared error, the default)
-  --attention packed|explicit           one-pass packed graph (default) or the optimum contract
+  --attention packed|explicit|slots     one-pass packed graph (default), the optimum contract,
+                                        or the engine's one-pass slot graph
 
 Output folder: model.onnx + model.onnx.data, tokenizer.json (+tokenizer_config.json),
-config.json, golden.json and manifest.json (written last: marks a complete export).
+config.json, golden.json (not for slots graphs) and manifest.json (written last: marks a
+complete export).
 
 Graph contract (decoder-with-past, same names as optimum / transformers.js):
   inputs  input_ids, attention_mask, position_ids: int64; past_key_values.{i}.{key,value}
@@ -54,6 +56,28 @@ head_dim] buffer per layer and key/value, bound as both past and present, writte
           lane.{k}.present.{i}.{key,value}, bound to the same memory as their pasts.
 GroupQueryAttention on the CPU takes several new tokens over a past only for batch 1
 (group_query_attention_helper.h, CheckInputs), hence the batch-1 lanes beside the decode node.
+
+SLOTS_CONTRACT (--attention slots): PACKED_CONTRACT's one pass per engine step, with all of a
+layer's attention in one node of the engine's own, ai.trendstory.SlotAttention: inputs q|k|v
+[1, tokens, (heads + 2 * kv_heads) * head_dim], rows, rope.cos, rope.sin (the [max_position,
+head_dim / 2] tables; rotate-half RoPE, as GroupQueryAttention's do_rotary) and the layer's
+key and value slot buffers; output [1, tokens, heads * head_dim]; attributes num_heads,
+kv_num_heads, scale (1/sqrt(head_dim)). No decode gather, lanes, Concat or attn_order: a
+decoding row (one token) and a prompt chunk (several, causal within the chunk over the row's
+past) are the same kind of row.
+  inputs  input_ids int64 [1, tokens]: every row's tokens, packed row after row;
+          rows int64 [rows, 4]: per row [slot, past, start, count]: its slot in the KV
+            buffers, the positions that slot holds before this pass (its tokens go to
+            past..past+count, at RoPE positions past+j), its first packed position (its tokens
+            are start..start+count) and its token count;
+          logits_index int64 [logit_positions]: as in PACKED_CONTRACT;
+          past_key_values.{i}.{key,value} float32 [slots, kv_heads, capacity, head_dim]: the
+            engine's slot cache, bound once; the node writes each row's new keys and values
+            there, at the row's positions, in place.
+  outputs logits float32 [1, logit_positions, vocab] (no presents).
+The op is the engine's own (registered on its ONNX Runtime session, see src/engine/attention):
+stock ONNX Runtime cannot run this graph, so it has no golden.json (the engine's tests hold it
+to the packed graph of the same weights); the packed graph stays the one for stock ONNX Runtime.
 """
 from __future__ import annotations
 
@@ -79,12 +103,16 @@ SHARED_LLAMA2_TOKENIZER = SHARED_DIR / "models" / "llama2-tokenizer"
 TOKENIZER_CORPUS = REPO_ROOT / "scripts" / "tokenizer_corpus.txt"
 
 OPSET = 17
+# The graph contracts of --attention (the module docstring); the first is the default.
+ATTENTIONS = ("packed", "explicit", "slots")
 # Prefill lanes of a packed graph: how many prompts can advance in one pass beside the
 # decoding rows (each lane is one batch-1 GroupQueryAttention per layer; an unused one costs
 # a one-token attention over a scratch slot, about 1.2 ms a pass for TinyLlama: BENCHMARKS.md,
 # "One pass per step"). Story prompts arrive a few per second, so two lanes suffice.
 DEFAULT_PREFILL_LANES = 2
 MS_DOMAIN = "com.microsoft"
+# The domain of the engine's own ops (SLOTS_CONTRACT's SlotAttention).
+TRENDSTORY_DOMAIN = "ai.trendstory"
 # Finite "minus infinity" for masked attention scores: Where(mask, scores, MASK_VALUE) keeps a
 # fully-masked (left pad) row finite (uniform softmax, ignored by the caller), never NaN.
 MASK_VALUE = float(np.finfo(np.float32).min)
@@ -745,6 +773,9 @@ def build_decoder(cfg: dict, weights: SafeTensorsDir, out_dir: Path, quant: Quan
         RoPE inside (do_rotary), per-row lengths (seqlens_k) instead of a mask, past and
         present bound to one slot buffer by the caller; their outputs concatenated and put
         back in packed order by one Gather. lm_head runs only on logits_index.
+      - attention "slots": packed tokens too (see SLOTS_CONTRACT), with one
+        ai.trendstory.SlotAttention per layer over every row (the engine's op, RoPE inside),
+        writing into the slot buffers in place.
     """
     import onnx
     from onnx import TensorProto, helper
@@ -800,17 +831,16 @@ def build_decoder(cfg: dict, weights: SafeTensorsDir, out_dir: Path, quant: Quan
         shape_qg = g.const_i64([0, kvh, -1, hd], "shape_qg")
         shape_heads = g.const_i64([0, nh, -1, hd], "shape_heads")
         shape_hidden = g.const_i64([0, 0, nh * hd], "shape_hidden")
-    else:
+    elif attention == "packed":
         shape_rows = g.const_i64([-1, 1, (nh + 2 * kvh) * hd], "shape_rows")
         shape_packed = g.const_i64([1, -1, nh * hd], "shape_packed")
         axis_tokens = g.const_i64([1], "axis_tokens")
     split_mlp = g.const_i64([dm["inter"], dm["inter"]], "split_mlp")
 
-    def attention_block(h, i, pk, pv):
-        """Self-attention of layer i on the normed input h [B, S, H]: returns the o_proj
-        output [B, S, H]; writes present.{i}.key|value."""
+    def attention_block(qkv, i, pk, pv):
+        """Explicit attention of layer i on its q|k|v [B, S, (nh+2kvh)*hd]: returns
+        [B, S, nh*hd]; writes present.{i}.key|value."""
         p = f"model.layers.{i}"
-        qkv = lin(h, [f"{p}.self_attn.{n}_proj.weight" for n in "qkv"], f"{p}.self_attn.qkv_proj")
         # One Reshape + Transpose for all heads: [B, S, nh+2kvh, hd] -> [B, nh+2kvh, S, hd].
         heads = g.op("Transpose", [g.op("Reshape", [qkv, shape_qkv], name=f"/{p}/qkv_reshape")],
                      name=f"/{p}/qkv_t", perm=[0, 2, 1, 3])
@@ -834,8 +864,7 @@ def build_decoder(cfg: dict, weights: SafeTensorsDir, out_dir: Path, quant: Quan
         ctx = g.op("MatMul", [probs, present_v], name=f"/{p}/ctx")  # [B, kvh, groups*S, hd]
         ctx = g.op("Reshape", [ctx, shape_heads], name=f"/{p}/ctx_heads")  # [B, nh, S, hd]
         ctx = g.op("Transpose", [ctx], name=f"/{p}/ctx_t", perm=[0, 2, 1, 3])
-        ctx = g.op("Reshape", [ctx, shape_hidden], name=f"/{p}/ctx_merge")  # [B, S, H]
-        return lin(ctx, f"{p}.self_attn.o_proj.weight", f"{p}.self_attn.o_proj")
+        return g.op("Reshape", [ctx, shape_hidden], name=f"/{p}/ctx_merge")  # [B, S, H]
 
     def gqa_node(qkv, i, pk, pv, seqlens, total, out, present):
         """One GroupQueryAttention of layer i on a packed q|k|v input (Linear concatenates the
@@ -848,13 +877,12 @@ def build_decoder(cfg: dict, weights: SafeTensorsDir, out_dir: Path, quant: Quan
             scale=1.0 / math.sqrt(hd)))
         g.op_counts["GroupQueryAttention"] = g.op_counts.get("GroupQueryAttention", 0) + 1
 
-    def packed_attention(h, i, pk, pv):
-        """Layer i's attention over the packed tokens h [1, T, H]: the decoding rows' tokens
-        (gathered, one per slot row) in one GroupQueryAttention over the whole slot buffer,
-        each prefill lane's chunk (a slice) in a batch-1 one over its row's slot; the outputs
-        concatenated and gathered back into packed order."""
+    def packed_attention(qkv, i, pk, pv):
+        """Layer i's attention over the packed tokens' q|k|v [1, T, (nh+2kvh)*hd]: the
+        decoding rows' tokens (gathered, one per slot row) in one GroupQueryAttention over the
+        whole slot buffer, each prefill lane's chunk (a slice) in a batch-1 one over its row's
+        slot; the outputs concatenated and gathered back into packed order."""
         p = f"model.layers.{i}"
-        qkv = lin(h, [f"{p}.self_attn.{n}_proj.weight" for n in "qkv"], f"{p}.self_attn.qkv_proj")
         rows = g.op("Gather", [qkv, "decode_rows"], name=f"/{p}/decode_gather", axis=1)
         rows = g.op("Reshape", [rows, shape_rows], name=f"/{p}/decode_rows")  # [R, 1, qkv]
         outs = [f"/{p}/decode_gqa_out"]
@@ -870,7 +898,21 @@ def build_decoder(cfg: dict, weights: SafeTensorsDir, out_dir: Path, quant: Quan
                      [f"lane.{k}.present.{i}.key", f"lane.{k}.present.{i}.value"])
             outs.append(out)
         ctx = g.op("Concat", outs, name=f"/{p}/attn_concat", axis=1)
-        ctx = g.op("Gather", [ctx, "attn_order"], name=f"/{p}/attn_order", axis=1)
+        return g.op("Gather", [ctx, "attn_order"], name=f"/{p}/attn_order", axis=1)
+
+    def slot_attention(qkv, i, pk, pv):
+        """Layer i's attention over the packed tokens' q|k|v, every row in one node of the
+        engine's (SLOTS_CONTRACT), which writes the rows' new keys and values into pk, pv."""
+        return g.op("SlotAttention", [qkv, "rows", cos_cache, sin_cache, pk, pv],
+                    domain=TRENDSTORY_DOMAIN, name=f"/model.layers.{i}/slot_attention",
+                    num_heads=nh, kv_num_heads=kvh, scale=1.0 / math.sqrt(hd))
+
+    def self_attention(h, i, pk, pv):
+        """Self-attention of layer i on the normed input h: q|k|v in one matmul (q, k, v rows
+        in that order), the contract's attention, o_proj."""
+        p = f"model.layers.{i}"
+        qkv = lin(h, [f"{p}.self_attn.{n}_proj.weight" for n in "qkv"], f"{p}.self_attn.qkv_proj")
+        ctx = attend(qkv, i, pk, pv)
         return lin(ctx, f"{p}.self_attn.o_proj.weight", f"{p}.self_attn.o_proj")
 
     def mlp(h, i):
@@ -897,7 +939,7 @@ def build_decoder(cfg: dict, weights: SafeTensorsDir, out_dir: Path, quant: Quan
         attend = attention_block
         past_shape = kv_shape("batch_size", "past_sequence_length")
         present_shape = kv_shape("batch_size", "total_sequence_length")
-    else:
+    elif attention == "packed":
         i64, i32 = TensorProto.INT64, TensorProto.INT32
         inputs = [
             value("input_ids", i64, [1, "tokens"]),
@@ -913,6 +955,13 @@ def build_decoder(cfg: dict, weights: SafeTensorsDir, out_dir: Path, quant: Quan
         outputs = [value("logits", TensorProto.FLOAT, [1, "logit_positions", V])]
         attend = packed_attention
         past_shape = present_shape = kv_shape("rows", "capacity")
+    else:
+        inputs = [value("input_ids", TensorProto.INT64, [1, "tokens"]),
+                  value("rows", TensorProto.INT64, ["rows", 4]),
+                  value("logits_index", TensorProto.INT64, ["logit_positions"])]
+        outputs = [value("logits", TensorProto.FLOAT, [1, "logit_positions", V])]
+        attend = slot_attention
+        past_shape = kv_shape("slots", "capacity")
     present_outputs, lane_kv_inputs, lane_kv_outputs = [], [], []
 
     delta = None  # the last sublayer's output, added to x by the next norm
@@ -921,7 +970,8 @@ def build_decoder(cfg: dict, weights: SafeTensorsDir, out_dir: Path, quant: Quan
         pk, pv = f"past_key_values.{i}.key", f"past_key_values.{i}.value"
         for kv in ("key", "value"):
             inputs.append(value(f"past_key_values.{i}.{kv}", TensorProto.FLOAT, past_shape))
-            present_outputs.append(value(f"present.{i}.{kv}", TensorProto.FLOAT, present_shape))
+            if attention != "slots":  # SlotAttention writes into the past in place
+                present_outputs.append(value(f"present.{i}.{kv}", TensorProto.FLOAT, present_shape))
             if attention == "packed":
                 for k in range(prefill_lanes):
                     lane = kv_shape(1, f"lane_capacity_{k}")
@@ -929,14 +979,14 @@ def build_decoder(cfg: dict, weights: SafeTensorsDir, out_dir: Path, quant: Quan
                     lane_kv_outputs.append(value(f"lane.{k}.present.{i}.{kv}", TensorProto.FLOAT,
                                                  lane))
         h, x = norm(x, delta, f"{p}.input_layernorm.weight", f"/{p}/input_layernorm")
-        delta = attend(h, i, pk, pv)
+        delta = self_attention(h, i, pk, pv)
         h, x = norm(x, delta, f"{p}.post_attention_layernorm.weight", f"/{p}/post_attention_layernorm")
         delta = mlp(h, i)
         log(f"  layer {i + 1}/{L} done")
     inputs += lane_kv_inputs
 
     x, _ = norm(x, delta, "model.norm.weight", "/model/norm")
-    if attention == "packed":
+    if attention != "explicit":
         x = g.op("Gather", [x, "logits_index"], name="/model/logits_gather", axis=1)
     logits = lin(x, lm_head_name(cfg, weights), "lm_head")
     g.nodes.append(helper.make_node("Identity", [logits], ["logits"], name="logits"))
@@ -945,6 +995,8 @@ def build_decoder(cfg: dict, weights: SafeTensorsDir, out_dir: Path, quant: Quan
     graph = helper.make_graph(g.nodes, "trendstory_llama", inputs,
                               outputs + present_outputs + lane_kv_outputs, initializer=g.inits)
     opsets = [helper.make_opsetid("", OPSET), helper.make_opsetid(MS_DOMAIN, 1)]
+    if attention == "slots":
+        opsets.append(helper.make_opsetid(TRENDSTORY_DOMAIN, 1))
     model = helper.make_model(graph, opset_imports=opsets, producer_name="trendstory-export_onnx",
                               producer_version=str(EXPORTER_VERSION))
     model.ir_version = 8
@@ -1446,6 +1498,8 @@ def export(hf_dir: Path, out_dir: Path, *, source: str, random_weights: bool, pr
     cfg = json.loads(cfg_path.read_text())
     if cfg.get("model_type", "llama") != "llama":
         raise SystemExit(f"error: model_type {cfg.get('model_type')!r} is not llama")
+    if attention not in ATTENTIONS:
+        raise SystemExit(f"error: attention {attention!r} is none of {', '.join(ATTENTIONS)}")
     dm = model_dims(cfg)
     out_dir.mkdir(parents=True, exist_ok=True)
     manifest_path = out_dir / "manifest.json"
@@ -1492,8 +1546,10 @@ def export(hf_dir: Path, out_dir: Path, *, source: str, random_weights: bool, pr
             if (hf_dir / f).exists():
                 shutil.copyfile(hf_dir / f, out_dir / f)
         (out_dir / "config.json").write_text(json.dumps(cfg, indent=2))
-    golden = None
-    if golden_tokens:
+    if golden_tokens and attention == "slots":
+        log("golden.json skipped: ONNX Runtime here cannot run the engine's SlotAttention (the "
+            "engine's tests hold a slots graph to the packed graph of the same weights)")
+    elif golden_tokens:
         t1 = time.time()
         golden = write_golden(out_dir, cfg, golden_tokens, threads)
         log(f"golden.json written in {time.time() - t1:.1f}s (min top-2 margin "
@@ -1548,10 +1604,12 @@ def parse_args(argv=None):
                     help="int4 block size of every matrix kind (default: the per-kind mix "
                     f"{DEFAULT_QUANT})")
     ap.add_argument("--accuracy-level", type=int, choices=[0, 1, 2, 3, 4], default=4)
-    ap.add_argument("--attention", choices=["packed", "explicit"], default="packed",
+    ap.add_argument("--attention", choices=ATTENTIONS, default=ATTENTIONS[0],
                     help="packed: every row's tokens in one pass, fused GroupQueryAttention over "
                          "a slot KV cache (PACKED_CONTRACT); explicit: the optimum "
-                         "decoder-with-past contract (attention_mask, left padding)")
+                         "decoder-with-past contract (attention_mask, left padding); slots: the "
+                         "packed pass with the engine's own SlotAttention, for TrendStory's "
+                         "engine only (SLOTS_CONTRACT)")
     ap.add_argument("--prefill-lanes", type=int, default=DEFAULT_PREFILL_LANES,
                     help="packed graphs: prompts that can advance in one pass beside the "
                          f"decoding rows (default {DEFAULT_PREFILL_LANES})")

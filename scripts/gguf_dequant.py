@@ -152,7 +152,7 @@ def main(argv=None) -> int:
                     help="the Hugging Face checkpoint the GGUF was converted from")
     ap.add_argument("--out", type=Path, help="export folder (default: only the check)")
     ap.add_argument("--gguf-py", type=Path, help="llama.cpp's gguf-py folder (default: PYTHONPATH)")
-    ap.add_argument("--attention", choices=["gqa", "explicit"], default="gqa",
+    ap.add_argument("--attention", choices=["packed", "explicit"], default="packed",
                     help="the export's attention graph (same logits either way)")
     ap.add_argument("--source", help="the checkpoint's export source, recorded as weights_of "
                     "(default hf-dir:HF_DIR, what export_onnx.py --hf-dir HF_DIR records)")

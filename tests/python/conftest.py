@@ -44,6 +44,17 @@ def tiny_packed(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def tiny_slots(tmp_path_factory):
+    """The engine's slots graph, through the command line, with tiny_packed's weights and
+    quantization; golden tokens are asked for (and skipped: stock ONNX Runtime cannot run it)."""
+    out = tmp_path_factory.mktemp("tiny_slots")
+    with contextlib.redirect_stderr(io.StringIO()):
+        E.main(["--random-init", "--preset", "tiny", "--out", str(out), "--attention", "slots",
+                "--block-size", "32", "--rounding", "absmax", "--golden-tokens", "4"])
+    return out
+
+
+@pytest.fixture(scope="session")
 def tiny_packed_fp32(tmp_path_factory):
     return build_tiny(tmp_path_factory.mktemp("tiny_packed_fp32"), precision="fp32", golden=None,
                       attention="packed")
