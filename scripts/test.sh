@@ -64,6 +64,8 @@ build_tiny() {
 build_tiny onnx/tiny
 # The same weights with explicit attention: the engine's path for optimum-format graphs.
 build_tiny onnx/tiny-explicit "" --attention explicit
+# The same weights with our own attention operator: the engine's own graph.
+build_tiny onnx/tiny-slots "" --attention slots
 # Tests named needs_shared_* read ../shared (the real tokenizer, recorded trend payloads).
 # Without it they are filtered out, so cargo reports them as not run rather than passed.
 SHARED="$ROOT/../shared"

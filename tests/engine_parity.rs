@@ -71,11 +71,15 @@ fn tiny_padded_batch_matches_golden() {
     }
 }
 
-/// The two tiny graphs take their KV layouts from their inputs: mask and position ids for
-/// explicit attention, decode rows and prefill lanes for the packed graph.
+/// The tiny graphs take their KV layouts from their inputs: mask and position ids for
+/// explicit attention, decode rows and prefill lanes for the packed graph, row descriptors
+/// (and no lanes) for the slots graph.
 #[test]
 fn each_graph_gets_its_kv_layout() {
-    let [explicit, packed] = common::tiny_models();
+    let [explicit, packed, slots] = common::tiny_models();
+    let slots = common::load(&slots).model;
+    assert_eq!(slots.kv_layout(), KvLayout::Slots);
+    assert_eq!(slots.prefill_lanes(), None, "any number of chunks per pass");
     assert_eq!(common::load(&explicit).model.kv_layout(), KvLayout::Padded);
     let packed = common::load(&packed).model;
     assert_eq!(packed.kv_layout(), KvLayout::Slots);
@@ -91,7 +95,7 @@ fn each_graph_gets_its_kv_layout() {
 /// the chosen logits within 1e-3 relative.
 #[test]
 fn packed_graph_matches_explicit_attention() {
-    let [explicit, packed] = common::tiny_models();
+    let [explicit, packed, _] = common::tiny_models();
     let golden = common::golden(&explicit);
     let prompts: Vec<Vec<u32>> = golden.prompts.iter().map(|p| p.input_ids.clone()).collect();
     let run = |dir: &Path| {

@@ -15,6 +15,7 @@
 //! - `sequence`, `sampler`, `detokenizer`: one request's state, token choice and text.
 //! - [`request`]: requests, events and the step-driven [`Engine`] trait the workers drive.
 
+pub mod attention;
 pub mod batch;
 mod detokenizer;
 pub mod generate;

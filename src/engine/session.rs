@@ -8,7 +8,10 @@
 //!   new tokens in one sequence, so one `session.run` serves the whole step; rows of one token
 //!   (decoding) go through one fused `GroupQueryAttention` over the first slots of a
 //!   [`SlotCache`], longer ones (prompt chunks) through batch-1 prefill lanes, each bound to
-//!   its row's slot in the same buffers; logits only where asked.
+//!   its row's slot in the same buffers; logits only where asked;
+//! - slots (`--attention slots`, SLOTS_CONTRACT): the packed pass with our own attention
+//!   operator ([`super::attention`]): the rows' tokens one row after another, a descriptor per
+//!   row, and one node per layer over the whole [`SlotCache`], bound once.
 //!
 //! Names are checked once at load, so a foreign graph fails with a clear error instead of at
 //! the first request.
@@ -21,7 +24,7 @@ use ort::session::{Session, SessionInputValue};
 use ort::value::{DynValue, PrimitiveTensorElementType, Tensor};
 use ort::AsPointer;
 
-use super::{EngineError, ModelInfo, PaddedCache, SlotCache};
+use super::{attention, EngineError, ModelInfo, PaddedCache, SlotCache};
 use crate::config::RuntimeConfig;
 
 /// Knobs of one session; the engine picks them from the configuration.
@@ -78,7 +81,7 @@ pub struct PassRow {
 }
 
 /// Creates an ONNX Runtime session for the graph at `path` with our settings: all graph
-/// optimizations, the configured intra-op threads and spinning.
+/// optimizations, the configured intra-op threads and spinning, and our operators.
 pub fn open_session(
     path: &std::path::Path,
     runtime: &RuntimeConfig,
@@ -100,12 +103,21 @@ pub fn open_session(
         .with_intra_threads(threads)
         .map_err(|e| fail(e.to_string()))?
         .with_intra_op_spinning(options.spin_threads)
+        .map_err(|e| fail(e.to_string()))?
+        .with_operators(attention::domain().map_err(|e| fail(e.to_string()))?)
         .map_err(|e| fail(e.to_string()))?;
     if let Some(prefix) = &options.profile_prefix {
         builder = builder
             .with_profiling(prefix)
             .map_err(|e| fail(e.to_string()))?;
     }
+    // ONNX Runtime registers a custom operator domain in a process-wide table, checking
+    // and adding in two steps: two sessions loading at once can both try to add ours and
+    // one fails ("domain is already exist"). Sessions load rarely, so they load one at a time.
+    static LOADING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _one_at_a_time = LOADING
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
     builder
         .commit_from_file(path)
         .map_err(|e| fail(e.to_string()))
@@ -118,6 +130,8 @@ enum Contract {
     Explicit { has_position_ids: bool },
     /// Our one-pass graph with `lanes` prefill lanes, a slot cache.
     Packed { lanes: usize },
+    /// Our one-pass graph with our attention operator, a slot cache.
+    Slots,
 }
 
 /// Input and output names of a packed graph, built once.
@@ -163,6 +177,8 @@ impl OnnxModel {
             .count();
         let contract = if inputs.contains(&"decode_rows") {
             Contract::Packed { lanes }
+        } else if inputs.contains(&"rows") {
+            Contract::Slots
         } else {
             Contract::Explicit {
                 has_position_ids: inputs.contains(&"position_ids"),
@@ -197,6 +213,9 @@ impl OnnxModel {
             ]
             .map(String::from)
             .into(),
+            Contract::Slots => ["input_ids", "rows", "logits_index"]
+                .map(String::from)
+                .into(),
             Contract::Explicit { .. } => vec!["input_ids".into(), "attention_mask".into()],
         };
         required.extend(past_names.iter().cloned());
@@ -214,8 +233,13 @@ impl OnnxModel {
                 info.num_layers,
             )));
         }
+        // Slots graphs write the KV in place and return only the logits.
+        let presents = match contract {
+            Contract::Slots => &[][..],
+            _ => &present_names[..],
+        };
         let produced = std::iter::once("logits".to_string())
-            .chain(present_names.iter().cloned())
+            .chain(presents.iter().cloned())
             .chain(packed.lane_present.iter().flatten().cloned());
         if let Some(missing) = produced
             .into_iter()
@@ -246,15 +270,16 @@ impl OnnxModel {
     pub fn kv_layout(&self) -> KvLayout {
         match self.contract {
             Contract::Explicit { .. } => KvLayout::Padded,
-            Contract::Packed { .. } => KvLayout::Slots,
+            Contract::Packed { .. } | Contract::Slots => KvLayout::Slots,
         }
     }
 
-    /// Prompt chunks a packed pass takes (its prefill lanes); `None` for explicit graphs,
-    /// which prefill one prompt per pass.
+    /// Prompt chunks a packed pass takes (its prefill lanes); `None` where any number fits:
+    /// slots graphs take them all in one pass, explicit graphs prefill each in a pass of its
+    /// own.
     pub fn prefill_lanes(&self) -> Option<usize> {
         match self.contract {
-            Contract::Explicit { .. } => None,
+            Contract::Explicit { .. } | Contract::Slots => None,
             Contract::Packed { lanes } => Some(lanes),
         }
     }
@@ -360,10 +385,10 @@ impl OnnxModel {
         ))
     }
 
-    /// Packed graphs: one pass over every row's new tokens, each written in place into its
-    /// slot of `cache`. Rows of one token go through the decode attention, longer ones
-    /// through a prefill lane each. Returns the logits of the rows that ask for them, in
-    /// order (`[rows asking, vocab]`).
+    /// Packed and slots graphs: one pass over every row's new tokens, each written in place
+    /// into its slot of `cache`. In packed graphs rows of one token go through the decode
+    /// attention, longer ones through a prefill lane each; slots graphs take them all alike.
+    /// Returns the logits of the rows that ask for them, in order (`[rows asking, vocab]`).
     ///
     /// # Errors
     /// `InvalidInput` when a row does not fit its slot or the pass has more long rows than
@@ -373,12 +398,15 @@ impl OnnxModel {
         rows: &[PassRow],
         cache: &mut SlotCache,
     ) -> Result<Vec<f32>, EngineError> {
-        let Contract::Packed { lanes } = self.contract else {
-            return Err(EngineError::InvalidInput(
-                "an explicit-attention graph runs padded passes (forward)".into(),
-            ));
+        let lanes = match self.contract {
+            Contract::Packed { lanes } => lanes,
+            Contract::Slots => 0,
+            Contract::Explicit { .. } => {
+                return Err(EngineError::InvalidInput(
+                    "an explicit-attention graph runs padded passes (forward)".into(),
+                ))
+            }
         };
-        let packed = PackedInputs::new(rows, cache, lanes)?;
         let fail = EngineError::inference;
         let binding = match self.binding.take() {
             Some(b) if b.cache_id == cache.id() => b,
@@ -389,13 +417,18 @@ impl OnnxModel {
                 lanes: vec![None; lanes],
             },
         };
-        let binding = self.bind(binding, &packed, cache)?;
+        let (binding, asked) = if self.contract == Contract::Slots {
+            let inputs = SlotsInputs::new(rows, cache)?;
+            (self.bind_slots(binding, &inputs, cache)?, inputs.asked)
+        } else {
+            let packed = PackedInputs::new(rows, cache, lanes)?;
+            (self.bind(binding, &packed, cache)?, packed.asked)
+        };
         let started = std::time::Instant::now();
         let result = self.session.run_binding(&binding.binding);
         self.run_time += started.elapsed();
         self.runs += 1;
         let logits = result.map_err(fail).and_then(|outputs| {
-            let asked = packed.asked;
             logits_at(&outputs, &self.info, asked, &(0..asked).collect::<Vec<_>>())
         });
         // A failed run leaves the binding as it was bound: keep it either way.
@@ -457,13 +490,7 @@ impl OnnxModel {
                 b.binding.bind_input(name.as_str(), value).map_err(fail)?;
             }
         }
-        let memory = MemoryInfo::new(
-            AllocationDevice::CPU,
-            0,
-            AllocatorType::Device,
-            MemoryType::Default,
-        )
-        .map_err(fail)?;
+        let memory = cpu_memory()?;
         // Every KV view is bound as both past and present: GroupQueryAttention then writes
         // the new positions into the same memory it reads.
         let bind_kv = |binding: &mut ort::session::IoBinding,
@@ -524,6 +551,89 @@ impl OnnxModel {
     }
 }
 
+impl OnnxModel {
+    /// Binds a slots pass: its three small inputs, the logits, and the whole cache as the
+    /// KV inputs the first time (the attention nodes write into them in place).
+    fn bind_slots(
+        &self,
+        mut b: PackedBinding,
+        inputs: &SlotsInputs,
+        cache: &mut SlotCache,
+    ) -> Result<PackedBinding, EngineError> {
+        let fail = EngineError::inference;
+        let small = [
+            (
+                "input_ids",
+                owned_value(vec![1, inputs.ids.len()], inputs.ids.clone())?,
+            ),
+            (
+                "rows",
+                owned_value(vec![inputs.rows.len() / 4, 4], inputs.rows.clone())?,
+            ),
+            (
+                "logits_index",
+                owned_value(vec![inputs.logits_index.len()], inputs.logits_index.clone())?,
+            ),
+        ];
+        for (name, value) in &small {
+            b.binding.bind_input(*name, value).map_err(fail)?;
+        }
+        let memory = cpu_memory()?;
+        b.binding
+            .bind_output_to_device("logits", &memory)
+            .map_err(fail)?;
+        if b.decode_slots != cache.slots() {
+            for (t, name) in self.past_names.iter().enumerate() {
+                let (data, shape) = cache.view(t, 0..cache.slots())?;
+                // SAFETY: as in `bind`: the view lies in `cache`'s buffers, never reallocated,
+                // and the binding runs only with the cache it was made for (`cache_id`).
+                let view = unsafe { borrowed_f32_tensor(&memory, data, shape)? };
+                b.binding.bind_input(name.as_str(), &view).map_err(fail)?;
+            }
+            b.decode_slots = cache.slots();
+        }
+        Ok(b)
+    }
+}
+
+/// A slots pass's inputs (SLOTS_CONTRACT): the rows' tokens one row after another.
+struct SlotsInputs {
+    ids: Vec<i64>,
+    /// `[rows, 4]`: slot, past, start, count.
+    rows: Vec<i64>,
+    logits_index: Vec<i64>,
+    /// Rows asking for logits.
+    asked: usize,
+}
+
+impl SlotsInputs {
+    fn new(rows: &[PassRow], cache: &SlotCache) -> Result<Self, EngineError> {
+        check_rows(rows, cache, None)?;
+        let mut inputs = Self {
+            ids: Vec::new(),
+            rows: Vec::with_capacity(rows.len() * 4),
+            logits_index: Vec::new(),
+            asked: 0,
+        };
+        for r in rows {
+            let start = inputs.ids.len();
+            inputs.ids.extend(r.tokens.iter().map(|&t| i64::from(t)));
+            inputs
+                .rows
+                .extend([r.slot, r.past, start, r.tokens.len()].map(|x| x as i64));
+            if r.logits {
+                inputs.logits_index.push(inputs.ids.len() as i64 - 1);
+            }
+        }
+        inputs.asked = inputs.logits_index.len();
+        if inputs.asked == 0 {
+            // lm_head needs a position to run on; this pass's logits are not read.
+            inputs.logits_index.push(0);
+        }
+        Ok(inputs)
+    }
+}
+
 /// The packed graph's IoBinding, kept from one pass to the next over the same cache.
 struct PackedBinding {
     binding: ort::session::IoBinding,
@@ -564,7 +674,7 @@ struct LaneInput {
 impl PackedInputs {
     fn new(rows: &[PassRow], cache: &SlotCache, lanes: usize) -> Result<Self, EngineError> {
         let slots = rows.iter().map(|r| r.slot + 1).max().unwrap_or(0);
-        check_rows(rows, cache, slots)?;
+        check_rows(rows, cache, Some(slots))?;
         let long: Vec<usize> = (0..rows.len())
             .filter(|&i| rows[i].tokens.len() > 1)
             .collect();
@@ -641,11 +751,18 @@ impl PackedInputs {
 }
 
 /// Checks that a pass's rows are distinct slots of `cache` whose new tokens fit after the
-/// positions they hold, and that every slot up to `slots` has room for the decode
-/// attention's write at its end.
-fn check_rows(rows: &[PassRow], cache: &SlotCache, slots: usize) -> Result<(), EngineError> {
+/// positions they hold. Packed graphs give `decode_slots`: every slot below it must have room
+/// for the decode attention's write at its end, one past the row's last position.
+fn check_rows(
+    rows: &[PassRow],
+    cache: &SlotCache,
+    decode_slots: Option<usize>,
+) -> Result<(), EngineError> {
     let bad = |why: String| Err(EngineError::InvalidInput(why));
-    if rows.is_empty() || slots > cache.slots() {
+    let slots = decode_slots.unwrap_or(cache.slots());
+    // The decode attention writes one position past each slot's end.
+    let room = usize::from(decode_slots.is_some());
+    if rows.is_empty() || slots > cache.slots() || rows.iter().any(|r| r.slot >= slots) {
         return bad(format!(
             "a pass needs rows in the cache's {} slots",
             cache.slots()
@@ -653,7 +770,8 @@ fn check_rows(rows: &[PassRow], cache: &SlotCache, slots: usize) -> Result<(), E
     }
     let mut seen = vec![false; slots];
     for r in rows {
-        let fits = r.past + r.tokens.len() < cache.capacity() && r.past == cache.end(r.slot);
+        let fits =
+            r.past + r.tokens.len() + room <= cache.capacity() && r.past == cache.end(r.slot);
         if r.tokens.is_empty() || !fits || seen[r.slot] {
             return bad(format!(
                 "the row of slot {} ({} tokens after {}) does not fit a slot holding {} of {} positions, or is in the pass twice",
@@ -666,13 +784,24 @@ fn check_rows(rows: &[PassRow], cache: &SlotCache, slots: usize) -> Result<(), E
         }
         seen[r.slot] = true;
     }
-    match (0..slots).find(|&s| cache.end(s) + 1 >= cache.capacity()) {
+    match (0..decode_slots.unwrap_or(0)).find(|&s| cache.end(s) + 1 >= cache.capacity()) {
         Some(full) => bad(format!(
             "slot {full} is full ({} positions)",
             cache.end(full)
         )),
         None => Ok(()),
     }
+}
+
+/// Where the engine's tensors live: the CPU's memory.
+fn cpu_memory() -> Result<MemoryInfo<'static>, EngineError> {
+    MemoryInfo::new(
+        AllocationDevice::CPU,
+        0,
+        AllocatorType::Device,
+        MemoryType::Default,
+    )
+    .map_err(EngineError::inference)
 }
 
 /// An int64 input tensor of `shape`, for a plain run.
