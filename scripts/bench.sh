@@ -90,7 +90,9 @@ else
     fi
     # The benchmark stand-in (what run.sh never serves unasked): random weights, real shape, the
     # exporter's defaults or TRENDSTORY_EXPORT_ARGS; an export of another graph is redone.
-    read -r -a EXPORT_ARGS <<< "${TRENDSTORY_EXPORT_ARGS:-}"
+    # The engine's own attention graph (SLOTS_CONTRACT) unless TRENDSTORY_EXPORT_ARGS asks
+    # for another.
+    read -r -a EXPORT_ARGS <<< "--attention slots ${TRENDSTORY_EXPORT_ARGS:-}"
     if [[ "$model" == onnx/tinyllama-bench ]] && ! "$PYTHON_ENV_PY" -c 'import sys; sys.path.insert(0, "scripts")
 import export_onnx as E; sys.exit(0 if E.export_matches(sys.argv[1], sys.argv[2:]) else 1)' "$model" "${EXPORT_ARGS[@]}"; then
         echo "bench.sh: building onnx/tinyllama-bench (random weights, TinyLlama-1.1B shape)"

@@ -34,7 +34,8 @@ DEFAULT_REPO="TinyLlama/TinyLlama-1.1B-Chat-v1.0"
 REPO_ID="$DEFAULT_REPO"
 OUT_DIR="$root/onnx/tinyllama-1.1b-chat-int4"
 CACHE_DIR=""
-args=()
+# The engine's own attention graph (SLOTS_CONTRACT) unless the options ask for another.
+args=(--attention slots)
 usage() { echo "fetch-model: $1 (usage: scripts/fetch-model.sh [--repo ID] [--out DIR] [--cache-dir DIR] [exporter options])" >&2; exit 2; }
 abspath() { [[ "$1" = /* ]] && echo "$1" || echo "$caller/$1"; }
 while (($#)); do

@@ -9,7 +9,8 @@
 FILE is the one profile the run wrote (bench-engine prints its name: the prefix, a date).
 
 Per node group, the share of the time inside `session.run` (model_run): the int4 matmuls
-(MatMulNBits), attention (GroupQueryAttention, or the explicit graph's MatMul/Softmax/...),
+(MatMulNBits), attention (GroupQueryAttention, the slots graph's SlotAttention, or the
+explicit graph's MatMul/Softmax/...),
 the packed graph's glue (gathers, slices, concat, reshapes that pack and unpack rows), norms,
 the MLP's activation, the embedding, and the runs' own overhead (model_run time no node
 accounts for: scheduling nodes, waking threads, binding). The prefill lanes' nodes are also
@@ -28,6 +29,7 @@ GROUPS = {
     "MatMul": "attention",
     "FusedMatMul": "attention",
     "GroupQueryAttention": "attention",
+    "SlotAttention": "attention",
     "RotaryEmbedding": "attention",
     "Softmax": "attention",
     "Where": "attention",

