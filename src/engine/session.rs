@@ -476,9 +476,7 @@ impl OnnxModel {
                 owned_value(vec![packed.logits_index.len()], packed.logits_index.clone())?,
             ),
         ];
-        for (name, value) in &small {
-            b.binding.bind_input(*name, value).map_err(fail)?;
-        }
+        let memory = bind_pass_values(&mut b.binding, &small)?;
         for (names, lane) in self.packed.lane_inputs.iter().zip(&packed.lanes) {
             let values = [
                 owned_value(vec![1], vec![lane.start as i64])?,
@@ -490,7 +488,6 @@ impl OnnxModel {
                 b.binding.bind_input(name.as_str(), value).map_err(fail)?;
             }
         }
-        let memory = cpu_memory()?;
         // Every KV view is bound as both past and present: GroupQueryAttention then writes
         // the new positions into the same memory it reads.
         let bind_kv = |binding: &mut ort::session::IoBinding,
@@ -530,11 +527,6 @@ impl OnnxModel {
             }
             b.lanes[k] = target;
         }
-        // Bound anew each pass: a bound output keeps its first shape, and the logits' count
-        // changes from pass to pass.
-        b.binding
-            .bind_output_to_device("logits", &memory)
-            .map_err(fail)?;
         if b.decode_slots != packed.slots {
             for t in 0..self.past_names.len() {
                 let view = cache.view(t, 0..packed.slots)?;
@@ -549,9 +541,7 @@ impl OnnxModel {
         }
         Ok(b)
     }
-}
 
-impl OnnxModel {
     /// Binds a slots pass: its three small inputs, the logits, and the whole cache as the
     /// KV inputs the first time (the attention nodes write into them in place).
     fn bind_slots(
@@ -575,13 +565,7 @@ impl OnnxModel {
                 owned_value(vec![inputs.logits_index.len()], inputs.logits_index.clone())?,
             ),
         ];
-        for (name, value) in &small {
-            b.binding.bind_input(*name, value).map_err(fail)?;
-        }
-        let memory = cpu_memory()?;
-        b.binding
-            .bind_output_to_device("logits", &memory)
-            .map_err(fail)?;
+        let memory = bind_pass_values(&mut b.binding, &small)?;
         if b.decode_slots != cache.slots() {
             for (t, name) in self.past_names.iter().enumerate() {
                 let (data, shape) = cache.view(t, 0..cache.slots())?;
@@ -625,11 +609,7 @@ impl SlotsInputs {
                 inputs.logits_index.push(inputs.ids.len() as i64 - 1);
             }
         }
-        inputs.asked = inputs.logits_index.len();
-        if inputs.asked == 0 {
-            // lm_head needs a position to run on; this pass's logits are not read.
-            inputs.logits_index.push(0);
-        }
+        inputs.asked = pad_logits_index(&mut inputs.logits_index);
         Ok(inputs)
     }
 }
@@ -639,7 +619,8 @@ struct PackedBinding {
     binding: ort::session::IoBinding,
     /// The [`SlotCache`] its KV views point into.
     cache_id: u64,
-    /// Slots bound to the decode attention (0: none yet).
+    /// Slots bound as KV inputs (0: none yet): packed graphs, the decode attention's first
+    /// slots; slots graphs, the whole cache.
     decode_slots: usize,
     /// Per lane, what its KV views are bound to: `Some(Some(slot))`, `Some(None)` for the
     /// scratch slot, `None` when not bound yet.
@@ -741,11 +722,7 @@ impl PackedInputs {
                 .logits_index
                 .push((position[i] + r.tokens.len() - 1) as i64);
         }
-        inputs.asked = inputs.logits_index.len();
-        if inputs.asked == 0 {
-            // lm_head needs a position to run on; this pass's logits are not read.
-            inputs.logits_index.push(0);
-        }
+        inputs.asked = pad_logits_index(&mut inputs.logits_index);
         Ok(inputs)
     }
 }
@@ -791,6 +768,34 @@ fn check_rows(
         )),
         None => Ok(()),
     }
+}
+
+/// Binds a pass's small inputs (remade every pass) and its logits output, bound anew each
+/// pass: a bound output keeps its first shape, and the logits' count changes from pass to
+/// pass. Returns where they live, for the KV views.
+fn bind_pass_values(
+    binding: &mut ort::session::IoBinding,
+    small: &[(&str, DynValue)],
+) -> Result<MemoryInfo<'static>, EngineError> {
+    let fail = EngineError::inference;
+    for (name, value) in small {
+        binding.bind_input(*name, value).map_err(fail)?;
+    }
+    let memory = cpu_memory()?;
+    binding
+        .bind_output_to_device("logits", &memory)
+        .map_err(fail)?;
+    Ok(memory)
+}
+
+/// The number of rows asking for logits (`index`'s positions); a pass where none asks gets
+/// position 0, since lm_head needs a position to run on (those logits are not read).
+fn pad_logits_index(index: &mut Vec<i64>) -> usize {
+    let asked = index.len();
+    if asked == 0 {
+        index.push(0);
+    }
+    asked
 }
 
 /// Where the engine's tensors live: the CPU's memory.

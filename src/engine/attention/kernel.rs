@@ -38,20 +38,26 @@ impl Heads {
 
     /// Why these heads cannot be attended, if they cannot.
     pub fn check(&self) -> Result<(), String> {
-        if self.heads == 0 || self.kv_heads == 0 || !self.heads.is_multiple_of(self.kv_heads) {
-            return Err(format!(
-                "{} query heads do not split into groups over {} KV heads",
-                self.heads, self.kv_heads
-            ));
-        }
+        Self::check_attributes(self.heads, self.kv_heads, self.scale)?;
         if self.head_dim == 0 || !self.head_dim.is_multiple_of(2) {
             return Err(format!(
                 "head_dim {} is not even (rotary embedding rotates halves)",
                 self.head_dim
             ));
         }
-        if !self.scale.is_finite() || self.scale <= 0.0 {
-            return Err(format!("scale {} is not a positive number", self.scale));
+        Ok(())
+    }
+
+    /// The part of [`Self::check`] a graph node's attributes decide (head_dim comes with its
+    /// KV buffers), so a bad node fails when the session loads.
+    pub fn check_attributes(heads: usize, kv_heads: usize, scale: f32) -> Result<(), String> {
+        if heads == 0 || kv_heads == 0 || !heads.is_multiple_of(kv_heads) {
+            return Err(format!(
+                "{heads} query heads do not split into groups over {kv_heads} KV heads"
+            ));
+        }
+        if !scale.is_finite() || scale <= 0.0 {
+            return Err(format!("scale {scale} is not a positive number"));
         }
         Ok(())
     }

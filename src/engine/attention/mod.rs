@@ -77,14 +77,8 @@ impl Operator for SlotAttention {
         })?;
         let heads = int("num_heads")?;
         let kv_heads = int("kv_num_heads")?;
-        Heads {
-            heads,
-            kv_heads,
-            head_dim: 2,
-            scale,
-        }
-        .check()
-        .map_err(|why| ort::Error::new(format!("SlotAttention {node}: {why}")))?;
+        Heads::check_attributes(heads, kv_heads, scale)
+            .map_err(|why| ort::Error::new(format!("SlotAttention {node}: {why}")))?;
         Ok(SlotAttentionKernel {
             heads,
             kv_heads,
