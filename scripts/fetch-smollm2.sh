@@ -26,9 +26,8 @@ GGUF="$root/.cache/models/SmolLM2-135M-Instruct.Q4_1.gguf"
 SAMPLING="temperature=0.7,top_p=0.9,top_k=50,repetition_penalty=1.05"
 
 out="onnx/smollm2-135m-instruct"
-# The packed graph for now: the real-text tests run this model on debug builds, where our
-# attention operator (SLOTS_CONTRACT, `--attention slots`) is unoptimized Rust and too slow.
-args=()
+# The engine's own attention graph (SLOTS_CONTRACT) unless the options ask for another.
+args=(--attention slots)
 while (($#)); do
     case "$1" in
         --out) out="$2"; shift ;;

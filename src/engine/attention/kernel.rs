@@ -376,9 +376,16 @@ unsafe fn attend<const AVX512: bool>(job: &Job<'_>, row: Row, kv_head: usize, s:
                 let block_max = max(scores);
                 let max = s.max[i].max(block_max);
                 let carried = exp_one(s.max[i] - max);
-                scores.iter_mut().for_each(|x| *x -= max);
-                exp_in_place(scores);
-                s.sum[i] = s.sum[i] * carried + sum(scores);
+                #[cfg(target_arch = "x86_64")]
+                let block_sum = if AVX512 {
+                    // SAFETY: the caller checked the CPU has AVX-512.
+                    unsafe { avx512::exp_minus(scores, max) }
+                } else {
+                    exp_minus_portable(scores, max)
+                };
+                #[cfg(not(target_arch = "x86_64"))]
+                let block_sum = exp_minus_portable(scores, max);
+                s.sum[i] = s.sum[i] * carried + block_sum;
                 s.max[i] = max;
                 let acc = &mut s.acc[i * dim..(i + 1) * dim];
                 if carried != 1.0 {
@@ -517,6 +524,17 @@ mod avx512 {
         // inside the slices (checked above); the caller vouches for the instruction set.
         unsafe {
             let mut n = 0;
+            while n + LANES <= scores.len() {
+                let mut acc = [_mm512_setzero_ps(); LANES];
+                for d in (0..dim).step_by(LANES) {
+                    let qv = _mm512_loadu_ps(q.add(d));
+                    for (j, a) in acc.iter_mut().enumerate() {
+                        *a = _mm512_fmadd_ps(qv, _mm512_loadu_ps(k.add((n + j) * dim + d)), *a);
+                    }
+                }
+                _mm512_storeu_ps(scores.as_mut_ptr().add(n), sums_of(acc));
+                n += LANES;
+            }
             while n + 4 <= scores.len() {
                 let mut acc = [_mm512_setzero_ps(); 4];
                 for d in (0..dim).step_by(LANES) {
@@ -544,6 +562,81 @@ mod avx512 {
         }
     }
 
+    /// As `exp_minus_portable`, sixteen lanes at a time (the same arithmetic as `exp_one`),
+    /// the last partial register masked.
+    ///
+    /// # Safety
+    /// The CPU must have AVX-512 F.
+    #[inline(always)]
+    pub(super) unsafe fn exp_minus(xs: &mut [f32], max: f32) -> f32 {
+        // SAFETY: masked loads and stores touch only `xs`; the caller vouches for the
+        // instruction set.
+        unsafe {
+            let (m, mut total) = (_mm512_set1_ps(max), _mm512_setzero_ps());
+            for at in (0..xs.len()).step_by(LANES) {
+                let left = (xs.len() - at).min(LANES);
+                let mask: __mmask16 = ((1u32 << left) - 1) as __mmask16;
+                let p = xs.as_mut_ptr().add(at);
+                let x = _mm512_max_ps(
+                    _mm512_sub_ps(_mm512_maskz_loadu_ps(mask, p), m),
+                    _mm512_set1_ps(-87.0),
+                );
+                let n = _mm512_roundscale_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(
+                    _mm512_mul_ps(x, _mm512_set1_ps(std::f32::consts::LOG2_E)),
+                );
+                let r = _mm512_fnmadd_ps(n, _mm512_set1_ps(super::LN2_HIGH), x);
+                let r = _mm512_fnmadd_ps(n, _mm512_set1_ps(super::LN2_LOW), r);
+                let mut e = _mm512_set1_ps(super::EXP_TAYLOR[0]);
+                for &c in &super::EXP_TAYLOR[1..] {
+                    e = _mm512_fmadd_ps(e, r, _mm512_set1_ps(c));
+                }
+                let scale = _mm512_slli_epi32::<23>(_mm512_add_epi32(
+                    _mm512_cvtps_epi32(n),
+                    _mm512_set1_epi32(127),
+                ));
+                let e = _mm512_maskz_mul_ps(mask, e, _mm512_castsi512_ps(scale));
+                _mm512_mask_storeu_ps(p, mask, e);
+                total = _mm512_add_ps(total, e);
+            }
+            _mm512_reduce_add_ps(total)
+        }
+    }
+
+    /// The sum of each register's lanes: lane `j` of the result is the sum of `v[j]`'s,
+    /// by halving sixteen registers together (45 shuffles and adds, where sixteen separate
+    /// reductions take about 130).
+    #[inline(always)]
+    unsafe fn sums_of(v: [__m512; LANES]) -> __m512 {
+        // SAFETY: register arithmetic only; the caller vouches for the instruction set.
+        unsafe {
+            // Pairs: per 128-bit chunk, [a, b, a, b] partial sums of registers a and b.
+            let pairs: [__m512; 8] = std::array::from_fn(|i| {
+                let (a, b) = (v[2 * i], v[2 * i + 1]);
+                _mm512_add_ps(_mm512_unpacklo_ps(a, b), _mm512_unpackhi_ps(a, b))
+            });
+            // Quads: per 128-bit chunk, [a, b, c, d].
+            let quads: [__m512; 4] = std::array::from_fn(|i| {
+                let (x, y) = (pairs[2 * i], pairs[2 * i + 1]);
+                _mm512_add_ps(
+                    _mm512_shuffle_ps::<0b01_00_01_00>(x, y),
+                    _mm512_shuffle_ps::<0b11_10_11_10>(x, y),
+                )
+            });
+            // Then the four chunks of each quad: [q0 (c0+c1), q0 (c2+c3), q1 .., q1 ..].
+            let halves: [__m512; 2] = std::array::from_fn(|i| {
+                let (x, y) = (quads[2 * i], quads[2 * i + 1]);
+                _mm512_add_ps(
+                    _mm512_shuffle_f32x4::<0b10_00_10_00>(x, y),
+                    _mm512_shuffle_f32x4::<0b11_01_11_01>(x, y),
+                )
+            });
+            _mm512_add_ps(
+                _mm512_shuffle_f32x4::<0b10_00_10_00>(halves[0], halves[1]),
+                _mm512_shuffle_f32x4::<0b11_01_11_01>(halves[0], halves[1]),
+            )
+        }
+    }
+
     /// As `accumulate_portable`, for a length that is a multiple of [`LANES`]: up to four
     /// registers of the sum stay in registers over all the values.
     ///
@@ -561,15 +654,32 @@ mod avx512 {
             // Four registers at a time, then one: fixed counts the compiler unrolls.
             let mut part = 0;
             while part + 4 * LANES <= dim {
-                let mut sum = [0, 1, 2, 3].map(|r| _mm512_loadu_ps(a.add(part + r * LANES)));
-                for (n, &p) in weights.iter().enumerate() {
-                    let (p, at) = (_mm512_set1_ps(p), v.add(n * dim + part));
-                    for (r, s) in sum.iter_mut().enumerate() {
+                // Even and odd values into separate sums: eight chains of fused
+                // multiply-adds in flight, not four (each waits for its last result).
+                let mut even = [0, 1, 2, 3].map(|r| _mm512_loadu_ps(a.add(part + r * LANES)));
+                let mut odd = [_mm512_setzero_ps(); 4];
+                let pairs = weights.len() / 2;
+                for n in 0..pairs {
+                    let (p0, p1) = (
+                        _mm512_set1_ps(weights[2 * n]),
+                        _mm512_set1_ps(weights[2 * n + 1]),
+                    );
+                    let at = v.add(2 * n * dim + part);
+                    for r in 0..4 {
+                        even[r] = _mm512_fmadd_ps(p0, _mm512_loadu_ps(at.add(r * LANES)), even[r]);
+                        odd[r] =
+                            _mm512_fmadd_ps(p1, _mm512_loadu_ps(at.add(dim + r * LANES)), odd[r]);
+                    }
+                }
+                if weights.len() % 2 == 1 {
+                    let n = weights.len() - 1;
+                    let (p, at) = (_mm512_set1_ps(weights[n]), v.add(n * dim + part));
+                    for (r, s) in even.iter_mut().enumerate() {
                         *s = _mm512_fmadd_ps(p, _mm512_loadu_ps(at.add(r * LANES)), *s);
                     }
                 }
-                for (r, s) in sum.into_iter().enumerate() {
-                    _mm512_storeu_ps(a.add(part + r * LANES), s);
+                for r in 0..4 {
+                    _mm512_storeu_ps(a.add(part + r * LANES), _mm512_add_ps(even[r], odd[r]));
                 }
                 part += 4 * LANES;
             }
@@ -598,18 +708,35 @@ fn accumulate_portable(acc: &mut [f32], weights: &[f32], values: &[f32]) {
     }
 }
 
+/// `xs[n] = e^(xs[n] - max)`, returning their sum.
 #[inline(always)]
-fn exp_in_place(xs: &mut [f32]) {
+fn exp_minus_portable(xs: &mut [f32], max: f32) -> f32 {
     let mut blocks = xs.chunks_exact_mut(LANES);
     for block in &mut blocks {
         for x in block.iter_mut() {
-            *x = exp_one(*x);
+            *x = exp_one(*x - max);
         }
     }
     for x in blocks.into_remainder() {
-        *x = exp_one(*x);
+        *x = exp_one(*x - max);
     }
+    sum(xs)
 }
+
+/// ln 2 split so that n · LN2_HIGH is exact for |n| < 2^9 (`exp_one`).
+const LN2_HIGH: f32 = 0.693_359_4;
+const LN2_LOW: f32 = -2.121_944_4e-4;
+/// e^r's Taylor coefficients, highest degree first (`exp_one`).
+const EXP_TAYLOR: [f32; 8] = [
+    1.0 / 5040.0,
+    1.0 / 720.0,
+    1.0 / 120.0,
+    1.0 / 24.0,
+    1.0 / 6.0,
+    0.5,
+    1.0,
+    1.0,
+];
 
 /// e^x for x ≤ 0 (scores minus their max), to within 3e-7 relative error: e^r · 2^n with
 /// n = round(x log2 e), r = x - n ln 2 (in two parts, so r is exact to f32) and e^r by its
@@ -622,20 +749,9 @@ fn exp_one(x: f32) -> f32 {
     // Round to nearest by the 1.5 × 2^23 trick (valid for |t| < 2^22).
     const ROUND: f32 = 12_582_912.0;
     let n = (x * std::f32::consts::LOG2_E + ROUND) - ROUND;
-    // ln 2 split so that n · LN2_HIGH is exact for |n| < 2^9.
-    const LN2_HIGH: f32 = 0.693_359_4;
-    const LN2_LOW: f32 = -2.121_944_4e-4;
     let r = n.mul_add(-LN2_LOW, n.mul_add(-LN2_HIGH, x));
-    let mut p: f32 = 1.0 / 5040.0;
-    for c in [
-        1.0 / 720.0,
-        1.0 / 120.0,
-        1.0 / 24.0,
-        1.0 / 6.0,
-        0.5,
-        1.0,
-        1.0,
-    ] {
+    let mut p = EXP_TAYLOR[0];
+    for &c in &EXP_TAYLOR[1..] {
         p = p.mul_add(r, c);
     }
     p * f32::from_bits(((n as i32 + 127) as u32) << 23)
@@ -757,6 +873,28 @@ mod tests {
             );
         }
         assert_eq!(exp_one(0.0), 1.0);
+    }
+
+    #[test]
+    fn vectorized_exp_matches_the_scalar_one() {
+        // Lengths around the vector width, so the masked last register is covered.
+        for len in [1, 15, 16, 17, 64] {
+            let scores: Vec<f32> = (0..len).map(|i| -(i as f32) * 1.37 + 2.0).collect();
+            let mut portable = scores.clone();
+            let portable_sum = exp_minus_portable(&mut portable, 2.5);
+            #[cfg(target_arch = "x86_64")]
+            if std::arch::is_x86_feature_detected!("avx512f") {
+                let mut vectorized = scores.clone();
+                // SAFETY: the CPU has AVX-512 (checked above).
+                let sum = unsafe { avx512::exp_minus(&mut vectorized, 2.5) };
+                for (v, p) in vectorized.iter().zip(&portable) {
+                    assert!((v - p).abs() <= 1e-7 * p.abs(), "{v} against {p}");
+                }
+                assert!((sum - portable_sum).abs() <= 1e-6 * portable_sum);
+            }
+            let expected: f32 = scores.iter().map(|x| (x - 2.5).exp()).sum();
+            assert!((portable_sum - expected).abs() <= 1e-6 * expected);
+        }
     }
 
     #[test]
