@@ -11,10 +11,11 @@
 #
 # Durations and levels (full-run defaults in brackets): --levels 1,5,10,20, --level-duration
 # S [120], --w2-duration S [30], --trend-limit N [20] (W2's and W4's topics), --w4-levels
-# 1,5,20,50 and --w4-duration S [120] (W4, the page's traffic, on both servers),
+# 1,5,10,15,20,30,50 and --w4-duration S [120] (W4, the page's traffic, on both servers),
 # --steady-duration S [600], --spike-duration S [300], --spike-ramp S [30],
 # --endurance-duration S [600] (3600: the 1-hour run), --nobatch-levels LIST, --peer-levels
-# LIST (llama-server's W1 and W3); 0 or an empty list skips a part.
+# LIST (llama-server's W1 and W3), --variants-levels LIST [20] (W1 again on a replica writing
+# background stories and "another story" variants, as deployed); 0 or an empty list skips a part.
 # Other options: --binary PATH, --model DIR, --out DIR, --no-docs (leave BENCHMARKS.md alone),
 # --peer-gguf FILE (llama-server serves that file: the GGUF --model was imported from, e.g.
 # SmolLM2's, with prompts in the model's own template) and --ignore-eos (both servers write
@@ -54,7 +55,7 @@ while (($#)); do
         --no-docs) docs=0 ;;
         --levels|--level-duration|--w2-duration|--trend-limit|--steady-duration|--spike-duration|\
 --spike-ramp|--spike-users|--endurance-duration|--nobatch-levels|--peer-levels|--max-tokens|\
---max-requests|--w4-levels|--w4-duration)
+--max-requests|--w4-levels|--w4-duration|--variants-levels)
             pass+=("$1" "$2"); shift ;;
         -h|--help) sed -n '2,29p' "$0"; exit 0 ;;
         *) echo "bench.sh: unknown option $1 (see --help)" >&2; exit 2 ;;

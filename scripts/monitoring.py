@@ -7,8 +7,9 @@
 - prometheusrule.yaml: the groups of alerts.rules.yaml (the plain Prometheus rule file that
   promtool tests) wrapped as a Prometheus Operator PrometheusRule.
 - dashboard.json: the Grafana dashboard, from the panel list below: requests, errors,
-  latency, time to first token, queue, batch, tokens/s, story cache, trend sources,
-  replicas, restarts, memory and CPU; per replica and in total. Importable as is (a
+  latency, time to first token, queue, batch, tokens/s, story cache, "another story" and
+  its variants, trend sources, replicas, restarts, memory and CPU; per replica and in
+  total. Importable as is (a
   data-source variable instead of an import-time input, so the sidecar can load it too).
 
 Every query names only metrics the server exports: tests/deploy/test_monitoring.py asks a
@@ -136,6 +137,17 @@ PANELS = [
          "TrendStoryStoryCacheEvicting above half the new stories).",
          [(f"sum by (pod) (trendstory_story_cache_entries{{{SEL}}})", "entries {{pod}}"),
           (f"sum by (pod) (rate(trendstory_story_cache_evictions_total{{{SEL}}}{RATE}))", "evictions/s {{pod}}")]),
+        ("\"Another story\": answers by source", "reqps",
+         "Requests with `seen` per second: ready (a variant written ahead, no generation) or new "
+         "(none was ready: written for the request).",
+         [(f"sum by (answer) (rate(trendstory_story_another_total{{{SEL}}}{RATE}))", "{{answer}}")]),
+        ("Variants written ahead", "short",
+         "Variants ready per top trend (the lowest over the replicas: each writes the same ones), "
+         "and tokens/s written at background priority (trending stories and variants, with the "
+         "capacity users leave free).",
+         [(f"min by (rank) (trendstory_story_variants_ready{{{SEL}}})", "ready, trend {{rank}}"),
+          (f"sum(rate(trendstory_inference_background_generated_tokens_total{{{SEL}}}{RATE}))",
+           "background tokens/s")]),
         ("Trend sources up", "short",
          "1 when the source's latest fetch succeeded; the lowest over the replicas, and each replica's.",
          [(f"min by (source) (trendstory_trend_source_up{{{SEL}}})", "{{source}}, lowest"),

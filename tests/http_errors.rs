@@ -281,7 +281,8 @@ async fn every_field_error_names_the_field_and_what_it_accepts() {
     let limit_rule = format!("a whole number between 1 and {max_trends}");
     let sources = "one of hackernews, reddit, google_trends, wikipedia, file";
     // (field, a wrong value as JSON, the same as a query value, what it accepts); the
-    // query has no wrong value for `topic` (any text is one).
+    // query has no wrong value for `topic` or `seen` (any text is one: `seen`'s ids are
+    // checked after, an out_of_range).
     let story_fields = [
         ("topic", "5", None),
         ("style", r#""opera""#, Some("opera")),
@@ -291,6 +292,7 @@ async fn every_field_error_names_the_field_and_what_it_accepts() {
         ("top_k", "-1", Some("-1")),
         ("repetition_penalty", "{}", Some("1,5")),
         ("seed", "1.5", Some("1.5")),
+        ("seen", "5", None),
         ("stream", r#""yes""#, Some("maybe")),
     ];
     assert_eq!(

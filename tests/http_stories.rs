@@ -486,6 +486,114 @@ async fn pregeneration_fills_the_trending_stories() {
 }
 
 #[actix_web::test]
+async fn another_story_is_one_not_seen_and_written_ahead_for_the_top_trend() {
+    let mut config = tiny_server_config();
+    config.stories.trending.enabled = true;
+    config.stories.trending.top_k = 1;
+    config.stories.trending.check_interval_secs = 1;
+    config.stories.variants.top_k = 1;
+    config.stories.variants.per_trend = 2;
+    config.stories.default_max_tokens = 8;
+    let base = start_server(config).await;
+    tokio::time::timeout(Duration::from_secs(30), async {
+        while metric(
+            &metrics(&base).await,
+            "trendstory_story_variants_ready{rank=\"1\"}",
+        ) < 2.0
+        {
+            actix_web::rt::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await
+    .expect("two variants of the top trend written within 30 s");
+    let (_, trending) = get_json(&base, "/v1/stories/trending?limit=1").await;
+    let top = trending["stories"][0]["topic"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let another = |seen: Vec<&Value>| json!({"topic": top, "seen": seen});
+
+    // The two variants written ahead, one after the other, then one written now.
+    let (status, first) = post_story(&base, another(vec![])).await;
+    assert_eq!(status, 200, "{first}");
+    assert_eq!(
+        (&first["variant"], &first["cached"]),
+        (&json!("ready"), &json!(true))
+    );
+    assert_ne!(first["id"], trending["stories"][0]["story"]["id"]);
+    let (_, second) = post_story(&base, another(vec![&first["id"]])).await;
+    assert_eq!(second["variant"], "ready");
+    assert_ne!(second["id"], first["id"]);
+    assert_ne!(second["seed"], first["seed"]);
+    let (_, third) = post_story(&base, another(vec![&first["id"], &second["id"]])).await;
+    assert_eq!(
+        (&third["variant"], &third["cached"]),
+        (&json!("new"), &json!(false))
+    );
+    assert!(![&first["id"], &second["id"]].contains(&&third["id"]));
+    // Written once, it is ready for the next client too, also through a URL.
+    let url = format!(
+        "/v1/stories?topic={}&seen={},{}",
+        form_urlencoded::byte_serialize(top.as_bytes()).collect::<String>(),
+        first["id"].as_str().unwrap(),
+        second["id"].as_str().unwrap()
+    );
+    let (status, again) = get_json(&base, &url).await;
+    assert_eq!(status, 200, "{again}");
+    assert_eq!(
+        (&again["id"], &again["variant"]),
+        (&third["id"], &json!("ready"))
+    );
+    // A variant's seed asks for that story again, as any seed does.
+    let (_, by_seed) = post_story(&base, json!({"topic": top, "seed": second["seed"]})).await;
+    assert_eq!(
+        (&by_seed["id"], &by_seed["cached"]),
+        (&second["id"], &json!(true))
+    );
+    assert!(by_seed.get("variant").is_none(), "{by_seed}");
+    // A seed keeps that meaning beside `seen`.
+    let (_, both) = post_story(
+        &base,
+        json!({"topic": top, "seed": second["seed"], "seen": [&second["id"]]}),
+    )
+    .await;
+    assert_eq!(both["id"], second["id"]);
+
+    // Bad input is a 400 that names the field.
+    let many: Vec<&Value> = vec![&first["id"]; 33];
+    for (body, why) in [
+        (json!({"topic": top, "seen": ["story-1"]}), "unknown id"),
+        (json!({"topic": top, "seen": many}), "at most 32"),
+        (
+            json!({"topic": top, "seen": "story-0123456789abcdef"}),
+            "seen",
+        ),
+    ] {
+        let (status, error) = post_story(&base, body.clone()).await;
+        assert_eq!(status, 400, "{body} -> {error}");
+        let message = error["error"]["message"].as_str().unwrap();
+        assert!(
+            message.contains("seen") && message.contains(why),
+            "{message}"
+        );
+    }
+    let text = metrics(&base).await;
+    let answered = |answer: &str| {
+        metric(
+            &text,
+            &format!("trendstory_story_another_total{{answer=\"{answer}\"}}"),
+        )
+    };
+    assert_eq!((answered("ready"), answered("new")), (3.0, 1.0));
+    assert!(
+        metric(
+            &text,
+            "trendstory_inference_background_generated_tokens_total"
+        ) > 0.0
+    );
+}
+
+#[actix_web::test]
 async fn api_keys_and_rate_limits_guard_v1_only() {
     let mut config = tiny_server_config();
     config.api.api_keys = vec!["k-123".into()];

@@ -62,17 +62,18 @@ MODES = {
     "smoke": dict(levels=[1], level_duration=20, w2_duration=20, trend_limit=20,
                   w4_levels=[1], w4_duration=20,
                   steady_duration=0, spike_duration=4, spike_ramp=2, spike_users=2,
-                  endurance_duration=0, nobatch_levels=[], peer_levels=[1], max_requests=5),
+                  endurance_duration=0, nobatch_levels=[], peer_levels=[1], variants_levels=[],
+                  max_requests=5),
     "quick": dict(levels=[1, 5], level_duration=20, w2_duration=10, trend_limit=5,
                   w4_levels=[1, 5], w4_duration=20,
                   steady_duration=20, spike_duration=40, spike_ramp=10, spike_users=20,
                   endurance_duration=30, nobatch_levels=[5], peer_levels=[1, 5],
-                  max_requests=0),
+                  variants_levels=[5], max_requests=0),
     "full": dict(levels=[1, 5, 10, 20], level_duration=120, w2_duration=30, trend_limit=20,
-                 w4_levels=[1, 5, 20, 50], w4_duration=120,
+                 w4_levels=[1, 5, 10, 15, 20, 30, 50], w4_duration=120,
                  steady_duration=600, spike_duration=300, spike_ramp=30, spike_users=20,
                  endurance_duration=600, nobatch_levels=[1, 5, 10, 20],
-                 peer_levels=[1, 5, 10, 20], max_requests=0),
+                 peer_levels=[1, 5, 10, 20], variants_levels=[20], max_requests=0),
 }
 
 
@@ -81,7 +82,7 @@ class Phase:
     """One Locust run."""
 
     name: str
-    target: str  # trendstory | trendstory-nobatch | llama-server
+    target: str  # trendstory | trendstory-nobatch | trendstory-variants | llama-server
     workload: str  # W1 | W2 | W3
     users: int
     duration: float
@@ -298,6 +299,9 @@ ignore_eos = {str(ignore_eos).lower()}
 
 [stories.trending]
 enabled = false
+
+[stories.variants]
+enabled = false
 """
 
 
@@ -425,8 +429,11 @@ def summarize(records: list[dict], duration: float, window_end: float | None = N
         "prompt_tokens_avg": round(sum(prompt) / len(prompt), 1) if prompt else None,
         **sharing(ok),
         # W4: per kind of request, how many and the sharing among them.
-        "kinds": {kind: {"requests": len(rs), **sharing(rs)} for kind, rs in
-                  sorted(group_by(ok, "kind").items()) if kind is not None},
+        "kinds": {kind: {"requests": len(rs), **sharing(rs),
+                         # "Another story" answered from the variants written ahead.
+                         "variants_ready_share": round(
+                             sum(1 for r in rs if r.get("variant") == "ready") / len(rs), 3)}
+                  for kind, rs in sorted(group_by(ok, "kind").items()) if kind is not None},
         "net_kbps": round(net / 1024 / duration, 1) if duration else 0,
         "stages_ms": stages(generations(ok)),
     }
@@ -673,6 +680,12 @@ def plan(args) -> list[tuple[str, dict, list[Phase]]]:
         out.append(("trendstory-page", page_server_env(args),
                     [Phase(f"ts-w4-u{u}", "trendstory", "W4", u, args.w4_duration)
                      for u in args.w4_levels]))
+    if args.variants_levels:
+        # W1 beside background stories and variants being written, as deployed: the same
+        # levels as the plain replica's W1 (background off) in the same run.
+        out.append(("trendstory-variants", page_server_env(args),
+                    [Phase(f"variants-w1-u{u}", "trendstory-variants", "W1", u,
+                           args.level_duration) for u in args.variants_levels]))
     if args.nobatch_levels:
         out.append(("trendstory-nobatch", {"TRENDSTORY_INFERENCE__MAX_BATCH_SIZE": "1"},
                     [Phase(f"nobatch-w1-u{u}", "trendstory-nobatch", "W1", u, args.level_duration)

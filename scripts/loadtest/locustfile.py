@@ -13,9 +13,10 @@ Workloads (user classes; name one or more on the command line):
 - W3Streaming: W1 as Server-Sent Events; records time to first token ("W3 ttft") and the
   whole stream ("W3 stream") as Locust requests of their own.
 - W4Page: the web page's traffic (scripts/loadtest/page_traffic.py): 70% "Write a story" on
-  one of the top trends (Zipf-skewed, no seed), 20% another story about one (a fresh seed),
-  10% a topic the user typed; the page's default style most likely; `max_tokens` only, as
-  the page sends. The requests come in a fixed order from --page-seed (FastHttpUser).
+  one of the top trends (Zipf-skewed, no seed), 20% another story about one (`seen`: the
+  ids of the stories about it this user was shown, as the page sends; llama-server gets a
+  fresh seed), 10% a topic the user typed; the page's default style most likely;
+  `max_tokens` only, as the page sends. The requests come in a fixed order from --page-seed (FastHttpUser).
 Every user sends its next request as soon as the last one ends (no wait time): N users keep
 N requests in flight.
 
@@ -290,7 +291,7 @@ def summarize(answer: dict | None) -> dict:
                 "stages": {"prefill_ms": t.get("prompt_ms"), "decode_ms": t.get("predicted_ms")}}
     return {"tokens": answer.get("tokens"), "prompt_tokens": answer.get("prompt_tokens"),
             "cached": answer.get("cached"), "story_id": answer.get("id"),
-            "stages": answer.get("timings")}
+            "variant": answer.get("variant"), "stages": answer.get("timings")}
 
 
 def answer_problem(answer: dict) -> str:
@@ -312,8 +313,9 @@ class StoryJson(Story, FastHttpUser):
         self.network_timeout = environment.parsed_options.request_timeout
         super().__init__(environment)
 
-    def post(self, body: dict, **fields) -> None:
-        """Sends `body`; `fields` go into the request's record."""
+    def post(self, body: dict, **fields) -> dict | None:
+        """Sends `body`; `fields` go into the request's record. Returns the answer when it is
+        a good one."""
         payload = json.dumps(body).encode()
         started = time.time()
         with self.client.post(self.path(), data=payload, name=f"{self.workload} {self.path()}",
@@ -335,6 +337,7 @@ class StoryJson(Story, FastHttpUser):
                 response.failure(error)
             self.record(started, ended, not error, status, error, answer,
                         req_bytes=len(payload), resp_bytes=len(text.encode()), **fields)
+            return None if error else answer
 
 
 class W1Unique(StoryJson):
@@ -363,6 +366,11 @@ class W4Page(StoryJson):
 
     workload = "W4"
 
+    def __init__(self, environment) -> None:
+        super().__init__(environment)
+        # Per topic, the ids of the stories this user was shown, as the page keeps them.
+        self.seen: dict[str, list[str]] = {}
+
     @task
     def story(self) -> None:
         if not PAGE:  # empty only while a refused run stops
@@ -374,11 +382,14 @@ class W4Page(StoryJson):
                                                TEMPLATE),
                                    request.seed)
         else:
-            # What the page sends: topic, style and length; the seed asks for another story.
+            # What the page sends: topic, style and length; "another story" lists the ids of
+            # the stories about the topic this user was shown (llama-server gets the seed).
             body = {"topic": request.topic, "style": request.style, "max_tokens": o.max_tokens}
-            if request.seed is not None:
-                body["seed"] = request.seed
-        self.post(body, kind=request.kind, topic=request.topic, style=request.style)
+            if request.kind == "another":
+                body["seen"] = self.seen.get(request.topic, [])[-32:]
+        answer = self.post(body, kind=request.kind, topic=request.topic, style=request.style)
+        if answer and answer.get("id"):
+            self.seen.setdefault(request.topic, []).append(answer["id"])
 
 
 class W3Streaming(Story, User):

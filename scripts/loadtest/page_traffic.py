@@ -3,8 +3,9 @@
 The page (src/api/page/) lists the current trends; a reader picks **Write a story** on one,
 maybe asks for another story about it, or types a topic of their own. W4 draws each request
 from that mix: 70% a story about one of the top trends (Zipf-skewed by rank, no seed: what
-the page sends), 20% another story about a top trend (a fresh seed: the API's way to ask for
-a new story; the page has no such button yet), 10% a topic the user typed (unique). The style
+the page sends), 20% another story about a top trend (the page's **Another story**:
+TrendStory gets the ids the user was shown, `seen`, from the load test's user; llama-server a
+fresh seed, drawn here), 10% a topic the user typed (unique). The style
 is one of the page's five, its default (news) most likely. `PageTraffic` draws that sequence
 from a seed, so TrendStory and llama-server get the same requests in the same order.
 

@@ -44,6 +44,7 @@ REFERENCE_STAGES = {"trend fetching": 450, "LLM inference": 1850, "request proce
 REFERENCE_REBUILD_RPS = (0.39, 0.45)
 
 TARGET_LABELS = {"trendstory": "TrendStory", "trendstory-nobatch": "TrendStory, batching off",
+                 "trendstory-variants": "TrendStory, background stories and variants on",
                  "llama-server": "llama-server (Q4_0)"}
 # A replica serves a number of users while W4's p95 stays under this.
 SERVED_P95_MS = 10_000
@@ -264,13 +265,17 @@ def kinds_text(rs: list[dict]) -> str:
     totals: dict[str, dict] = {}
     for r in rs:
         for kind, k in (r.get("kinds") or {}).items():
-            t = totals.setdefault(kind, {"requests": 0, "cached": 0.0, "shared": 0.0})
+            t = totals.setdefault(kind, {"requests": 0, "cached": 0.0, "shared": 0.0,
+                                         "variants": 0.0})
             t["requests"] += k["requests"]
             t["cached"] += k["cached_share"] * k["requests"]
             t["shared"] += k["shared_share"] * k["requests"]
+            t["variants"] += k.get("variants_ready_share", 0) * k["requests"]
     names = {"write": "Write a story", "another": "another story", "typed": "typed topic"}
     parts = [f"{names.get(kind, kind)} {t['requests']} ({pct(t['cached'] / t['requests'])} "
-             f"from the cache, {pct(t['shared'] / t['requests'])} shared)"
+             f"from the cache, {pct(t['shared'] / t['requests'])} shared"
+             + (f", {pct(t['variants'] / t['requests'])} variants written ahead"
+                if kind == "another" else "") + ")"
              for kind, t in sorted(totals.items(), key=lambda kv: -kv[1]["requests"])
              if t["requests"]]
     return ", ".join(parts)
@@ -312,8 +317,9 @@ def w4_section(results: dict) -> list[str]:
     out = ["### W4, the page's traffic: TrendStory and llama-server side by side", "",
            "Each request drawn as a reader of the web page makes it: 70% **Write a story** on "
            f"one of the top {s['trend_limit']} trends (Zipf-skewed, s = 1.1; no seed, as the page "
-           "sends), 20% another story about a top trend (a fresh `seed`: the API's way to ask "
-           "for a new story about the same topic), 10% a topic the user typed (unique); the "
+           "sends), 20% another story about a top trend (what the page's **Another story** "
+           "sends: `seen`, the ids of the stories about it that this user was shown; "
+           "llama-server gets a fresh seed), 10% a topic the user typed (unique); the "
            "style news (the page's default) 60%, each other style 10%; "
            f"`max_tokens` {results['meta']['max_tokens']} (no temperature: the server's default "
            "0.8). Users send their next request as soon as the last one is answered, so a user "
@@ -438,6 +444,8 @@ def markdown_section(results: dict, out: Path) -> str:
             ("trendstory", "W3", "TrendStory, W3 streaming", True),
             ("trendstory", "W4", "TrendStory, W4 the page's traffic", False),
             ("trendstory-nobatch", "W1", "TrendStory with batching off, W1", False),
+            ("trendstory-variants", "W1",
+             "TrendStory writing background stories and variants (as deployed), W1", False),
             ("llama-server", "W1", "llama-server, W1", False),
             ("llama-server", "W3", "llama-server, W3 streaming", True),
             ("llama-server", "W4", "llama-server, W4 the page's traffic", False)):
@@ -450,6 +458,15 @@ def markdown_section(results: dict, out: Path) -> str:
         kinds = kinds_text(rs) if shares else ""
         if kinds:
             parts += [f"Requests by kind, all levels: {kinds}.", ""]
+        if target == "trendstory-variants":
+            pairs = [(r, at(results, "trendstory", "W1", r["users"])) for r in rs]
+            parts += ["p95 with background stories and variants on against off (the plain "
+                      "replica's W1, same run): " + ", ".join(
+                          f"{r['users']} users {fmt(r['latency_ms'].get('p95'))} against "
+                          f"{fmt(off['latency_ms'].get('p95'))} ms "
+                          f"({fmt(r['latency_ms']['p95'] / off['latency_ms']['p95'], 2)}x)"
+                          for r, off in pairs if off and off["latency_ms"].get("p95")
+                          and r["latency_ms"].get("p95")) + ".", ""]
         if workload == "W2":
             parts += ["Share answered from the story cache: " + ", ".join(
                 f"{r['users']} users {fmt(r['cached_share'] * 100)}%" for r in rs) + ".", ""]

@@ -23,6 +23,7 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
 use super::{probes, sse, stories, trends, AppState};
+use crate::stories::another::MAX_SEEN;
 use crate::stories::prompt::{self, Style};
 use crate::stories::validate::{
     NumberRange, MIN_MAX_TOKENS, REPETITION_PENALTY, TEMPERATURE, TOP_P,
@@ -190,6 +191,14 @@ fn bound_story_request(doc: &mut Value, limits: &DocumentLimits) {
         ("top_k", integer("uint32", 0, u32::MAX.into())),
         ("repetition_penalty", number(REPETITION_PENALTY)),
         ("seed", integer("uint64", 0, u64::MAX)),
+        (
+            "seen",
+            json!({
+                "type": "array",
+                "items": {"type": "string", "pattern": "^story-[0-9a-f]{16}$"},
+                "maxItems": MAX_SEEN,
+            }),
+        ),
     ];
     let properties = &mut doc["components"]["schemas"]["StoryRequest"]["properties"];
     for (name, mut schema) in fields {
@@ -218,6 +227,11 @@ fn story_query_from_body(doc: &mut Value) {
                 parameter["description"] = description;
             }
             parameter["schema"] = without_null(schema);
+            if parameter["schema"]["type"] == "array" {
+                // One comma-separated value (`seen=a,b`), as the extractor reads it.
+                parameter["style"] = json!("form");
+                parameter["explode"] = json!(false);
+            }
             parameter
         })
         .collect();

@@ -137,6 +137,7 @@ pub async fn metrics(request: HttpRequest, state: web::Data<AppState>) -> HttpRe
         pool: &state.inference.status(),
         trends: &trends,
         cache: state.stories.cache().usage(),
+        variants_ready: &state.stories.variants_ready(),
         ready: ready(&state, trends.trends.len()),
         now: SystemTime::now(),
     };

@@ -38,6 +38,7 @@ pub fn respond(
     request_id: Option<String>,
     note: StoryNote,
 ) -> HttpResponse {
+    let variant = story.variant();
     let events = stream::unfold(Some(story), move |story| {
         let request_id = request_id.clone();
         let note = note.clone();
@@ -56,7 +57,8 @@ pub fn respond(
                     cached,
                 } => {
                     note.set_tokens(done.prompt_tokens, done.tokens);
-                    let body = StoryResponse::new(&done, cached, trend_lookup, started);
+                    let body = StoryResponse::new(&done, cached, trend_lookup, started)
+                        .with_variant(variant);
                     (frame("done", &body), false)
                 }
                 StoryEvent::Failed(error) => {

@@ -16,7 +16,7 @@ use super::request_log::StoryNote;
 use super::{sse, AppState};
 use crate::engine::FinishReason;
 use crate::stories::validate::{field_rule, FIELDS};
-use crate::stories::{millis, Story, StoryRequest, Style, TrendRef};
+use crate::stories::{millis, Story, StoryRequest, Style, TrendRef, VariantAnswer};
 
 /// A story, as every story endpoint and the final SSE event return it.
 #[derive(Debug, Clone, Serialize, ToSchema)]
@@ -34,8 +34,13 @@ pub struct StoryResponse {
     pub finish_reason: FinishReason,
     /// Served from the story cache (no generation ran for this request).
     pub cached: bool,
-    /// The seed the request gave (absent: the server picked one).
+    /// The seed the request gave (absent: the server picked one); for "another story", the
+    /// variant's seed, which asks for this story again.
     pub seed: Option<u64>,
+    /// Only in the answer to "another story" (a request with `seen`): `ready` when the story
+    /// was written ahead, `new` when none was ready and it was written for this request.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub variant: Option<VariantAnswer>,
     pub timings: Timings,
 }
 
@@ -70,6 +75,7 @@ impl StoryResponse {
             finish_reason: story.finish_reason,
             cached,
             seed: story.seed,
+            variant: None,
             timings: Timings {
                 trend_lookup_ms: millis(trend_lookup),
                 queue_ms: generation.queue_ms,
@@ -79,6 +85,11 @@ impl StoryResponse {
                 total_ms: millis(started.elapsed()),
             },
         }
+    }
+
+    /// Says how "another story" was answered.
+    pub fn with_variant(self, variant: Option<VariantAnswer>) -> Self {
+        Self { variant, ..self }
     }
 }
 
@@ -163,9 +174,10 @@ async fn serve(
         let request_id = super::request_id(request);
         return Ok(sse::respond(story, trend_lookup, started, request_id, note));
     }
+    let variant = story.variant();
     let (story, cached) = story.finish().await?;
     note.set_tokens(story.prompt_tokens, story.tokens);
-    let body = StoryResponse::new(&story, cached, trend_lookup, started);
+    let body = StoryResponse::new(&story, cached, trend_lookup, started).with_variant(variant);
     let mut response = HttpResponse::Ok();
     if http_cacheable && valid.cacheable {
         let ttl = state.stories.cache().ttl().as_secs();

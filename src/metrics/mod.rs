@@ -30,7 +30,7 @@ use prometheus_client::registry::{Registry, Unit};
 
 use crate::engine::{GenerationStats, Priority};
 use crate::inference::PoolStatus;
-use crate::stories::CacheUsage;
+use crate::stories::{CacheUsage, VariantAnswer};
 use crate::trends::{Freshness, TrendSnapshot};
 pub use format::Format;
 use process::ProcessCollector;
@@ -61,6 +61,18 @@ pub struct GenerationLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AnswerLabels {
+    /// `ready` (written ahead) or `new` (written for the request); see [`VariantAnswer`].
+    pub answer: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RankLabels {
+    /// 1-based rank of the trend (a bounded label, unlike the topic).
+    pub rank: usize,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct SourceLabels {
     pub source: &'static str,
 }
@@ -78,6 +90,8 @@ pub struct Observed<'a> {
     pub pool: &'a PoolStatus,
     pub trends: &'a TrendSnapshot,
     pub cache: CacheUsage,
+    /// Variants written ahead and ready, per top trend in rank order.
+    pub variants_ready: &'a [usize],
     /// What `/readyz` answers.
     pub ready: bool,
     pub now: SystemTime,
@@ -89,8 +103,11 @@ pub struct Metrics {
     pub http_duration: Hist,
     pub story_cache: Family<ResultLabels, Counter>,
     pub generations: Family<GenerationLabels, Counter>,
+    another: Family<AnswerLabels, Counter>,
+    variants_ready: Family<RankLabels, Gauge>,
     prompt_tokens: Counter,
     tokens_generated: Counter,
+    background_tokens: Counter,
     queue_time: Histogram,
     ttft: Histogram,
     prefill_rate: Histogram,
@@ -163,6 +180,23 @@ impl Metrics {
             "Generations that ended, by priority and outcome",
             generations.clone(),
         );
+        let another = Family::<AnswerLabels, Counter>::default();
+        registry.register(
+            "story_another",
+            "\"Another story\" requests (with `seen`) by answer: ready (written ahead) or new (written for the request)",
+            another.clone(),
+        );
+        for answer in VariantAnswer::ALL {
+            let _ = another.get_or_create(&AnswerLabels {
+                answer: answer.as_str(),
+            });
+        }
+        let variants_ready = Family::<RankLabels, Gauge>::default();
+        registry.register(
+            "story_variants_ready",
+            "Variants written ahead and ready for \"another story\", per top trend by rank",
+            variants_ready.clone(),
+        );
         let counter = |registry: &mut Registry, name: &str, help: &str| {
             let c = Counter::default();
             registry.register(name, help, c.clone());
@@ -177,6 +211,11 @@ impl Metrics {
             registry,
             "inference_generated_tokens",
             "Tokens generated, counted when their generation ends (all priorities)",
+        );
+        let background_tokens = counter(
+            registry,
+            "inference_background_generated_tokens",
+            "Tokens generated at background priority (trending stories and their variants), counted when their generation ends",
         );
         let queue_time = wait_histogram();
         registry.register_with_unit(
@@ -287,8 +326,11 @@ impl Metrics {
             http_duration,
             story_cache,
             generations,
+            another,
+            variants_ready,
             prompt_tokens,
             tokens_generated,
+            background_tokens,
             queue_time,
             ttft,
             prefill_rate,
@@ -343,6 +385,9 @@ impl Metrics {
     /// spare capacity on purpose.
     pub fn observe_generation(&self, priority: Priority, stats: &GenerationStats) {
         self.tokens_generated.inc_by(stats.generated_tokens as u64);
+        if priority == Priority::Background {
+            self.background_tokens.inc_by(stats.generated_tokens as u64);
+        }
         if priority == Priority::Interactive {
             self.queue_time.observe(stats.queue_time.as_secs_f64());
         }
@@ -362,6 +407,15 @@ impl Metrics {
         }
     }
 
+    /// Counts how an "another story" request was answered.
+    pub fn another_story(&self, answer: VariantAnswer) {
+        self.another
+            .get_or_create(&AnswerLabels {
+                answer: answer.as_str(),
+            })
+            .inc();
+    }
+
     /// Counts a generation's end.
     pub fn generation_ended(&self, priority: Priority, outcome: &'static str) {
         let priority = match priority {
@@ -379,9 +433,17 @@ impl Metrics {
             pool,
             trends,
             cache,
+            variants_ready,
             ready,
             now,
         } = observed;
+        // Ranks beyond today's pools must not keep yesterday's count.
+        self.variants_ready.clear();
+        for (index, &ready) in variants_ready.iter().enumerate() {
+            self.variants_ready
+                .get_or_create(&RankLabels { rank: index + 1 })
+                .set(ready as i64);
+        }
         self.queue_depth.set(pool.queued as i64);
         self.in_flight.set(pool.in_flight as i64);
         self.capacity.set(pool.capacity as i64);
@@ -448,6 +510,7 @@ mod tests {
                     sources: Vec::new(),
                 },
                 cache: CacheUsage::default(),
+                variants_ready: &[2, 0],
                 ready: true,
                 now: SystemTime::now(),
             },
@@ -474,5 +537,11 @@ mod tests {
             0.0
         );
         assert!(text.contains("# TYPE process_cpu_seconds_total counter\n"));
+        assert_eq!(value("trendstory_story_variants_ready{rank=\"1\"}"), 2.0);
+        assert_eq!(value("trendstory_story_variants_ready{rank=\"2\"}"), 0.0);
+        assert_eq!(
+            value("trendstory_story_another_total{answer=\"ready\"}"),
+            0.0
+        );
     }
 }

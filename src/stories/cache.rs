@@ -56,6 +56,52 @@ impl StoryKey {
             seed,
         }
     }
+
+    /// The same request with this seed.
+    pub fn with_seed(&self, seed: u64) -> Self {
+        Self {
+            seed: Some(seed),
+            ..self.clone()
+        }
+    }
+
+    /// The seed of this request's variant `index` ("another story", `super::another`):
+    /// the same on every replica and every run of the same build, below 2^32 so that a
+    /// browser's numbers hold it exactly.
+    pub fn variant_seed(&self, index: usize) -> u64 {
+        let digest = self.digest(&format!("variant {index}"));
+        u64::from(u32::from_be_bytes([
+            digest[0], digest[1], digest[2], digest[3],
+        ]))
+    }
+
+    /// The id of the story of this key when it has a seed: the same story (same seed, same
+    /// request) has the same id on every replica, so a client's list of stories it has seen
+    /// means the same to all of them.
+    pub fn story_id(&self) -> String {
+        let digest = self.digest("id");
+        let hex: String = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
+        format!("story-{hex}")
+    }
+
+    /// SHA-256 of every field and `purpose`, in a fixed text form (stable across builds,
+    /// unlike `std`'s hashers).
+    fn digest(&self, purpose: &str) -> [u8; 32] {
+        use sha2::{Digest, Sha256};
+        let text = format!(
+            "{purpose}\0{}\0{}\0{}\0{}\0{}\0{}\0{}\0{}\0{:?}",
+            self.topic,
+            self.style.as_str(),
+            self.model,
+            self.max_tokens,
+            self.temperature,
+            self.top_p,
+            self.top_k,
+            self.repetition_penalty,
+            self.seed,
+        );
+        Sha256::digest(text.as_bytes()).into()
+    }
 }
 
 /// A finished story in the cache.
@@ -127,6 +173,23 @@ impl StoryCache {
             self.bytes.fetch_sub(old.story.size(), Ordering::Relaxed);
         }
         None
+    }
+
+    /// True when a fresh story is cached (without counting as a use, so counting what is
+    /// ready never keeps a story from eviction), with its size.
+    pub fn peek(&self, key: &StoryKey) -> Option<usize> {
+        let now = Instant::now();
+        self.stories
+            .get(key)
+            .filter(|cached| cached.expires > now)
+            .map(|cached| cached.story.size())
+    }
+
+    /// Drops a finished story (a variant of a trend that left the top).
+    pub fn remove(&self, key: &StoryKey) {
+        if let Some((_, old)) = self.stories.remove(key) {
+            self.bytes.fetch_sub(old.story.size(), Ordering::Relaxed);
+        }
     }
 
     /// True while an identical generation runs.

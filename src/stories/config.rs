@@ -28,6 +28,7 @@ pub struct StoriesConfig {
     pub ignore_eos: bool,
     pub cache: CacheConfig,
     pub trending: TrendingConfig,
+    pub variants: VariantsConfig,
 }
 
 impl Default for StoriesConfig {
@@ -43,6 +44,7 @@ impl Default for StoriesConfig {
             ignore_eos: false,
             cache: CacheConfig::default(),
             trending: TrendingConfig::default(),
+            variants: VariantsConfig::default(),
         }
     }
 }
@@ -133,7 +135,48 @@ impl Default for TrendingConfig {
     }
 }
 
+/// Variants written ahead for "another story" (`stories::another`): for each of the top
+/// trends and each style listed, the first `per_trend` variants are kept written, at
+/// background priority with the capacity users leave free.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct VariantsConfig {
+    pub enabled: bool,
+    /// Variants are kept for this many of the top trends; a trend that leaves them drops its
+    /// variants from the story cache.
+    pub top_k: usize,
+    /// Variants kept written per trend and style.
+    pub per_trend: usize,
+    /// Styles to write variants in (empty: `stories.default_style`). The page's traffic asks
+    /// for the default style most.
+    pub styles: Vec<Style>,
+    /// Most bytes of variants kept; no more are written past it (they live in the story cache,
+    /// within its own bounds too).
+    pub max_bytes: usize,
+}
+
+impl Default for VariantsConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            top_k: 5,
+            per_trend: 2,
+            styles: Vec::new(),
+            max_bytes: 1024 * 1024,
+        }
+    }
+}
+
 impl StoriesConfig {
+    /// The styles variants are written in.
+    pub fn variant_styles(&self) -> Vec<Style> {
+        if self.variants.styles.is_empty() {
+            vec![self.default_style]
+        } else {
+            self.variants.styles.clone()
+        }
+    }
+
     /// Checks rules types cannot express; `max_new_tokens` is `inference.max_new_tokens`.
     pub fn validate(&self, max_new_tokens: usize) -> Result<(), ConfigError> {
         let invalid = |key: &'static str, reason: String| ConfigError::Invalid { key, reason };
@@ -172,6 +215,26 @@ impl StoriesConfig {
                 "must be at least 1".into(),
             ));
         }
+        let variants = &self.variants;
+        if variants.per_trend > super::another::MAX_SEEN {
+            return Err(invalid(
+                "stories.variants.per_trend",
+                format!(
+                    "must be at most {} (the ids a request may list as seen), got {}",
+                    super::another::MAX_SEEN,
+                    variants.per_trend
+                ),
+            ));
+        }
+        let mut styles = variants.styles.clone();
+        styles.sort_by_key(|s| s.as_str());
+        styles.dedup();
+        if styles.len() != variants.styles.len() {
+            return Err(invalid(
+                "stories.variants.styles",
+                "lists a style twice".into(),
+            ));
+        }
         if self.trending.check_interval_secs == 0 {
             return Err(invalid(
                 "stories.trending.check_interval_secs",
@@ -196,6 +259,22 @@ mod tests {
         assert!(
             err.contains("stories.default_top_p") && err.contains("must be in (0, 1], got 1.5"),
             "{err}"
+        );
+    }
+
+    #[test]
+    fn bad_variants_name_their_key() {
+        let mut config = StoriesConfig::default();
+        config.variants.per_trend = 33;
+        let err = config.validate(512).unwrap_err().to_string();
+        assert!(err.contains("stories.variants.per_trend"), "{err}");
+        let mut config = StoriesConfig::default();
+        config.variants.styles = vec![Style::Poem, Style::News, Style::Poem];
+        let err = config.validate(512).unwrap_err().to_string();
+        assert!(err.contains("stories.variants.styles"), "{err}");
+        assert_eq!(
+            StoriesConfig::default().variant_styles(),
+            [Style::default()]
         );
     }
 

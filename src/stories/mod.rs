@@ -10,8 +10,11 @@
 //!   requests share ([`StoryCache`]).
 //! - `service`: the pipeline handlers call ([`StoryService`]): cache, coalescing,
 //!   admission, and the task that drives one generation for all its subscribers.
-//! - `pregen`: keeps stories written for the top trends at low priority.
+//! - `another`: "another story", a story about a topic that the client has not seen: the
+//!   topic's variants (seeds every replica derives alike), first the ones written ahead.
+//! - `pregen`: keeps stories written for the top trends at low priority, and their variants.
 
+pub mod another;
 pub mod cache;
 pub mod config;
 pub mod integer;
@@ -27,6 +30,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
+pub use another::{Seen, VariantAnswer};
 pub use cache::{CacheUsage, StoryCache, StoryKey};
 pub use config::StoriesConfig;
 pub use prompt::Style;
@@ -65,6 +69,12 @@ pub struct StoryRequest {
     /// Same seed, same parameters, same model: same story (and always cacheable).
     #[serde(default, deserialize_with = "integer::optional")]
     pub seed: Option<u64>,
+    /// "Another story": the ids of the stories about this topic the client has already
+    /// shown (at most 32; in a query, comma-separated; may be empty). The answer is one not
+    /// among them, written ahead when one is ready (`variant: ready`), else written now
+    /// (`variant: new`). With `seed`, that seed's story as always (`seen` is only checked).
+    #[schema(value_type = Option<Vec<String>>)]
+    pub seen: Option<Seen>,
     /// Server-Sent Events instead of one JSON answer (`Accept: text/event-stream` too).
     pub stream: Option<bool>,
 }

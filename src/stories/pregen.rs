@@ -1,50 +1,103 @@
 //! Pre-generation: keeps stories written for the top `stories.trending.top_k` trends, so
-//! `GET /v1/stories/trending` and a plain request for a trending topic are cache hits.
+//! `GET /v1/stories/trending` and a plain request for a trending topic are cache hits, and
+//! the first variants of the top `stories.variants.top_k` trends, so "another story" about
+//! one is a cache hit too (`super::another`).
 //!
 //! Every `check_interval_secs` the task looks at the current ranking and writes, at
-//! background priority, the story of each top topic that has no fresh story and none in
-//! flight: a changed ranking is picked up at the next check, an expired story is written
-//! again. Background requests have their own small admission budget and give their batch
-//! slot to any user request (they end `Preempted` and are retried at the next check), so
-//! users never wait behind them.
+//! background priority, each of those stories that is neither fresh in the cache nor in
+//! flight (the trending stories first, then the variants, the first of every trend before
+//! the second): a changed ranking is picked up at the next check, an expired story is
+//! written again, and the variants of a trend that left the top are dropped. Background
+//! requests have their own small admission budget and give their batch slot to any user
+//! request (they end `Preempted` and are retried at the next check), so users never wait
+//! behind them.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::stream::{self, StreamExt};
 
-use super::{StoryError, StoryService};
+use super::{StoryError, StoryKey, StoryRequest, StoryService, ValidStoryRequest};
 use crate::inference::InferError;
 
 /// Runs until `keep_going` says stop; spawn it on the actix system.
 pub async fn run(service: Arc<StoryService>, concurrency: usize, keep_going: impl Fn() -> bool) {
-    let trending = service.config().trending.clone();
-    if !trending.enabled || trending.top_k == 0 {
+    let config = service.config();
+    let (trending, variants) = (config.trending.clone(), config.variants.clone());
+    let writes_trending = trending.enabled && trending.top_k > 0;
+    let writes_variants = variants.enabled && variants.top_k > 0 && variants.per_trend > 0;
+    if !writes_trending && !writes_variants {
         return;
     }
     let interval = Duration::from_secs(trending.check_interval_secs);
+    // The variants kept by the last round: those no longer wanted are dropped.
+    let mut kept: HashSet<StoryKey> = HashSet::new();
     while keep_going() {
         if service.ready() {
-            let written = round(&service, trending.top_k, concurrency.max(1)).await;
+            let mut wanted = Vec::new();
+            if writes_trending {
+                wanted.extend(trending_stories(&service, trending.top_k));
+            }
+            let pools = variant_stories(&service, variants.top_k);
+            let keys: HashSet<StoryKey> = pools.iter().map(|v| v.key.clone()).collect();
+            for gone in kept.difference(&keys) {
+                service.cache().remove(gone);
+            }
+            kept = keys;
+            let ready_bytes: usize = kept.iter().filter_map(|k| service.cache().peek(k)).sum();
+            if ready_bytes < variants.max_bytes {
+                wanted.extend(pools);
+            }
+            let written = write(&service, wanted, concurrency.max(1)).await;
             if written > 0 {
-                tracing::info!(written, "trending stories written");
+                tracing::info!(written, "trending stories and variants written");
             }
         }
         actix_web::rt::time::sleep(interval).await;
     }
 }
 
-/// One pass over the top topics; returns how many stories were written.
-async fn round(service: &StoryService, top_k: usize, concurrency: usize) -> usize {
-    let topics: Vec<String> = service
+/// The plain story (defaults, no seed) of each of the top `top_k` trends.
+fn trending_stories(service: &StoryService, top_k: usize) -> Vec<ValidStoryRequest> {
+    service
         .top_trends(top_k)
         .into_iter()
-        .map(|t| t.topic)
+        .filter_map(|trend| {
+            service
+                .validate(StoryRequest {
+                    topic: Some(trend.topic),
+                    ..StoryRequest::default()
+                })
+                .ok()
+        })
+        .collect()
+}
+
+/// The variants of the top `top_k` trends, the first of every trend before the second.
+fn variant_stories(service: &StoryService, top_k: usize) -> Vec<ValidStoryRequest> {
+    let per_trend: Vec<Vec<ValidStoryRequest>> = service
+        .top_trends(top_k)
+        .iter()
+        .map(|trend| service.variants_of(&trend.topic))
         .collect();
-    let results: Vec<(String, Result<bool, StoryError>)> = stream::iter(topics)
-        .map(|topic| async move {
-            let result = service.pregenerate(&topic).await;
-            (topic, result)
+    let longest = per_trend.iter().map(Vec::len).max().unwrap_or(0);
+    (0..longest)
+        .flat_map(|i| per_trend.iter().filter_map(move |v| v.get(i).cloned()))
+        .collect()
+}
+
+/// Writes `wanted` at background priority, `concurrency` at a time; returns how many
+/// stories were written.
+async fn write(
+    service: &StoryService,
+    wanted: Vec<ValidStoryRequest>,
+    concurrency: usize,
+) -> usize {
+    let results: Vec<(String, Result<bool, StoryError>)> = stream::iter(wanted)
+        .map(|request| async move {
+            let result = service.pregenerate(&request).await;
+            (request.topic, result)
         })
         .buffer_unordered(concurrency)
         .collect()
@@ -56,9 +109,9 @@ async fn round(service: &StoryService, top_k: usize, concurrency: usize) -> usiz
             Ok(false) => {}
             // Users come first: retried at the next check.
             Err(StoryError::Preempted | StoryError::Inference(InferError::Overloaded { .. })) => {
-                tracing::debug!(%topic, "trending story deferred: users come first");
+                tracing::debug!(%topic, "background story deferred: users come first");
             }
-            Err(error) => tracing::warn!(%topic, %error, "trending story failed"),
+            Err(error) => tracing::warn!(%topic, %error, "background story failed"),
         }
     }
     written

@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 
+use super::another::{self, VariantAnswer};
 use super::cache::{Flight, FlightEvent, Lookup, StoryCache, StoryKey, Subscription};
 use super::config::SamplingDefaults;
 use super::prompt::PromptBuilder;
@@ -57,6 +58,8 @@ pub struct StoryStream {
     source: Source,
     ended: bool,
     cache: CacheOutcome,
+    /// "Another story" only: how it was answered.
+    variant: Option<VariantAnswer>,
 }
 
 /// How the story cache answered a request: the `result` label of the cache metric and
@@ -122,6 +125,11 @@ impl StoryStream {
     /// How the story cache answered this request.
     pub fn cache_outcome(&self) -> CacheOutcome {
         self.cache
+    }
+
+    /// For "another story" (a request with `seen`): whether it was written ahead.
+    pub fn variant(&self) -> Option<VariantAnswer> {
+        self.variant
     }
 
     /// Waits for the end: the story and whether it came from the cache.
@@ -273,10 +281,14 @@ impl StoryService {
     /// `Inference(Overloaded | NotReady)` when the pool refuses a new generation, or a
     /// prompt that cannot be built.
     pub fn start(&self, request: &ValidStoryRequest) -> Result<StoryStream, StoryError> {
+        if let Some(seen) = &request.seen {
+            return self.start_another(request, seen);
+        }
         let live = |subscription, cache| StoryStream {
             source: Source::Live(subscription),
             ended: false,
             cache,
+            variant: None,
         };
         if !request.cacheable {
             let (flight, subscription) = StoryCache::private_flight();
@@ -290,6 +302,7 @@ impl StoryService {
                     source: Source::Cached { story, sent: false },
                     ended: false,
                     cache: CacheOutcome::Hit,
+                    variant: None,
                 })
             }
             Lookup::Follow(subscription) => {
@@ -321,16 +334,81 @@ impl StoryService {
         }
     }
 
-    /// Writes the story of a trend at background priority unless a fresh one is cached
-    /// or being written; waits for it. Used by pre-generation.
+    /// "Another story": the first of the request's variants whose id is not in `seen`
+    /// that is ready (written ahead), else the first not seen, written now (or joined while
+    /// another client's request writes it).
+    fn start_another(
+        &self,
+        request: &ValidStoryRequest,
+        seen: &[String],
+    ) -> Result<StoryStream, StoryError> {
+        // One more candidate than ids seen: at least one is not among them.
+        let count = self.config.variants.per_trend.max(seen.len() + 1);
+        let unseen: Vec<ValidStoryRequest> = (0..count)
+            .map(|index| another::variant(request, index))
+            .filter(|v| !seen.contains(&v.key.story_id()))
+            .collect();
+        let chosen = unseen
+            .iter()
+            .find(|v| self.cache.peek(&v.key).is_some())
+            .unwrap_or(&unseen[0]);
+        let mut stream = self.start(chosen)?;
+        let answer = match stream.cache {
+            CacheOutcome::Hit => VariantAnswer::Ready,
+            _ => VariantAnswer::New,
+        };
+        self.metrics.another_story(answer);
+        stream.variant = Some(answer);
+        Ok(stream)
+    }
+
+    /// The variants written ahead for a top trend: every style of `stories.variants`, its
+    /// first `per_trend` seeds, the lower seeds of every style first.
+    pub fn variants_of(&self, topic: &str) -> Vec<ValidStoryRequest> {
+        let variants = &self.config.variants;
+        if !variants.enabled {
+            return Vec::new();
+        }
+        let bases: Vec<ValidStoryRequest> = self
+            .config
+            .variant_styles()
+            .into_iter()
+            .filter_map(|style| {
+                self.validate(StoryRequest {
+                    topic: Some(topic.to_string()),
+                    style: Some(style),
+                    ..StoryRequest::default()
+                })
+                .ok()
+            })
+            .collect();
+        (0..variants.per_trend)
+            .flat_map(|index| bases.iter().map(move |base| another::variant(base, index)))
+            .collect()
+    }
+
+    /// Variants ready per top trend (`stories.variants.top_k` of them), in rank order.
+    pub fn variants_ready(&self) -> Vec<usize> {
+        if !self.config.variants.enabled {
+            return Vec::new();
+        }
+        self.top_trends(self.config.variants.top_k)
+            .iter()
+            .map(|trend| {
+                self.variants_of(&trend.topic)
+                    .iter()
+                    .filter(|v| self.cache.peek(&v.key).is_some())
+                    .count()
+            })
+            .collect()
+    }
+
+    /// Writes a story at background priority unless a fresh one is cached or being
+    /// written; waits for it. Used by pre-generation (trending stories and variants).
     ///
     /// # Errors
     /// As `start`, plus `Preempted` when a user request took the slot.
-    pub async fn pregenerate(&self, topic: &str) -> Result<bool, StoryError> {
-        let request = self.validate(StoryRequest {
-            topic: Some(topic.to_string()),
-            ..StoryRequest::default()
-        })?;
+    pub async fn pregenerate(&self, request: &ValidStoryRequest) -> Result<bool, StoryError> {
         if self.cache.get(&request.key).is_some() || self.cache.in_flight(&request.key) {
             return Ok(false);
         }
@@ -340,7 +418,7 @@ impl StoryService {
             key: request.key.clone(),
             shared: false,
         };
-        self.launch(&request, flight, Some(landing), Priority::Background)?;
+        self.launch(request, flight, Some(landing), Priority::Background)?;
         subscription.finish().await.map(|_| true)
     }
 
@@ -369,8 +447,13 @@ impl StoryService {
         let stream = submitted.inspect_err(|e| {
             self.metrics.generation_ended(priority, e.code());
         })?;
+        // A seeded story's id is its key's, the same on every replica (`another`).
+        let id = match request.seed {
+            Some(_) => request.key.story_id(),
+            None => format!("story-{:016x}", rand::random::<u64>()),
+        };
         let story = Story {
-            id: format!("story-{:016x}", rand::random::<u64>()),
+            id,
             topic: request.topic.clone(),
             trend: request.trend.clone(),
             style: request.style,

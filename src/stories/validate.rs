@@ -3,6 +3,7 @@
 
 use std::sync::Arc;
 
+use super::another::{is_story_id, MAX_SEEN};
 use super::cache::StoryKey;
 use super::config::SamplingDefaults;
 use super::prompt::{clean_topic, PromptError, Style};
@@ -63,7 +64,7 @@ pub const REPETITION_PENALTY: NumberRange = NumberRange {
 pub const MIN_MAX_TOKENS: u32 = 1;
 
 /// The fields of a story request, in the order the API documents them.
-pub const FIELDS: [&str; 9] = [
+pub const FIELDS: [&str; 10] = [
     "topic",
     "style",
     "max_tokens",
@@ -72,6 +73,7 @@ pub const FIELDS: [&str; 9] = [
     "top_k",
     "repetition_penalty",
     "seed",
+    "seen",
     "stream",
 ];
 
@@ -90,6 +92,7 @@ pub fn field_rule(field: &str, max_new_tokens: usize) -> String {
         "top_k" => format!("a whole number between 0 (off) and {}", u32::MAX),
         "repetition_penalty" => REPETITION_PENALTY.rule(),
         "seed" => format!("a whole number between 0 and {}", u64::MAX),
+        "seen" => format!("a list of at most {MAX_SEEN} story ids (`story-` and 16 hex digits)"),
         "stream" => "true or false".into(),
         _ => "a valid value".into(),
     }
@@ -145,6 +148,25 @@ pub struct ValidStoryRequest {
     pub key: StoryKey,
     /// May be cached and shared (a seed was given, or `cache_unseeded` is on).
     pub cacheable: bool,
+    /// "Another story": the ids of the stories the client has seen (`super::another`).
+    pub seen: Option<Vec<String>>,
+}
+
+impl ValidStoryRequest {
+    /// The same request with this seed, as if the client had given it.
+    pub fn with_seed(&self, seed: u64) -> Self {
+        Self {
+            params: SamplingParams {
+                seed,
+                ..self.params.clone()
+            },
+            seed: Some(seed),
+            key: self.key.with_seed(seed),
+            cacheable: true,
+            seen: None,
+            ..self.clone()
+        }
+    }
 }
 
 /// Checks `request` against `config` and the limits of the engine.
@@ -226,8 +248,28 @@ pub fn validate(
         stop: Vec::new(),
         ignore_eos: config.ignore_eos,
     };
+    let seen = match request.seen {
+        None => None,
+        Some(seen) => {
+            let bad = seen.0.iter().find(|id| !is_story_id(id));
+            if seen.0.len() > MAX_SEEN || bad.is_some() {
+                let value = match bad {
+                    Some(id) => format!("the unknown id {id:?}"),
+                    None => format!("{} ids", seen.0.len()),
+                };
+                return Err(ValidationError::range(
+                    "seen",
+                    field_rule("seen", max_new_tokens),
+                    value,
+                ));
+            }
+            // A seed keeps its meaning, that seed's story: `seen` is then only checked.
+            request.seed.is_none().then_some(seen.0)
+        }
+    };
     let key = StoryKey::new(&topic, style, model, &params, request.seed);
     Ok(Some(ValidStoryRequest {
+        seen,
         cacheable: request.seed.is_some() || config.cache.cache_unseeded,
         topic,
         trend,
@@ -261,6 +303,7 @@ fn trend_ref(trend: &Trend) -> TrendRef {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::stories::another::Seen;
     use crate::trends::{Freshness, TrendSnapshot};
     use std::time::SystemTime;
 
@@ -404,6 +447,44 @@ mod tests {
         ];
         for (request, field) in cases {
             assert_eq!(field_of(check(request).unwrap_err()), field);
+        }
+    }
+
+    #[test]
+    fn seen_takes_story_ids_without_a_seed() {
+        let id = "story-0123456789abcdef".to_string();
+        let valid = check(StoryRequest {
+            seen: Some(Seen(vec![id.clone()])),
+            ..StoryRequest::default()
+        })
+        .unwrap()
+        .unwrap();
+        assert_eq!(valid.seen, Some(vec![id.clone()]));
+        let variant = valid.with_seed(7);
+        assert_eq!((variant.seed, variant.params.seed), (Some(7), 7));
+        assert!(variant.cacheable && variant.seen.is_none());
+        assert_eq!(variant.key, valid.key.with_seed(7));
+        // With a seed, that seed's story: `seen` is only checked.
+        let seeded = check(StoryRequest {
+            seen: Some(Seen(vec![id.clone()])),
+            seed: Some(1),
+            ..StoryRequest::default()
+        })
+        .unwrap()
+        .unwrap();
+        assert_eq!((seeded.seen, seeded.seed), (None, Some(1)));
+        for (seen, why) in [
+            (vec!["story-1".to_string()], "the unknown id \"story-1\""),
+            (vec![id.clone(); MAX_SEEN + 1], "33 ids"),
+        ] {
+            let err = check(StoryRequest {
+                seen: Some(Seen(seen)),
+                seed: Some(1),
+                ..StoryRequest::default()
+            })
+            .unwrap_err();
+            assert_eq!(field_of(err.clone()), "seen");
+            assert!(err.to_string().contains(why), "{err}");
         }
     }
 

@@ -303,6 +303,11 @@ def test_another_story_is_new_and_the_cached_one_stays(page, server):
     status = page.find_element(By.ID, "story-status").text
     assert status.startswith("Done: ") and "already written" not in status and "Seed " in status, status
     assert page.find_element(By.ID, "story-topic").text == top["topic"]
+    # And another: not one this page has shown.
+    another.click()
+    wait_story(page, "done")
+    third_id = story_box.get_attribute("data-story-id")
+    assert third_id not in (new_id, top["story"]["id"]), third_id
 
     # The pre-written story stays for everyone else, and for this page's next plain request.
     again = json.loads(http_get(f"{server.base}/v1/stories/trending?limit=1")[2])["stories"][0]

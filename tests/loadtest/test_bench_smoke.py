@@ -152,18 +152,22 @@ def test_sharing_counts_each_generation_once():
         {"cached": False, "story_id": "c", "tokens": 10},
         {"cached": False, "tokens": 64},  # llama-server: no id, each its own
         {"cached": False, "tokens": 64},
+        {"cached": True, "story_id": "d", "tokens": 64, "variant": "ready"},  # written ahead
+        {"cached": False, "story_id": "e", "tokens": 64, "variant": "new"},
     ]
-    assert [r.get("story_id") for r in bench.generations(answers)] == ["b", "c", None, None]
-    assert bench.sharing(answers) == {"cached_share": round(1 / 7, 3),
-                                      "shared_share": round(2 / 7, 3), "generations": 4}
+    assert [r.get("story_id") for r in bench.generations(answers[:7])] == ["b", "c", None, None]
+    assert bench.sharing(answers[:7]) == {"cached_share": round(1 / 7, 3),
+                                          "shared_share": round(2 / 7, 3), "generations": 4}
     assert bench.sharing([]) == {"cached_share": 0, "shared_share": 0, "generations": 0}
     records = [{**r, "ok": True, "t0": 0.0, "t1": 1.0, "ms": 1000.0, "kind": kind}
-               for r, kind in zip(answers, ["write"] * 4 + ["typed"] * 3)]
+               for r, kind in zip(answers, ["write"] * 4 + ["typed"] * 3 + ["another"] * 2)]
     summary = bench.summarize(records, 10.0)
-    assert summary["tokens_per_s"] == (64 + 10 + 64 + 64) / 10
+    assert summary["tokens_per_s"] == (64 + 10 + 64 + 64 + 64) / 10
     assert summary["kinds"]["write"] == {"requests": 4, "cached_share": 0.25,
-                                         "shared_share": 0.5, "generations": 1}
+                                         "shared_share": 0.5, "generations": 1,
+                                         "variants_ready_share": 0.0}
     assert summary["kinds"]["typed"]["generations"] == 3
+    assert summary["kinds"]["another"]["variants_ready_share"] == 0.5
 
 
 def level(users: int, p95: float | None, rps: float = 1.0, requests: int = 10,

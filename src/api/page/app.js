@@ -34,7 +34,12 @@ const state = {
   retryTimer: null,
   /** The server's `/page.json`: model, random weights, length limit per style. */
   settings: null,
+  /** Per topic, the ids of the stories shown (the last SEEN_MAX): "Another story" asks for one not among them. */
+  seen: new Map(),
 };
+
+/** The most story ids a request may list as seen (the server's bound). */
+const SEEN_MAX = 32;
 
 // ---------------------------------------------------------------- small helpers
 
@@ -412,9 +417,11 @@ function readOptions() {
   return { style: $("style").value, max_tokens: length };
 }
 
-/** A fresh seed for "Another story": a new story, cached under its own key. */
-function randomSeed() {
-  return crypto.getRandomValues(new Uint32Array(1))[0];
+/** Remembers that the story `id` about `topic` was shown. */
+function rememberSeen(topic, id) {
+  const ids = (state.seen.get(topic) || []).filter((seen) => seen !== id);
+  ids.push(id);
+  state.seen.set(topic, ids.slice(-SEEN_MAX));
 }
 
 function markActive(topic) {
@@ -446,15 +453,18 @@ function parseEvents(buffer) {
   return [events, rest];
 }
 
-/** Streams a story about `topic`; with a `seed`, a new one rather than the one cached. */
-async function writeStory(topic, seed = null) {
+/**
+ * Streams a story about `topic`; with `another`, one this page has not shown yet (the server
+ * answers with one written ahead when it has one).
+ */
+async function writeStory(topic, another = false) {
   const options = readOptions();
   if (!options) {
     setStatus(`The length must be a whole number from 1 to ${maxTokens() || "the server's limit"}.`, "error");
     $("max-tokens").focus();
     return;
   }
-  if (seed !== null) options.seed = seed;
+  if (another) options.seen = state.seen.get(topic) || [];
   if (state.writing) stopStory(true);
   clearRetry();
   const writing = { controller: new AbortController(), topic, stopped: false };
@@ -577,8 +587,11 @@ function finishStory(story) {
   const box = $("story-text");
   box.dataset.state = "done";
   box.dataset.storyId = story.id;
+  if (state.activeTopic !== null) rememberSeen(state.activeTopic, story.id);
   const seed = story.seed === null ? null : `Seed ${story.seed}: the same seed and settings give the same story.`;
-  if (story.cached) {
+  if (story.variant === "ready") {
+    setStatus(`Done: another story, written ahead for this trend, ${story.tokens} tokens.`, "ok", seed);
+  } else if (story.cached) {
     setStatus(
       `Done: this story was already written (from the story cache), ${story.tokens} tokens. “Another story” writes a new one.`,
       "ok",
@@ -685,7 +698,7 @@ function start() {
   $("key-form").addEventListener("submit", saveKey);
   $("story-options").addEventListener("submit", (event) => event.preventDefault());
   $("stop").addEventListener("click", () => stopStory());
-  $("another").addEventListener("click", () => writeStory(state.activeTopic, randomSeed()));
+  $("another").addEventListener("click", () => writeStory(state.activeTopic, true));
   $("style").addEventListener("change", () => applyLengthLimit());
   $("refresh-trends").addEventListener("click", () => loadTrends());
   $("refresh-cached").addEventListener("click", () => loadCached());
