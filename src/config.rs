@@ -193,6 +193,10 @@ pub struct InferenceConfig {
     /// Background (story pre-generation) requests in flight across the pool; they have
     /// their own budget and give their batch slot to any user request that needs it.
     pub max_background: usize,
+    /// A worker runs background sequences only while at most this many user sequences
+    /// hold its slots; past it they end and are retried later (on a CPU every row of a
+    /// pass slows the others).
+    pub background_max_users: usize,
     /// Longest accepted prompt, in tokens.
     pub max_prompt_tokens: usize,
     /// Largest `max_tokens` a request may ask for.
@@ -223,6 +227,7 @@ impl Default for InferenceConfig {
             max_batch_size: 32,
             max_queue: 64,
             max_background: 2,
+            background_max_users: 4,
             max_prompt_tokens: 1024,
             max_new_tokens: 512,
             max_total_kv_tokens: 16_384,

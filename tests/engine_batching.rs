@@ -21,6 +21,7 @@ fn limits() -> EngineLimits {
         max_new_tokens: 64,
         max_total_kv_tokens: 4096,
         step_token_budget: 16,
+        background_max_users: 8,
     }
 }
 
@@ -608,6 +609,7 @@ fn finished_rows_never_run_past_the_context() {
                 max_new_tokens: 500,
                 max_total_kv_tokens: 4096,
                 step_token_budget: 256,
+                background_max_users: 4,
             },
         );
         let prompt = |len: usize, salt: u32| -> Vec<u32> {

@@ -40,6 +40,8 @@ pub struct EngineLimits {
     pub max_total_kv_tokens: usize,
     /// Tokens in one pass: a token per decoding row, the rest for prompt chunks.
     pub step_token_budget: usize,
+    /// User sequences above which background ones neither start nor keep their slots.
+    pub background_max_users: usize,
 }
 
 impl From<&InferenceConfig> for EngineLimits {
@@ -50,6 +52,7 @@ impl From<&InferenceConfig> for EngineLimits {
             max_new_tokens: c.max_new_tokens,
             max_total_kv_tokens: c.max_total_kv_tokens,
             step_token_budget: c.step_token_budget,
+            background_max_users: c.background_max_users,
         }
     }
 }
@@ -311,6 +314,7 @@ impl BatchEngine {
                 kv_tokens: self.limits.max_total_kv_tokens,
                 step_tokens: self.limits.step_token_budget,
                 lanes: self.model.prefill_lanes().unwrap_or(usize::MAX),
+                background_max_users: self.limits.background_max_users,
             },
         )
     }

@@ -8,7 +8,10 @@
 //!   spreads over several steps, and a prompt whose shared prefix is kept starts after it;
 //! - waiting requests are admitted in order (user requests first) while a slot is free and
 //!   their KV tokens (prompt plus `max_tokens`) fit the budget; a user request that does not
-//!   fit ends the youngest background sequence (`Preempted`) and takes its place.
+//!   fit ends the youngest background sequence (`Preempted`) and takes its place;
+//! - background sequences run only while few user sequences do (`background_max_users`):
+//!   on a CPU every row of a pass costs the others time, so past it they end (`Preempted`,
+//!   retried later) and no more start.
 
 use super::Priority;
 
@@ -58,6 +61,8 @@ pub struct Limits {
     pub step_tokens: usize,
     /// Prompt chunks in one pass.
     pub lanes: usize,
+    /// User sequences above which background ones neither start nor keep their slots.
+    pub background_max_users: usize,
 }
 
 /// A prompt chunk: `len` tokens of the prompt in `slot`, after the ones it has.
@@ -94,6 +99,17 @@ pub fn plan(slots: &[Option<Occupant>], waiting: &[Candidate], limits: &Limits) 
     let mut table: Vec<Option<Occupant>> = slots.to_vec();
     table.resize(table.len().max(limits.slots), None);
     admit(&mut table, waiting, limits, &mut plan);
+    if users(&table) > limits.background_max_users {
+        for slot in 0..table.len() {
+            if table[slot]
+                .as_ref()
+                .is_some_and(|o| o.priority == Priority::Background)
+            {
+                table[slot] = None;
+                plan.preempt.push(slot);
+            }
+        }
+    }
 
     plan.decode = (0..table.len())
         .filter(|&s| {
@@ -124,10 +140,20 @@ pub fn plan(slots: &[Option<Occupant>], waiting: &[Candidate], limits: &Limits) 
     plan
 }
 
+/// User sequences holding a slot.
+fn users(table: &[Option<Occupant>]) -> usize {
+    table
+        .iter()
+        .flatten()
+        .filter(|o| o.priority == Priority::Interactive)
+        .count()
+}
+
 /// Admits waiting requests in order, user requests first, into the lowest free slots while
 /// slots and KV tokens allow; a user request that does not fit preempts the youngest
-/// background sequence. Stops at the first request that cannot be admitted, so none is
-/// overtaken by a younger one of its priority.
+/// background sequence, and background requests wait while more than
+/// `background_max_users` user sequences run. Stops at the first request that cannot be
+/// admitted, so none is overtaken by a younger one of its priority.
 fn admit(table: &mut [Option<Occupant>], waiting: &[Candidate], limits: &Limits, plan: &mut Plan) {
     let next_admitted = table
         .iter()
@@ -146,6 +172,10 @@ fn admit(table: &mut [Option<Occupant>], waiting: &[Candidate], limits: &Limits,
                 .filter(|(_, c)| c.priority == Priority::Background),
         );
     for (index, candidate) in order {
+        if candidate.priority == Priority::Background && users(table) > limits.background_max_users
+        {
+            return;
+        }
         loop {
             let reserved: usize = table.iter().flatten().map(|o| o.reserved).sum();
             let free = table[..limits.slots].iter().position(Option::is_none);
@@ -189,6 +219,7 @@ mod tests {
         kv_tokens: 1000,
         step_tokens: 64,
         lanes: 2,
+        background_max_users: 4,
     };
 
     fn decoding(admitted: u64) -> Option<Occupant> {
@@ -363,6 +394,35 @@ mod tests {
         let waiting = [candidate(Priority::Background, 100, 30)];
         let plan = super::plan(&slots, &waiting, &LIMITS);
         assert!(plan.preempt.is_empty() && plan.admit.is_empty());
+    }
+
+    #[test]
+    fn background_sequences_yield_to_many_users() {
+        let busy = Limits {
+            background_max_users: 1,
+            ..LIMITS
+        };
+        // One user runs: a background request starts and keeps its slot.
+        let slots = [decoding(0), background(decoding(1)), None, None];
+        let waiting = [candidate(Priority::Background, 100, 30)];
+        let plan = super::plan(&slots, &waiting, &busy);
+        assert!(plan.preempt.is_empty());
+        assert_eq!(plan.admit, vec![(0, 2)]);
+        // A second user arrives: both background sequences end, none starts.
+        let slots = [
+            decoding(0),
+            background(decoding(1)),
+            background(decoding(2)),
+            None,
+        ];
+        let waiting = [
+            candidate(Priority::Background, 100, 30),
+            candidate(Priority::Interactive, 100, 30),
+        ];
+        let plan = super::plan(&slots, &waiting, &busy);
+        assert_eq!(plan.admit, vec![(1, 3)]);
+        assert_eq!(plan.preempt, vec![1, 2]);
+        assert_eq!(plan.decode, vec![0]);
     }
 
     #[test]

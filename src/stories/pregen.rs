@@ -108,7 +108,11 @@ async fn write(
             Ok(true) => written += 1,
             Ok(false) => {}
             // Users come first: retried at the next check.
-            Err(StoryError::Preempted | StoryError::Inference(InferError::Overloaded { .. })) => {
+            Err(
+                StoryError::Preempted
+                | StoryError::Timeout(_)
+                | StoryError::Inference(InferError::Overloaded { .. }),
+            ) => {
                 tracing::debug!(%topic, "background story deferred: users come first");
             }
             Err(error) => tracing::warn!(%topic, %error, "background story failed"),
