@@ -100,12 +100,12 @@ pub fn plan(slots: &[Option<Occupant>], waiting: &[Candidate], limits: &Limits) 
     table.resize(table.len().max(limits.slots), None);
     admit(&mut table, waiting, limits, &mut plan);
     if users(&table) > limits.background_max_users {
-        for slot in 0..table.len() {
-            if table[slot]
+        for (slot, occupant) in table.iter_mut().enumerate() {
+            if occupant
                 .as_ref()
                 .is_some_and(|o| o.priority == Priority::Background)
             {
-                table[slot] = None;
+                *occupant = None;
                 plan.preempt.push(slot);
             }
         }
