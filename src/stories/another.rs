@@ -14,8 +14,6 @@ use std::fmt;
 use serde::de::{self, Deserializer, SeqAccess, Visitor};
 use serde::Deserialize;
 
-use super::validate::ValidStoryRequest;
-
 /// Most ids a request may list as seen.
 pub const MAX_SEEN: usize = 32;
 
@@ -91,11 +89,6 @@ impl VariantAnswer {
             Self::New => "new",
         }
     }
-}
-
-/// Variant `index` of a request (of its topic, style and sampling; no seed).
-pub fn variant(request: &ValidStoryRequest, index: usize) -> ValidStoryRequest {
-    request.with_seed(request.key.variant_seed(index))
 }
 
 #[cfg(test)]

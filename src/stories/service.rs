@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 
-use super::another::{self, VariantAnswer};
+use super::another::VariantAnswer;
 use super::cache::{Flight, FlightEvent, Lookup, StoryCache, StoryKey, Subscription};
 use super::config::SamplingDefaults;
 use super::prompt::PromptBuilder;
@@ -345,7 +345,7 @@ impl StoryService {
         // One more candidate than ids seen: at least one is not among them.
         let count = self.config.variants.per_trend.max(seen.len() + 1);
         let unseen: Vec<ValidStoryRequest> = (0..count)
-            .map(|index| another::variant(request, index))
+            .map(|index| request.variant(index))
             .filter(|v| !seen.contains(&v.key.story_id()))
             .collect();
         let chosen = unseen
@@ -383,7 +383,7 @@ impl StoryService {
             })
             .collect();
         (0..variants.per_trend)
-            .flat_map(|index| bases.iter().map(move |base| another::variant(base, index)))
+            .flat_map(|index| bases.iter().map(move |base| base.variant(index)))
             .collect()
     }
 

@@ -167,6 +167,11 @@ impl ValidStoryRequest {
             ..self.clone()
         }
     }
+
+    /// Variant `index` of this request ("another story", `super::another`).
+    pub fn variant(&self, index: usize) -> Self {
+        self.with_seed(self.key.variant_seed(index))
+    }
 }
 
 /// Checks `request` against `config` and the limits of the engine.
