@@ -185,11 +185,14 @@ impl StoryCache {
             .map(|cached| cached.story.size())
     }
 
-    /// Drops a finished story (a variant of a trend that left the top).
-    pub fn remove(&self, key: &StoryKey) {
-        if let Some((_, old)) = self.stories.remove(key) {
+    /// Drops a finished story (a variant of a trend that left the top, or an eviction);
+    /// true when there was one.
+    pub fn remove(&self, key: &StoryKey) -> bool {
+        let removed = self.stories.remove(key);
+        if let Some((_, old)) = &removed {
             self.bytes.fetch_sub(old.story.size(), Ordering::Relaxed);
         }
+        removed.is_some()
     }
 
     /// True while an identical generation runs.
@@ -291,11 +294,8 @@ impl StoryCache {
             if !over(self) {
                 break;
             }
-            if let Some((_, old)) = self.stories.remove(&key) {
-                self.bytes.fetch_sub(old.story.size(), Ordering::Relaxed);
-                if fresh {
-                    self.evictions.fetch_add(1, Ordering::Relaxed);
-                }
+            if self.remove(&key) && fresh {
+                self.evictions.fetch_add(1, Ordering::Relaxed);
             }
         }
     }
