@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use futures_util::stream::{self, StreamExt};
 
-use super::{StoryError, StoryKey, StoryRequest, StoryService, ValidStoryRequest};
+use super::{StoryError, StoryKey, StoryService, ValidStoryRequest};
 use crate::inference::InferError;
 
 /// Runs until `keep_going` says stop; spawn it on the actix system.
@@ -63,14 +63,7 @@ fn trending_stories(service: &StoryService, top_k: usize) -> Vec<ValidStoryReque
     service
         .top_trends(top_k)
         .into_iter()
-        .filter_map(|trend| {
-            service
-                .validate(StoryRequest {
-                    topic: Some(trend.topic),
-                    ..StoryRequest::default()
-                })
-                .ok()
-        })
+        .filter_map(|trend| service.plain_request(&trend.topic, None))
         .collect()
 }
 

@@ -224,13 +224,19 @@ impl StoryService {
     /// The cached story of a plain request (defaults, no seed) for `topic`, as
     /// pre-generation writes it.
     pub fn default_story(&self, topic: &str) -> Option<Arc<Story>> {
-        let request = self
-            .validate(StoryRequest {
-                topic: Some(topic.to_string()),
-                ..StoryRequest::default()
-            })
-            .ok()?;
+        let request = self.plain_request(topic, None)?;
         self.cache.get(&request.key)
+    }
+
+    /// A request for `topic` (in `style`, else the default one) with every other field at
+    /// its default: what pre-generation writes; `None` when it does not validate.
+    pub fn plain_request(&self, topic: &str, style: Option<Style>) -> Option<ValidStoryRequest> {
+        self.validate(StoryRequest {
+            topic: Some(topic.to_string()),
+            style,
+            ..StoryRequest::default()
+        })
+        .ok()
     }
 
     /// One short generation through the whole prompt path, so the first user request
@@ -373,14 +379,7 @@ impl StoryService {
             .config
             .variant_styles()
             .into_iter()
-            .filter_map(|style| {
-                self.validate(StoryRequest {
-                    topic: Some(topic.to_string()),
-                    style: Some(style),
-                    ..StoryRequest::default()
-                })
-                .ok()
-            })
+            .filter_map(|style| self.plain_request(topic, Some(style)))
             .collect();
         (0..variants.per_trend)
             .flat_map(|index| bases.iter().map(move |base| base.variant(index)))
