@@ -9,14 +9,16 @@ writes the report (BENCHMARKS.md section, PNG charts) from that JSON alone.
 
 Phases, in order, each with the machine to itself (one server at a time):
 1. TrendStory (the bench config: loopback, background stories off): W1, W3 and W2 per user
-   level (W2 after one story per trend of its list, all at once, fills the story cache), then
-   the scenarios steady, spike and endurance (W1 requests).
-2. TrendStory as the page's replica (`page_server_env`: background stories on, the trends of
+   level (W2 after one story per trend of its list, all at once, fills the story cache).
+2. The reference's scenarios (W1 requests) on TrendStory as deployed (`page_server_env`:
+   background stories and variants on): steady and spike on one server, endurance on a
+   fresh one, so that its memory and file descriptor series start with the process.
+3. TrendStory as the page's replica (`page_server_env`: background stories on, the trends of
    scripts/loadtest/page-trends.json with their contexts): W4 per W4 level, in rising order
    on one server (its story cache carries over, as a replica's does), after the background
    stories for the top trends are written and the trend list is saved for llama-server.
-3. TrendStory again with `TRENDSTORY_INFERENCE__MAX_BATCH_SIZE=1`: W1 per level.
-4. With --with-peer: llama.cpp's llama-server (scripts/loadtest/peer-llama-server.sh), W1 and
+4. TrendStory again with `TRENDSTORY_INFERENCE__MAX_BATCH_SIZE=1`: W1 per level.
+5. With --with-peer: llama.cpp's llama-server (scripts/loadtest/peer-llama-server.sh), W1 and
    W3 per level, W4 per W4 level (the same request sequence per level as TrendStory's).
 Numbers come from the per-request records Locust writes (--records). At the end of a run no
 new request starts and those in flight finish (Locust's --stop-timeout): their latencies
@@ -92,17 +94,18 @@ class Phase:
 
 
 class Sampler(threading.Thread):
-    """Samples CPU time and RSS of some processes from /proc every `interval` seconds."""
+    """Samples CPU time, RSS and open file descriptors of some processes from /proc every
+    `interval` seconds."""
 
     def __init__(self, pids: dict[str, int], interval: float = 0.5):
         super().__init__(daemon=True)
         self.pids, self.interval = pids, interval
-        self.samples: dict[str, list[tuple[float, float, float]]] = {k: [] for k in pids}
+        self.samples: dict[str, list[tuple[float, float, float, int]]] = {k: [] for k in pids}
         self.stopping = threading.Event()
 
     @staticmethod
-    def read(pid: int) -> tuple[float, float] | None:
-        """(CPU seconds, RSS MiB) of `pid`, or None once it is gone."""
+    def read(pid: int) -> tuple[float, float, int] | None:
+        """(CPU seconds, RSS MiB, open file descriptors) of `pid`, or None once it is gone."""
         try:
             stat = Path(f"/proc/{pid}/stat").read_text()
             fields = stat[stat.rindex(")") + 2:].split()
@@ -110,7 +113,7 @@ class Sampler(threading.Thread):
             rss_kb = next(int(line.split()[1]) for line in
                           Path(f"/proc/{pid}/status").read_text().splitlines()
                           if line.startswith("VmRSS:"))
-            return cpu, rss_kb / 1024
+            return cpu, rss_kb / 1024, len(os.listdir(f"/proc/{pid}/fd"))
         except (OSError, ValueError, StopIteration):
             return None
 
@@ -130,7 +133,7 @@ class Sampler(threading.Thread):
             if (got := self.read(pid)) is not None:
                 self.samples[name].append((now, *got))
         if (busy := self.machine_busy()) is not None:
-            self.samples.setdefault("machine", []).append((now, busy, 0.0))
+            self.samples.setdefault("machine", []).append((now, busy, 0.0, 0))
 
     def run(self) -> None:
         while not self.stopping.is_set():
@@ -161,7 +164,7 @@ class Sampler(threading.Thread):
                 "rss_mb_start": round(s[0][2], 1), "rss_mb_end": round(s[-1][2], 1)}
 
     def timeline(self, name: str, t0: float, step: float) -> list[dict]:
-        """RSS and CPU % per `step` seconds since t0."""
+        """CPU % over each `step` seconds since t0, and RSS and open fds at its end."""
         out, s = [], self.samples.get(name) or []
         i = 0
         while i < len(s) - 1:
@@ -173,7 +176,7 @@ class Sampler(threading.Thread):
                 break
             out.append({"t": round(s[j][0] - t0, 1),
                         "cpu_pct": round((s[j][1] - s[i][1]) / span * 100 / NCPU, 1),
-                        "rss_mb": round(s[j][2], 1)})
+                        "rss_mb": round(s[j][2], 1), "fds": s[j][3]})
             i = j
         return out
 
@@ -447,7 +450,7 @@ def group_by(records: list[dict], key: str) -> dict:
 
 
 def timeline(records: list[dict], t0: float, end: float, step: float) -> list[dict]:
-    """Per `step` seconds since t0: requests finished, their avg and p95, mean concurrency."""
+    """Per `step` seconds since t0: requests finished, their avg, p50 and p95, mean concurrency."""
     out = []
     t = 0.0
     while t0 + t < end:
@@ -459,47 +462,69 @@ def timeline(records: list[dict], t0: float, end: float, step: float) -> list[di
                     "failures": sum(1 for r in done if not r["ok"]),
                     "rps": round(len(done) / step, 3),
                     "avg_ms": round(sum(lat) / len(lat), 1) if lat else None,
+                    "p50_ms": round(percentile(lat, 50), 1) if lat else None,
                     "p95_ms": round(percentile(lat, 95), 1) if lat else None,
                     "concurrency": round(busy / step, 2)})
         t += step
     return out
 
 
-def spike_analysis(records: list[dict], t0: float, duration: float, ramp: float) -> dict:
-    """Steady state = requests finished in the last half; recovery = the first 30 s window
-    (sliding by 5 s, from the ramp's end) whose p95 is within 1.2x of it."""
+# The spike's recovery: p95 within this factor of the steady state's, held this many of the
+# series' 10 s windows in a row.
+RECOVERED_WITHIN = 1.2
+RECOVERED_HELD = 3
+
+
+def spike_analysis(records: list[dict], t0: float, duration: float, ramp: float,
+                   step: float = 10.0) -> dict:
+    """Steady state = the requests finished in the run's second half. From the per-`step`
+    series of finished requests after the ramp's end: the worst window's p95, and the
+    recovery = seconds from the ramp's end to the end of the first window whose p95 is
+    within RECOVERED_WITHIN of the steady state's and stays so for RECOVERED_HELD windows."""
     ok = [r for r in records if r["ok"]]
     steady = [r["ms"] for r in ok if r["t1"] >= t0 + duration / 2]
     if not steady:
         return {}
     steady_p95 = percentile(steady, 95)
-    window = min(30.0, duration / 4)
-    worst, recovered_at = 0.0, None
-    t = ramp
-    while t + window <= duration:
-        lat = [r["ms"] for r in ok if t0 + t <= r["t1"] < t0 + t + window]
-        if lat:
-            p95 = percentile(lat, 95)
-            worst = max(worst, p95)
-            if recovered_at is None and p95 <= 1.2 * steady_p95:
-                recovered_at = t + window - ramp
-        t += 5.0
-    return {"steady_p95_ms": round(steady_p95, 1), "window_s": window,
+    series = [w for w in timeline(ok, t0 + ramp, t0 + duration, step) if w["p95_ms"] is not None]
+    worst = max((w["p95_ms"] for w in series), default=0.0)
+    within = [w["p95_ms"] <= RECOVERED_WITHIN * steady_p95 for w in series]
+    recovered_at = next((series[i]["t"] for i in range(len(series))
+                         if all(within[i:i + RECOVERED_HELD])
+                         and len(within[i:i + RECOVERED_HELD]) == RECOVERED_HELD), None)
+    return {"steady_p95_ms": round(steady_p95, 1), "window_s": step,
             "worst_window_p95_ms": round(worst, 1),
             "worst_over_steady": round(worst / steady_p95, 2) if steady_p95 else None,
-            "recovered_s_after_ramp": None if recovered_at is None else round(recovered_at, 1)}
+            "recovered_s_after_ramp": recovered_at}
 
 
-def endurance_analysis(rss: list[dict], duration: float) -> dict:
-    """RSS growth from just after warm-up (20% of the run) to the end."""
-    if len(rss) < 3:
+def steady_analysis(per_minute: list[dict], duration: float) -> dict:
+    """p95 of the run's last minute against its first: the steady load's drift (the requests
+    that finish after the run's end, in the stop's grace time, are left out)."""
+    full = [m for m in per_minute if m["p95_ms"] is not None and m["t"] <= duration]
+    if len(full) < 2:
         return {}
-    after = [x for x in rss if x["t"] >= 0.2 * duration] or rss
-    base = after[0]["rss_mb"]
-    end = rss[-1]["rss_mb"]
-    return {"rss_mb_after_warmup": base, "rss_mb_end": end,
-            "rss_growth_pct": round((end - base) / base * 100, 2) if base else None,
-            "rss_mb_peak": max(x["rss_mb"] for x in rss)}
+    first, last = full[0], full[-1]
+    return {"first_minute_p95_ms": first["p95_ms"], "last_minute": int(last["t"] // 60),
+            "last_minute_p95_ms": last["p95_ms"],
+            "last_over_first": round(last["p95_ms"] / first["p95_ms"], 3)}
+
+
+def endurance_analysis(server: list[dict], duration: float) -> dict:
+    """RSS and open fds from the end of the warm-up (the first 5 minutes, or a fifth of a
+    shorter run) to the end: the growth a leak would show."""
+    if len(server) < 3:
+        return {}
+    warmup = min(300.0, 0.2 * duration)
+    after = [x for x in server if x["t"] >= warmup] or server
+    base, end = after[0], server[-1]
+    return {"warmup_s": warmup, "rss_mb_after_warmup": base["rss_mb"], "rss_mb_end": end["rss_mb"],
+            "rss_growth_pct": round((end["rss_mb"] - base["rss_mb"]) / base["rss_mb"] * 100, 2)
+            if base["rss_mb"] else None,
+            "rss_mb_peak": max(x["rss_mb"] for x in server),
+            "fds_after_warmup": base["fds"], "fds_end": end["fds"],
+            "fds_growth": end["fds"] - base["fds"],
+            "fds_range_after_warmup": [min(x["fds"] for x in after), max(x["fds"] for x in after)]}
 
 
 def locust_command(phase: Phase, server: Server, args, records: Path) -> list[str]:
@@ -574,8 +599,13 @@ def run_phase(phase: Phase, server: Server, args, workdir: Path) -> None:
         step = 5.0 if phase.duration <= 120 else 10.0
         res["timeline"] = timeline(records, start, end, step)
         res["server_timeline"] = sampler.timeline("server", start, step)
+        # The report's tables and the reference's figures go by the minute.
+        res["per_minute"] = timeline(records, start, end, 60.0)
+        res["server_per_minute"] = sampler.timeline("server", start, 60.0)
+        if phase.scenario == "steady":
+            res["steady"] = steady_analysis(res["per_minute"], phase.duration)
         if phase.scenario == "spike":
-            res["spike"] = spike_analysis(records, start, phase.duration, phase.spike_ramp)
+            res["spike"] = spike_analysis(records, start, phase.duration, phase.spike_ramp, step)
         if phase.scenario == "endurance":
             res["endurance"] = endurance_analysis(res["server_timeline"], phase.duration)
     phase.result = res
@@ -667,15 +697,20 @@ def plan(args) -> list[tuple[str, dict, list[Phase]]]:
         if duration:  # 0 skips the part
             ts += [Phase(f"ts-{workload.lower()}-u{users}", "trendstory", workload, users,
                          duration) for users in args.levels]
-    if args.steady_duration:
-        ts.append(Phase("ts-steady", "trendstory", "W1", 5, args.steady_duration, "steady"))
-    if args.spike_duration:
-        ts.append(Phase("ts-spike", "trendstory", "W1", args.spike_users, args.spike_duration,
-                        "spike", spike_ramp=args.spike_ramp))
-    if args.endurance_duration:
-        ts.append(Phase("ts-endurance", "trendstory", "W1", 5, args.endurance_duration,
-                        "endurance"))
     out = [("trendstory", {}, ts)]
+    # The scenarios on a replica as deployed (background stories and variants on).
+    deployed: list[Phase] = []
+    if args.steady_duration:
+        deployed.append(Phase("ts-steady", "trendstory-deployed", "W1", 5, args.steady_duration,
+                              "steady"))
+    if args.spike_duration:
+        deployed.append(Phase("ts-spike", "trendstory-deployed", "W1", args.spike_users,
+                              args.spike_duration, "spike", spike_ramp=args.spike_ramp))
+    out.append(("trendstory-deployed", page_server_env(args), deployed))
+    if args.endurance_duration:
+        out.append(("trendstory-endurance", page_server_env(args),
+                    [Phase("ts-endurance", "trendstory-endurance", "W1", 5,
+                           args.endurance_duration, "endurance")]))
     if args.w4_duration:
         out.append(("trendstory-page", page_server_env(args),
                     [Phase(f"ts-w4-u{u}", "trendstory", "W4", u, args.w4_duration)

@@ -118,15 +118,47 @@ def test_spike_recovery_is_measured_from_the_ramp():
     got = bench.spike_analysis(records, 0.0, 120.0, 10.0)
     assert got["steady_p95_ms"] == 1000.0
     assert got["worst_over_steady"] == 4.0
-    # The first 30 s window that starts at or after 40 s: [40, 70), ending 60 s after the ramp.
+    # The 10 s series from the ramp's end: [40, 50) is the first fast window, and the two
+    # after it are fast too; it ends 40 s after the ramp.
+    assert got["recovered_s_after_ramp"] == 40.0
+
+
+def test_spike_recovery_must_hold():
+    # Fast at [20, 30) only, slow again until 60: one good window is not a recovery.
+    def ms(t: int) -> float:
+        return 1000.0 if 20 <= t < 30 or t >= 60 else 4000.0
+    records = [{"t0": t - ms(t) / 1000, "t1": float(t), "ok": True, "ms": ms(t)}
+               for t in range(1, 120)]
+    got = bench.spike_analysis(records, 0.0, 120.0, 10.0)
     assert got["recovered_s_after_ramp"] == 60.0
 
 
+def test_steady_compares_the_last_full_minute_with_the_first():
+    per_minute = [{"t": 60.0, "p95_ms": 2000.0}, {"t": 120.0, "p95_ms": 2100.0},
+                  {"t": 180.0, "p95_ms": 2150.0},
+                  # The stop's grace time after a 180 s run: left out.
+                  {"t": 240.0, "p95_ms": 9000.0}]
+    got = bench.steady_analysis(per_minute, 180.0)
+    assert got["last_minute"] == 3
+    assert got["last_over_first"] == pytest.approx(1.075)
+
+
 def test_endurance_growth_is_after_warmup():
-    rss = [{"t": t, "rss_mb": 1000.0 if t < 20 else 1200.0 + t / 10} for t in range(0, 101, 5)]
-    got = bench.endurance_analysis(rss, 100.0)
+    server = [{"t": t, "rss_mb": 1000.0 if t < 20 else 1200.0 + t / 10,
+               "fds": 40 if t < 20 else 50 + (t == 100)} for t in range(0, 101, 5)]
+    got = bench.endurance_analysis(server, 100.0)
     assert got["rss_mb_after_warmup"] == 1202.0
     assert got["rss_growth_pct"] == pytest.approx((1210 - 1202) / 1202 * 100, abs=0.01)
+    assert (got["fds_after_warmup"], got["fds_end"], got["fds_growth"]) == (50, 51, 1)
+    assert got["fds_range_after_warmup"] == [50, 51]
+    # An hour's warm-up is its first 5 minutes.
+    assert bench.endurance_analysis(server, 3600.0)["warmup_s"] == 300.0
+
+
+def test_sampler_reads_open_file_descriptors():
+    cpu, rss, fds = bench.Sampler.read(os.getpid())
+    # Both listings count the descriptor of the listing itself.
+    assert rss > 0 and fds == len(os.listdir("/proc/self/fd"))
 
 
 def test_section_is_replaced_between_the_markers():
