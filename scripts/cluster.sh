@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # TrendStory replicas on one machine behind nginx, the same routing as in Kubernetes.
 #
-#   scripts/cluster.sh up N [--port P] [--base-port B] [--config FILE] [--binary PATH]
+#   scripts/cluster.sh up N [--port P] [--base-port B] [--config FILE] [--binary PATH | --image IMAGE]
 #                        [--with-prometheus [--prometheus-port Q] [--scrape-interval D]]
 #   scripts/cluster.sh status              replicas, their pids, ports and /readyz; nginx
 #                                          and Prometheus
@@ -15,6 +15,13 @@
 # ORT_DYLIB_PATH=...); per replica only server.host and server.port are set, and, unless
 # set already, inference.threads_per_worker and server.http_workers share the cores and
 # server.log_format is json.
+#
+# --image runs each replica as a container of that image with podman instead (e.g. the name
+# `scripts/image.sh podman` prints): as Kubernetes runs it (read-only root, its non-root
+# user), on the host's network, with the TRENDSTORY_* environment; TRENDSTORY_MODEL__DIR, if
+# set, and --config are mounted read-only where the image expects them (/models/current,
+# /etc/trendstory/trendstory.toml). stop/start/down signal the server inside by its pid as
+# for a binary. podman runs with scripts/podman/containers.conf unless CONTAINERS_CONF is set.
 #
 # Routing (scripts/cluster-nginx.conf.in): GET /v1/stories?topic= by consistent hash of the
 # topic, so one replica's story cache and coalescing serve every client of that topic; all
@@ -36,6 +43,7 @@ READY_TIMEOUT="${CLUSTER_READY_TIMEOUT:-120}"
 # Debian puts nginx in /usr/sbin, which a non-root PATH may lack.
 NGINX="$(command -v nginx || echo /usr/sbin/nginx)"
 PROMETHEUS="$(command -v prometheus || echo /usr/bin/prometheus)"
+export CONTAINERS_CONF="${CONTAINERS_CONF:-$ROOT/scripts/podman/containers.conf}"
 
 die() {
     echo "cluster.sh: $*" >&2
@@ -54,6 +62,9 @@ owned_pid() {
 }
 
 replica_port() { echo $(( $(cat "$STATE/base-port") + $1 )); }
+
+# The server's path inside the image: what a replica's command line holds in --image mode.
+IMAGE_BINARY=/usr/local/bin/trendstory
 
 # The HTTP status of GET $1 ("000" when nothing answers).
 http_code() {
@@ -84,6 +95,10 @@ start_replica() {
     if owned_pid "$STATE/replica-$i.pid" "$binary" >/dev/null; then
         die "replica $i is running already"
     fi
+    if [[ -s "$STATE/image" ]]; then
+        start_container "$i" "$port" "$config"
+        return
+    fi
     local args=()
     [[ -n "$config" ]] && args=(--config "$config")
     (
@@ -95,6 +110,35 @@ start_replica() {
     ) &
     echo $! > "$STATE/replica-$i.pid"
     echo "cluster.sh: replica $i: pid $!, 127.0.0.1:$port, log $STATE/replica-$i.log"
+}
+
+# Replica I as a container of $STATE/image; its pid file holds the server's pid on this host.
+start_container() {
+    local i="$1" port="$2" config="$3" name="trendstory-replica-$i" image pid deadline
+    image="$(cat "$STATE/image")"
+    (
+        # shellcheck source=/dev/null
+        source "$STATE/env.sh"
+        export TRENDSTORY_SERVER__HOST=127.0.0.1 TRENDSTORY_SERVER__PORT="$port"
+        run=(podman run --rm --replace --name "$name" --network host --read-only
+             --cap-drop ALL --security-opt no-new-privileges)
+        if [[ -n "${TRENDSTORY_MODEL__DIR:-}" ]]; then
+            run+=(--volume "$(realpath "$TRENDSTORY_MODEL__DIR"):/models/current:ro")
+            export TRENDSTORY_MODEL__DIR=/models/current
+        fi
+        [[ -n "$config" ]] && run+=(--volume "$config:/etc/trendstory/trendstory.toml:ro")
+        # The attached client writes the server's output to the log as a binary's would.
+        exec setsid "${run[@]}" --env 'TRENDSTORY_*' "$image" serve \
+            >> "$STATE/replica-$i.log" 2>&1 < /dev/null
+    ) &
+    deadline=$(( $(date +%s) + 60 ))
+    until pid="$(podman inspect --format '{{.State.Pid}}' "$name" 2>/dev/null)" &&
+            [[ "$pid" =~ ^[1-9][0-9]*$ ]]; do
+        (( $(date +%s) < deadline )) || die "replica $i: no container after 60 s; its log: $STATE/replica-$i.log"
+        sleep 0.2
+    done
+    echo "$pid" > "$STATE/replica-$i.pid"
+    echo "cluster.sh: replica $i: container $name (server pid $pid), 127.0.0.1:$port, log $STATE/replica-$i.log"
 }
 
 wait_ready() {
@@ -151,7 +195,7 @@ cmd_up() {
     local n="${1:-}"
     [[ "$n" =~ ^[1-9][0-9]*$ ]] || die "usage: cluster.sh up N [--port P] [--base-port B] [--config FILE] [--binary PATH] [--with-prometheus [--prometheus-port Q] [--scrape-interval D]]"
     shift
-    local port=8080 base=18100 config="" binary=""
+    local port=8080 base=18100 config="" binary="" image=""
     local prometheus="" prometheus_port=9090 interval=15s
     while [[ $# -gt 0 ]]; do
         case "$1" in
@@ -159,6 +203,7 @@ cmd_up() {
             --base-port) base="$2"; shift 2 ;;
             --config) config="$(realpath "$2")"; shift 2 ;;
             --binary) binary="$(realpath "$2")"; shift 2 ;;
+            --image) image="$2"; shift 2 ;;
             --with-prometheus) prometheus=1; shift ;;
             --prometheus-port) prometheus_port="$2"; shift 2 ;;
             --scrape-interval) interval="$2"; shift 2 ;;
@@ -172,11 +217,18 @@ cmd_up() {
         [[ "$interval" =~ ^[1-9][0-9]*(ms|s|m)$ ]] || die "--scrape-interval: a duration such as 15s, not $interval"
     fi
     command -v curl >/dev/null || die "curl is not installed"
-    if [[ -z "$binary" ]]; then
-        binary="$ROOT/target/release/trendstory"
-        [[ -x "$binary" ]] || binary="$ROOT/target/debug/trendstory"
+    if [[ -n "$image" ]]; then
+        [[ -z "$binary" ]] || die "--binary or --image, not both"
+        command -v podman >/dev/null || die "podman is not installed (scripts/deploy-tools.sh)"
+        podman image exists "$image" || die "no image $image (scripts/image.sh podman builds one)"
+        binary="$IMAGE_BINARY"
+    else
+        if [[ -z "$binary" ]]; then
+            binary="$ROOT/target/release/trendstory"
+            [[ -x "$binary" ]] || binary="$ROOT/target/debug/trendstory"
+        fi
+        [[ -x "$binary" ]] || die "no binary at $binary: cargo build --release (or --binary PATH)"
     fi
-    [[ -x "$binary" ]] || die "no binary at $binary: cargo build --release (or --binary PATH)"
     [[ -z "$config" || -f "$config" ]] || die "no config file $config"
     if [[ -f "$STATE/replicas" ]]; then
         die "a cluster is up already in $STATE (cluster.sh down first)"
@@ -189,6 +241,7 @@ cmd_up() {
     echo "$base" > "$STATE/base-port"
     echo "$port" > "$STATE/port"
     echo "$binary" > "$STATE/binary"
+    echo "$image" > "$STATE/image"
     echo "$config" > "$STATE/config"
     # One shared configuration: the file plus this environment, kept for `start`.
     local cores threads

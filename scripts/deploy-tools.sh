@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Installs what the deploy tests (tests/deploy) need beyond the Python venv, as Debian
 # packages: nginx, which scripts/cluster.sh balances with (and curl, which it also uses),
-# and prometheus, whose server scrapes that cluster (cluster.sh --with-prometheus) and whose
-# promtool checks and unit-tests the alert rules (k8s/monitoring). kubectl (with kustomize),
+# prometheus, whose server scrapes that cluster (cluster.sh --with-prometheus) and whose
+# promtool checks and unit-tests the alert rules (k8s/monitoring), and podman, runc and
+# mmdebstrap, which build and run the container image. kubectl (with kustomize),
 # hadolint and kubernetes-validate come from PyPI, pinned in requirements.txt
 # (scripts/python-env.sh). Idempotent: when the tools are there it only checks, in milliseconds.
 set -euo pipefail
@@ -12,6 +13,11 @@ missing=()
 command -v nginx >/dev/null || [[ -x /usr/sbin/nginx ]] || missing+=(nginx)
 command -v curl >/dev/null || missing+=(curl)
 command -v promtool >/dev/null && command -v prometheus >/dev/null || missing+=(prometheus)
+# The container image built and run here (scripts/image.sh podman, tests/deploy/test_container.py):
+# podman under runc (scripts/podman/containers.conf), and mmdebstrap for the local base images.
+for tool in podman runc mmdebstrap; do
+    command -v "$tool" >/dev/null || missing+=("$tool")
+done
 if [[ ${#missing[@]} -gt 0 ]]; then
     sudo=()
     if [[ "$(id -u)" -ne 0 ]]; then
@@ -46,4 +52,5 @@ for tool in kubectl hadolint kubernetes-validate; do
 done
 echo "deploy-tools: nginx $( (nginx -v 2>&1 || /usr/sbin/nginx -v 2>&1) | sed 's/.*nginx\///')," \
     "prometheus $(prometheus --version 2>&1 | awk 'NR == 1 { print $3 }')," \
+    "$(podman --version), runc $(runc --version | awk 'NR == 1 { print $3 }')," \
     "$("$ROOT/.venv/bin/kubectl" version --client 2>/dev/null | head -1)"

@@ -266,6 +266,7 @@ def main() -> int:
     ap.add_argument("--port", type=int, default=18180, help="nginx port")
     ap.add_argument("--base-port", type=int, default=18190, help="replica i listens on base + i")
     ap.add_argument("--binary", help="trendstory binary (cluster.sh's default otherwise)")
+    ap.add_argument("--image", help="run the replicas as containers of this image (podman)")
     ap.add_argument("--config", help="config file shared by the replicas")
     ap.add_argument("--json", type=Path, help="write the report here too")
     ap.add_argument("--check", action="store_true", help="exit 1 when a rule above is broken")
@@ -278,6 +279,8 @@ def main() -> int:
     up = ["up", str(args.replicas), "--port", str(args.port), "--base-port", str(args.base_port)]
     if args.binary:
         up += ["--binary", args.binary]
+    if args.image:
+        up += ["--image", args.image]
     if args.config:
         up += ["--config", args.config]
     print(cluster(*up, env=env), end="", flush=True)

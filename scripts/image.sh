@@ -19,6 +19,19 @@
 #                                        (k8s/base/trendstory.toml, the ConfigMap's file),
 #                                        the health check and the model mount point;
 #                                        prints each file's size
+#   scripts/image.sh ort                 the tools stage's ONNX Runtime (fetch-onnxruntime.sh)
+#   scripts/image.sh local-bases         where Docker Hub cannot be reached: the Dockerfile's
+#                                        three base images made from Debian's packages
+#                                        (mmdebstrap) and imported into podman
+#   scripts/image.sh podman [MODEL]      the image built with podman on this machine (local
+#                                        bases made when missing; MODEL as for `model`,
+#                                        default none); prints its name
+#                                        (these two: scripts/podman/build.sh)
+#
+# Steps that download (ort, model, deps) trust the CA bundle given to the build as the secret
+# `ca-bundle`, if any: behind a TLS-inspecting proxy a fresh base image does not trust the
+# proxy's CA, so `podman build` (and `docker build`) take the host's bundle with
+# `--secret id=ca-bundle,src=/etc/ssl/certs/ca-certificates.crt`; it never lands in a layer.
 #
 # CI (tests/deploy) runs `stub` + `cargo check` of the stub, `build dev`, `rootfs` on that binary
 # and then serves the tiny model from that tree with the ConfigMap's config; test.sh builds
@@ -27,10 +40,19 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 
 ORT_LIB_NAME="libonnxruntime.so.1.32.0"
+BUILD_CA=/run/secrets/ca-bundle
 
 die() {
     echo "image.sh: $*" >&2
     exit 1
+}
+
+# Inside a build step: pip, cargo and curl trust the build's CA bundle when one is given.
+trust_build_ca() {
+    if [[ -f "$BUILD_CA" ]]; then
+        export SSL_CERT_FILE="$BUILD_CA" PIP_CERT="$BUILD_CA" REQUESTS_CA_BUNDLE="$BUILD_CA" \
+            CURL_CA_BUNDLE="$BUILD_CA" CARGO_HTTP_CAINFO="$BUILD_CA"
+    fi
 }
 
 # Stub sources for every target Cargo.toml declares, so `cargo build` resolves and
@@ -80,10 +102,12 @@ model() {
             echo "image.sh: no model baked in: mount an exported folder at /models/current"
             ;;
         tiny)
-            # shellcheck disable=SC1091
-            source "$ROOT/scripts/python-env.sh"
+            # The exporter's packages alone: the image needs none of the test tools.
+            local python
+            python="$(bash "$ROOT/scripts/python-env.sh" "$ROOT/scripts/requirements-export.txt" \
+                "$ROOT/.cache/venv-export")"
             rm -rf "$dest"
-            "$PYTHON_ENV_PY" "$ROOT/scripts/export_onnx.py" --random-init --preset tiny --out "$dest"
+            "$python" "$ROOT/scripts/export_onnx.py" --random-init --preset tiny --out "$dest"
             rm -rf "$dest/hf"   # the random checkpoint the export started from
             ;;
         hub)
@@ -123,11 +147,16 @@ rootfs() {
     echo "image.sh: total $(du -sb "$dest" | cut -f1) bytes"
 }
 
+trust_build_ca
 case "${1:-}" in
     stub) [[ $# -eq 2 ]] || die "usage: image.sh stub DIR"; stub "$2" ;;
     deps) deps ;;
     build) [[ $# -le 2 ]] || die "usage: image.sh build [PROFILE]"; build "${2:-release}" ;;
     model) [[ $# -eq 3 ]] || die "usage: image.sh model none|tiny|hub DEST"; model "$2" "$3" ;;
     rootfs) [[ $# -eq 3 ]] || die "usage: image.sh rootfs BINARY DEST"; rootfs "$2" "$3" ;;
-    *) die "usage: image.sh stub DIR | deps | build [PROFILE] | model KIND DEST | rootfs BINARY DEST" ;;
+    ort) "$ROOT/scripts/fetch-onnxruntime.sh" ;;
+    # On the host, with podman: scripts/podman/build.sh (kept out of this file, which the
+    # image's dependency layer copies, so that changing it rebuilds no layer).
+    local-bases|podman) exec "$ROOT/scripts/podman/build.sh" "$@" ;;
+    *) die "usage: image.sh stub DIR | deps | build [PROFILE] | model KIND DEST | rootfs BINARY DEST | ort | local-bases | podman [MODEL]" ;;
 esac

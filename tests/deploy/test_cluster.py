@@ -1,6 +1,7 @@
 """The one-machine cluster (scripts/cluster.sh: replicas behind nginx) under a short,
 bounded load from 127.0.0.1, with one of 2 tiny-model replicas killed and started again
-(scripts/failover_test.py; BENCHMARKS.md has the longer 3-replica runs)."""
+(scripts/failover_test.py; BENCHMARKS.md has the longer 3-replica runs): replicas of the
+debug binary, and once replicas that are containers of the image."""
 
 from __future__ import annotations
 
@@ -14,7 +15,8 @@ import pytest
 from conftest import REPO, TINY_MODEL, free_port, free_port_run
 
 
-def failover(binary, tmp_path, signal: str) -> dict:
+def failover(tmp_path, signal: str, *replicas: str) -> dict:
+    """A failover run; `replicas`: --binary PATH or --image NAME."""
     report = tmp_path / "report.json"
     env = {k: v for k, v in os.environ.items() if not k.startswith("TRENDSTORY_")}
     env.update({
@@ -22,12 +24,15 @@ def failover(binary, tmp_path, signal: str) -> dict:
         "TRENDSTORY_MODEL__DIR": str(TINY_MODEL),
         # Shorter than the default 5 s, to keep CI quick; the drain still has to hold.
         "TRENDSTORY_SERVER__SHUTDOWN_DRAIN_SECS": "1",
+        # The image's config turns the live trend sources on; only loopback is reachable.
+        "TRENDSTORY_TRENDS__SOURCES__HACKERNEWS__ENABLED": "false",
+        "TRENDSTORY_TRENDS__SOURCES__WIKIPEDIA__ENABLED": "false",
     })
     # Short stories keep the run short; 128 new tokens also stayed inside the tiny model's
     # 512 positions before the engine stopped advancing finished rows (06ed9f3).
     args = [sys.executable, str(REPO / "scripts" / "failover_test.py"), "--replicas", "2",
             "--signal", signal, "--duration", "10", "--kill-at", "3", "--restart-at", "5",
-            "--concurrency", "6", "--max-tokens", "128", "--binary", str(binary),
+            "--concurrency", "6", "--max-tokens", "128", *replicas,
             "--port", str(free_port()), "--base-port", str(free_port_run(2)),
             "--json", str(report), "--check"]
     done = subprocess.run(args, env=env, capture_output=True, text=True, timeout=180)
@@ -45,7 +50,7 @@ def needs_nginx():
 
 
 def test_sigkill_fails_only_requests_in_flight_on_that_replica(binary, tmp_path):
-    r = failover(binary, tmp_path, "KILL")
+    r = failover(tmp_path, "KILL", "--binary", str(binary))
     assert r["sent"] >= 20 and r["succeeded"] >= r["sent"] - r["in_flight_at_stop"]
     assert r["unexpected_failures"] == []
     assert r["victim_served_after_ready"] > 0
@@ -53,7 +58,20 @@ def test_sigkill_fails_only_requests_in_flight_on_that_replica(binary, tmp_path)
 
 
 def test_sigterm_fails_nothing(binary, tmp_path):
-    r = failover(binary, tmp_path, "TERM")
+    r = failover(tmp_path, "TERM", "--binary", str(binary))
     assert r["failed"] == 0, r["failures_by_reason"]
     assert r["victim_logged_stopped"]
     assert r["victim_served_after_ready"] > 0
+
+
+def test_replicas_from_the_image_survive_a_kill(tmp_path):
+    """The same run with the replicas as containers of the image scripts/test.sh built."""
+    image = os.environ.get("TRENDSTORY_IMAGE")
+    if not image:
+        pytest.fail("TRENDSTORY_IMAGE is not set: scripts/test.sh builds the image "
+                    "(scripts/image.sh podman tiny) and names it there")
+    r = failover(tmp_path, "KILL", "--image", image)
+    assert r["sent"] >= 20 and r["succeeded"] >= r["sent"] - r["in_flight_at_stop"]
+    assert r["unexpected_failures"] == []
+    assert r["victim_served_after_ready"] > 0
+    assert len(r["served_per_replica"]) == 2
