@@ -95,7 +95,7 @@ start_replica() {
     if owned_pid "$STATE/replica-$i.pid" "$binary" >/dev/null; then
         die "replica $i is running already"
     fi
-    if [[ -s "$STATE/image" ]]; then
+    if [[ -n "$(cat "$STATE/image")" ]]; then
         start_container "$i" "$port" "$config"
         return
     fi
