@@ -110,9 +110,10 @@ timeout 600 "$PYTHON_ENV_PY" -m pytest -q tests/browser
 # build takes minutes (the dependency layer most); podman keeps its layers for the next run.
 echo "test.sh: container image (scripts/image.sh podman tiny)"
 image_started=$SECONDS
-TRENDSTORY_IMAGE="$(./scripts/image.sh podman tiny)"
-export TRENDSTORY_IMAGE
-echo "test.sh: built $TRENDSTORY_IMAGE in $((SECONDS - image_started)) s"
+# (Not TRENDSTORY_*: every server the tests start would read it as a configuration key.)
+CONTAINER_IMAGE="$(./scripts/image.sh podman tiny)"
+export CONTAINER_IMAGE
+echo "test.sh: built $CONTAINER_IMAGE in $((SECONDS - image_started)) s"
 
 # After cargo test: these run its debug binary (scripts/image.sh build dev finds it fresh).
 echo "test.sh: deploy tests (Dockerfile, Kubernetes overlays, image layout, the image run with podman, cluster failover, monitoring)"

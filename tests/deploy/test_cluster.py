@@ -66,9 +66,9 @@ def test_sigterm_fails_nothing(binary, tmp_path):
 
 def test_replicas_from_the_image_survive_a_kill(tmp_path):
     """The same run with the replicas as containers of the image scripts/test.sh built."""
-    image = os.environ.get("TRENDSTORY_IMAGE")
+    image = os.environ.get("CONTAINER_IMAGE")
     if not image:
-        pytest.fail("TRENDSTORY_IMAGE is not set: scripts/test.sh builds the image "
+        pytest.fail("CONTAINER_IMAGE is not set: scripts/test.sh builds the image "
                     "(scripts/image.sh podman tiny) and names it there")
     r = failover(tmp_path, "KILL", "--image", image)
     assert r["sent"] >= 20 and r["succeeded"] >= r["sent"] - r["in_flight_at_stop"]

@@ -1,5 +1,5 @@
 """The container image built and run for real with podman: the image scripts/test.sh builds
-(`scripts/image.sh podman tiny`, named in TRENDSTORY_IMAGE) runs as Kubernetes runs it (a
+(`scripts/image.sh podman tiny`, named in CONTAINER_IMAGE) runs as Kubernetes runs it (a
 non-root user, a read-only root file system, no capabilities) and turns ready; it writes a
 story over HTTP and over SSE, serves /metrics, passes its own HEALTHCHECK, has the size the
 README says, and `podman stop` (SIGTERM) drains it to exit 0 within the grace period.
@@ -34,11 +34,11 @@ def podman(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
 
 @pytest.fixture(scope="module")
 def image() -> str:
-    name = os.environ.get("TRENDSTORY_IMAGE", "")
+    name = os.environ.get("CONTAINER_IMAGE", "")
     if not shutil.which("podman"):
         pytest.fail("podman is not installed (scripts/deploy-tools.sh installs it)")
     if not name:
-        pytest.fail("TRENDSTORY_IMAGE is not set: scripts/test.sh builds the image "
+        pytest.fail("CONTAINER_IMAGE is not set: scripts/test.sh builds the image "
                     "(scripts/image.sh podman tiny) and names it there")
     assert podman("image", "exists", name).returncode == 0, f"no image {name}"
     return name
