@@ -489,9 +489,8 @@ def spike_analysis(records: list[dict], t0: float, duration: float, ramp: float,
     series = [w for w in timeline(ok, t0 + ramp, t0 + duration, step) if w["p95_ms"] is not None]
     worst = max((w["p95_ms"] for w in series), default=0.0)
     within = [w["p95_ms"] <= RECOVERED_WITHIN * steady_p95 for w in series]
-    recovered_at = next((series[i]["t"] for i in range(len(series))
-                         if all(within[i:i + RECOVERED_HELD])
-                         and len(within[i:i + RECOVERED_HELD]) == RECOVERED_HELD), None)
+    recovered_at = next((series[i]["t"] for i in range(len(series) - RECOVERED_HELD + 1)
+                         if all(within[i:i + RECOVERED_HELD])), None)
     return {"steady_p95_ms": round(steady_p95, 1), "window_s": step,
             "worst_window_p95_ms": round(worst, 1),
             "worst_over_steady": round(worst / steady_p95, 2) if steady_p95 else None,

@@ -33,9 +33,8 @@ def rss_by_mapping(pid: int) -> dict[str, int]:
         for line in smaps:
             parts = line.split()
             if parts and "-" in parts[0] and not parts[0].endswith(":"):
-                name = Path(parts[5]).name if len(parts) > 5 and parts[5].startswith("/") \
-                    else (parts[5] if len(parts) > 5 and parts[5].startswith("[") else "[anon]")
-                name = "[stack]" if name.startswith("[stack") else name
+                path = parts[5] if len(parts) > 5 else "[anon]"
+                name = Path(path).name if path.startswith("/") else path.split(":")[0]
             elif parts and parts[0] == "Rss:":
                 out[name] = out.get(name, 0) + int(parts[1])
     return out
@@ -53,16 +52,13 @@ def main() -> int:
     workdir = bench.ROOT / "target" / "loadtest" / "rss-by-mapping"  # config, log, records
     workdir.mkdir(parents=True, exist_ok=True)
     opts = types.SimpleNamespace(model=args.model, binary=args.binary, ignore_eos=False,
-                                 ready_timeout=300, max_tokens=64, peer_gguf="")
+                                 ready_timeout=300, max_tokens=64, peer_gguf="", max_requests=0)
     server = bench.Server("rss-by-mapping", opts, workdir, bench.page_server_env(opts))
     server.start()
     records = workdir / "rss-by-mapping.records.jsonl"
-    locust = subprocess.Popen(
-        [str(bench.ROOT / ".venv/bin/locust"), "-f", bench.LOCUSTFILE, "--headless",
-         "--only-summary", "-H", server.host, "--records", str(records), "--target", "trendstory",
-         "--max-tokens", "64", "-u", str(args.users), "-r", str(args.users),
-         "-t", f"{args.seconds}s", "W1Unique"],
-        cwd=bench.ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+    phase = bench.Phase("rss-by-mapping", "trendstory", "W1", args.users, args.seconds)
+    locust = subprocess.Popen(bench.locust_command(phase, server, opts, records), cwd=bench.ROOT,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
     series = []
     started = time.time()
     try:
