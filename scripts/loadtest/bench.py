@@ -94,27 +94,29 @@ class Phase:
 
 
 class Sampler(threading.Thread):
-    """Samples CPU time, RSS and open file descriptors of some processes from /proc every
-    `interval` seconds."""
+    """Samples CPU time, RSS (all of it, and its anonymous part) and open file descriptors of
+    some processes from /proc every `interval` seconds."""
 
     def __init__(self, pids: dict[str, int], interval: float = 0.5):
         super().__init__(daemon=True)
         self.pids, self.interval = pids, interval
-        self.samples: dict[str, list[tuple[float, float, float, int]]] = {k: [] for k in pids}
+        self.samples: dict[str, list[tuple[float, float, float, int, float]]] = {k: [] for k in pids}
         self.stopping = threading.Event()
 
     @staticmethod
-    def read(pid: int) -> tuple[float, float, int] | None:
-        """(CPU seconds, RSS MiB, open file descriptors) of `pid`, or None once it is gone."""
+    def read(pid: int) -> tuple[float, float, int, float] | None:
+        """(CPU seconds, RSS MiB, open file descriptors, anonymous RSS MiB) of `pid`, or None
+        once it is gone. The anonymous part is what the process allocated; the rest is mapped
+        files (the model's weights read in place), which the kernel may drop and read again."""
         try:
             stat = Path(f"/proc/{pid}/stat").read_text()
             fields = stat[stat.rindex(")") + 2:].split()
             cpu = (int(fields[11]) + int(fields[12])) / CLK_TCK
-            rss_kb = next(int(line.split()[1]) for line in
-                          Path(f"/proc/{pid}/status").read_text().splitlines()
-                          if line.startswith("VmRSS:"))
-            return cpu, rss_kb / 1024, len(os.listdir(f"/proc/{pid}/fd"))
-        except (OSError, ValueError, StopIteration):
+            status = {k: v for k, _, v in (line.partition(":") for line in
+                      Path(f"/proc/{pid}/status").read_text().splitlines())}
+            rss_kb, anon_kb = (int(status[k].split()[0]) for k in ("VmRSS", "RssAnon"))
+            return cpu, rss_kb / 1024, len(os.listdir(f"/proc/{pid}/fd")), anon_kb / 1024
+        except (OSError, ValueError, KeyError):
             return None
 
     @staticmethod
@@ -133,7 +135,7 @@ class Sampler(threading.Thread):
             if (got := self.read(pid)) is not None:
                 self.samples[name].append((now, *got))
         if (busy := self.machine_busy()) is not None:
-            self.samples.setdefault("machine", []).append((now, busy, 0.0, 0))
+            self.samples.setdefault("machine", []).append((now, busy, 0.0, 0, 0.0))
 
     def run(self) -> None:
         while not self.stopping.is_set():
@@ -164,7 +166,8 @@ class Sampler(threading.Thread):
                 "rss_mb_start": round(s[0][2], 1), "rss_mb_end": round(s[-1][2], 1)}
 
     def timeline(self, name: str, t0: float, step: float) -> list[dict]:
-        """CPU % over each `step` seconds since t0, and RSS and open fds at its end."""
+        """CPU % over each `step` seconds since t0, and RSS (all, anonymous) and open fds at
+        its end."""
         out, s = [], self.samples.get(name) or []
         i = 0
         while i < len(s) - 1:
@@ -176,7 +179,8 @@ class Sampler(threading.Thread):
                 break
             out.append({"t": round(s[j][0] - t0, 1),
                         "cpu_pct": round((s[j][1] - s[i][1]) / span * 100 / NCPU, 1),
-                        "rss_mb": round(s[j][2], 1), "fds": s[j][3]})
+                        "rss_mb": round(s[j][2], 1), "rss_anon_mb": round(s[j][4], 1),
+                        "fds": s[j][3]})
             i = j
         return out
 
@@ -510,17 +514,23 @@ def steady_analysis(per_minute: list[dict], duration: float) -> dict:
 
 
 def endurance_analysis(server: list[dict], duration: float) -> dict:
-    """RSS and open fds from the end of the warm-up (the first 5 minutes, or a fifth of a
-    shorter run) to the end: the growth a leak would show."""
+    """RSS (all of it, and its anonymous part) and open fds from the end of the warm-up (the
+    first 5 minutes, or a fifth of a shorter run) to the end: the growth a leak would show."""
     if len(server) < 3:
         return {}
     warmup = min(300.0, 0.2 * duration)
     after = [x for x in server if x["t"] >= warmup] or server
     base, end = after[0], server[-1]
+
+    def growth_pct(key: str) -> float | None:
+        return round((end[key] - base[key]) / base[key] * 100, 2) if base.get(key) else None
+
     return {"warmup_s": warmup, "rss_mb_after_warmup": base["rss_mb"], "rss_mb_end": end["rss_mb"],
-            "rss_growth_pct": round((end["rss_mb"] - base["rss_mb"]) / base["rss_mb"] * 100, 2)
-            if base["rss_mb"] else None,
+            "rss_growth_pct": growth_pct("rss_mb"),
             "rss_mb_peak": max(x["rss_mb"] for x in server),
+            "rss_anon_mb_after_warmup": base.get("rss_anon_mb"),
+            "rss_anon_mb_end": end.get("rss_anon_mb"),
+            "rss_anon_growth_pct": growth_pct("rss_anon_mb"),
             "fds_after_warmup": base["fds"], "fds_end": end["fds"],
             "fds_growth": end["fds"] - base["fds"],
             "fds_range_after_warmup": [min(x["fds"] for x in after), max(x["fds"] for x in after)]}

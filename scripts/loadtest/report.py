@@ -545,15 +545,19 @@ def scenario_note(name: str, r: dict) -> str:
                    else "never back within 1.2x"))
     if name == "endurance" and r.get("endurance"):
         en = r["endurance"]
+        anon = (f"; anonymous {fmt(en['rss_anon_mb_after_warmup'])} -> "
+                f"{fmt(en['rss_anon_mb_end'])} MiB ({en['rss_anon_growth_pct']:+.2f}%)"
+                if en.get("rss_anon_growth_pct") is not None else "")
         return (f"after the first {en['warmup_s']:.0f} s: RSS {fmt(en['rss_mb_after_warmup'])} -> "
                 f"{fmt(en['rss_mb_end'])} MiB ({en['rss_growth_pct']:+.2f}%, peak "
-                f"{fmt(en['rss_mb_peak'])}), open fds {en['fds_after_warmup']} -> {en['fds_end']} "
+                f"{fmt(en['rss_mb_peak'])}{anon}), open fds {en['fds_after_warmup']} -> {en['fds_end']} "
                 f"(range {en['fds_range_after_warmup'][0]}-{en['fds_range_after_warmup'][1]})")
     return ""
 
 
 def minute_rows(r: dict) -> list[list]:
-    """A scenario minute by minute: requests, latency, and the server's RSS and fds."""
+    """A scenario minute by minute: requests, latency, and the server's RSS (all,
+    anonymous) and fds."""
     server = {round(x["t"] / 60): x for x in r.get("server_per_minute", [])}
     rows = []
     for m in r.get("per_minute", []):
@@ -562,7 +566,8 @@ def minute_rows(r: dict) -> list[list]:
             break
         srv = server.get(minute, {})
         rows.append([minute, m["requests"], m["failures"], fmt(m["rps"], 2), fmt(m["p50_ms"]),
-                     fmt(m["p95_ms"]), fmt(srv.get("rss_mb"), 1), fmt(srv.get("fds")),
+                     fmt(m["p95_ms"]), fmt(srv.get("rss_mb"), 1), fmt(srv.get("rss_anon_mb"), 1),
+                     fmt(srv.get("fds")),
                      fmt(srv.get("cpu_pct"))])
     return rows
 
@@ -583,8 +588,9 @@ def scenarios_section(results: dict, rel: str) -> list[str]:
              "Steady: 5 users from the start. Spike: 0 to the users in the ramp, held to the end; "
              "its steady state is the second half of the run, its recovery read off the 10 s "
              "series after the ramp (the first window of three in a row with p95 within 1.2x). "
-             "Endurance: 5 users on a fresh process; RSS and open file descriptors from "
-             "/proc every half second. The reference saw response times rise about 2.5x in "
+             "Endurance: 5 users on a fresh process; RSS (all of it, and its anonymous part: "
+             "what the process allocated, without the mapped model files) and open file "
+             "descriptors from /proc every half second. The reference saw response times rise about 2.5x in "
              "its spike and recover within 90 s, and no memory leak in an hour.", ""]
     for name, r in present:
         if name == "spike":
@@ -595,7 +601,7 @@ def scenarios_section(results: dict, rel: str) -> list[str]:
         if rows:
             parts += [f"<details><summary>{name.capitalize()}, minute by minute</summary>", "",
                       table(["minute", "requests", "failed", "req/s", "p50 ms", "p95 ms",
-                             "RSS MiB", "open fds", "CPU %"], rows), "", "</details>", ""]
+                             "RSS MiB", "anonymous MiB", "open fds", "CPU %"], rows), "", "</details>", ""]
     return parts
 
 
@@ -730,7 +736,11 @@ def minute_chart(plt, r: dict, name: str):
     ax1.set_title(f"{name.capitalize()}: {r['users']} users, W1, "
                   f"{r['duration_s'] / 60:.0f} minutes ({r['failures']} failed)")
     tl = r["server_timeline"]
-    ax2.plot([x["t"] / 60 for x in tl], [x["rss_mb"] for x in tl], color="tab:blue")
+    ax2.plot([x["t"] / 60 for x in tl], [x["rss_mb"] for x in tl], color="tab:blue", label="all")
+    if all("rss_anon_mb" in x for x in tl):
+        ax2.plot([x["t"] / 60 for x in tl], [x["rss_anon_mb"] for x in tl], color="tab:blue",
+                 linestyle="--", label="anonymous")
+        ax2.legend(fontsize=8, loc="lower right")
     ax2.set_ylabel("server RSS MiB", color="tab:blue")
     ax2.set_xlabel("minutes")
     ax2.grid(alpha=0.3)

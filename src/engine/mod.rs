@@ -5,6 +5,8 @@
 //! - [`tokenizer`]: the Hugging Face tokenizer, checked against the model's vocabulary.
 //! - [`session`]: the ONNX session and its forward pass: one packed pass per step on our
 //!   exports, padded passes on explicit-attention (optimum) graphs.
+//! - `resident_weights`: reads the weights ONNX Runtime maps from the model files in at
+//!   load, so memory is flat from the first request.
 //! - [`slot_cache`], [`padded_cache`]: the key/value tensors of each contract, and
 //!   `kv_store`, which holds the rows' KV and runs a step's pass over it.
 //! - [`scheduler`]: each step's plan (admission, preemption, decode rows, prompt chunks) from
@@ -24,6 +26,7 @@ pub mod model_info;
 pub mod padded_cache;
 mod prefix_cache;
 pub mod request;
+mod resident_weights;
 mod sampler;
 pub mod scheduler;
 mod sequence;

@@ -24,7 +24,7 @@ use ort::session::{Session, SessionInputValue};
 use ort::value::{DynValue, PrimitiveTensorElementType, Tensor};
 use ort::AsPointer;
 
-use super::{attention, EngineError, ModelInfo, PaddedCache, SlotCache};
+use super::{attention, resident_weights, EngineError, ModelInfo, PaddedCache, SlotCache};
 use crate::config::RuntimeConfig;
 
 /// Knobs of one session; the engine picks them from the configuration.
@@ -118,9 +118,19 @@ pub fn open_session(
     let _one_at_a_time = LOADING
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner());
-    builder
+    let session = builder
         .commit_from_file(path)
-        .map_err(|e| fail(e.to_string()))
+        .map_err(|e| fail(e.to_string()))?;
+    if let Some(dir) = path.parent() {
+        match resident_weights::make_resident(dir) {
+            Ok(bytes) => tracing::info!(
+                mib = bytes / (1 << 20),
+                "weights read in place from the model files made resident"
+            ),
+            Err(e) => tracing::warn!(error = %e, "could not make the mapped weights resident"),
+        }
+    }
+    Ok(session)
 }
 
 /// How a graph is fed, told by its inputs.

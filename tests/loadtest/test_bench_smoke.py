@@ -145,20 +145,24 @@ def test_steady_compares_the_last_full_minute_with_the_first():
 
 def test_endurance_growth_is_after_warmup():
     server = [{"t": t, "rss_mb": 1000.0 if t < 20 else 1200.0 + t / 10,
+               "rss_anon_mb": 600.0 if t < 20 else 640.0 + t / 20,
                "fds": 40 if t < 20 else 50 + (t == 100)} for t in range(0, 101, 5)]
     got = bench.endurance_analysis(server, 100.0)
     assert got["rss_mb_after_warmup"] == 1202.0
     assert got["rss_growth_pct"] == pytest.approx((1210 - 1202) / 1202 * 100, abs=0.01)
+    assert (got["rss_anon_mb_after_warmup"], got["rss_anon_mb_end"]) == (641.0, 645.0)
+    assert got["rss_anon_growth_pct"] == pytest.approx(4 / 641 * 100, abs=0.01)
     assert (got["fds_after_warmup"], got["fds_end"], got["fds_growth"]) == (50, 51, 1)
     assert got["fds_range_after_warmup"] == [50, 51]
     # An hour's warm-up is its first 5 minutes.
     assert bench.endurance_analysis(server, 3600.0)["warmup_s"] == 300.0
 
 
-def test_sampler_reads_open_file_descriptors():
-    cpu, rss, fds = bench.Sampler.read(os.getpid())
+def test_sampler_reads_open_file_descriptors_and_anonymous_memory():
+    cpu, rss, fds, anon = bench.Sampler.read(os.getpid())
     # Both listings count the descriptor of the listing itself.
     assert rss > 0 and fds == len(os.listdir("/proc/self/fd"))
+    assert 0 < anon < rss
 
 
 def test_section_is_replaced_between_the_markers():
