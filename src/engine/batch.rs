@@ -7,7 +7,7 @@
 //! 2. asks the [`scheduler`](super::scheduler) for the step's plan, from the rows' state alone:
 //!    who is preempted, who is admitted into which slot, who decodes, which prompt chunks run;
 //! 3. admitted requests whose shared prompt prefix is kept start from a copy of it in their
-//!    slot (`prefix_cache`); the first request with a new prefix prefills it as a chunk of
+//!    slot (`prefix_sharing`); the first request with a new prefix prefills it as a chunk of
 //!    its own and keeps it, and requests with the same prefix wait one step for it;
 //! 4. runs the pass, then samples: a token for every decoding row, and the first token of
 //!    every prompt that finished. Text deltas stream back through each request's channel.
@@ -20,7 +20,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::kv_store::{KvStore, Pass};
-use super::prefix_cache::PrefixCache;
+use super::prefix_sharing::{shared_prefix, PrefixCache};
 use super::scheduler::{self, Candidate, Occupant, Phase, Plan};
 use super::sequence::Sequence;
 use super::{
@@ -99,7 +99,7 @@ enum SlotPhase {
 }
 
 /// A sequence in its slot.
-struct Slot {
+struct Running {
     seq: Sequence,
     admitted: u64,
     phase: SlotPhase,
@@ -111,7 +111,7 @@ pub struct BatchEngine {
     tokenizer: Arc<TextTokenizer>,
     limits: EngineLimits,
     waiting: VecDeque<Sequence>,
-    slots: Vec<Option<Slot>>,
+    slots: Vec<Option<Running>>,
     kv: KvStore,
     prefixes: PrefixCache,
     admissions: u64,
@@ -237,31 +237,17 @@ impl BatchEngine {
         self.kv.free(slot);
     }
 
-    /// The request's shared prefix, when it leaves at least one prompt token to prefill (the
-    /// last prompt token's logits give the first new token).
+    /// The request's shared prefix (see [`shared_prefix`]).
     fn shared_prefix(seq: &Sequence) -> &[u32] {
-        let n = seq.request.shared_prefix;
-        if n < seq.prompt_len() {
-            &seq.request.prompt_ids[..n]
-        } else {
-            &[]
-        }
+        shared_prefix(&seq.request.prompt_ids, seq.request.shared_prefix)
     }
 
-    /// Where a prompt with `done` tokens in its KV may prefill to this step: its end, or its
-    /// shared prefix when that must be kept first; `done` itself (nothing) when another
-    /// prompt, earlier in `keepers`, is keeping the same prefix. Adds the prefix to `keepers`
-    /// when this prompt keeps it.
+    /// Where a prompt with `done` tokens in its KV may prefill to this step
+    /// ([`PrefixCache::prefill_stop`]).
     fn stop(&self, seq: &Sequence, done: usize, keepers: &mut Vec<Vec<u32>>) -> usize {
         let prefix = Self::shared_prefix(seq);
-        if done >= prefix.len() || self.prefixes.contains(prefix) {
-            return seq.prompt_len();
-        }
-        if keepers.iter().any(|k| k.as_slice() == prefix) {
-            return done;
-        }
-        keepers.push(prefix.to_vec());
-        prefix.len()
+        self.prefixes
+            .prefill_stop(prefix, seq.prompt_len(), done, keepers)
     }
 
     /// The scheduler's view of the slots and the waiting queue, and its plan.
@@ -292,12 +278,7 @@ impl BatchEngine {
             .waiting
             .iter()
             .map(|seq| {
-                let prefix = Self::shared_prefix(seq);
-                let start = if self.prefixes.contains(prefix) {
-                    prefix.len()
-                } else {
-                    0
-                };
+                let start = self.prefixes.prefill_start(Self::shared_prefix(seq));
                 Candidate {
                     priority: seq.request.priority,
                     reserved: seq.reserved_tokens(),
@@ -343,7 +324,7 @@ impl BatchEngine {
             } else {
                 0
             };
-            self.slots[slot] = Some(Slot {
+            self.slots[slot] = Some(Running {
                 seq,
                 admitted: self.admissions,
                 phase: SlotPhase::Prefilling { done },
@@ -373,11 +354,13 @@ impl BatchEngine {
 
     /// Copies the kept KV of `prefix`, when there is one, into `slot`; says whether it did.
     fn start_from_kept(&mut self, slot: usize, prefix: &[u32]) -> Result<bool, EngineError> {
-        let Some(kept) = self.prefixes.get(prefix) else {
-            return Ok(false);
-        };
         let started = Instant::now();
-        self.kv.adopt(&self.model, slot, kept)?;
+        if !self
+            .prefixes
+            .copy_into(&mut self.kv, &self.model, slot, prefix)?
+        {
+            return Ok(false);
+        }
         self.stats.kv_copy_time += started.elapsed();
         self.stats.prefix_hits += 1;
         self.stats.prefix_tokens_reused += prefix.len() as u64;
@@ -388,7 +371,7 @@ impl BatchEngine {
     fn pass(&self, plan: &Plan) -> Pass {
         let mut pass = Pass::default();
         for &slot in &plan.decode {
-            if let Some(Slot {
+            if let Some(Running {
                 seq,
                 phase: SlotPhase::Decoding { len },
                 ..
@@ -403,7 +386,7 @@ impl BatchEngine {
             }
         }
         for chunk in &plan.chunks {
-            if let Some(Slot {
+            if let Some(Running {
                 seq,
                 phase: SlotPhase::Prefilling { done },
                 ..
@@ -446,12 +429,12 @@ impl BatchEngine {
             };
             s.seq.add_prefill_time(spent);
             s.phase = SlotPhase::Prefilling { done };
+            let started = Instant::now();
             let prefix = Self::shared_prefix(&s.seq);
-            if done == prefix.len() && !self.prefixes.contains(prefix) {
-                let prefix = prefix.to_vec();
-                let started = Instant::now();
-                let kept = self.kv.keep(row.slot, done)?;
-                self.prefixes.insert(&prefix, kept);
+            if self
+                .prefixes
+                .keep_if_new(&self.kv, row.slot, prefix, done)?
+            {
                 self.stats.kv_copy_time += started.elapsed();
             }
             if row.logits {
@@ -504,7 +487,7 @@ impl Engine for BatchEngine {
             return Ok(());
         }
         let run_started = Instant::now();
-        let logits = self.kv.run(&mut self.model, &pass)?;
+        let logits = self.kv.forward(&mut self.model, &pass)?;
         self.apply_pass(&pass, logits, run_started.elapsed())?;
         let spent = started.elapsed();
         self.stats.steps += 1;

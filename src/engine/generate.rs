@@ -75,7 +75,7 @@ pub fn greedy_generate(
                 logits: true,
             })
             .collect();
-        logits.extend(kv.run(
+        logits.extend(kv.forward(
             model,
             &Pass {
                 decode: Vec::new(),
@@ -113,7 +113,7 @@ pub fn greedy_generate(
         if done.iter().all(|&d| d) {
             break;
         }
-        logits = kv.run(
+        logits = kv.forward(
             model,
             &Pass {
                 decode,

@@ -2,15 +2,12 @@
 //! for each graph contract:
 //! - packed graphs: a [`SlotCache`], and the pass is one `session.run` (decoding rows and
 //!   prompt chunks together);
-//! - explicit-attention graphs (optimum exports, for foreign models): each prompt prefills
-//!   alone into its own [`PaddedCache`], then joins the decoding rows' left-padded batch
-//!   cache (a copy of every row when one joins; finished rows stay as cheap dead rows until
-//!   they outnumber the live ones); the pass is one `session.run` per prompt chunk plus one
-//!   for the decoding rows.
+//! - explicit-attention graphs (optimum exports, for foreign models): [`PaddedRows`], padded
+//!   caches and one `session.run` per prompt chunk plus one for the decoding rows.
 
-use super::padded_cache::RowSource;
-use super::slot_cache::KeptKv;
-use super::{EngineError, KvLayout, OnnxModel, PaddedCache, PassRow, SlotCache, StepInput};
+use super::padded_rows::PaddedRows;
+use super::prefix_sharing::KeptKv;
+use super::{EngineError, KvLayout, OnnxModel, PassRow, SlotCache};
 
 /// One step's work: a token for each decoding row, and prompt chunks.
 #[derive(Debug, Clone, Default)]
@@ -41,13 +38,13 @@ impl KvStore {
 
     /// Runs `pass` and returns the logits of its rows that ask for them: decoding rows first,
     /// then chunks, each in order.
-    pub fn run(&mut self, model: &mut OnnxModel, pass: &Pass) -> Result<Vec<f32>, EngineError> {
+    pub fn forward(&mut self, model: &mut OnnxModel, pass: &Pass) -> Result<Vec<f32>, EngineError> {
         match self {
             Self::Slots(cache) => {
                 let rows: Vec<PassRow> = pass.decode.iter().chain(&pass.chunks).cloned().collect();
                 model.forward_packed(&rows, cache)
             }
-            Self::Padded(rows) => rows.run(model, pass),
+            Self::Padded(rows) => rows.forward(model, pass),
         }
     }
 
@@ -60,10 +57,7 @@ impl KvStore {
     ) -> Result<(), EngineError> {
         match self {
             Self::Slots(cache) => cache.adopt(slot, kept),
-            Self::Padded(rows) => {
-                rows.prompts[slot] = Some(PaddedCache::from_kept(model.info(), kept)?);
-                Ok(())
-            }
+            Self::Padded(rows) => rows.adopt(model, slot, kept),
         }
     }
 
@@ -72,12 +66,7 @@ impl KvStore {
     pub fn keep(&self, slot: usize, len: usize) -> Result<KeptKv, EngineError> {
         match self {
             Self::Slots(cache) => cache.keep(slot, len),
-            Self::Padded(rows) => match &rows.prompts[slot] {
-                Some(cache) if cache.width() == len => cache.keep(len),
-                _ => Err(EngineError::InvalidInput(format!(
-                    "slot {slot} holds no prompt of {len} positions"
-                ))),
-            },
+            Self::Padded(rows) => rows.keep(slot, len),
         }
     }
 
@@ -87,131 +76,5 @@ impl KvStore {
             Self::Slots(cache) => cache.free(slot),
             Self::Padded(rows) => rows.free(slot),
         }
-    }
-}
-
-/// The explicit-attention store: see the module doc.
-pub struct PaddedRows {
-    /// Per slot, the KV of a prompt that is not in the batch yet.
-    prompts: Vec<Option<PaddedCache>>,
-    /// The slot of each batch row (`None`: finished, until the next rebuild).
-    rows: Vec<Option<usize>>,
-    batch: Option<PaddedCache>,
-}
-
-impl PaddedRows {
-    fn new(slots: usize) -> Self {
-        Self {
-            prompts: (0..slots).map(|_| None).collect(),
-            rows: Vec::new(),
-            batch: None,
-        }
-    }
-
-    fn free(&mut self, slot: usize) {
-        if let Some(prompt) = self.prompts.get_mut(slot) {
-            *prompt = None;
-        }
-        for row in &mut self.rows {
-            if *row == Some(slot) {
-                *row = None;
-            }
-        }
-    }
-
-    fn run(&mut self, model: &mut OnnxModel, pass: &Pass) -> Result<Vec<f32>, EngineError> {
-        let vocab = model.info().vocab_size;
-        let mut chunk_logits = Vec::new();
-        for chunk in &pass.chunks {
-            let cache = match self.prompts[chunk.slot].take() {
-                Some(cache) => cache,
-                None => PaddedCache::empty(model.info(), 1)?,
-            };
-            let (logits, cache) = model.forward(
-                &StepInput {
-                    batch: 1,
-                    seq_len: chunk.tokens.len(),
-                    input_ids: chunk.tokens.iter().map(|&t| i64::from(t)).collect(),
-                    past: vec![chunk.past],
-                },
-                &cache,
-            )?;
-            self.prompts[chunk.slot] = Some(cache);
-            if chunk.logits {
-                chunk_logits.extend(logits);
-            }
-        }
-        let mut logits = Vec::with_capacity((pass.decode.len()) * vocab + chunk_logits.len());
-        if !pass.decode.is_empty() {
-            self.join(model, &pass.decode)?;
-            let past_of = |slot: usize| pass.decode.iter().find(|r| r.slot == slot);
-            let (mut ids, mut past) = (Vec::new(), Vec::new());
-            for row in &self.rows {
-                // A finished row decodes a placeholder over no past; its output is ignored.
-                let (id, p) = row
-                    .and_then(past_of)
-                    .map_or((0, 0), |r| (r.tokens[0], r.past));
-                ids.push(i64::from(id));
-                past.push(p);
-            }
-            let Some(batch) = self.batch.take() else {
-                return Err(EngineError::InvalidInput("no batch to decode".into()));
-            };
-            let (out, cache) = model.forward(
-                &StepInput {
-                    batch: self.rows.len(),
-                    seq_len: 1,
-                    input_ids: ids,
-                    past,
-                },
-                &batch,
-            )?;
-            self.batch = Some(cache);
-            for r in &pass.decode {
-                let row = self.rows.iter().position(|&s| s == Some(r.slot));
-                let row = row.ok_or_else(|| {
-                    EngineError::InvalidInput(format!("slot {} is not in the batch", r.slot))
-                })?;
-                logits.extend_from_slice(&out[row * vocab..(row + 1) * vocab]);
-            }
-        }
-        logits.extend(chunk_logits);
-        Ok(logits)
-    }
-
-    /// Rebuilds the batch cache when a decoding row is not in it yet (its prompt just
-    /// finished) or finished rows outnumber live ones: a copy of every decoding row.
-    fn join(&mut self, model: &OnnxModel, decode: &[PassRow]) -> Result<(), EngineError> {
-        let in_batch = |slot: usize| self.rows.contains(&Some(slot));
-        let joining = decode.iter().any(|r| !in_batch(r.slot));
-        let live = self.rows.iter().flatten().count();
-        if !joining && live * 2 >= self.rows.len() {
-            return Ok(());
-        }
-        let mut sources = Vec::with_capacity(decode.len());
-        let mut rows = Vec::with_capacity(decode.len());
-        for r in decode {
-            let (cache, row) = match self.rows.iter().position(|&s| s == Some(r.slot)) {
-                Some(row) => (self.batch.as_ref(), row),
-                None => (self.prompts[r.slot].as_ref(), 0),
-            };
-            let cache = cache.ok_or_else(|| {
-                EngineError::InvalidInput(format!("slot {} has no KV to decode from", r.slot))
-            })?;
-            sources.push(RowSource {
-                cache,
-                row,
-                len: r.past,
-            });
-            rows.push(Some(r.slot));
-        }
-        let batch = PaddedCache::gather(model.info(), &sources)?;
-        drop(sources);
-        for r in decode {
-            self.prompts[r.slot] = None;
-        }
-        self.batch = Some(batch);
-        self.rows = rows;
-        Ok(())
     }
 }

@@ -3,16 +3,19 @@
 //!
 //! - [`model_info`]: reads an exported model folder and checks it is complete.
 //! - [`tokenizer`]: the Hugging Face tokenizer, checked against the model's vocabulary.
-//! - [`session`]: the ONNX session and its forward pass: one packed pass per step on our
-//!   exports, padded passes on explicit-attention (optimum) graphs.
+//! - [`session`]: the ONNX session and its forward pass, a file per graph contract: one
+//!   packed or slots pass per step on our exports, padded passes on explicit-attention
+//!   (optimum) graphs.
 //! - `resident_weights`: reads the weights ONNX Runtime maps from the model files in at
 //!   load, so memory is flat from the first request.
-//! - [`slot_cache`], [`padded_cache`]: the key/value tensors of each contract, and
-//!   `kv_store`, which holds the rows' KV and runs a step's pass over it.
+//! - [`slot_cache`], [`padded_cache`]: the key/value tensors of each contract;
+//!   `kv_store`, which holds the rows' KV and runs a step's pass over it, and `padded_rows`,
+//!   its explicit-attention half.
 //! - [`scheduler`]: each step's plan (admission, preemption, decode rows, prompt chunks) from
 //!   the rows' state alone, as plain data.
-//! - [`batch`]: the continuous-batching engine that applies the plan; `prefix_cache` keeps
-//!   the KV of shared prompt prefixes.
+//! - [`batch`]: the continuous-batching engine that applies the plan.
+//! - `prefix_sharing`: the KV of prompt prefixes many requests share, prefilled once; the
+//!   whole protocol the batch loop follows for it.
 //! - [`generate`]: greedy generation of a fixed batch, the reference path for parity tests.
 //! - `sequence`, `sampler`, `detokenizer`: one request's state, token choice and text.
 //! - [`request`]: requests, events and the step-driven [`Engine`] trait the workers drive.
@@ -24,7 +27,8 @@ pub mod generate;
 mod kv_store;
 pub mod model_info;
 pub mod padded_cache;
-mod prefix_cache;
+mod padded_rows;
+mod prefix_sharing;
 pub mod request;
 mod resident_weights;
 mod sampler;

@@ -7,8 +7,8 @@
 
 use ort::value::DynValue;
 
+use super::prefix_sharing::KeptKv;
 use super::session::owned_value;
-use super::slot_cache::KeptKv;
 use super::{EngineError, ModelInfo};
 
 /// See the module doc.

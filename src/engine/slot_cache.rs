@@ -8,14 +8,8 @@
 //! kernel (`madvise(MADV_DONTNEED)`), so the resident KV follows the positions in use, not the
 //! slots times their capacity.
 
+use super::prefix_sharing::KeptKv;
 use super::{EngineError, ModelInfo};
-
-/// The KV of one shared prompt prefix, kept out of any slot: per layer and key/value a
-/// `[kv_heads, len, head_dim]` buffer.
-pub struct KeptKv {
-    pub(crate) tensors: Vec<Vec<f32>>,
-    pub(crate) len: usize,
-}
 
 /// Distinguishes caches, so a binding made for one is never used with another.
 static NEXT_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
