@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use actix::Addr;
 use tokio::sync::Semaphore;
 
-use super::stream::{ResponseStream, Slot};
+use super::stream::{Admission, ResponseStream};
 use super::worker::{Submit, WorkerActor, WorkerShared};
 use super::InferError;
 use crate::config::InferenceConfig;
@@ -84,19 +84,19 @@ impl Router {
                 })?;
         // Epochs are read before liveness: if a worker goes down after this, its epoch
         // moves (see `WorkerShared::mark_down`) and the stream reports the restart.
-        let candidates: Vec<Candidate> = self
+        let loads: Vec<WorkerLoad> = self
             .routes
             .iter()
             .map(|r| {
                 let epoch = r.shared.epoch();
-                Candidate {
+                WorkerLoad {
                     epoch,
                     live: r.shared.is_live(),
                     load: r.shared.in_flight(),
                 }
             })
             .collect();
-        let index = least_loaded(&candidates).ok_or_else(|| self.not_ready())?;
+        let index = least_loaded(&loads).ok_or_else(|| self.not_ready())?;
         let route = &self.routes[index];
         let (events, receiver) = event_channel();
         let request = GenerationRequest {
@@ -112,8 +112,8 @@ impl Router {
         };
         let stream = ResponseStream::new(
             receiver,
-            Slot::new(permit, Arc::clone(&route.shared)),
-            candidates[index].epoch,
+            Admission::new(permit, Arc::clone(&route.shared)),
+            loads[index].epoch,
         );
         route.addr.do_send(Submit(request));
         Ok(stream)
@@ -152,15 +152,15 @@ pub fn budget(config: &InferenceConfig) -> usize {
 
 /// One worker's routing figures, read once per decision.
 #[derive(Debug, Clone, Copy)]
-struct Candidate {
+struct WorkerLoad {
     epoch: u64,
     live: bool,
     load: usize,
 }
 
 /// The live candidate with the least load; ties go to the lowest index.
-fn least_loaded(candidates: &[Candidate]) -> Option<usize> {
-    candidates
+fn least_loaded(loads: &[WorkerLoad]) -> Option<usize> {
+    loads
         .iter()
         .enumerate()
         .filter(|(_, c)| c.live)
@@ -172,10 +172,10 @@ fn least_loaded(candidates: &[Candidate]) -> Option<usize> {
 mod tests {
     use super::*;
 
-    fn candidates(figures: &[(bool, usize)]) -> Vec<Candidate> {
+    fn loads(figures: &[(bool, usize)]) -> Vec<WorkerLoad> {
         figures
             .iter()
-            .map(|&(live, load)| Candidate {
+            .map(|&(live, load)| WorkerLoad {
                 epoch: 0,
                 live,
                 load,
@@ -186,15 +186,15 @@ mod tests {
     #[test]
     fn picks_the_live_worker_with_the_least_load() {
         assert_eq!(
-            least_loaded(&candidates(&[(true, 3), (true, 1), (true, 2)])),
+            least_loaded(&loads(&[(true, 3), (true, 1), (true, 2)])),
             Some(1)
         );
         assert_eq!(
-            least_loaded(&candidates(&[(false, 0), (true, 5), (true, 5)])),
+            least_loaded(&loads(&[(false, 0), (true, 5), (true, 5)])),
             Some(1),
             "a down worker is skipped even when idle; ties go to the lowest index"
         );
-        assert_eq!(least_loaded(&candidates(&[(false, 0), (false, 0)])), None);
+        assert_eq!(least_loaded(&loads(&[(false, 0), (false, 0)])), None);
         assert_eq!(least_loaded(&[]), None);
     }
 

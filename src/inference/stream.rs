@@ -1,7 +1,7 @@
 //! [`ResponseStream`]: one admitted request's events, as the HTTP layer consumes them.
 //!
-//! The stream owns the request's admission permit and its share of the worker's load, in a
-//! `Slot` released as soon as the stream ends or is dropped. Dropping it also drops the
+//! The stream owns the request's admission permit and its share of the worker's load, in
+//! an `Admission` released as soon as the stream ends or is dropped. Dropping it also drops the
 //! receiver, which the engine sees as a cancellation at its next step. Engine events map
 //! onto `Result<StreamEvent, InferError>`; a bad ending is `WorkerRestarted` when the
 //! worker went down since submission, else `Generation` or `Incomplete`.
@@ -20,14 +20,14 @@ use crate::engine::{GenerationEvent, GenerationStats};
 
 /// Capacity held by one request: a budget permit and a count in its worker's load.
 #[derive(Debug)]
-pub(super) struct Slot {
-    /// Released (dropped) with the slot: frees one unit of the pool's in-flight budget.
+pub(super) struct Admission {
+    /// Released (dropped) with the admission: frees one unit of the pool's in-flight budget.
     _permit: OwnedSemaphorePermit,
     worker: Arc<WorkerShared>,
 }
 
-impl Slot {
-    /// Counts the request in `worker`'s load until the slot drops.
+impl Admission {
+    /// Counts the request in `worker`'s load until the admission drops.
     pub(super) fn new(permit: OwnedSemaphorePermit, worker: Arc<WorkerShared>) -> Self {
         worker.add_in_flight();
         Self {
@@ -37,7 +37,7 @@ impl Slot {
     }
 }
 
-impl Drop for Slot {
+impl Drop for Admission {
     fn drop(&mut self) {
         self.worker.remove_in_flight();
     }
@@ -48,7 +48,7 @@ impl Drop for Slot {
 pub struct ResponseStream {
     events: UnboundedReceiver<GenerationEvent>,
     /// `None` once the stream has ended (capacity already given back).
-    slot: Option<Slot>,
+    admission: Option<Admission>,
     /// The worker's epoch when the request was routed to it.
     epoch: u64,
     /// The worker serving the request, to detect a restart since submission.
@@ -56,11 +56,15 @@ pub struct ResponseStream {
 }
 
 impl ResponseStream {
-    pub(super) fn new(events: UnboundedReceiver<GenerationEvent>, slot: Slot, epoch: u64) -> Self {
+    pub(super) fn new(
+        events: UnboundedReceiver<GenerationEvent>,
+        admission: Admission,
+        epoch: u64,
+    ) -> Self {
         Self {
             events,
-            worker: Arc::clone(&slot.worker),
-            slot: Some(slot),
+            worker: Arc::clone(&admission.worker),
+            admission: Some(admission),
             epoch,
         }
     }
@@ -81,7 +85,7 @@ impl ResponseStream {
     }
 
     fn finish(&mut self) {
-        self.slot = None;
+        self.admission = None;
         self.events.close();
     }
 
@@ -94,7 +98,7 @@ impl Stream for ResponseStream {
     type Item = Result<StreamEvent, InferError>;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        if self.slot.is_none() {
+        if self.admission.is_none() {
             return Poll::Ready(None);
         }
         let item = match self.events.poll_recv(cx) {
@@ -158,10 +162,10 @@ mod tests {
         let worker = Arc::new(WorkerShared::default());
         let permit = Arc::clone(&budget).try_acquire_owned().unwrap();
         let (tx, rx) = event_channel();
-        let slot = Slot::new(permit, Arc::clone(&worker));
+        let admission = Admission::new(permit, Arc::clone(&worker));
         (
             tx,
-            ResponseStream::new(rx, slot, worker.epoch()),
+            ResponseStream::new(rx, admission, worker.epoch()),
             budget,
             worker,
         )

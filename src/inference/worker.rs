@@ -119,7 +119,7 @@ impl WorkerShared {
         self.live.store(true, Ordering::SeqCst);
     }
 
-    /// Stops routing here, then moves the epoch; the order matters (see `router::pick`).
+    /// Stops routing here, then moves the epoch; the order matters (see `Router::submit`).
     pub(super) fn mark_down(&self) {
         self.live.store(false, Ordering::SeqCst);
         self.epoch.fetch_add(1, Ordering::SeqCst);

@@ -17,7 +17,7 @@ struct LastGood {
     fetched_at: SystemTime,
 }
 
-struct Slot {
+struct SourceState {
     source: SourceKind,
     weight: f64,
     health: SourceHealth,
@@ -27,7 +27,7 @@ struct Slot {
 /// Per-source lists and health, plus the `first_seen` memory of the merged topics.
 pub struct TrendsState {
     config: TrendsConfig,
-    slots: Vec<Slot>,
+    slots: Vec<SourceState>,
     first_seen: HashMap<String, SystemTime>,
     embedded: Vec<RawTrend>,
 }
@@ -45,7 +45,7 @@ impl TrendsState {
                     SourceKind::Wikipedia => (s.wikipedia.enabled, s.wikipedia.weight),
                     SourceKind::File => (s.file.enabled, s.file.weight),
                 };
-                Slot {
+                SourceState {
                     source,
                     weight,
                     health: SourceHealth::new(source, enabled),
@@ -99,12 +99,12 @@ impl TrendsState {
     pub fn snapshot(&mut self, now: SystemTime) -> TrendSnapshot {
         let ttl = Duration::from_secs(self.config.ttl_secs);
         let age = |t: SystemTime| now.duration_since(t).unwrap_or_default();
-        let with_data: Vec<&Slot> = self
+        let with_data: Vec<&SourceState> = self
             .slots
             .iter()
             .filter(|s| s.last_good.is_some())
             .collect();
-        let live: Vec<&Slot> = with_data
+        let live: Vec<&SourceState> = with_data
             .iter()
             .copied()
             .filter(|s| {
