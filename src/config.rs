@@ -6,6 +6,7 @@
 //! the binary too), then `validate` checks cross-field rules; every error names the
 //! offending key, in plain words (`plain`).
 
+pub mod error;
 mod paths;
 mod plain;
 
@@ -15,22 +16,12 @@ use figment::providers::{Env, Format, Serialized, Toml};
 use figment::Figment;
 use serde::{Deserialize, Serialize};
 
+pub use error::ConfigError;
 pub use paths::{env_var, find_default, PathOrigin, PathOrigins};
 
 /// Environment variables starting with this prefix override the file; `__` separates
 /// sections, e.g. `TRENDSTORY_SERVER__PORT=9000`. `TRENDSTORY_CONFIG` names the file itself.
 pub const ENV_PREFIX: &str = "TRENDSTORY_";
-
-/// Errors raised while loading or validating the configuration.
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    /// The file could not be read, or a value has the wrong type or an unknown key.
-    #[error("configuration error: {0}")]
-    Load(String),
-    /// A value parsed but breaks a rule; `key` is the dotted path of the bad setting.
-    #[error("invalid configuration key `{key}`: {reason}")]
-    Invalid { key: &'static str, reason: String },
-}
 
 /// The whole configuration tree.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]

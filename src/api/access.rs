@@ -20,7 +20,7 @@ use subtle::ConstantTimeEq;
 
 use super::config::ApiConfig;
 use super::errors::ApiError;
-use crate::config::ConfigError;
+use crate::config::error::ConfigError;
 
 /// Keyed limiters keep one cell per client; past this many, idle cells are dropped.
 const MAX_TRACKED_CLIENTS: usize = 10_000;

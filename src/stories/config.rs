@@ -4,7 +4,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::prompt::Style;
-use crate::config::ConfigError;
+use crate::config::error::ConfigError;
 use crate::engine::ModelSampling;
 
 /// Defaults and limits of a story request, the cache and pre-generation.

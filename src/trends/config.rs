@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::ConfigError;
+use crate::config::error::ConfigError;
 
 /// Builds `trends.sources.<source>.<field>` as a `&'static str` for error messages.
 macro_rules! source_key {
