@@ -15,7 +15,7 @@ use common::{
 };
 
 /// Keys every story answer has, in any order.
-const STORY_KEYS: [&str; 12] = [
+const STORY_KEYS: [&str; 13] = [
     "id",
     "topic",
     "trend",
@@ -23,6 +23,7 @@ const STORY_KEYS: [&str; 12] = [
     "story",
     "model",
     "prompt_tokens",
+    "max_tokens",
     "tokens",
     "finish_reason",
     "cached",
@@ -633,6 +634,37 @@ async fn api_keys_and_rate_limits_guard_v1_only() {
         let response = client().get(format!("{base}{path}")).send().await.unwrap();
         assert_eq!(response.status(), 200, "{path}");
     }
+}
+
+#[actix_web::test]
+async fn a_max_tokens_past_the_model_s_context_gets_what_fits_and_says_so() {
+    // The tiny model has 512 positions and the default cap is 512 new tokens: any prompt
+    // leaves less room than a request may ask for.
+    let base = start_server(tiny_server_config()).await;
+    for (n, topic) in [
+        "tides",
+        "a much longer topic about the tides of the northern sea",
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let (status, story) =
+            post_story(&base, json!({"topic": topic, "max_tokens": 512, "seed": n})).await;
+        assert_eq!(status, 200, "{story}");
+        let room = 512 - story["prompt_tokens"].as_u64().unwrap();
+        assert_eq!(story["max_tokens"], room, "{story}");
+        let tokens = story["tokens"].as_u64().unwrap();
+        assert!(tokens <= room, "{story}");
+        let end = if tokens == room { "length" } else { "stop" };
+        assert_eq!(story["finish_reason"], end, "{story}");
+    }
+    // What the request asked for within the room is granted as asked.
+    let (status, story) = post_story(&base, json!({"topic": "tides", "max_tokens": 5})).await;
+    assert_eq!(
+        (status, story["max_tokens"].as_u64()),
+        (200, Some(5)),
+        "{story}"
+    );
 }
 
 #[actix_web::test]

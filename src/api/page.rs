@@ -71,14 +71,14 @@ pub struct PageSettings {
     pub trends_listed: usize,
     pub default_style: Style,
     pub default_max_tokens: usize,
-    /// Per style, the largest `max_tokens` the server accepts for every trend listed: the
-    /// configured cap, or less where the model's context leaves less after the prompt.
+    /// Per style, the largest `max_tokens` the server accepts (`inference.max_new_tokens`);
+    /// a story whose prompt leaves less room in the model's context is written up to what
+    /// fits, and its answer's `max_tokens` says how many that was.
     pub max_tokens: BTreeMap<&'static str, usize>,
 }
 
 async fn settings(state: web::Data<AppState>) -> HttpResponse {
     let listed = TRENDS_LISTED.min(state.limits.max_trends);
-    let trends = state.stories.top_trends(listed);
     let stories = &state.stories;
     let body = PageSettings {
         model: state.model.to_string(),
@@ -88,7 +88,7 @@ async fn settings(state: web::Data<AppState>) -> HttpResponse {
         default_max_tokens: stories.config().default_max_tokens,
         max_tokens: Style::ALL
             .into_iter()
-            .map(|style| (style.as_str(), stories.max_tokens_for(style, &trends)))
+            .map(|style| (style.as_str(), stories.max_new_tokens()))
             .collect(),
     };
     HttpResponse::Ok()

@@ -14,9 +14,8 @@ use super::errors::{ApiError, ErrorBody};
 use super::extract::{Body, Fields, Query};
 use super::request_log::StoryNote;
 use super::{sse, AppState};
-use crate::engine::FinishReason;
 use crate::stories::validate::{field_rule, FIELDS};
-use crate::stories::{millis, Story, StoryRequest, Style, TrendRef, VariantAnswer};
+use crate::stories::{millis, Story, StoryEnd, StoryRequest, Style, TrendRef, VariantAnswer};
 
 /// A story, as every story endpoint and the final SSE event return it.
 #[derive(Debug, Clone, Serialize, ToSchema)]
@@ -29,9 +28,12 @@ pub struct StoryResponse {
     pub story: String,
     pub model: String,
     pub prompt_tokens: usize,
+    /// The most new tokens this story could have: the request's `max_tokens` (or the
+    /// default), or fewer where the prompt left less room in the model's context.
+    pub max_tokens: usize,
     /// Tokens generated.
     pub tokens: usize,
-    pub finish_reason: FinishReason,
+    pub finish_reason: StoryEnd,
     /// Served from the story cache (no generation ran for this request).
     pub cached: bool,
     /// The seed the request gave (absent: the server picked one); for "another story", the
@@ -71,6 +73,7 @@ impl StoryResponse {
             story: story.text.clone(),
             model: story.model.to_string(),
             prompt_tokens: story.prompt_tokens,
+            max_tokens: story.max_tokens,
             tokens: story.tokens,
             finish_reason: story.finish_reason,
             cached,

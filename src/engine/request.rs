@@ -80,8 +80,7 @@ pub struct GenerationRequest {
 }
 
 /// Why a sequence stopped.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
-#[serde(rename_all = "snake_case")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FinishReason {
     /// EOS or a stop string.
     Stop,
@@ -96,7 +95,7 @@ pub enum FinishReason {
 }
 
 /// Per-request timings and counts, sent with the final event.
-#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct GenerationStats {
     pub finish_reason: FinishReason,
     pub prompt_tokens: usize,

@@ -440,7 +440,7 @@ impl Drop for Subscription {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::engine::FinishReason;
+    use crate::stories::StoryEnd;
 
     fn key(topic: &str, seed: u64) -> StoryKey {
         StoryKey::new(
@@ -460,9 +460,10 @@ mod tests {
             style: Style::default(),
             text: text.into(),
             model: Arc::from("model"),
+            max_tokens: 8,
             prompt_tokens: 1,
             tokens: 1,
-            finish_reason: FinishReason::Length,
+            finish_reason: StoryEnd::Length,
             seed: Some(1),
             timings: Default::default(),
         })

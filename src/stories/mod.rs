@@ -37,7 +37,6 @@ pub use prompt::Style;
 pub use service::{CacheOutcome, StoryEvent, StoryService, StoryStream};
 pub use validate::{ValidStoryRequest, ValidationError};
 
-use crate::engine::FinishReason;
 use crate::inference::InferError;
 
 /// A story request as a client sends it, as a JSON body (`POST /v1/stories`) or as query
@@ -79,6 +78,18 @@ pub struct StoryRequest {
     pub stream: Option<bool>,
 }
 
+/// Why a story ended, as its answer says. The engine's other endings (cancelled,
+/// preempted, failed) are errors, never a story.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+#[schema(as = FinishReason)]
+pub enum StoryEnd {
+    /// The model ended it (its end of turn or a stop string).
+    Stop,
+    /// It reached `max_tokens`.
+    Length,
+}
+
 /// The trend a story's topic matched, as written into the story.
 #[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
 pub struct TrendRef {
@@ -114,8 +125,11 @@ pub struct Story {
     pub text: String,
     pub model: Arc<str>,
     pub prompt_tokens: usize,
+    /// The most new tokens the story could have: the request's `max_tokens`, or fewer where
+    /// the prompt left less room in the model's context.
+    pub max_tokens: usize,
     pub tokens: usize,
-    pub finish_reason: FinishReason,
+    pub finish_reason: StoryEnd,
     /// The seed the request gave; `None` when the server picked one.
     pub seed: Option<u64>,
     pub timings: GenerationTimings,

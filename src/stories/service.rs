@@ -16,7 +16,9 @@ use super::cache::{Flight, FlightEvent, Lookup, StoryCache, StoryKey, Subscripti
 use super::config::SamplingDefaults;
 use super::prompt::PromptBuilder;
 use super::validate::{validate, ValidStoryRequest, ValidationError};
-use super::{millis, GenerationTimings, StoriesConfig, Story, StoryError, StoryRequest, Style};
+use super::{
+    millis, GenerationTimings, StoriesConfig, Story, StoryEnd, StoryError, StoryRequest, Style,
+};
 use crate::engine::{FinishReason, GenerationStats, Priority, SamplingParams};
 use crate::inference::{InferError, InferenceHandle, ResponseStream, StreamEvent};
 use crate::metrics::Metrics;
@@ -186,23 +188,6 @@ impl StoryService {
     /// `inference.max_new_tokens`: the largest `max_tokens` a request may ask for.
     pub fn max_new_tokens(&self) -> usize {
         self.max_new_tokens
-    }
-
-    /// The largest `max_tokens` a request in `style` may ask for about every one of
-    /// `trends`: `inference.max_new_tokens`, or less where the model's context leaves less
-    /// room after the longest of their prompts.
-    pub fn max_tokens_for(&self, style: Style, trends: &[Trend]) -> usize {
-        trends
-            .iter()
-            .filter_map(|t| {
-                self.prompts
-                    .build(style, &t.topic, t.context.as_deref())
-                    .ok()
-            })
-            .map(|prompt| self.limits.room(prompt.ids.len()))
-            .min()
-            .unwrap_or(self.limits.context_tokens)
-            .min(self.max_new_tokens)
     }
 
     /// True when an inference worker has its model loaded.
@@ -435,14 +420,12 @@ impl StoryService {
             .build(request.style, &request.topic, context)
             .map_err(|e| StoryError::Inference(InferError::Generation(e.to_string())))?;
         let prompt_tokens = prompt.ids.len();
-        self.limits
-            .check(prompt_tokens, request.params.max_tokens)?;
-        let submitted = self.inference.submit_prompt(
-            prompt.ids,
-            prompt.shared_tokens,
-            request.params.clone(),
-            priority,
-        );
+        let mut params = request.params.clone();
+        params.max_tokens = self.limits.grant(prompt_tokens, params.max_tokens)?;
+        let max_tokens = params.max_tokens;
+        let submitted =
+            self.inference
+                .submit_prompt(prompt.ids, prompt.shared_tokens, params, priority);
         let stream = submitted.inspect_err(|e| {
             self.metrics.generation_ended(priority, e.code());
         })?;
@@ -459,8 +442,9 @@ impl StoryService {
             text: String::new(),
             model: Arc::clone(&self.model),
             prompt_tokens,
+            max_tokens,
             tokens: 0,
-            finish_reason: FinishReason::Stop,
+            finish_reason: StoryEnd::Stop,
             seed: request.seed,
             timings: GenerationTimings::default(),
         };
@@ -493,31 +477,25 @@ impl PromptLimits {
         self.context_tokens.saturating_sub(prompt_tokens)
     }
 
-    /// Refuses, as the client's error, a prompt too long or a `max_tokens` that would
-    /// run past the model's context with this prompt.
-    fn check(&self, prompt_tokens: usize, max_tokens: usize) -> Result<(), ValidationError> {
-        if prompt_tokens > self.max_prompt_tokens {
+    /// The new tokens a story may have after a prompt of `prompt_tokens`: `max_tokens`, or
+    /// what fits in the model's context when that is less (the story then ends with
+    /// `finish_reason: length` at that count, and its answer's `max_tokens` says so). Every
+    /// `max_tokens` the published bound allows is served, whatever the topic's length.
+    /// Refuses, as the client's error, a prompt too long to leave room for a token.
+    fn grant(&self, prompt_tokens: usize, max_tokens: usize) -> Result<usize, ValidationError> {
+        let room = self.room(prompt_tokens);
+        if room == 0 {
             return Err(ValidationError::OutOfRange {
                 field: "topic",
                 rule: format!(
                     "short enough for a prompt of at most {} tokens",
                     self.max_prompt_tokens
+                        .min(self.context_tokens.saturating_sub(1))
                 ),
                 value: format!("a prompt of {prompt_tokens} tokens"),
             });
         }
-        let room = self.room(prompt_tokens);
-        if max_tokens > room {
-            return Err(ValidationError::OutOfRange {
-                field: "max_tokens",
-                rule: format!(
-                    "at most {room} with this prompt of {prompt_tokens} tokens (the model's context is {} tokens)",
-                    self.context_tokens
-                ),
-                value: max_tokens.to_string(),
-            });
-        }
-        Ok(())
+        Ok(max_tokens.min(room))
     }
 }
 
@@ -549,12 +527,7 @@ impl Driver {
         let result = result.map(Arc::new);
         if let Some(landing) = &self.landing {
             if let Ok(story) = &result {
-                if matches!(
-                    story.finish_reason,
-                    FinishReason::Stop | FinishReason::Length
-                ) {
-                    landing.cache.insert(landing.key.clone(), Arc::clone(story));
-                }
+                landing.cache.insert(landing.key.clone(), Arc::clone(story));
             }
             // After the insert: a lookup in between finds the story, never nothing.
             if landing.shared {
@@ -589,16 +562,17 @@ impl Driver {
     fn finish(&mut self, stats: &GenerationStats) -> Result<Story, StoryError> {
         // Before the outcome: a request whose deadline passed in the queue waited too.
         self.metrics.observe_generation(self.priority, stats);
-        match stats.finish_reason {
+        let end = match stats.finish_reason {
             FinishReason::Cancelled => return Err(StoryError::Timeout(self.timeout)),
             FinishReason::Preempted => return Err(StoryError::Preempted),
             FinishReason::Error => return Err(InferError::Incomplete.into()),
-            FinishReason::Stop | FinishReason::Length => {}
-        }
+            FinishReason::Stop => StoryEnd::Stop,
+            FinishReason::Length => StoryEnd::Length,
+        };
         let ttft = stats.time_to_first_token.unwrap_or_default();
         let mut story = self.story.clone();
         story.tokens = stats.generated_tokens;
-        story.finish_reason = stats.finish_reason;
+        story.finish_reason = end;
         story.timings = GenerationTimings {
             queue_ms: millis(stats.queue_time),
             prefill_ms: millis(stats.prefill_time),

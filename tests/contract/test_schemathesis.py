@@ -6,15 +6,16 @@ document allows and what it forbids to every operation: all its checks (a 5xx, a
 content type, header or body the document does not declare, a valid request refused, an
 invalid one accepted, an undeclared method not answered 405 with `Allow`), a fixed seed,
 up to MAX_EXAMPLES cases per operation in the fuzzing phase, then the stateful phase along
-the document's links (trends -> the story of a trend -> the same story as a URL).
+the document's links (a story -> the same story as a URL).
 
 A failure prints Schemathesis's report: each case with a `curl` that reproduces it and its
 `st replay` id. The server's log and the JUnit report are in target/contract/.
 
 Server settings: `inference.max_new_tokens` 16 keeps the run short (the document publishes
 it as `max_tokens`' maximum), and `stories.max_topic_chars` 40 keeps every topic's prompt
-plus 16 tokens within the tiny model's 512 positions (prompt length is the one rule the
-document cannot state as a bound: it depends on how the topic tokenizes).
+well within the tiny model's 512 positions (a prompt that fills the context is the one refusal
+the document cannot state as a bound: it depends on how the topic tokenizes; a prompt that
+leaves less room than `max_tokens` asks for gets a story cut where it fits).
 """
 
 from __future__ import annotations
