@@ -6,7 +6,7 @@
 //!   caches and one `session.run` per prompt chunk plus one for the decoding rows.
 
 use super::padded_rows::PaddedRows;
-use super::prefix_sharing::KeptKv;
+use super::prefix_sharing::{KeptKv, PrefixStore};
 use super::{EngineError, KvLayout, OnnxModel, PassRow, SlotCache};
 
 /// One step's work: a token for each decoding row, and prompt chunks.
@@ -44,29 +44,7 @@ impl KvStore {
                 let rows: Vec<PassRow> = pass.decode.iter().chain(&pass.chunks).cloned().collect();
                 model.forward_packed(&rows, cache)
             }
-            Self::Padded(rows) => rows.forward(model, pass),
-        }
-    }
-
-    /// Starts `slot` from a kept prefix.
-    pub fn adopt(
-        &mut self,
-        model: &OnnxModel,
-        slot: usize,
-        kept: &KeptKv,
-    ) -> Result<(), EngineError> {
-        match self {
-            Self::Slots(cache) => cache.adopt(slot, kept),
-            Self::Padded(rows) => rows.adopt(model, slot, kept),
-        }
-    }
-
-    /// A copy of the first `len` positions of `slot`, which is prefilling and holds exactly
-    /// that many.
-    pub fn keep(&self, slot: usize, len: usize) -> Result<KeptKv, EngineError> {
-        match self {
-            Self::Slots(cache) => cache.keep(slot, len),
-            Self::Padded(rows) => rows.keep(slot, len),
+            Self::Padded(rows) => rows.forward(model, &pass.decode, &pass.chunks),
         }
     }
 
@@ -75,6 +53,22 @@ impl KvStore {
         match self {
             Self::Slots(cache) => cache.free(slot),
             Self::Padded(rows) => rows.free(slot),
+        }
+    }
+}
+
+impl PrefixStore for KvStore {
+    fn adopt(&mut self, model: &OnnxModel, slot: usize, kept: &KeptKv) -> Result<(), EngineError> {
+        match self {
+            Self::Slots(cache) => cache.adopt(slot, kept),
+            Self::Padded(rows) => rows.adopt(model, slot, kept),
+        }
+    }
+
+    fn keep(&self, slot: usize, len: usize) -> Result<KeptKv, EngineError> {
+        match self {
+            Self::Slots(cache) => cache.keep(slot, len),
+            Self::Padded(rows) => rows.keep(slot, len),
         }
     }
 }

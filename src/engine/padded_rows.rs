@@ -4,7 +4,6 @@
 //! cheap dead rows until they outnumber the live ones); a pass is one `session.run` per
 //! prompt chunk plus one for the decoding rows.
 
-use super::kv_store::Pass;
 use super::padded_cache::RowSource;
 use super::prefix_sharing::KeptKv;
 use super::{EngineError, OnnxModel, PaddedCache, PassRow, StepInput};
@@ -60,11 +59,17 @@ impl PaddedRows {
         }
     }
 
-    /// Runs `pass`: each prompt chunk alone, then the decoding rows in one batch.
-    pub fn forward(&mut self, model: &mut OnnxModel, pass: &Pass) -> Result<Vec<f32>, EngineError> {
+    /// Runs a step's pass: each prompt chunk alone, then the decoding rows in one batch;
+    /// returns the decoding rows' logits, then the chunks' that ask for them.
+    pub fn forward(
+        &mut self,
+        model: &mut OnnxModel,
+        decode: &[PassRow],
+        chunks: &[PassRow],
+    ) -> Result<Vec<f32>, EngineError> {
         let vocab = model.info().vocab_size;
         let mut chunk_logits = Vec::new();
-        for chunk in &pass.chunks {
+        for chunk in chunks {
             let cache = match self.prompts[chunk.slot].take() {
                 Some(cache) => cache,
                 None => PaddedCache::empty(model.info(), 1)?,
@@ -83,10 +88,10 @@ impl PaddedRows {
                 chunk_logits.extend(logits);
             }
         }
-        let mut logits = Vec::with_capacity((pass.decode.len()) * vocab + chunk_logits.len());
-        if !pass.decode.is_empty() {
-            self.join(model, &pass.decode)?;
-            let past_of = |slot: usize| pass.decode.iter().find(|r| r.slot == slot);
+        let mut logits = Vec::with_capacity((decode.len()) * vocab + chunk_logits.len());
+        if !decode.is_empty() {
+            self.join(model, decode)?;
+            let past_of = |slot: usize| decode.iter().find(|r| r.slot == slot);
             let (mut ids, mut past) = (Vec::new(), Vec::new());
             for row in &self.rows {
                 // A finished row decodes a placeholder over no past; its output is ignored.
@@ -109,7 +114,7 @@ impl PaddedRows {
                 &batch,
             )?;
             self.batch = Some(cache);
-            for r in &pass.decode {
+            for r in decode {
                 let row = self.rows.iter().position(|&s| s == Some(r.slot));
                 let row = row.ok_or_else(|| {
                     EngineError::InvalidInput(format!("slot {} is not in the batch", r.slot))

@@ -15,7 +15,6 @@
 //! Entries are keyed by the prefix's token ids (so a different template or tokenizer can never
 //! match) and bounded in number, least recently used first.
 
-use super::kv_store::KvStore;
 use super::{EngineError, OnnxModel};
 
 /// The KV of one shared prompt prefix, kept out of any slot: per layer and key/value a
@@ -23,6 +22,16 @@ use super::{EngineError, OnnxModel};
 pub struct KeptKv {
     pub(crate) tensors: Vec<Vec<f32>>,
     pub(crate) len: usize,
+}
+
+/// Where the rows' KV lives: what a kept prefix is copied into and out of (the engine's
+/// `KvStore`, for either graph contract).
+pub trait PrefixStore {
+    /// Starts `slot` from a kept prefix.
+    fn adopt(&mut self, model: &OnnxModel, slot: usize, kept: &KeptKv) -> Result<(), EngineError>;
+    /// A copy of the first `len` positions of `slot`, which is prefilling and holds exactly
+    /// that many.
+    fn keep(&self, slot: usize, len: usize) -> Result<KeptKv, EngineError>;
 }
 
 /// The shared prefix of a prompt of `prompt_ids` whose first `shared` ids are one, when it
@@ -125,7 +134,7 @@ impl PrefixCache {
     /// it did.
     pub fn copy_into(
         &mut self,
-        kv: &mut KvStore,
+        kv: &mut impl PrefixStore,
         model: &OnnxModel,
         slot: usize,
         prefix: &[u32],
@@ -140,7 +149,7 @@ impl PrefixCache {
     /// `prefix` (`done` tokens) and that prefix is not kept yet; says whether it did.
     pub fn keep_if_new(
         &mut self,
-        kv: &KvStore,
+        kv: &impl PrefixStore,
         slot: usize,
         prefix: &[u32],
         done: usize,
