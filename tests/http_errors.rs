@@ -146,12 +146,6 @@ async fn every_bad_input_gets_its_status_and_a_json_error() {
             "empty_topic",
         ),
         post(
-            "max_tokens past the context",
-            r#"{"topic": "x", "max_tokens": 500}"#,
-            400,
-            "out_of_range",
-        ),
-        post(
             "duplicate keys",
             r#"{"topic": "a", "topic": "b"}"#,
             400,
