@@ -27,7 +27,7 @@ pub fn make_resident(model_dir: &Path) -> std::io::Result<u64> {
     Ok(bytes)
 }
 
-/// The address ranges of `/proc/self/maps` lines that map a file inside `dir`.
+/// The address ranges of `/proc/self/maps` lines that map a file inside `dir` readably.
 fn mappings_under(maps: &str, dir: &Path) -> Vec<(usize, usize)> {
     maps.lines()
         .filter_map(|line| {
@@ -35,8 +35,9 @@ fn mappings_under(maps: &str, dir: &Path) -> Vec<(usize, usize)> {
             // (it may itself hold spaces).
             let mut fields = line.splitn(6, ' ');
             let range = fields.next()?;
-            let path = fields.nth(4)?.trim_start();
-            if !path.starts_with('/') || !Path::new(path).starts_with(dir) {
+            let readable = fields.next()?.starts_with('r');
+            let path = fields.nth(3)?.trim_start();
+            if !readable || !path.starts_with('/') || !Path::new(path).starts_with(dir) {
                 return None;
             }
             let (start, end) = range.split_once('-')?;
@@ -59,28 +60,15 @@ fn populate(start: usize, end: usize) {
             libc::MADV_POPULATE_READ,
         )
     } == 0;
-    if populated || !readable(start) {
+    if populated {
         return;
     }
     let page = page_size();
     for address in (start..end).step_by(page) {
-        // SAFETY: the mapping is readable (checked above) and ONNX Runtime keeps its
+        // SAFETY: the mapping is readable (`mappings_under`) and ONNX Runtime keeps its
         // initializer mappings for the session's lifetime; a volatile read keeps the touch.
         unsafe { std::ptr::read_volatile(address as *const u8) };
     }
-}
-
-/// Whether the mapping that starts at `start` may be read (its permissions in
-/// /proc/self/maps begin with `r`).
-fn readable(start: usize) -> bool {
-    let Ok(maps) = std::fs::read_to_string("/proc/self/maps") else {
-        return false;
-    };
-    let prefix = format!("{start:x}-");
-    maps.lines()
-        .find(|line| line.starts_with(&prefix))
-        .and_then(|line| line.split(' ').nth(1))
-        .is_some_and(|perms| perms.starts_with('r'))
 }
 
 fn page_size() -> usize {
@@ -142,12 +130,13 @@ mod tests {
     }
 
     #[test]
-    fn maps_lines_are_read_by_path_and_paths_may_hold_spaces() {
+    fn maps_lines_are_read_by_path_and_permission_and_paths_may_hold_spaces() {
         let maps = "\
 7f0000000000-7f0000002000 r--p 00000000 fe:00 12 /models/tiny llama/model.onnx.data
 7f0000004000-7f0000005000 rw-p 00000000 00:00 0 
 7f0000006000-7f0000008000 r--p 00000000 fe:00 13 /models/other/model.onnx.data
 7f000000a000-7f000000b000 r--p 00000000 fe:00 14 /models/tiny llama-2/x
+7f000000c000-7f000000d000 ---p 00000000 fe:00 12 /models/tiny llama/model.onnx.data
 ";
         assert_eq!(
             mappings_under(maps, Path::new("/models/tiny llama")),
