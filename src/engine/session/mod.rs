@@ -102,12 +102,14 @@ pub fn open_session(
     // and adding in two steps: two sessions loading at once can both try to add ours and
     // one fails ("domain is already exist"). Sessions load rarely, so they load one at a time.
     static LOADING: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    let _one_at_a_time = LOADING
+    let one_at_a_time = LOADING
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner());
     let session = builder
         .commit_from_file(path)
         .map_err(|e| fail(e.to_string()))?;
+    // Reading the weights in needs no lock: another worker's session may register meanwhile.
+    drop(one_at_a_time);
     if let Some(dir) = path.parent() {
         match resident_weights::make_resident(dir) {
             Ok(bytes) => tracing::info!(
