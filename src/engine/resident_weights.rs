@@ -14,14 +14,22 @@ use std::path::Path;
 
 /// Reads into memory every page of the current process's file mappings under `model_dir`
 /// (the mapped weights of every session loaded from it so far) and returns how many bytes
-/// those mappings span. A mapping that cannot be read is skipped: this only moves page
-/// faults earlier, it never changes what the model computes.
+/// those mappings span. A mapping that cannot be read, or is unmapped meanwhile by another
+/// thread dropping its session, is skipped: this only moves page faults earlier, it never
+/// changes what the model computes.
 pub fn make_resident(model_dir: &Path) -> std::io::Result<u64> {
     let dir = model_dir.canonicalize()?;
     let maps = std::fs::read_to_string("/proc/self/maps")?;
     let mut bytes = 0;
+    let mut fallback = None;
     for (start, end) in mappings_under(&maps, &dir) {
-        populate(start, end);
+        if !populate(start, end) {
+            let memory = match &mut fallback {
+                Some(memory) => memory,
+                None => fallback.insert(ProcessMemory::open()?),
+            };
+            memory.read_in(start, end);
+        }
         bytes += (end - start) as u64;
     }
     Ok(bytes)
@@ -48,33 +56,52 @@ fn mappings_under(maps: &str, dir: &Path) -> Vec<(usize, usize)> {
         .collect()
 }
 
-/// Faults in the pages of `[start, end)`, a readable mapping of this process.
-fn populate(start: usize, end: usize) {
-    // SAFETY: the range is a whole mapping listed by /proc/self/maps; MADV_POPULATE_READ only
-    // reads its pages in, as a read of each would, and fails cleanly (EFAULT, EINVAL) on a
-    // range that is not readable or on kernels before 5.14, which the fallback handles.
-    let populated = unsafe {
+/// Faults in the pages of `[start, end)` with `MADV_POPULATE_READ`; false where the kernel
+/// cannot (before 5.14, some sandboxes) or the range is no longer mapped readably.
+fn populate(start: usize, end: usize) -> bool {
+    // SAFETY: madvise never dereferences the range in our address space's stead: it fails
+    // cleanly (ENOMEM, EFAULT, EINVAL) on a range that is unmapped, unreadable or unknown
+    // to the kernel, and otherwise only reads the pages in, as a read of each would.
+    unsafe {
         libc::madvise(
             start as *mut libc::c_void,
             end - start,
             libc::MADV_POPULATE_READ,
-        )
-    } == 0;
-    if populated {
-        return;
-    }
-    let page = page_size();
-    for address in (start..end).step_by(page) {
-        // SAFETY: the mapping is readable (`mappings_under`) and ONNX Runtime keeps its
-        // initializer mappings for the session's lifetime; a volatile read keeps the touch.
-        unsafe { std::ptr::read_volatile(address as *const u8) };
+        ) == 0
     }
 }
 
-fn page_size() -> usize {
-    // SAFETY: sysconf has no preconditions.
-    let size = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
-    usize::try_from(size).unwrap_or(4096).max(1)
+/// Our own memory read through `/proc/self/mem`: each read faults the pages in like a read
+/// through a pointer would, but a page unmapped meanwhile (another thread dropping its
+/// session) is an I/O error rather than a crash. Touching pages through pointers instead
+/// crashed the tests, where sessions load and drop in parallel.
+struct ProcessMemory {
+    file: std::fs::File,
+    buffer: Vec<u8>,
+}
+
+impl ProcessMemory {
+    const CHUNK: usize = 1 << 20;
+
+    fn open() -> std::io::Result<Self> {
+        Ok(Self {
+            file: std::fs::File::open("/proc/self/mem")?,
+            buffer: vec![0; Self::CHUNK],
+        })
+    }
+
+    /// Reads `[start, end)` in chunks, stopping at the first range that cannot be read.
+    fn read_in(&mut self, start: usize, end: usize) {
+        use std::os::unix::fs::FileExt;
+        let mut address = start;
+        while address < end {
+            let len = Self::CHUNK.min(end - address);
+            match self.file.read_at(&mut self.buffer[..len], address as u64) {
+                Ok(0) | Err(_) => return,
+                Ok(read) => address += read,
+            }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -93,40 +120,94 @@ mod tests {
         kib * 1024
     }
 
+    fn page_size() -> usize {
+        // SAFETY: sysconf has no preconditions.
+        usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap()
+    }
+
+    /// A private read-only mapping of a new `model.onnx.data` of `len` bytes in a folder of
+    /// its own, none of it read yet.
+    struct MappedWeights {
+        dir: tempfile::TempDir,
+        start: usize,
+        len: usize,
+    }
+
+    impl MappedWeights {
+        fn new(len: usize) -> Self {
+            let dir = tempfile::tempdir().unwrap();
+            let weights = dir.path().join("model.onnx.data");
+            std::fs::write(&weights, vec![7u8; len]).unwrap();
+            let file = std::fs::File::open(&weights).unwrap();
+            // SAFETY: a private read-only mapping of a file we own, unmapped on drop.
+            let address = unsafe {
+                libc::mmap(
+                    std::ptr::null_mut(),
+                    len,
+                    libc::PROT_READ,
+                    libc::MAP_PRIVATE,
+                    file.as_raw_fd(),
+                    0,
+                )
+            };
+            assert_ne!(address, libc::MAP_FAILED);
+            let start = address as usize;
+            assert_eq!(resident(start), 0, "nothing read yet");
+            Self { dir, start, len }
+        }
+
+        fn unmap(&mut self) {
+            if self.len > 0 {
+                // SAFETY: the mapping made in `new`, not used after this.
+                unsafe { libc::munmap(self.start as *mut libc::c_void, self.len) };
+                self.len = 0;
+            }
+        }
+    }
+
+    impl Drop for MappedWeights {
+        fn drop(&mut self) {
+            self.unmap();
+        }
+    }
+
     #[test]
     fn a_mapped_weights_file_becomes_resident_and_others_are_left_alone() {
-        let dir = tempfile::tempdir().unwrap();
         let len = 64 * page_size();
-        let weights = dir.path().join("model.onnx.data");
-        std::fs::write(&weights, vec![7u8; len]).unwrap();
-        let file = std::fs::File::open(&weights).unwrap();
-        // SAFETY: a private read-only mapping of a file we own, unmapped below.
-        let address = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                len,
-                libc::PROT_READ,
-                libc::MAP_PRIVATE,
-                file.as_raw_fd(),
-                0,
-            )
-        };
-        assert_ne!(address, libc::MAP_FAILED);
-        let start = address as usize;
-        assert_eq!(resident(start), 0, "nothing read yet");
+        let weights = MappedWeights::new(len);
 
         let elsewhere = tempfile::tempdir().unwrap();
         assert_eq!(make_resident(elsewhere.path()).unwrap(), 0);
         assert_eq!(
-            resident(start),
+            resident(weights.start),
             0,
             "a mapping outside the folder is left alone"
         );
 
-        assert_eq!(make_resident(dir.path()).unwrap(), len as u64);
-        assert_eq!(resident(start), len as u64);
-        // SAFETY: the mapping made above, not used after this.
-        unsafe { libc::munmap(address, len) };
+        assert_eq!(make_resident(weights.dir.path()).unwrap(), len as u64);
+        assert_eq!(resident(weights.start), len as u64);
+    }
+
+    #[test]
+    fn the_fallback_for_kernels_without_populate_read_makes_pages_resident_too() {
+        // More than one chunk, and not a whole number of them.
+        let len = ProcessMemory::CHUNK + 16 * page_size();
+        let weights = MappedWeights::new(len);
+        let mut memory = ProcessMemory::open().unwrap();
+        memory.read_in(weights.start, weights.start + len);
+        assert_eq!(resident(weights.start), len as u64);
+    }
+
+    #[test]
+    fn a_mapping_gone_before_the_fallback_reads_it_is_skipped_without_a_crash() {
+        // Sessions load and drop on several threads at once: a mapping listed in the maps
+        // can be unmapped before it is read. Touching it through a pointer crashed.
+        let len = 4 * page_size();
+        let mut weights = MappedWeights::new(len);
+        weights.unmap();
+        let mut memory = ProcessMemory::open().unwrap();
+        // The test passes by getting here: the old pointer reads died of SIGSEGV.
+        memory.read_in(weights.start, weights.start + len);
     }
 
     #[test]
