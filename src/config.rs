@@ -35,9 +35,9 @@ pub struct Config {
     pub runtime: RuntimeConfig,
     pub model: ModelConfig,
     pub inference: InferenceConfig,
-    pub trends: crate::trends::TrendsConfig,
-    pub stories: crate::stories::StoriesConfig,
-    pub api: crate::api::ApiConfig,
+    pub trends: crate::trends::config::TrendsConfig,
+    pub stories: crate::stories::config::StoriesConfig,
+    pub api: crate::api::config::ApiConfig,
 }
 
 /// Where the HTTP server listens, how it stops, how it logs.

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use trendstory::config::{Config, LogFormat};
-use trendstory::engine::{greedy_generate, ModelInfo, OnnxModel, SessionOptions, TextTokenizer};
+use trendstory::engine::{greedy_generate, ModelInfo, OnnxModel, TextTokenizer};
 
 #[derive(Parser)]
 #[command(
@@ -219,8 +219,9 @@ fn generate(
         tracing::warn!(model = %info.model_id, "this model has RANDOM weights: its text is noise (a benchmark stand-in)");
     }
     let tokenizer = TextTokenizer::load(&info.tokenizer_path(), &info)?;
-    let options = SessionOptions::from_config(&config.inference);
-    let mut model = OnnxModel::load(&info, &config.runtime, &options)?;
+    let env = trendstory::runtime::environment(&config.runtime)?;
+    let options = trendstory::inference::session_options(&config.inference);
+    let mut model = OnnxModel::load(&info, &env, &options)?;
     let ids = tokenizer.encode(prompt)?;
     let out = greedy_generate(&mut model, std::slice::from_ref(&ids), max_tokens)
         .context("generation failed")?;

@@ -23,7 +23,7 @@ fn copy_model(src: &Path, dest: &Path) -> PathBuf {
 fn open(dir: &Path) -> Result<OnnxModel, EngineError> {
     let info = ModelInfo::load(dir)?;
     TextTokenizer::load(&info.tokenizer_path(), &info)?;
-    OnnxModel::load(&info, &common::runtime(), &SessionOptions::default())
+    OnnxModel::load(&info, &common::environment(), &SessionOptions::default())
 }
 
 #[test]

@@ -20,6 +20,7 @@ use ort::value::Tensor;
 use serde::Serialize;
 
 use crate::config::{Config, InferenceConfig};
+use crate::inference::{engine_limits, session_options};
 use tokio::sync::mpsc::UnboundedReceiver;
 
 use crate::engine::{
@@ -199,9 +200,10 @@ fn load_engine(
     };
     let options = SessionOptions {
         profile_prefix,
-        ..SessionOptions::from_config(&inference)
+        ..session_options(&inference)
     };
-    let engine = BatchEngine::load_with(model, &config.runtime, &inference, &options)?;
+    let env = crate::runtime::environment(&config.runtime)?;
+    let engine = BatchEngine::load(model, &env, engine_limits(&inference), &options)?;
     Ok((engine, options))
 }
 
@@ -368,7 +370,8 @@ impl Baseline {
         let hidden = manifest["hidden_size"]
             .as_u64()
             .context("baseline manifest has no hidden_size")? as usize;
-        let session = open_session(&dir.join("model.onnx"), &config.runtime, options)?;
+        let env = crate::runtime::environment(&config.runtime)?;
+        let session = open_session(&dir.join("model.onnx"), &env, options)?;
         Ok(Self { session, hidden })
     }
 

@@ -27,7 +27,6 @@ use super::{
     sampler, Engine, EngineError, FinishReason, GenerationEvent, GenerationRequest, OnnxModel,
     PassRow, TextTokenizer,
 };
-use crate::config::InferenceConfig;
 
 /// The per-worker limits the engine enforces.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -42,19 +41,6 @@ pub struct EngineLimits {
     pub step_token_budget: usize,
     /// User sequences above which background ones neither start nor keep their slots.
     pub background_max_users: usize,
-}
-
-impl From<&InferenceConfig> for EngineLimits {
-    fn from(c: &InferenceConfig) -> Self {
-        Self {
-            max_batch_size: c.max_batch_size,
-            max_prompt_tokens: c.max_prompt_tokens,
-            max_new_tokens: c.max_new_tokens,
-            max_total_kv_tokens: c.max_total_kv_tokens,
-            step_token_budget: c.step_token_budget,
-            background_max_users: c.background_max_users,
-        }
-    }
 }
 
 impl EngineLimits {
@@ -135,28 +121,18 @@ impl BatchEngine {
         }
     }
 
-    /// Loads the model folder `dir` and builds an engine with the configured limits and
-    /// session threads.
+    /// Loads the model folder `dir` into a session of `env` and builds an engine with
+    /// these limits.
     pub fn load(
         dir: &std::path::Path,
-        runtime: &crate::config::RuntimeConfig,
-        config: &InferenceConfig,
-    ) -> Result<Self, EngineError> {
-        let options = super::SessionOptions::from_config(config);
-        Self::load_with(dir, runtime, config, &options)
-    }
-
-    /// [`Self::load`] with session options of the caller's (benchmarks profile the session).
-    pub fn load_with(
-        dir: &std::path::Path,
-        runtime: &crate::config::RuntimeConfig,
-        config: &InferenceConfig,
+        env: &ort::environment::Environment,
+        limits: EngineLimits,
         options: &super::SessionOptions,
     ) -> Result<Self, EngineError> {
         let info = super::ModelInfo::load(dir)?;
         let tokenizer = Arc::new(TextTokenizer::load(&info.tokenizer_path(), &info)?);
-        let model = OnnxModel::load(&info, runtime, options)?;
-        Ok(Self::new(model, tokenizer, EngineLimits::from(config)))
+        let model = OnnxModel::load(&info, env, options)?;
+        Ok(Self::new(model, tokenizer, limits))
     }
 
     pub fn stats(&self) -> EngineStats {

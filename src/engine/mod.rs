@@ -1,5 +1,6 @@
 //! The model engine: synchronous code around one ONNX Runtime session, with no actix in it,
-//! so it can be tested and benchmarked alone.
+//! so it can be tested and benchmarked alone. It imports nothing of the service: callers
+//! hand it plain [`EngineLimits`], [`SessionOptions`] and ONNX Runtime's environment.
 //!
 //! - [`model_info`]: reads an exported model folder and checks it is complete.
 //! - [`tokenizer`]: the Hugging Face tokenizer, checked against the model's vocabulary.
@@ -40,8 +41,6 @@ pub mod tokenizer;
 
 use std::path::PathBuf;
 
-use crate::runtime::RuntimeError;
-
 pub use batch::{BatchEngine, EngineLimits, EngineStats};
 pub use detokenizer::{Delta, Detokenizer};
 pub use generate::{greedy_generate, Generation};
@@ -58,8 +57,6 @@ pub use tokenizer::TextTokenizer;
 /// Everything that can go wrong while loading or running a model.
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {
-    #[error(transparent)]
-    Runtime(#[from] RuntimeError),
     #[error("model folder {path} does not exist; build one with scripts/export_onnx.py or scripts/fetch-model.sh")]
     ModelDirMissing { path: PathBuf },
     #[error("model folder is incomplete: {path} is missing ({hint})")]

@@ -23,26 +23,61 @@ mod worker;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::config::Config;
-use crate::engine::{BatchEngine, Engine, EngineError, GenerationStats};
+use crate::config::{Config, InferenceConfig};
+use crate::engine::{
+    BatchEngine, Engine, EngineError, EngineLimits, GenerationStats, SessionOptions,
+};
+use crate::runtime::RuntimeError;
 
 pub use pool::{InferenceHandle, InferencePool, PoolStatus, WorkerStatus};
 pub use stream::ResponseStream;
 
 /// Builds one engine. Called on the worker's own thread, once per (re)start, so a slow model
 /// load never blocks an event loop and a crashed worker always gets a fresh engine.
-pub type EngineFactory = Arc<dyn Fn() -> Result<Box<dyn Engine>, EngineError> + Send + Sync>;
+pub type EngineFactory = Arc<dyn Fn() -> Result<Box<dyn Engine>, LoadError> + Send + Sync>;
+
+/// Why a worker could not build its engine.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error(transparent)]
+    Runtime(#[from] RuntimeError),
+    #[error(transparent)]
+    Engine(#[from] EngineError),
+}
 
 /// The production factory: each worker loads `config.model.dir` into a [`BatchEngine`]
 /// with the configured limits and threads.
 pub fn model_factory(config: &Config) -> EngineFactory {
     let dir = config.model.dir.clone();
     let runtime = config.runtime.clone();
-    let inference = config.inference.clone();
+    let limits = engine_limits(&config.inference);
+    let options = session_options(&config.inference);
     Arc::new(move || {
-        let engine = BatchEngine::load(&dir, &runtime, &inference)?;
+        let env = crate::runtime::environment(&runtime)?;
+        let engine = BatchEngine::load(&dir, &env, limits.clone(), &options)?;
         Ok(Box::new(engine) as Box<dyn Engine>)
     })
+}
+
+/// The limits each worker's engine enforces, from the inference section.
+pub fn engine_limits(config: &InferenceConfig) -> EngineLimits {
+    EngineLimits {
+        max_batch_size: config.max_batch_size,
+        max_prompt_tokens: config.max_prompt_tokens,
+        max_new_tokens: config.max_new_tokens,
+        max_total_kv_tokens: config.max_total_kv_tokens,
+        step_token_budget: config.step_token_budget,
+        background_max_users: config.background_max_users,
+    }
+}
+
+/// The session settings the inference section asks for.
+pub fn session_options(config: &InferenceConfig) -> SessionOptions {
+    SessionOptions {
+        intra_threads: config.resolved_threads_per_worker(),
+        spin_threads: config.spin_threads,
+        profile_prefix: None,
+    }
 }
 
 /// What a [`ResponseStream`] yields on success.

@@ -74,6 +74,11 @@ pub fn runtime() -> RuntimeConfig {
     }
 }
 
+/// The process's ONNX Runtime environment, from [`runtime`]'s library.
+pub fn environment() -> ort::environment::Environment {
+    trendstory::runtime::environment(&runtime()).expect("the fetched ONNX Runtime library loads")
+}
+
 pub struct Loaded {
     pub info: ModelInfo,
     pub tokenizer: TextTokenizer,
@@ -86,7 +91,7 @@ pub fn load(dir: &Path) -> Loaded {
     let tokenizer = TextTokenizer::load(&info.tokenizer_path(), &info).expect("tokenizer");
     let model = OnnxModel::load(
         &info,
-        &runtime(),
+        &environment(),
         &SessionOptions {
             intra_threads: 2,
             spin_threads: false,

@@ -70,7 +70,8 @@ impl FakeControl {
             if inner.fail_loads.load(Ordering::SeqCst) {
                 return Err(EngineError::ModelDirMissing {
                     path: PathBuf::from("/nonexistent/model"),
-                });
+                }
+                .into());
             }
             inner.engines_created.fetch_add(1, Ordering::SeqCst);
             Ok(Box::new(FakeEngine {

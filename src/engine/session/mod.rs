@@ -14,18 +14,18 @@ mod explicit;
 mod packed;
 mod slots;
 
+use ort::environment::Environment;
 use ort::session::builder::GraphOptimizationLevel;
 use ort::session::Session;
 use ort::value::{DynValue, PrimitiveTensorElementType, Tensor};
 
 use super::{attention, resident_weights, EngineError, ModelInfo, SlotCache};
-use crate::config::RuntimeConfig;
 use binding::PassBinding;
 pub use explicit::StepInput;
 use packed::{PackedInputs, PackedNames};
 use slots::SlotsInputs;
 
-/// Knobs of one session; the engine picks them from the configuration.
+/// Knobs of one session; the inference pool picks them from its configuration.
 #[derive(Debug, Clone, Default)]
 pub struct SessionOptions {
     /// Intra-op threads; 0 means one per available core.
@@ -35,17 +35,6 @@ pub struct SessionOptions {
     /// Write ONNX Runtime's profile (every node of every run) to a file starting with this;
     /// benchmarks only.
     pub profile_prefix: Option<std::path::PathBuf>,
-}
-
-impl SessionOptions {
-    /// The session settings the inference configuration asks for.
-    pub fn from_config(config: &crate::config::InferenceConfig) -> Self {
-        Self {
-            intra_threads: config.resolved_threads_per_worker(),
-            spin_threads: config.spin_threads,
-            profile_prefix: None,
-        }
-    }
 }
 
 /// Which KV cache a graph takes.
@@ -68,13 +57,13 @@ pub struct PassRow {
 }
 
 /// Creates an ONNX Runtime session for the graph at `path` with our settings: all graph
-/// optimizations, the configured intra-op threads and spinning, and our operators.
+/// optimizations, the configured intra-op threads and spinning, and our operators, in the
+/// process's ONNX Runtime environment `env` (the caller loads the library).
 pub fn open_session(
     path: &std::path::Path,
-    runtime: &RuntimeConfig,
+    env: &Environment,
     options: &SessionOptions,
 ) -> Result<Session, EngineError> {
-    let env = crate::runtime::environment(runtime)?;
     let fail = |reason: String| EngineError::SessionLoad {
         path: path.to_path_buf(),
         reason,
@@ -83,7 +72,7 @@ pub fn open_session(
         0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
         n => n,
     };
-    let mut builder = Session::builder(&env)
+    let mut builder = Session::builder(env)
         .map_err(|e| fail(e.to_string()))?
         .with_optimization_level(GraphOptimizationLevel::All)
         .map_err(|e| fail(e.to_string()))?
@@ -154,11 +143,11 @@ impl OnnxModel {
     /// outputs against one of the two contracts and the model's layer count.
     pub fn load(
         info: &ModelInfo,
-        runtime: &RuntimeConfig,
+        env: &Environment,
         options: &SessionOptions,
     ) -> Result<Self, EngineError> {
         let path = info.model_path();
-        let session = open_session(&path, runtime, options)?;
+        let session = open_session(&path, env, options)?;
 
         let inputs: Vec<&str> = session.inputs().iter().map(|o| o.name()).collect();
         let outputs: Vec<&str> = session.outputs().iter().map(|o| o.name()).collect();
