@@ -108,14 +108,33 @@ PANELS = [
          + [quantiles("trendstory_inference_queue_time_seconds", "pod")[1]]),
         ("In flight and queued (user requests)", "short",
          "In flight per replica is the autoscaler's metric (overlays/large: target 20 per replica); "
-         "queued are those beyond the batch slots, waiting.",
+         "queued are those the engines hold without a batch slot (waiting for one, or held back by "
+         "the KV-token budget), as the engines report after each step.",
          [(f"sum(trendstory_inference_in_flight{{{SEL}}})", "in flight, total"),
           (f"sum(trendstory_inference_queue_depth{{{SEL}}})", "queued, total"),
           (f"sum by (pod) (trendstory_inference_in_flight{{{SEL}}})", "in flight {{pod}}"),
           (f"sum by (pod) (trendstory_inference_queue_depth{{{SEL}}})", "queued {{pod}}"),
           (f"sum(trendstory_inference_capacity{{{SEL}}})", "capacity, total (429 beyond)")]),
-        ("Batch size", "short", "Sequences in the engines' batches after their last step.",
-         total_and_per_replica(f"trendstory_inference_batch_size{{{SEL}}}", "total")),
+        ("Engine: rows running, requests waiting", "short",
+         "From the engines after each step: sequences in their batches, and requests without a "
+         "slot, users' and background (pre-generation) ones.",
+         [(f"sum(trendstory_inference_batch_size{{{SEL}}})", "running, total"),
+          (f"sum(trendstory_inference_queue_depth{{{SEL}}})", "users waiting, total"),
+          (f"sum(trendstory_inference_background_queue_depth{{{SEL}}})", "background waiting, total"),
+          (f"sum by (pod) (trendstory_inference_batch_size{{{SEL}}})", "running {{pod}}")]),
+        ("Engine: tokens per pass, passes per step", "short",
+         "Tokens each model pass took (prompt chunks and decoding rows: the batching at work) and "
+         "passes per step (one on our exports). Gaps: no step ran in the interval.",
+         [(f"sum by (pod) (rate(trendstory_engine_tokens_total{{{SEL}}}{RATE})) / "
+           f"sum by (pod) (rate(trendstory_engine_passes_total{{{SEL}}}{RATE}))", "tokens/pass {{pod}}"),
+          (f"sum by (pod) (rate(trendstory_engine_passes_total{{{SEL}}}{RATE})) / "
+           f"sum by (pod) (rate(trendstory_engine_steps_total{{{SEL}}}{RATE}))", "passes/step {{pod}}")]),
+        ("Engine: step time", "s",
+         "Mean wall time of an engine step (scheduling, the pass, sampling, detokenizing); a user "
+         "waits about one step per token. Alert TrendStoryEngineStalled: requests in flight and no "
+         "step for 5 minutes.",
+         [(f"sum by (pod) (rate(trendstory_engine_step_seconds_total{{{SEL}}}{RATE})) / "
+           f"sum by (pod) (rate(trendstory_engine_steps_total{{{SEL}}}{RATE}))", "{{pod}}")]),
         ("Tokens/s: prefill and decode", "short",
          "Prompt tokens (a kept shared prefix included) and tokens generated per second, counted as "
          "generations end.",

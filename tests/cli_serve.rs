@@ -99,6 +99,46 @@ async fn each_request_is_one_json_log_line_with_its_id() {
     assert!(line["fields"].get("cache").is_none(), "{line}");
 }
 
+/// With the engine's debug lines on, one generation can be followed by its request id: the
+/// engine's thread logs its admission, first token and end inside the request's span.
+#[actix_web::test]
+async fn the_engine_logs_a_generation_under_its_request_id() {
+    let server = ServerProcess::serve_tiny(&[
+        ("TRENDSTORY_SERVER__LOG_FORMAT", "json"),
+        ("RUST_LOG", "info,ort=warn,trendstory::engine=debug"),
+    ])
+    .await;
+    let (status, id, story) = call(
+        format!("{}/v1/stories", server.base),
+        Some(serde_json::json!({"topic": "follow me", "max_tokens": 3})),
+    )
+    .await;
+    assert_eq!(status, 200, "{story}");
+    // The request's own line comes after its generation ended.
+    line_of(&server, &id).await;
+    let log = server.log();
+    let engine_lines: Vec<String> = log
+        .lines()
+        .filter_map(|line| serde_json::from_str::<Value>(line).ok())
+        .filter(|line| {
+            line["target"]
+                .as_str()
+                .is_some_and(|t| t.starts_with("trendstory::engine"))
+                && line["span"]["request_id"] == id.as_str()
+        })
+        .map(|line| line["fields"]["message"].as_str().unwrap_or("").to_string())
+        .collect();
+    assert_eq!(
+        engine_lines,
+        [
+            "admitted to a batch slot",
+            "first token",
+            "generation ended"
+        ],
+        "{log}"
+    );
+}
+
 #[actix_web::test]
 async fn flags_override_the_file_and_relative_paths_follow_the_file() {
     // A config file in its own folder, naming the model, the library and a topics file by

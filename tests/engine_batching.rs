@@ -77,6 +77,7 @@ impl Harness {
             deadline,
             received_at: Instant::now(),
             events,
+            span: tracing::Span::none(),
         });
         Output::new(rx)
     }
@@ -477,7 +478,7 @@ fn a_user_request_takes_a_background_slot_within_one_step() {
         for _ in 0..3 {
             h.step();
         }
-        assert_eq!(h.engine.active(), 2, "both background rows decode");
+        assert_eq!(h.engine.running(), 2, "both background rows decode");
         let mut user = h.submit(golden.prompts[2].input_ids.clone(), greedy(4));
         h.step();
         user.drain();
@@ -670,10 +671,25 @@ fn kv_budget_makes_requests_wait_not_fail() {
         h.step();
         b.drain();
         assert!(b.tokens.is_empty(), "b does not fit beside a");
+        let held = h.engine.snapshot();
+        assert_eq!(
+            (held.waiting_user, held.running),
+            (1, 1),
+            "the engine counts the request the KV budget holds back as waiting"
+        );
         h.run_until_idle();
         assert_eq!(a.finish_reason(), FinishReason::Length);
         assert_eq!(b.finish_reason(), FinishReason::Length);
         assert_eq!(a.tokens, b.tokens);
+        let done = h.engine.snapshot();
+        assert_eq!((done.waiting_user, done.running), (0, 0));
+        assert_eq!(done.passes, h.engine.model().runs());
+        assert!(done.steps > 0 && done.step_time > std::time::Duration::ZERO);
+        assert_eq!(
+            done.tokens,
+            2 * (p.input_ids.len() as u64 + 7),
+            "each prompt once and 7 decoding rows each (the 8th token ends it unfed)"
+        );
     }
 }
 

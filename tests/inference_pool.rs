@@ -132,6 +132,7 @@ async fn tokens_stream_in_order_and_steps_run_on_named_worker_threads() {
 async fn requests_over_the_budget_are_refused_at_once_and_the_rest_complete() {
     let control = FakeControl::default();
     control.set_step_delay(Duration::from_millis(5));
+    control.set_max_batch(2);
     // Budget: 1 worker × 2 batch slots + 1 queued = 3.
     let pool = start(config(1, 2, 1), &control).await;
     let mut admitted = Vec::new();
@@ -149,10 +150,7 @@ async fn requests_over_the_budget_are_refused_at_once_and_the_rest_complete() {
     assert_eq!(refused, [overloaded.clone(), overloaded]);
     assert_eq!(refused[0].code(), "overloaded");
     let status = pool.status();
-    assert_eq!(
-        (status.capacity, status.in_flight, status.queued),
-        (3, 3, 1)
-    );
+    assert_eq!((status.capacity, status.in_flight), (3, 3));
 
     for stream in admitted {
         let (text, stats) = guard("collect", stream.collect()).await.unwrap();
@@ -164,6 +162,38 @@ async fn requests_over_the_budget_are_refused_at_once_and_the_rest_complete() {
     assert_eq!(pool.status().in_flight, 0);
     let again = pool.submit(vec![1], params(1)).unwrap();
     assert!(guard("collect", again.collect()).await.is_ok());
+}
+
+/// The queue depth is what the engines hold without a slot, as they report it after each
+/// step, and their counters add up every worker's steps and tokens.
+#[actix_web::test]
+async fn the_queue_depth_and_the_engine_counters_come_from_the_engines() {
+    let control = FakeControl::default();
+    control.set_step_delay(Duration::from_millis(20));
+    control.set_max_batch(1);
+    let pool = start(config(1, 1, 2), &control).await;
+    let streams: Vec<ResponseStream> = (0..3u32)
+        .map(|id| pool.submit(vec![id * 100], params(10)).unwrap())
+        .collect();
+    let status = pool.clone();
+    wait_until("two wait while one runs", move || {
+        let s = status.status();
+        (s.queued, s.batch_size) == (2, 1)
+    })
+    .await;
+    for stream in streams {
+        guard("collect", stream.collect()).await.unwrap();
+    }
+    let status = pool.clone();
+    wait_until("the engine reports it is empty", move || {
+        let s = status.status();
+        (s.queued, s.batch_size) == (0, 0)
+    })
+    .await;
+    let engine = pool.status().engine;
+    assert_eq!(engine.tokens, 30, "ten tokens for each of three requests");
+    assert!(engine.steps >= 30, "one request in the batch at a time");
+    assert_eq!(engine.passes, engine.steps);
 }
 
 #[actix_web::test]

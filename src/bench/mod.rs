@@ -254,6 +254,7 @@ impl Prompts {
             deadline: None,
             received_at: Instant::now(),
             events,
+            span: tracing::Span::none(),
         };
         (request, rx)
     }

@@ -24,8 +24,8 @@ use super::prefix_sharing::{shared_prefix, PrefixCache};
 use super::scheduler::{self, Candidate, Occupant, Phase, Plan};
 use super::sequence::Sequence;
 use super::{
-    sampler, Engine, EngineError, FinishReason, GenerationEvent, GenerationRequest, OnnxModel,
-    PassRow, TextTokenizer,
+    sampler, Engine, EngineError, EngineSnapshot, FinishReason, GenerationEvent, GenerationRequest,
+    OnnxModel, PassRow, Priority, TextTokenizer,
 };
 
 /// The per-worker limits the engine enforces.
@@ -133,6 +133,11 @@ impl BatchEngine {
         let tokenizer = Arc::new(TextTokenizer::load(&info.tokenizer_path(), &info)?);
         let model = OnnxModel::load(&info, env, options)?;
         Ok(Self::new(model, tokenizer, limits))
+    }
+
+    /// Sequences holding a slot (prefilling or decoding).
+    pub fn running(&self) -> usize {
+        self.slots.iter().flatten().count()
     }
 
     pub fn stats(&self) -> EngineStats {
@@ -477,12 +482,24 @@ impl Engine for BatchEngine {
     }
 
     fn has_work(&self) -> bool {
-        !self.waiting.is_empty() || self.active() > 0
+        !self.waiting.is_empty() || self.running() > 0
     }
 
-    /// Sequences holding a slot (prefilling or decoding).
-    fn active(&self) -> usize {
-        self.slots.iter().flatten().count()
+    fn snapshot(&self) -> EngineSnapshot {
+        let background = self
+            .waiting
+            .iter()
+            .filter(|seq| seq.request.priority == Priority::Background)
+            .count();
+        EngineSnapshot {
+            waiting_user: self.waiting.len() - background,
+            waiting_background: background,
+            running: self.running(),
+            steps: self.stats.steps,
+            passes: self.model.runs(),
+            tokens: self.stats.decoded_tokens + self.stats.prefill_tokens,
+            step_time: self.stats.step_time,
+        }
     }
 
     fn fail_all(&mut self, reason: &str) {

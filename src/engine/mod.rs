@@ -47,8 +47,8 @@ pub use generate::{greedy_generate, Generation};
 pub use model_info::{ModelInfo, ModelSampling};
 pub use padded_cache::PaddedCache;
 pub use request::{
-    event_channel, Engine, FinishReason, GenerationEvent, GenerationRequest, GenerationStats,
-    Priority, RequestId, SamplingParams,
+    event_channel, Engine, EngineSnapshot, FinishReason, GenerationEvent, GenerationRequest,
+    GenerationStats, Priority, RequestId, SamplingParams,
 };
 pub use session::{open_session, KvLayout, OnnxModel, PassRow, SessionOptions, StepInput};
 pub use slot_cache::SlotCache;

@@ -77,6 +77,10 @@ pub struct GenerationRequest {
     /// When the request entered the system, for the queue-time figure.
     pub received_at: Instant,
     pub events: UnboundedSender<GenerationEvent>,
+    /// The tracing span it was submitted in (an HTTP request's, with its id): the engine
+    /// logs the request's admission, first token and end inside it, so one request can be
+    /// followed through the log from another thread.
+    pub span: tracing::Span,
 }
 
 /// Why a sequence stopped.
@@ -138,6 +142,60 @@ pub fn event_channel() -> (
     tokio::sync::mpsc::unbounded_channel()
 }
 
+/// An engine's own numbers: what it holds now (gauges) and what it has done since it
+/// loaded (counters). Tokens per pass, step time and passes per step are ratios of the
+/// counters' rates.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct EngineSnapshot {
+    /// User requests submitted and not holding a slot, those the KV-token budget holds
+    /// back included.
+    pub waiting_user: usize,
+    /// Background requests waiting likewise.
+    pub waiting_background: usize,
+    /// Requests holding a slot (prefilling or decoding), either priority.
+    pub running: usize,
+    /// Steps that ran the model.
+    pub steps: u64,
+    /// Model passes those steps ran (one per step on our exports).
+    pub passes: u64,
+    /// Tokens those passes took: prompt chunks and decoding rows.
+    pub tokens: u64,
+    /// Wall time of those steps, scheduling, sampling and detokenizing included.
+    pub step_time: Duration,
+}
+
+impl EngineSnapshot {
+    /// Counters accumulated from `before` to `self` (a later snapshot of the same engine).
+    pub fn counters_since(&self, before: &Self) -> Self {
+        Self {
+            waiting_user: 0,
+            waiting_background: 0,
+            running: 0,
+            steps: self.steps.saturating_sub(before.steps),
+            passes: self.passes.saturating_sub(before.passes),
+            tokens: self.tokens.saturating_sub(before.tokens),
+            step_time: self.step_time.saturating_sub(before.step_time),
+        }
+    }
+}
+
+/// Field by field: the numbers of several engines (a pool's workers) together.
+impl std::ops::Add for EngineSnapshot {
+    type Output = Self;
+
+    fn add(self, other: Self) -> Self {
+        Self {
+            waiting_user: self.waiting_user + other.waiting_user,
+            waiting_background: self.waiting_background + other.waiting_background,
+            running: self.running + other.running,
+            steps: self.steps + other.steps,
+            passes: self.passes + other.passes,
+            tokens: self.tokens + other.tokens,
+            step_time: self.step_time + other.step_time,
+        }
+    }
+}
+
 /// A step-driven batched generator. The inference worker owns one on its own thread and
 /// calls `step` in a loop while `has_work`; everything else is bookkeeping between steps.
 pub trait Engine: Send {
@@ -153,8 +211,8 @@ pub trait Engine: Send {
     fn step(&mut self) -> Result<(), super::EngineError>;
     /// True while any request is waiting or active.
     fn has_work(&self) -> bool;
-    /// Sequences admitted to the batch (prefilling or decoding), for the batch-size gauge.
-    fn active(&self) -> usize;
+    /// What the engine holds now and has done since it loaded, for `/metrics`.
+    fn snapshot(&self) -> EngineSnapshot;
     /// Ends every request in flight with an `Error` event carrying `reason`.
     fn fail_all(&mut self, reason: &str);
 }

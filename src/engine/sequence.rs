@@ -49,6 +49,16 @@ impl Sequence {
 
     pub fn mark_admitted(&mut self, now: Instant) {
         self.admitted_at = Some(now);
+        self.request.span.in_scope(|| {
+            tracing::debug!(
+                engine_request = self.request.id,
+                prompt_tokens = self.prompt_len(),
+                queued_ms = now
+                    .saturating_duration_since(self.request.received_at)
+                    .as_millis() as u64,
+                "admitted to a batch slot"
+            )
+        });
     }
 
     pub fn add_prefill_time(&mut self, spent: Duration) {
@@ -75,7 +85,18 @@ impl Sequence {
         eos: u32,
     ) -> Option<FinishReason> {
         let now = Instant::now();
-        self.first_token_at.get_or_insert(now);
+        if self.first_token_at.is_none() {
+            self.first_token_at = Some(now);
+            self.request.span.in_scope(|| {
+                tracing::debug!(
+                    engine_request = self.request.id,
+                    after_ms = now
+                        .saturating_duration_since(self.request.received_at)
+                        .as_millis() as u64,
+                    "first token"
+                )
+            });
+        }
         self.last_token_at = Some(now);
         self.generated.push(token);
         self.next_input = token;
@@ -106,11 +127,26 @@ impl Sequence {
     /// Sends the final event with this sequence's timings.
     pub fn finish(self, reason: FinishReason) {
         let stats = self.stats(reason);
+        self.request.span.in_scope(|| {
+            tracing::debug!(
+                engine_request = self.request.id,
+                finish_reason = ?reason,
+                generated_tokens = stats.generated_tokens,
+                "generation ended"
+            )
+        });
         let _ = self.request.events.send(GenerationEvent::Done(stats));
     }
 
     /// Sends an error as the final event.
     pub fn fail(self, reason: &str) {
+        self.request.span.in_scope(|| {
+            tracing::debug!(
+                engine_request = self.request.id,
+                reason,
+                "generation failed"
+            )
+        });
         let _ = self
             .request
             .events

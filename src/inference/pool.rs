@@ -16,7 +16,7 @@ use super::router::{Route, Router};
 use super::worker::{WorkerActor, WorkerShared};
 use super::{EngineFactory, InferError, ResponseStream};
 use crate::config::InferenceConfig;
-use crate::engine::{Priority, SamplingParams};
+use crate::engine::{EngineSnapshot, Priority, SamplingParams};
 
 /// Starts the inference workers.
 pub struct InferencePool;
@@ -49,7 +49,6 @@ impl InferencePool {
         );
         InferenceHandle {
             router: Arc::new(Router::new(config, routes)),
-            max_batch_size: config.max_batch_size,
         }
     }
 }
@@ -58,8 +57,6 @@ impl InferencePool {
 #[derive(Clone)]
 pub struct InferenceHandle {
     router: Arc<Router>,
-    /// Per worker; requests beyond it on one worker are counted as queued.
-    max_batch_size: usize,
 }
 
 impl InferenceHandle {
@@ -103,30 +100,38 @@ impl InferenceHandle {
 
     /// A point-in-time view of the pool (for `/metrics` and `/readyz` bodies).
     pub fn status(&self) -> PoolStatus {
+        let engines: Vec<EngineSnapshot> = self
+            .router
+            .routes()
+            .iter()
+            .map(|r| r.shared.engine())
+            .collect();
         let workers: Vec<WorkerStatus> = self
             .router
             .routes()
             .iter()
+            .zip(&engines)
             .enumerate()
-            .map(|(index, r)| WorkerStatus {
+            .map(|(index, (r, engine))| WorkerStatus {
                 index,
                 ready: r.shared.is_live(),
                 in_flight: r.shared.in_flight(),
-                batch_size: r.shared.batch_size(),
+                batch_size: engine.running,
                 restarts: r.shared.restarts(),
                 last_error: r.shared.last_error(),
             })
             .collect();
+        let engine = engines
+            .iter()
+            .fold(EngineSnapshot::default(), |sum, &e| sum + e);
         PoolStatus {
             workers_up: workers.iter().filter(|w| w.ready).count(),
             restarts: workers.iter().map(|w| w.restarts).sum(),
             in_flight: self.router.in_flight(),
-            queued: workers
-                .iter()
-                .map(|w| w.in_flight.saturating_sub(self.max_batch_size))
-                .sum(),
+            queued: engine.waiting_user,
             capacity: self.router.capacity(),
-            batch_size: workers.iter().map(|w| w.batch_size).sum(),
+            batch_size: engine.running,
+            engine,
             workers,
         }
     }
@@ -141,12 +146,16 @@ pub struct PoolStatus {
     pub restarts: u64,
     /// Admitted requests whose stream has not ended.
     pub in_flight: usize,
-    /// Of those, requests beyond their worker's `max_batch_size`: necessarily waiting.
+    /// User requests the engines hold without a batch slot: waiting for one, or held back
+    /// by the KV-token budget.
     pub queued: usize,
     /// The in-flight budget: workers × max_batch_size + max_queue.
     pub capacity: usize,
     /// Sequences in the engines' batches after their last step, over all workers.
     pub batch_size: usize,
+    /// The engines' own numbers summed over the workers, for `/metrics`.
+    #[serde(skip)]
+    pub engine: EngineSnapshot,
     pub workers: Vec<WorkerStatus>,
 }
 

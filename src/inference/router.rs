@@ -109,6 +109,7 @@ impl Router {
             deadline: received_at.checked_add(self.request_timeout),
             received_at,
             events,
+            span: tracing::Span::current(),
         };
         let stream = ResponseStream::new(
             receiver,

@@ -15,7 +15,7 @@ use actix::WeakRecipient;
 
 use super::worker::{DownKind, ThreadReport, WorkerShared};
 use super::EngineFactory;
-use crate::engine::{Engine, EngineError, GenerationEvent, GenerationRequest};
+use crate::engine::{Engine, EngineError, EngineSnapshot, GenerationEvent, GenerationRequest};
 
 /// Everything the engine thread needs; built by the actor at each (re)start.
 pub(super) struct EngineThread {
@@ -47,9 +47,14 @@ impl EngineThread {
         };
         self.shared.mark_live();
         self.send(ThreadReport::Ready);
+        let mut published = EngineSnapshot::default();
         loop {
             match catch_unwind(AssertUnwindSafe(|| tick(engine.as_mut(), &self.jobs))) {
-                Ok(Ok(Tick::Continue)) => self.shared.set_batch_size(engine.active()),
+                Ok(Ok(Tick::Continue)) => {
+                    let now = engine.snapshot();
+                    self.shared.publish(&now, &published);
+                    published = now;
+                }
                 Ok(Ok(Tick::Closed)) => {
                     self.shared.mark_down();
                     tracing::debug!("inference pool gone; engine thread exits");

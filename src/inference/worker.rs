@@ -18,7 +18,7 @@ use actix::prelude::*;
 
 use super::thread::EngineThread;
 use super::EngineFactory;
-use crate::engine::GenerationRequest;
+use crate::engine::{EngineSnapshot, GenerationRequest};
 
 /// Failed loads are retried no faster than this, even with `restart_delay_ms = 0`.
 const MIN_LOAD_RETRY: Duration = Duration::from_millis(100);
@@ -67,8 +67,9 @@ pub struct WorkerShared {
     restarts: AtomicU64,
     /// Requests admitted to this worker whose stream has not ended yet.
     in_flight: AtomicUsize,
-    /// Sequences in the engine's batch after its last step (the batch-size gauge).
-    batch_size: AtomicUsize,
+    /// The engine's numbers after its last step: its gauges, and its counters summed over
+    /// every engine this worker has loaded (so they never go back after a restart).
+    engine: Mutex<EngineSnapshot>,
     /// Why the worker last went down; cleared once an engine loads.
     last_error: Mutex<Option<String>>,
 }
@@ -90,12 +91,20 @@ impl WorkerShared {
         self.in_flight.load(Ordering::Relaxed)
     }
 
-    pub fn batch_size(&self) -> usize {
-        self.batch_size.load(Ordering::Relaxed)
+    pub fn engine(&self) -> EngineSnapshot {
+        *self.engine.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    pub(super) fn set_batch_size(&self, size: usize) {
-        self.batch_size.store(size, Ordering::Relaxed);
+    /// Takes the engine's `now` snapshot: its gauges, and its counters since `before`
+    /// (its previous snapshot; the default one for a new engine).
+    pub(super) fn publish(&self, now: &EngineSnapshot, before: &EngineSnapshot) {
+        let mut engine = self.engine.lock().unwrap_or_else(|e| e.into_inner());
+        *engine = EngineSnapshot {
+            waiting_user: now.waiting_user,
+            waiting_background: now.waiting_background,
+            running: now.running,
+            ..*engine + now.counters_since(before)
+        };
     }
 
     pub fn last_error(&self) -> Option<String> {
@@ -123,7 +132,7 @@ impl WorkerShared {
     pub(super) fn mark_down(&self) {
         self.live.store(false, Ordering::SeqCst);
         self.epoch.fetch_add(1, Ordering::SeqCst);
-        self.batch_size.store(0, Ordering::Relaxed);
+        self.publish(&EngineSnapshot::default(), &EngineSnapshot::default());
     }
 
     fn set_last_error(&self, error: Option<String>) {

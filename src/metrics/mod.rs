@@ -113,9 +113,14 @@ pub struct Metrics {
     prefill_rate: Histogram,
     decode_rate: Histogram,
     queue_depth: Gauge,
+    background_queue_depth: Gauge,
     in_flight: Gauge,
     capacity: Gauge,
     batch_size: Gauge,
+    engine_steps: Counter,
+    engine_passes: Counter,
+    engine_tokens: Counter,
+    engine_step_time: Counter<f64, AtomicU64>,
     workers_up: Gauge,
     worker_restarts: Counter,
     ready: Gauge,
@@ -251,7 +256,12 @@ impl Metrics {
         let queue_depth = gauge(
             registry,
             "inference_queue_depth",
-            "User requests waiting for a batch slot",
+            "User requests the engines hold without a batch slot (waiting for one, or held back by the KV-token budget)",
+        );
+        let background_queue_depth = gauge(
+            registry,
+            "inference_background_queue_depth",
+            "Background requests (pre-generation) the engines hold without a batch slot",
         );
         let in_flight = gauge(
             registry,
@@ -267,6 +277,28 @@ impl Metrics {
             registry,
             "inference_batch_size",
             "Sequences in the engines' batches after their last step",
+        );
+        let engine_steps = counter(
+            registry,
+            "engine_steps",
+            "Engine steps that ran the model, over all workers",
+        );
+        let engine_passes = counter(
+            registry,
+            "engine_passes",
+            "Model passes those steps ran (one per step on our exports)",
+        );
+        let engine_tokens = counter(
+            registry,
+            "engine_tokens",
+            "Tokens those passes took: prompt chunks and decoding rows",
+        );
+        let engine_step_time = Counter::<f64, AtomicU64>::default();
+        registry.register_with_unit(
+            "engine_step",
+            "Wall time of those steps",
+            Unit::Seconds,
+            engine_step_time.clone(),
         );
         let workers_up = gauge(
             registry,
@@ -336,9 +368,14 @@ impl Metrics {
             prefill_rate,
             decode_rate,
             queue_depth,
+            background_queue_depth,
             in_flight,
             capacity,
             batch_size,
+            engine_steps,
+            engine_passes,
+            engine_tokens,
+            engine_step_time,
             workers_up,
             worker_restarts,
             ready,
@@ -448,6 +485,15 @@ impl Metrics {
         self.in_flight.set(pool.in_flight as i64);
         self.capacity.set(pool.capacity as i64);
         self.batch_size.set(pool.batch_size as i64);
+        self.background_queue_depth
+            .set(pool.engine.waiting_background as i64);
+        follow(&self.engine_steps, pool.engine.steps);
+        follow(&self.engine_passes, pool.engine.passes);
+        follow(&self.engine_tokens, pool.engine.tokens);
+        let step_seconds = pool.engine.step_time.as_secs_f64() - self.engine_step_time.get();
+        if step_seconds > 0.0 {
+            self.engine_step_time.inc_by(step_seconds);
+        }
         self.workers_up.set(pool.workers_up as i64);
         follow(&self.worker_restarts, pool.restarts);
         self.ready.set(i64::from(*ready));

@@ -1,7 +1,7 @@
 //! A deterministic [`Engine`] for pool tests: no model, no ONNX Runtime.
 //!
 //! Token `i` of a request is its first prompt id + `i`, with text `"t{i} "`. Every request
-//! waiting at a step joins the batch; `max_tokens`, closed receivers (counted as
+//! waiting at a step joins the batch, up to a batch size the control may set; `max_tokens`, closed receivers (counted as
 //! cancellations) and deadlines are honoured like the real engine. A shared
 //! [`FakeControl`] sets a per-step sleep, makes the factory fail, arms a panic or an error
 //! for the engine serving a given request, and records which threads ran factories and
@@ -16,7 +16,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use trendstory::engine::{
-    Engine, EngineError, FinishReason, GenerationEvent, GenerationRequest, GenerationStats,
+    Engine, EngineError, EngineSnapshot, FinishReason, GenerationEvent, GenerationRequest,
+    GenerationStats,
 };
 use trendstory::inference::EngineFactory;
 
@@ -32,6 +33,8 @@ pub enum FailMode {
 #[derive(Default)]
 struct Inner {
     step_delay_ms: AtomicU64,
+    /// Requests in the batch at most; 0 for no limit.
+    max_batch: AtomicUsize,
     /// The engine holding a request with this first prompt id fails at its next step.
     armed: Mutex<Option<(u32, FailMode)>>,
     fail_loads: AtomicBool,
@@ -78,8 +81,15 @@ impl FakeControl {
                 control: control.clone(),
                 waiting: Vec::new(),
                 active: Vec::new(),
+                steps: 0,
+                tokens: 0,
             }) as Box<dyn Engine>)
         })
+    }
+
+    /// At most `size` requests join the batch; the rest wait (and count as waiting).
+    pub fn set_max_batch(&self, size: usize) {
+        self.0.max_batch.store(size, Ordering::SeqCst);
     }
 
     pub fn set_step_delay(&self, delay: Duration) {
@@ -160,6 +170,8 @@ pub struct FakeEngine {
     control: FakeControl,
     waiting: Vec<GenerationRequest>,
     active: Vec<Sequence>,
+    steps: u64,
+    tokens: u64,
 }
 
 impl FakeEngine {
@@ -199,7 +211,12 @@ impl Engine for FakeEngine {
             None => {}
         }
         let now = Instant::now();
-        for request in self.waiting.drain(..) {
+        let room = match inner.max_batch.load(Ordering::SeqCst) {
+            0 => usize::MAX,
+            size => size.saturating_sub(self.active.len()),
+        };
+        let joining = room.min(self.waiting.len());
+        for request in self.waiting.drain(..joining) {
             inner
                 .served_by
                 .lock()
@@ -212,6 +229,7 @@ impl Engine for FakeEngine {
                 first_token_at: None,
             });
         }
+        let mut tokens = 0;
         self.active.retain_mut(|seq| {
             let events = &seq.request.events;
             let expired = seq.request.deadline.is_some_and(|d| now >= d);
@@ -228,6 +246,7 @@ impl Engine for FakeEngine {
                     logit: 0.0,
                 });
                 seq.generated += 1;
+                tokens += 1;
                 seq.first_token_at.get_or_insert(now);
             }
             if seq.generated >= seq.request.params.max_tokens {
@@ -236,11 +255,20 @@ impl Engine for FakeEngine {
             }
             true
         });
+        self.steps += 1;
+        self.tokens += tokens;
         Ok(())
     }
 
-    fn active(&self) -> usize {
-        self.active.len()
+    fn snapshot(&self) -> EngineSnapshot {
+        EngineSnapshot {
+            waiting_user: self.waiting.len(),
+            running: self.active.len(),
+            steps: self.steps,
+            passes: self.steps,
+            tokens: self.tokens,
+            ..EngineSnapshot::default()
+        }
     }
 
     fn has_work(&self) -> bool {
