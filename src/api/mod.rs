@@ -1,6 +1,7 @@
 //! The HTTP API: routes, the middleware every response passes, and the shared state.
 //!
-//! - `stories`: `POST`/`GET /v1/stories`, `GET /v1/stories/trending`; `sse` streams them.
+//! - `stories`: `POST`/`GET /v1/stories`, `GET /v1/stories/trending`; `sse` streams them;
+//!   `story_response`: the story answer they both return.
 //! - `trends`: `GET /v1/trends`.
 //! - `probes`: `/healthz`, `/readyz`, `/metrics` and the [`probes::Lifecycle`] flags.
 //! - `openapi`: `/openapi.json`, generated from the handlers' own types.
@@ -30,6 +31,7 @@ pub mod probes;
 pub mod request_log;
 pub mod sse;
 pub mod stories;
+pub mod story_response;
 pub mod trends;
 
 use std::future::Future;

@@ -15,7 +15,7 @@ use utoipa::ToSchema;
 
 use super::errors::{ApiError, ErrorBody};
 use super::request_log::StoryNote;
-use super::stories::StoryResponse;
+use super::story_response::StoryResponse;
 use crate::stories::{StoryEvent, StoryStream};
 
 /// Interval of the keep-alive comment.

@@ -8,6 +8,8 @@
 //! - `worker`: the supervised actor per worker; it forwards `Submit` to its engine thread
 //!   and restarts it (fresh engine from the factory) after a crash or a failed load.
 //! - `thread`: the blocking loop on the worker's own named thread: submit, step, repeat.
+//! - `worker_shared`: `WorkerShared`, one worker's state in atomics: live,
+//!   epoch, restarts, in flight and the engine's numbers, read by the router, streams and status.
 //! - `stream`: [`ResponseStream`], one request's events; it carries the admission permit,
 //!   so dropping it (client gone) frees capacity and the engine cancels the sequence.
 //!
@@ -19,6 +21,7 @@ mod router;
 mod stream;
 mod thread;
 mod worker;
+mod worker_shared;
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -13,7 +13,8 @@ use std::time::Duration;
 use actix::Supervisor;
 
 use super::router::{Route, Router};
-use super::worker::{WorkerActor, WorkerShared};
+use super::worker::WorkerActor;
+use super::worker_shared::WorkerShared;
 use super::{EngineFactory, InferError, ResponseStream};
 use crate::config::InferenceConfig;
 use crate::engine::{EngineSnapshot, Priority, SamplingParams};

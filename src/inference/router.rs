@@ -15,7 +15,8 @@ use actix::Addr;
 use tokio::sync::Semaphore;
 
 use super::stream::{Admission, ResponseStream};
-use super::worker::{Submit, WorkerActor, WorkerShared};
+use super::worker::{Submit, WorkerActor};
+use super::worker_shared::WorkerShared;
 use super::InferError;
 use crate::config::InferenceConfig;
 use crate::engine::{event_channel, GenerationRequest, Priority, SamplingParams};

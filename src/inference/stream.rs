@@ -14,7 +14,7 @@ use futures_util::stream::{Stream, StreamExt};
 use tokio::sync::mpsc::UnboundedReceiver;
 use tokio::sync::OwnedSemaphorePermit;
 
-use super::worker::WorkerShared;
+use super::worker_shared::WorkerShared;
 use super::{InferError, StreamEvent};
 use crate::engine::{GenerationEvent, GenerationStats};
 

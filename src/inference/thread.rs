@@ -11,11 +11,30 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::mpsc::Receiver;
 use std::sync::Arc;
 
-use actix::WeakRecipient;
+use actix::{Message, WeakRecipient};
 
-use super::worker::{DownKind, ThreadReport, WorkerShared};
+use super::worker_shared::WorkerShared;
 use super::EngineFactory;
 use crate::engine::{Engine, EngineError, EngineSnapshot, GenerationEvent, GenerationRequest};
+
+/// Why an engine thread ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum DownKind {
+    /// The factory failed or panicked (e.g. model folder missing): retry with backoff.
+    LoadFailed,
+    /// A step panicked or returned an error; in-flight requests were failed.
+    Crashed,
+}
+
+/// Sent by the engine thread to its actor.
+#[derive(Message, Debug)]
+#[rtype(result = "()")]
+pub(super) enum ThreadReport {
+    /// The engine loaded; the worker takes requests.
+    Ready,
+    /// The thread ended and the worker needs a restart.
+    Down { kind: DownKind, reason: String },
+}
 
 /// Everything the engine thread needs; built by the actor at each (re)start.
 pub(super) struct EngineThread {

@@ -1,5 +1,4 @@
-//! [`WorkerActor`]: one supervised actor per inference worker, and [`WorkerShared`], the
-//! atomics it shares with the router and the streams.
+//! [`WorkerActor`]: one supervised actor per inference worker.
 //!
 //! The actor never runs the model. Each (re)start creates a job channel and spawns a named
 //! std thread (`inference-worker-N`) that builds the engine with the factory and drives it;
@@ -10,15 +9,15 @@
 //! Readiness, load and restart counts live in [`WorkerShared`] atomics, so routing never
 //! waits on a busy actor.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{mpsc, Arc, Mutex};
+use std::sync::{mpsc, Arc};
 use std::time::Duration;
 
 use actix::prelude::*;
 
-use super::thread::EngineThread;
+use super::thread::{DownKind, EngineThread, ThreadReport};
+use super::worker_shared::WorkerShared;
 use super::EngineFactory;
-use crate::engine::{EngineSnapshot, GenerationRequest};
+use crate::engine::GenerationRequest;
 
 /// Failed loads are retried no faster than this, even with `restart_delay_ms = 0`.
 const MIN_LOAD_RETRY: Duration = Duration::from_millis(100);
@@ -34,111 +33,6 @@ fn thread_name(index: usize) -> String {
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct Submit(pub GenerationRequest);
-
-/// Why an engine thread ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum DownKind {
-    /// The factory failed or panicked (e.g. model folder missing): retry with backoff.
-    LoadFailed,
-    /// A step panicked or returned an error; in-flight requests were failed.
-    Crashed,
-}
-
-/// Sent by the engine thread to its actor.
-#[derive(Message, Debug)]
-#[rtype(result = "()")]
-pub(super) enum ThreadReport {
-    /// The engine loaded; the worker takes requests.
-    Ready,
-    /// The thread ended and the worker needs a restart.
-    Down { kind: DownKind, reason: String },
-}
-
-/// One worker's state as seen from outside its actor (router, streams, status).
-#[derive(Debug, Default)]
-pub struct WorkerShared {
-    /// True while an engine is loaded and its thread takes requests.
-    live: AtomicBool,
-    /// Bumped each time the worker goes down, before in-flight requests are failed; a
-    /// stream that ends badly compares it with its submit-time value to tell
-    /// `WorkerRestarted` from other failures.
-    epoch: AtomicU64,
-    /// How many times the supervisor restarted this worker (crashes and load retries).
-    restarts: AtomicU64,
-    /// Requests admitted to this worker whose stream has not ended yet.
-    in_flight: AtomicUsize,
-    /// The engine's numbers after its last step: its gauges, and its counters summed over
-    /// every engine this worker has loaded (so they never go back after a restart).
-    engine: Mutex<EngineSnapshot>,
-    /// Why the worker last went down; cleared once an engine loads.
-    last_error: Mutex<Option<String>>,
-}
-
-impl WorkerShared {
-    pub fn is_live(&self) -> bool {
-        self.live.load(Ordering::SeqCst)
-    }
-
-    pub fn epoch(&self) -> u64 {
-        self.epoch.load(Ordering::SeqCst)
-    }
-
-    pub fn restarts(&self) -> u64 {
-        self.restarts.load(Ordering::Relaxed)
-    }
-
-    pub fn in_flight(&self) -> usize {
-        self.in_flight.load(Ordering::Relaxed)
-    }
-
-    pub fn engine(&self) -> EngineSnapshot {
-        *self.engine.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// Takes the engine's `now` snapshot: its gauges, and its counters since `before`
-    /// (its previous snapshot; the default one for a new engine).
-    pub(super) fn publish(&self, now: &EngineSnapshot, before: &EngineSnapshot) {
-        let mut engine = self.engine.lock().unwrap_or_else(|e| e.into_inner());
-        *engine = EngineSnapshot {
-            waiting_user: now.waiting_user,
-            waiting_background: now.waiting_background,
-            running: now.running,
-            ..*engine + now.counters_since(before)
-        };
-    }
-
-    pub fn last_error(&self) -> Option<String> {
-        self.last_error
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
-    }
-
-    pub(super) fn add_in_flight(&self) {
-        self.in_flight.fetch_add(1, Ordering::Relaxed);
-    }
-
-    pub(super) fn remove_in_flight(&self) {
-        self.in_flight.fetch_sub(1, Ordering::Relaxed);
-    }
-
-    /// An engine loaded: clear the last error, then take requests.
-    pub(super) fn mark_live(&self) {
-        self.set_last_error(None);
-        self.live.store(true, Ordering::SeqCst);
-    }
-
-    /// Stops routing here, then moves the epoch; the order matters (see `Router::submit`).
-    pub(super) fn mark_down(&self) {
-        self.live.store(false, Ordering::SeqCst);
-        self.epoch.fetch_add(1, Ordering::SeqCst);
-        self.publish(&EngineSnapshot::default(), &EngineSnapshot::default());
-    }
-
-    fn set_last_error(&self, error: Option<String>) {
-        *self.last_error.lock().unwrap_or_else(|e| e.into_inner()) = error;
-    }
-}
 
 /// Supervises one engine thread; see the module doc.
 pub struct WorkerActor {
@@ -251,7 +145,7 @@ impl Supervised for WorkerActor {
         // The struct survives a restart: drop the old channel so the old thread (if still
         // draining) sees it closed, and count the restart.
         self.jobs = None;
-        self.shared.restarts.fetch_add(1, Ordering::Relaxed);
+        self.shared.count_restart();
     }
 }
 

@@ -9,12 +9,11 @@
 
 use std::collections::HashSet;
 use std::fmt;
-use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 use tokenizers::{AddedToken, Encoding, Tokenizer};
 
-use super::template::{ChatTemplate, USER_SENTINEL};
+use super::template::{ChatTemplate, TemplateError, USER_SENTINEL};
 use crate::engine::TextTokenizer;
 
 /// Kind of story to write. The default is [`Style::News`]: a news-style story reads naturally
@@ -110,15 +109,8 @@ impl fmt::Display for Style {
 /// Everything that can go wrong while loading a chat template or building a prompt.
 #[derive(Debug, thiserror::Error)]
 pub enum PromptError {
-    /// `tokenizer_config.json` is unreadable, not JSON, or holds fields of the wrong shape.
-    #[error("cannot read chat template settings from {path}: {reason}")]
-    TemplateFile { path: PathBuf, reason: String },
-    /// The template does not parse as Jinja.
-    #[error("chat template from {origin} does not parse: {reason}")]
-    TemplateSyntax { origin: String, reason: String },
-    /// The template parses but fails on a conversation, or does not show both messages verbatim.
-    #[error("chat template from {origin} cannot render a story prompt: {reason}")]
-    TemplateRender { origin: String, reason: String },
+    #[error(transparent)]
+    Template(#[from] TemplateError),
     #[error("cannot tokenize the prompt: {reason}")]
     Tokenize { reason: String },
     #[error("topic is empty once control characters and whitespace are removed")]
@@ -297,7 +289,8 @@ impl PromptBuilder {
             let rendered = template.render(style.system_prompt(), USER_SENTINEL)?;
             let Some((prefix_text, suffix_text)) = rendered.split_once(USER_SENTINEL) else {
                 return Err(template
-                    .render_error(format!("the {style} system prompt hides the user message")));
+                    .render_error(format!("the {style} system prompt hides the user message"))
+                    .into());
             };
             let writes_bos = template
                 .bos_token
@@ -459,6 +452,7 @@ fn added_offsets<'a>(
 #[cfg(test)]
 mod tests {
     use std::path::Path;
+    use std::path::PathBuf;
     use std::time::{Duration, Instant};
 
     use super::*;

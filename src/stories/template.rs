@@ -8,7 +8,22 @@ use std::path::Path;
 
 use serde::Serialize;
 
-use super::prompt::PromptError;
+/// Why a chat template cannot be loaded or used.
+#[derive(Debug, thiserror::Error)]
+pub enum TemplateError {
+    /// `tokenizer_config.json` is unreadable, not JSON, or holds fields of the wrong shape.
+    #[error("cannot read chat template settings from {path}: {reason}")]
+    File {
+        path: std::path::PathBuf,
+        reason: String,
+    },
+    /// The template does not parse as Jinja.
+    #[error("chat template from {origin} does not parse: {reason}")]
+    Syntax { origin: String, reason: String },
+    /// The template parses but fails on a conversation, or does not show both messages verbatim.
+    #[error("chat template from {origin} cannot render a story prompt: {reason}")]
+    Render { origin: String, reason: String },
+}
 
 /// Built-in template for model folders without a `chat_template`: TinyLlama-Chat's
 /// Zephyr-style turns, `<|system|>\n{system}</s>\n<|user|>\n{user}</s>\n<|assistant|>\n`
@@ -68,7 +83,7 @@ impl ChatTemplate {
     /// `TemplateFile` naming the file when it cannot be read or parsed; `TemplateSyntax` or
     /// `TemplateRender` naming it when the template does not parse, fails on a system plus
     /// user conversation, or does not show both messages verbatim exactly once.
-    pub fn load(dir: &Path) -> Result<Self, PromptError> {
+    pub fn load(dir: &Path) -> Result<Self, TemplateError> {
         let path = dir.join("tokenizer_config.json");
         let settings = if path.is_file() {
             read_settings(&path)?
@@ -103,7 +118,7 @@ impl ChatTemplate {
         origin: String,
         bos_token: Option<String>,
         eos_token: Option<String>,
-    ) -> Result<Self, PromptError> {
+    ) -> Result<Self, TemplateError> {
         // `new` (filters such as `trim` and `tojson`, tests, globals) is marked deprecated
         // while minijinja's `serde` feature is off; that feature only acknowledges serde use.
         #[allow(deprecated)]
@@ -118,7 +133,7 @@ impl ChatTemplate {
         env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
         env.add_function("raise_exception", raise_exception);
         env.add_template_owned(origin.clone(), source)
-            .map_err(|e| PromptError::TemplateSyntax {
+            .map_err(|e| TemplateError::Syntax {
                 origin: origin.clone(),
                 reason: e.to_string(),
             })?;
@@ -150,7 +165,7 @@ impl ChatTemplate {
     ///
     /// # Errors
     /// `TemplateRender` when the template fails (for example by calling `raise_exception`).
-    pub fn render(&self, system: &str, user: &str) -> Result<String, PromptError> {
+    pub fn render(&self, system: &str, user: &str) -> Result<String, TemplateError> {
         let context = RenderContext {
             messages: [
                 Message {
@@ -172,8 +187,8 @@ impl ChatTemplate {
             .map_err(|e| self.render_error(e.to_string()))
     }
 
-    pub(super) fn render_error(&self, reason: String) -> PromptError {
-        PromptError::TemplateRender {
+    pub(super) fn render_error(&self, reason: String) -> TemplateError {
+        TemplateError::Render {
             origin: self.origin.clone(),
             reason,
         }
@@ -188,8 +203,8 @@ fn raise_exception(message: String) -> Result<String, minijinja::Error> {
     ))
 }
 
-fn read_settings(path: &Path) -> Result<TemplateSettings, PromptError> {
-    let bad = |reason: String| PromptError::TemplateFile {
+fn read_settings(path: &Path) -> Result<TemplateSettings, TemplateError> {
+    let bad = |reason: String| TemplateError::File {
         path: path.to_path_buf(),
         reason,
     };
@@ -212,7 +227,7 @@ fn read_settings(path: &Path) -> Result<TemplateSettings, PromptError> {
         }
         Some(_) => return Err(bad("chat_template is neither a string nor a list".into())),
     };
-    let token = |field: &str| -> Result<Option<String>, PromptError> {
+    let token = |field: &str| -> Result<Option<String>, TemplateError> {
         match config.get(field) {
             None | Some(serde_json::Value::Null) => Ok(None),
             Some(serde_json::Value::String(s)) => Ok(Some(s.clone())),
@@ -271,7 +286,7 @@ pub(super) mod tests {
         let path = bad_json.path().join("tokenizer_config.json");
         std::fs::write(&path, "{\"chat_template\": ").expect("write");
         match ChatTemplate::load(bad_json.path()) {
-            Err(PromptError::TemplateFile { path: named, .. }) => assert_eq!(named, path),
+            Err(TemplateError::File { path: named, .. }) => assert_eq!(named, path),
             other => panic!("expected TemplateFile, got {:?}", other.err()),
         }
 
@@ -297,7 +312,7 @@ pub(super) mod tests {
             assert!(
                 matches!(
                     err,
-                    PromptError::TemplateSyntax { .. } | PromptError::TemplateRender { .. }
+                    TemplateError::Syntax { .. } | TemplateError::Render { .. }
                 ),
                 "{err:?}"
             );
@@ -310,7 +325,7 @@ pub(super) mod tests {
             folder_with_config(&serde_json::json!({"chat_template": [{"name": "rag"}]}));
         assert!(matches!(
             ChatTemplate::load(wrong_shape.path()),
-            Err(PromptError::TemplateFile { .. })
+            Err(TemplateError::File { .. })
         ));
     }
 }
