@@ -74,6 +74,13 @@ def total_and_per_replica(expr: str, name: str, legend: str = "{{pod}}") -> list
     return [(f"sum({expr})", name), (f"sum by (pod) ({expr})", legend)]
 
 
+def rate_ratio_per_replica(top: str, bottom: str) -> str:
+    """Per replica, counter `top`'s rate over counter `bottom`'s (no value while `bottom` is
+    still, rather than a false 0)."""
+    return (f"sum by (pod) (rate({top}{{{SEL}}}{RATE})) / "
+            f"sum by (pod) (rate({bottom}{{{SEL}}}{RATE}))")
+
+
 def error_ratio(by: str) -> str:
     """5xx among API requests; 0 rather than nothing while no error has happened."""
     all_requests = f"sum by ({by}) (rate({HTTP_COUNT}{{{SEL}, {API}}}{RATE}))"
@@ -125,16 +132,16 @@ PANELS = [
         ("Engine: tokens per pass, passes per step", "short",
          "Tokens each model pass took (prompt chunks and decoding rows: the batching at work) and "
          "passes per step (one on our exports). Gaps: no step ran in the interval.",
-         [(f"sum by (pod) (rate(trendstory_engine_tokens_total{{{SEL}}}{RATE})) / "
-           f"sum by (pod) (rate(trendstory_engine_passes_total{{{SEL}}}{RATE}))", "tokens/pass {{pod}}"),
-          (f"sum by (pod) (rate(trendstory_engine_passes_total{{{SEL}}}{RATE})) / "
-           f"sum by (pod) (rate(trendstory_engine_steps_total{{{SEL}}}{RATE}))", "passes/step {{pod}}")]),
+         [(rate_ratio_per_replica("trendstory_engine_tokens_total", "trendstory_engine_passes_total"),
+           "tokens/pass {{pod}}"),
+          (rate_ratio_per_replica("trendstory_engine_passes_total", "trendstory_engine_steps_total"),
+           "passes/step {{pod}}")]),
         ("Engine: step time", "s",
          "Mean wall time of an engine step (scheduling, the pass, sampling, detokenizing); a user "
          "waits about one step per token. Alert TrendStoryEngineStalled: requests in flight and no "
          "step for 5 minutes.",
-         [(f"sum by (pod) (rate(trendstory_engine_step_seconds_total{{{SEL}}}{RATE})) / "
-           f"sum by (pod) (rate(trendstory_engine_steps_total{{{SEL}}}{RATE}))", "{{pod}}")]),
+         [(rate_ratio_per_replica("trendstory_engine_step_seconds_total", "trendstory_engine_steps_total"),
+           "{{pod}}")]),
         ("Tokens/s: prefill and decode", "short",
          "Prompt tokens (a kept shared prefix included) and tokens generated per second, counted as "
          "generations end.",
