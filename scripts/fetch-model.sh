@@ -66,12 +66,12 @@ PY="$PYTHON_ENV_PY"
 
 # 1. Already exported from this repository? manifest.json is written last; check its listed
 #    files still match.
-if [[ -f "$OUT_DIR/manifest.json" ]] && "$PY" - "$here" "$OUT_DIR" "$REPO_ID" "${args[@]}" <<'PYEOF'
+if [[ -f "$OUT_DIR/manifest.json" ]] && "$PY" - "$OUT_DIR" "$REPO_ID" "${args[@]}" <<'PYEOF'
 import json, os, sys
-sys.path.insert(0, sys.argv[1])
-import export_onnx
-d, repo = sys.argv[2], sys.argv[3]
-if not export_onnx.export_matches(d, sys.argv[4:]):
+from trendstory_tools.current_export import export_matches
+from trendstory_tools.digests import sha256_file
+d, repo = sys.argv[1], sys.argv[2]
+if not export_matches(d, sys.argv[3:]):
     print(f"fetch-model: {d} holds another graph than requested; re-exporting")
     sys.exit(1)
 m = json.load(open(os.path.join(d, "manifest.json")))
@@ -80,7 +80,7 @@ if m.get("source") != f"hub:{repo}":
     sys.exit(1)
 for name, digest in m.get("files", {}).items():
     p = os.path.join(d, name)
-    if not os.path.exists(p) or export_onnx.sha256_file(p) != digest:
+    if not os.path.exists(p) or sha256_file(p) != digest:
         sys.exit(1)
 PYEOF
 then
