@@ -7,7 +7,7 @@ Layout, one concept a module:
   cli/                  one module per command: its options and main()
   export.py             the export driver: checkpoint -> model folder, manifest.json last
   export_options.py     the exporter's command-line options (also parsed by the GGUF import)
-  current_export.py     whether a folder already holds the export asked for
+  current_export.py     whether a folder already holds the export asked for (--check-current)
   safetensors_io.py     safetensors read and written without torch (bf16 as uint16 bits)
   llama_checkpoint.py   a Llama checkpoint's dimensions, tensor names and shapes, RoPE tables
   int4/formats.py       the int4 formats per matrix kind (--quant, DEFAULT_QUANT, manifest)

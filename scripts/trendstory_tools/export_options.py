@@ -32,6 +32,8 @@ Modes (see the options below):
   --rounding absmax|search              scale rule (search: least squared error, the default)
   --attention packed|explicit|slots     one-pass packed graph (default), the optimum contract,
                                         or the engine's one-pass slot graph
+  --check-current                       export nothing: exit 0 when the output folder already
+                                        holds what this command line would write, 1 otherwise
 
 Output folder: model.onnx + model.onnx.data, tokenizer.json (+tokenizer_config.json),
 config.json, golden.json (not for slots graphs) and manifest.json (written last: marks a
@@ -91,6 +93,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--linear-only", action="store_true",
                     help="write only the int4 linear layers (benchmark baseline), to NAME-linear")
     ap.add_argument("--threads", type=int, default=1, help="ORT intra-op threads for golden runs")
+    ap.add_argument("--check-current", action="store_true",
+                    help="export nothing: exit 0 when the output folder's manifest.json records "
+                    "this export (the same graph, quantization and source, every listed file "
+                    "unchanged), else 1 with the reason (for the scripts that skip an export "
+                    "already done)")
     args = ap.parse_args(argv)
     if args.random_init and not args.preset:
         ap.error("--random-init needs --preset tiny|tinyllama")

@@ -2,7 +2,10 @@
 logits against the explicit graph and against full recomputation when one pass mixes decoding
 rows with prompt chunks in prefill lanes, every lane bound to its row's slot inside the same
 buffer as the decode node."""
+import contextlib
+import io
 import json
+import shutil
 
 import numpy as np
 import onnx
@@ -10,6 +13,7 @@ import onnxruntime as ort
 from onnx import TensorProto
 
 from test_export import cfg_of, dims
+from trendstory_tools.cli.export_onnx import main as export_onnx_main
 from trendstory_tools.current_export import export_matches
 from trendstory_tools.golden import make_session, packed_lanes, run_full
 from trendstory_tools.graph.packed_contract import DEFAULT_PREFILL_LANES
@@ -51,6 +55,38 @@ def test_packed_graph_contract(tiny_packed):
     assert export_matches(tiny_packed, quant)
     assert export_matches(tiny_packed, [*quant, "--prefill-lanes", str(lanes)])
     assert not export_matches(tiny_packed, [*quant, "--prefill-lanes", str(lanes + 1)])
+
+
+def test_check_current_writes_nothing_and_says_what_differs(tiny_packed, tmp_path):
+    """--check-current (what bench.sh and fetch-model.sh ask before exporting): exit 0 only
+    when the folder's manifest records the command line's graph, quantization and source and
+    every file it lists is unchanged; otherwise 1 and the reason. It writes nothing."""
+    def check(*args):
+        err = io.StringIO()
+        with contextlib.redirect_stderr(err):
+            rc = export_onnx_main(["--check-current", "--block-size", "32", "--rounding", "absmax",
+                                   *args])
+        return rc, err.getvalue()
+
+    def hub(out, *args):
+        return check("--hf-dir", str(tmp_path / "not-downloaded"), "--out", str(out),
+                     "--source", "random-init:tiny", *args)
+
+    written = {p: p.stat().st_mtime_ns for p in tiny_packed.rglob("*")}
+    assert check("--random-init", "--preset", "tiny", "--out", str(tiny_packed))[0] == 0
+    assert hub(tiny_packed)[0] == 0
+    rc, why = hub(tiny_packed, "--attention", "slots")
+    assert rc == 1 and "another graph than requested" in why, why
+    rc, why = hub(tiny_packed, "--source", "hub:someone/else")
+    assert rc == 1 and "exported from random-init:tiny, not hub:someone/else" in why, why
+    changed = tmp_path / "changed"
+    shutil.copytree(tiny_packed, changed)
+    (changed / "tokenizer.json").write_text("{}")
+    rc, why = hub(changed)
+    assert rc == 1 and "tokenizer.json is missing or not the file manifest.json lists" in why, why
+    rc, why = hub(tmp_path / "nothing")
+    assert rc == 1 and "no readable manifest.json" in why, why
+    assert {p: p.stat().st_mtime_ns for p in tiny_packed.rglob("*")} == written
 
 
 def test_packed_matches_explicit_attention_fp32(tiny_fp32, tiny_packed_fp32):

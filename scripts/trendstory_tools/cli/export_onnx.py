@@ -1,5 +1,6 @@
 """`scripts/export_onnx.py`: the options (export_options.py) to an export (export.py), with the
---random-init checkpoint written first (random_init.py)."""
+--random-init checkpoint written first (random_init.py), or to the --check-current answer
+(current_export.py)."""
 from __future__ import annotations
 
 import argparse
@@ -7,6 +8,7 @@ import json
 import time
 from pathlib import Path
 
+from trendstory_tools.current_export import why_not_current
 from trendstory_tools.export import export
 from trendstory_tools.export_options import parse_args
 from trendstory_tools.log import log
@@ -17,6 +19,10 @@ from trendstory_tools.random_init import RANDOM_WEIGHTS_MARKER, write_random_hf
 def main(argv=None) -> int:
     args = parse_args(argv)
     out, source = output_folder(args), export_source(args)
+    if args.check_current:
+        problem = why_not_current(out, args, source)
+        log(problem or f"{out} holds this export")
+        return 0 if problem is None else 1
     t0 = time.time()
     if args.random_init:
         hf_dir = random_checkpoint(args, out)
