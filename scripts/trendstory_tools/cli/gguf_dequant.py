@@ -8,9 +8,9 @@ compares the peer's quantization with ours position by position.
 
 1. Every tensor of the GGUF is read and dequantized with the `gguf` package of the llama.cpp
    the peer is built from (--gguf-py, the `gguf_py` path of peer-llama-server.sh), and named
-   back to its Hugging Face tensor with gguf's own name map (as scripts/loadtest/hf_to_gguf.py
-   names them the other way); the rotary row permutation the converter applies to q and k is
-   undone.
+   back to its Hugging Face tensor with gguf's own name map (as loadtest/hf_to_gguf.py of
+   scripts/trendstory_tools names them the other way); the rotary row permutation the
+   converter applies to q and k is undone.
 2. Each tensor is checked against the checkpoint it was made from (--hf-dir): the relative
    error ||W_gguf - W|| / ||W|| must be what its block format predicts (predicted_rel_error),
    within CHECK_BAND. A tensor mapped to the wrong name, a missed un-permutation (~140% error)
