@@ -94,10 +94,12 @@ else
     # The engine's own attention graph (SLOTS_CONTRACT) unless TRENDSTORY_EXPORT_ARGS asks
     # for another.
     read -r -a EXPORT_ARGS <<< "--attention slots ${TRENDSTORY_EXPORT_ARGS:-}"
-    if [[ "$model" == onnx/tinyllama-bench ]] && ! "$PYTHON_ENV_PY" -c 'import sys; sys.path.insert(0, "scripts")
-import export_onnx as E; sys.exit(0 if E.export_matches(sys.argv[1], sys.argv[2:]) else 1)' "$model" "${EXPORT_ARGS[@]}"; then
+    # (--check-current: whether the folder holds what this command line would write.)
+    export_command=(scripts/export_onnx.py --random-init --preset tinyllama "${EXPORT_ARGS[@]}")
+    if [[ "$model" == onnx/tinyllama-bench ]] \
+            && ! "$PYTHON_ENV_PY" "${export_command[@]}" --check-current; then
         echo "bench.sh: building onnx/tinyllama-bench (random weights, TinyLlama-1.1B shape)"
-        "$PYTHON_ENV_PY" scripts/export_onnx.py --random-init --preset tinyllama "${EXPORT_ARGS[@]}"
+        "$PYTHON_ENV_PY" "${export_command[@]}"
     fi
     if [[ -z "$binary" ]]; then
         cargo build --release --quiet

@@ -64,26 +64,12 @@ cd "$root"
 source "$here/python-env.sh"
 PY="$PYTHON_ENV_PY"
 
-# 1. Already exported from this repository? manifest.json is written last; check its listed
-#    files still match.
-if [[ -f "$OUT_DIR/manifest.json" ]] && "$PY" - "$here" "$OUT_DIR" "$REPO_ID" "${args[@]}" <<'PYEOF'
-import json, os, sys
-sys.path.insert(0, sys.argv[1])
-import export_onnx
-d, repo = sys.argv[2], sys.argv[3]
-if not export_onnx.export_matches(d, sys.argv[4:]):
-    print(f"fetch-model: {d} holds another graph than requested; re-exporting")
-    sys.exit(1)
-m = json.load(open(os.path.join(d, "manifest.json")))
-if m.get("source") != f"hub:{repo}":
-    print(f"fetch-model: {d} was exported from {m.get('source')}, not hub:{repo}; re-exporting")
-    sys.exit(1)
-for name, digest in m.get("files", {}).items():
-    p = os.path.join(d, name)
-    if not os.path.exists(p) or export_onnx.sha256_file(p) != digest:
-        sys.exit(1)
-PYEOF
-then
+# 1. Already exported from this repository? The export's own command line (step 4) with
+#    --check-current: manifest.json (written last) records the same graph, quantization and
+#    source, and every file it lists is unchanged; otherwise it says what differs.
+export_command=("$here/export_onnx.py" --hf-dir "$CACHE_DIR" --out "$OUT_DIR" \
+    --source "hub:$REPO_ID" "${args[@]}")
+if [[ -f "$OUT_DIR/manifest.json" ]] && "$PY" "${export_command[@]}" --check-current; then
     echo "fetch-model: $OUT_DIR is complete (manifest.json); nothing to do"
     exit 0
 fi
@@ -129,6 +115,5 @@ fi
 
 # 4. Export.
 echo "fetch-model: exporting to $OUT_DIR"
-"$PY" "$here/export_onnx.py" --hf-dir "$CACHE_DIR" --out "$OUT_DIR" \
-    --source "hub:$REPO_ID" "${args[@]}"
+"$PY" "${export_command[@]}"
 echo "fetch-model: done: $OUT_DIR"

@@ -75,9 +75,11 @@ os.replace(tmp, dest)
 PYEOF
 fi
 
-# The import is redone when the file, the importer, the exporter or the options change.
-want="$({ echo "$GGUF_SHA256 $SAMPLING ${args[*]:-}"; cat "$here/gguf_import.py" "$here/export_onnx.py"; } \
-    | sha256sum | cut -d' ' -f1)"
+# The import is redone when the file, the importer or the exporter (the tools package) or
+# the options change.
+want="$({ echo "$GGUF_SHA256 $SAMPLING ${args[*]:-}"
+          find "$here/gguf_import.py" "$here/trendstory_tools" -name '*.py' -print0 | sort -z \
+              | xargs -0 cat; } | sha256sum | cut -d' ' -f1)"
 stamp="$out/.inputs.sha256"
 if [[ -f "$out/manifest.json" && -f "$stamp" && "$(cat "$stamp")" == "$want" ]]; then
     echo "fetch-smollm2: $out is up to date" >&2

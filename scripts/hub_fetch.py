@@ -48,8 +48,7 @@ from huggingface_hub.errors import (
 from huggingface_hub.file_download import get_hf_file_metadata, hf_hub_url, http_get
 from huggingface_hub.utils import build_hf_headers
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from export_onnx import sha256_file  # noqa: E402
+from trendstory_tools.digests import sha256_file
 
 REQUIRED = ("config.json", "tokenizer.json")
 OPTIONAL = ("generation_config.json", "tokenizer_config.json", "special_tokens_map.json",

@@ -1,9 +1,15 @@
 #!/usr/bin/env bash
 # Create or update a Python virtualenv from a requirements file: by default <repo>/.venv from
-# scripts/requirements.txt (the model tools, the test and load-test tooling).
+# scripts/requirements.txt (the model tools, the test and load-test tooling), with the
+# project's own tools package (scripts/trendstory_tools, scripts/pyproject.toml) installed
+# editable, so tests and scripts/loadtest/ import it from anywhere; the other venvs run no
+# code of it or, like the container image's export venv, only scripts/*.py, which find the
+# package beside them.
 #
-# Idempotent and fast on a second run: the sha256 of the requirements file is stored in
-# VENV/.requirements.sha256 and pip runs only when it changes (or the venv is broken).
+# Idempotent and fast on a second run: the sha256 of the requirements file (with the files
+# it includes and, for the default venv, pyproject.toml) is stored in
+# VENV/.requirements.sha256 and pip runs only when it changes (or the venv is broken). The
+# package's code needs no reinstall: the editable install reads it from the checkout.
 # Usable both ways:
 #   bash scripts/python-env.sh [REQUIREMENTS VENV]   # make sure that venv is ready; prints
 #                                                    # its python's path
@@ -23,9 +29,14 @@ _pyenv_main() {
     stamp="$venv/.requirements.sha256"
     py="${PYTHON:-python3}"
 
-    # The file and those it includes (`-r other.txt`, next to it): a change in either reinstalls.
-    local included
+    # The file and those it includes (`-r other.txt`, next to it), and for the default venv the
+    # tools package's pyproject.toml: a change in any reinstalls.
+    local included package=""
     included="$(sed -n 's/^-r[[:space:]]*//p' "$req" | sed "s|^|$(dirname "$req")/|")"
+    if [[ "$(realpath "$req")" == "$(realpath "$here/requirements.txt")" ]]; then
+        package="$here"
+        included+=$'\n'"$here/pyproject.toml"
+    fi
     # shellcheck disable=SC2086  # one path per line, none with spaces
     want="$(cat "$req" $included | sha256sum | cut -d' ' -f1)"
     have=""
@@ -41,6 +52,12 @@ _pyenv_main() {
         echo "python-env: installing $req" >&2
         "$venv/bin/python" -m pip install --disable-pip-version-check -q --upgrade pip >&2 || true
         "$venv/bin/python" -m pip install --disable-pip-version-check -q -r "$req" >&2
+        if [[ -n "$package" ]]; then
+            # (setuptools warns of folders named like the package in the working directory:
+            # there is none but the package itself.)
+            PYTHONWARNINGS="ignore:Editable installation" "$venv/bin/python" -m pip install \
+                --disable-pip-version-check -q --no-deps -e "$package" >&2
+        fi
         echo "$want" > "$stamp"
     fi
     PYTHON_ENV_PY="$venv/bin/python"

@@ -24,9 +24,8 @@ import time
 import urllib.request
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "scripts"))
-from export_onnx import sha256_file  # noqa: E402
+from trendstory_tools.digests import sha256_file
+from trendstory_tools.paths import QUALITY_TEXT, REPO_ROOT as ROOT
 
 PEER = ROOT / "scripts" / "loadtest" / "peer-llama-server.sh"
 
@@ -122,7 +121,7 @@ def main(argv=None) -> int:
     server = paths["server"]
     if not Path(server).is_file():
         raise SystemExit(f"{server} is missing: run scripts/loadtest/peer-llama-server.sh build")
-    texts = TEXTS + [ln for ln in (ROOT / "scripts" / "quality_text.txt").read_text().splitlines()
+    texts = TEXTS + [ln for ln in QUALITY_TEXT.read_text().splitlines()
                      if ln.strip()]
     import gguf
     own = gguf.GGUFReader(str(args.gguf)).get_field("tokenizer.ggml.pre").contents()

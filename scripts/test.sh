@@ -42,13 +42,14 @@ ensure_chromium() {
 ensure_chromium
 
 # Builds a tiny test model into $1 (with the tokenizer folder $2, or the project's own;
-# further arguments go to the exporter), again only when the exporter, its corpus or that
-# tokenizer changed.
+# further arguments go to the exporter), again only when the exporter (the tools package),
+# its corpus or that tokenizer changed.
 build_tiny() {
     local out="$1" tokenizer="${2:-}"
-    local stamp="$out/.inputs.sha256" want
+    local stamp="$out/.inputs.sha256" want code
     local args=(--random-init --preset tiny --out "$out" "${@:3}")
-    local inputs=(scripts/export_onnx.py scripts/tokenizer_corpus.txt scripts/requirements.txt scripts/requirements-export.txt)
+    mapfile -t code < <(find scripts/export_onnx.py scripts/trendstory_tools -name '*.py' | sort)
+    local inputs=("${code[@]}" scripts/tokenizer_corpus.txt scripts/requirements.txt scripts/requirements-export.txt)
     if [[ -n "$tokenizer" ]]; then
         args+=(--tokenizer "$tokenizer")
         inputs+=("$tokenizer/tokenizer.json")

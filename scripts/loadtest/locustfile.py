@@ -62,7 +62,8 @@ import gevent
 import requests
 from locust import FastHttpUser, LoadTestShape, User, constant, events, task
 
-from page_traffic import SUBJECTS, ChatTemplate, PageTraffic, chat_prompt, zipf_weights
+from trendstory_tools.loadtest.page_traffic import (
+    SUBJECTS, ChatTemplate, PageTraffic, chat_prompt, zipf_weights)
 
 MAX_RUN_SECONDS = 2 * 3600
 SCENARIOS = {
@@ -476,4 +477,3 @@ def sse_events(response):
                 data.append(line[5:].lstrip())
     if data:
         yield event, "\n".join(data), size
-

@@ -15,9 +15,9 @@
 #    with apt-get when missing), Release, -march=native (GGML_NATIVE), no OpenSSL, no web UI
 #    download; `nice -n 19`, 2 jobs.
 # 3. The checkpoint `onnx/tinyllama-bench/hf` (safetensors, bf16, random weights) written as
-#    an F16 GGUF by scripts/loadtest/hf_to_gguf.py with the `gguf` package of the sdist
-#    (vendor/llama.cpp/gguf-py) and the SentencePiece vocabulary of `tokenizer.model`, then
-#    quantized to Q4_0 (or $PEER_QUANT: any type name llama-quantize takes, e.g. Q4_K_M, its
+#    an F16 GGUF by scripts/trendstory_tools/loadtest/hf_to_gguf.py with the `gguf` package of
+#    the sdist (vendor/llama.cpp/gguf-py) and the SentencePiece vocabulary of
+#    `tokenizer.model`, then quantized to Q4_0 (or $PEER_QUANT: any type name llama-quantize takes, e.g. Q4_K_M, its
 #    usual recommendation; for scripts/gguf_dequant.py's quality rows) by the built
 #    `llama-quantize`. With PEER_GGUF, that file is served instead (e.g. SmolLM2's, the same
 #    file scripts/fetch-smollm2.sh imports for TrendStory) and nothing is converted. The F16 file is deleted once quantized. The sdist's own converter
@@ -130,7 +130,7 @@ build_model() {
         local py
         py="$(converter_python)"
         log "converting $HF to $GGUF_F16"
-        PYTHONPATH="$LLAMA/gguf-py" "$py" scripts/loadtest/hf_to_gguf.py "$HF" "$GGUF_F16.tmp"
+        PYTHONPATH="$LLAMA/gguf-py" "$py" scripts/trendstory_tools/loadtest/hf_to_gguf.py "$HF" "$GGUF_F16.tmp"
         mv "$GGUF_F16.tmp" "$GGUF_F16"
     fi
     log "quantizing to $QUANT: $GGUF_Q"

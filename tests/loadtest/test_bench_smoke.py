@@ -13,17 +13,13 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(REPO / "scripts" / "loadtest"))
+from trendstory_tools.loadtest import bench, page_traffic, report
 
-import bench  # noqa: E402
-import page_traffic  # noqa: E402
-import report  # noqa: E402
+REPO = Path(__file__).resolve().parents[2]
 
 LOCUST = REPO / ".venv" / "bin" / "locust"
 

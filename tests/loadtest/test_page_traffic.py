@@ -8,15 +8,13 @@ from __future__ import annotations
 
 import collections
 import re
-import sys
 from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(REPO / "scripts" / "loadtest"))
+from trendstory_tools.loadtest import page_traffic as page
 
-import page_traffic as page  # noqa: E402
+REPO = Path(__file__).resolve().parents[2]
 
 TRENDS = [{"topic": f"Trend {rank}", "context": f"why {rank} trends"} for rank in range(1, 21)]
 

@@ -1,15 +1,14 @@
 """Shared fixtures: tiny exports built once per test session into a temp dir (seconds)."""
 import contextlib
 import io
-import sys
 from pathlib import Path
 
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(REPO / "scripts"))
-
-import export_onnx as E  # noqa: E402
+from trendstory_tools.cli.export_onnx import main as export_onnx_main
+from trendstory_tools.export import export
+from trendstory_tools.random_init import write_random_hf
 
 
 def build_tiny(out: Path, *, dtype="f32", precision="int4", accuracy_level=4, golden=16,
@@ -19,11 +18,11 @@ def build_tiny(out: Path, *, dtype="f32", precision="int4", accuracy_level=4, go
     attention graph by default: most tests feed it masks and position ids directly; absmax
     rounding by default: the int4 layout tests rebuild its codes with quantize_q4."""
     with contextlib.redirect_stderr(io.StringIO()):
-        E.write_random_hf("tiny", out / "hf", dtype, seed, tokenizer)
-        E.export(out / "hf", out, source="random-init:tiny", random_weights=True,
-                 precision=precision, block_size=block_size, accuracy_level=accuracy_level,
-                 golden_tokens=golden, linear_only=linear_only, zero_points=zero_points,
-                 attention=attention, quant=quant, rounding=rounding)
+        write_random_hf("tiny", out / "hf", dtype, seed, tokenizer)
+        export(out / "hf", out, source="random-init:tiny", random_weights=True,
+               precision=precision, block_size=block_size, accuracy_level=accuracy_level,
+               golden_tokens=golden, linear_only=linear_only, zero_points=zero_points,
+               attention=attention, quant=quant, rounding=rounding)
     return out
 
 
@@ -49,8 +48,9 @@ def tiny_slots(tmp_path_factory):
     quantization; golden tokens are asked for (and skipped: stock ONNX Runtime cannot run it)."""
     out = tmp_path_factory.mktemp("tiny_slots")
     with contextlib.redirect_stderr(io.StringIO()):
-        E.main(["--random-init", "--preset", "tiny", "--out", str(out), "--attention", "slots",
-                "--block-size", "32", "--rounding", "absmax", "--golden-tokens", "4"])
+        export_onnx_main(["--random-init", "--preset", "tiny", "--out", str(out),
+                          "--attention", "slots", "--block-size", "32", "--rounding", "absmax",
+                          "--golden-tokens", "4"])
     return out
 
 

@@ -13,7 +13,24 @@ import pytest
 from onnx import TensorProto, numpy_helper
 from tokenizers import Tokenizer
 
-from conftest import E, REPO, build_tiny
+from conftest import REPO, build_tiny
+from trendstory_tools.cli.export_onnx import main as export_onnx_main
+from trendstory_tools.current_export import export_matches
+from trendstory_tools.digests import sha256_file
+from trendstory_tools.export import export
+from trendstory_tools.export_options import parse_args, quantization_of_args
+from trendstory_tools.golden import greedy_full_recompute, make_session, run_full
+from trendstory_tools.graph.linear import kind_of
+from trendstory_tools.int4.formats import (
+    DEFAULT_QUANT, DEFAULT_ROUNDING, KindFormat, parse_quant_spec, quantization)
+from trendstory_tools.int4.quantizer import (
+    dequantize_q4, quantize_q4, quantize_q4_asym, split_blocks, unpack_zero_points)
+from trendstory_tools.llama_checkpoint import model_dims, rope_tables
+from trendstory_tools.paths import SHARED_LLAMA2_TOKENIZER
+from trendstory_tools.random_init import RANDOM_WEIGHTS_MARKER
+from trendstory_tools.safetensors_io import (
+    round_to_bf16, SafeTensorsDir, SafeTensorsFile, write_safetensors)
+from trendstory_tools.tiny_tokenizer import train_tiny_tokenizer
 
 TINY = dict(layers=2, hidden=128, inter=384, heads=4, kv_heads=2, head_dim=32)
 KINDS = ("qkv", "o", "gate_up", "down", "lm_head")  # the exporter's matrix kinds
@@ -28,7 +45,7 @@ def dims(vi):
 
 
 def empty_past(cfg, b=1):
-    dm = E.model_dims(cfg)
+    dm = model_dims(cfg)
     z = np.zeros((b, dm["kv_heads"], 0, dm["head_dim"]), np.float32)
     return {f"past_key_values.{i}.{kv}": z for i in range(dm["layers"]) for kv in ("key", "value")}
 
@@ -38,7 +55,7 @@ def run_with_past(sess, cfg, ids, mask, pos, past):
             "position_ids": np.asarray(pos, np.int64), **past}
     names = [o.name for o in sess.get_outputs()]
     out = dict(zip(names, sess.run(None, feed)))
-    dm = E.model_dims(cfg)
+    dm = model_dims(cfg)
     present = {f"past_key_values.{i}.{kv}": out[f"present.{i}.{kv}"]
                for i in range(dm["layers"]) for kv in ("key", "value")}
     return out["logits"], present
@@ -120,13 +137,13 @@ def test_manifest(tiny_int4):
     assert man["bos_token_id"] == 1 and man["eos_token_id"] == 2
     assert man["exporter_version"] == 2
     for f, digest in man["files"].items():
-        assert E.sha256_file(tiny_int4 / f) == digest, f
+        assert sha256_file(tiny_int4 / f) == digest, f
     assert {"model.onnx", "model.onnx.data", "tokenizer.json", "config.json"} <= set(man["files"])
 
 
 def test_session_runs_prompt(tiny_int4):
     cfg = cfg_of(tiny_int4)
-    sess = E.make_session(tiny_int4 / "model.onnx")
+    sess = make_session(tiny_int4 / "model.onnx")
     ids = encode(tiny_int4, "The weather today is sunny")
     S = len(ids)
     logits, present = run_with_past(sess, cfg, [ids], np.ones((1, S)), [list(range(S))],
@@ -144,7 +161,7 @@ def test_session_runs_prompt(tiny_int4):
 def test_int4_dequantized_weights_match_checkpoint(tiny_int4):
     m = onnx.load(str(tiny_int4 / "model.onnx"))  # loads model.onnx.data too
     inits = {t.name: numpy_helper.to_array(t) for t in m.graph.initializer}
-    st = E.SafeTensorsDir(tiny_int4 / "hf")
+    st = SafeTensorsDir(tiny_int4 / "hf")
     # fused nodes: HF weights whose rows are concatenated into one MatMulNBits
     fused = {}
     for i in range(2):
@@ -166,7 +183,7 @@ def test_int4_dequantized_weights_match_checkpoint(tiny_int4):
         row = 0
         for part in parts:
             pw = st.get_f32(part)
-            pp, ps = E.quantize_q4(pw, 32)
+            pp, ps = quantize_q4(pw, 32)
             np.testing.assert_array_equal(packed[row:row + len(pw)], pp)
             np.testing.assert_array_equal(scales[row * (k // 32):(row + len(pw)) * (k // 32)], ps)
             row += len(pw)
@@ -176,7 +193,7 @@ def test_int4_dequantized_weights_match_checkpoint(tiny_int4):
         q = np.stack([packed & 0x0F, packed >> 4], axis=-1).reshape(n, k // 32, 32).astype(np.float32)
         d = scales.reshape(n, k // 32, 1)
         deq = ((q - 8.0) * d).reshape(n, k)
-        np.testing.assert_array_equal(deq, E.dequantize_q4(packed, scales, k))
+        np.testing.assert_array_equal(deq, dequantize_q4(packed, scales, k))
         err = np.abs(w - deq).reshape(n, k // 32, 32)
         assert (err <= np.abs(d) * 1.0001 + 1e-12).all(), base
         within_half += int((err <= np.abs(d) / 2 * 1.0001 + 1e-12).sum())
@@ -197,7 +214,7 @@ def test_matmulnbits_matches_numpy_reference():
     for block in (32, 128):
         n, k = 48, 256
         w = rng.standard_normal((n, k)).astype(np.float32)
-        packed, scales = E.quantize_q4(w, block)
+        packed, scales = quantize_q4(w, block)
         assert packed.shape == (n, k // block, block // 2)
         node = helper.make_node("MatMulNBits", ["x", "B", "S"], ["y"], domain="com.microsoft",
                                 K=k, N=n, bits=4, block_size=block, accuracy_level=0)
@@ -211,7 +228,7 @@ def test_matmulnbits_matches_numpy_reference():
         sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
         x = rng.standard_normal((2, 3, k)).astype(np.float32)
         y = sess.run(None, {"x": x})[0]
-        ref = x @ E.dequantize_q4(packed, scales, k).T
+        ref = x @ dequantize_q4(packed, scales, k).T
         np.testing.assert_allclose(y, ref, rtol=1e-4, atol=1e-4)
 
 
@@ -247,7 +264,7 @@ def test_asymmetric_q4_small_matrix(block, k):
     w = (rng.standard_normal((n, k)) + rng.uniform(-3, 3, (n, 1))).astype(np.float32)
     w[0, :block] = 0.0  # an all-zero block: scale 0, dequantizes to exact zeros
     w[1, :block] = np.linspace(0.5, 2.0, block)  # all positive: lo is clamped to 0, zp 0
-    packed, scales, zp = E.quantize_q4_asym(w, block)
+    packed, scales, zp = quantize_q4_asym(w, block)
     nb = k // block
     assert packed.dtype == np.uint8 and packed.shape == (n, nb, block // 2)
     assert scales.dtype == np.float32 and scales.shape == (n * nb,)
@@ -257,19 +274,19 @@ def test_asymmetric_q4_small_matrix(block, k):
     if nb % 2:
         assert (z[:, nb] == 8).all()
     z = z[:, :nb].astype(np.float32)
-    np.testing.assert_array_equal(z, E.unpack_zero_points(zp, nb))
+    np.testing.assert_array_equal(z, unpack_zero_points(zp, nb))
     assert z.max() <= 15 and len(np.unique(z)) > 4  # zero points really vary
     assert z[1, 0] == 0
     q = np.stack([packed & 0x0F, packed >> 4], -1).reshape(n, nb, block).astype(np.float32)
     d = scales.reshape(n, nb, 1)
     deq = ((q - z[..., None]) * d).reshape(n, k)
-    np.testing.assert_array_equal(deq, E.dequantize_q4(packed, scales, k, zp))
+    np.testing.assert_array_equal(deq, dequantize_q4(packed, scales, k, zp))
     assert scales[0] == 0 and (deq[0, :block] == 0).all()
     err = np.abs(w - deq).reshape(n, nb, block)
     assert (err <= d / 2 * 1.0001 + 1e-7).all()
     # the symmetric format spends half its levels on the wrong side of an off-centre block
-    ps, ss = E.quantize_q4(w, block)
-    rms_sym = np.sqrt(((w - E.dequantize_q4(ps, ss, k)) ** 2).mean())
+    ps, ss = quantize_q4(w, block)
+    rms_sym = np.sqrt(((w - dequantize_q4(ps, ss, k)) ** 2).mean())
     rms_asym = np.sqrt(((w - deq) ** 2).mean())
     assert rms_asym < 0.75 * rms_sym, (rms_asym, rms_sym)
     # ONNX Runtime reads the same zero points: one node, fp32 compute (accuracy_level 0)
@@ -291,7 +308,7 @@ def test_zero_points_export_graph_and_manifest(tiny_int4_zp):
     inits = {t.name: numpy_helper.to_array(t) for t in m.graph.initializer}
     mm = [n for n in m.graph.node if n.op_type == "MatMulNBits"]
     assert len(mm) == 2 * 4 + 1
-    st = E.SafeTensorsDir(tiny_int4_zp / "hf")
+    st = SafeTensorsDir(tiny_int4_zp / "hf")
     parts = {"self_attn.qkv_proj": [f"self_attn.{x}_proj" for x in "qkv"],
              "self_attn.o_proj": ["self_attn.o_proj"],
              "mlp.gate_up_proj": ["mlp.gate_proj", "mlp.up_proj"], "mlp.down_proj": ["mlp.down_proj"]}
@@ -311,20 +328,20 @@ def test_zero_points_export_graph_and_manifest(tiny_int4_zp):
             layer, kind = base.rsplit(".", 2)[0], ".".join(base.rsplit(".", 2)[1:])
             names = [f"{layer}.{p}.weight" for p in parts[kind]]
         w = np.concatenate([st.get_f32(x) for x in names], axis=0)
-        packed, scales, z = E.quantize_q4_asym(w, 128)
+        packed, scales, z = quantize_q4_asym(w, 128)
         np.testing.assert_array_equal(inits[f"{base}.qweight"], packed)
         np.testing.assert_array_equal(inits[f"{base}.scales"], scales)
         np.testing.assert_array_equal(zp, z)
         row = 0
         for x in names:
             pw = st.get_f32(x)
-            np.testing.assert_array_equal(zp[row:row + len(pw)], E.quantize_q4_asym(pw, 128)[2])
+            np.testing.assert_array_equal(zp[row:row + len(pw)], quantize_q4_asym(pw, 128)[2])
             row += len(pw)
     man = json.loads((tiny_int4_zp / "manifest.json").read_text())
     assert man["quantization"]["kinds"] == {
         k: {"block_size": 128, "symmetric": False} for k in ("qkv", "o", "gate_up", "down", "lm_head")}
     for f, digest in man["files"].items():
-        assert E.sha256_file(tiny_int4_zp / f) == digest, f
+        assert sha256_file(tiny_int4_zp / f) == digest, f
 
 
 def test_zero_points_graph_matches_numpy_dequantized_reference(tmp_path):
@@ -332,7 +349,7 @@ def test_zero_points_graph_matches_numpy_dequantized_reference(tmp_path):
                    zero_points=True)
     cfg = cfg_of(d)
     ids = encode(d, "Scientists found a faint comet 🚀 in late autumn.")
-    got = E.run_full(E.make_session(d / "model.onnx"), cfg, np.array([ids]))[0]
+    got = run_full(make_session(d / "model.onnx"), cfg, np.array([ids]))[0]
     ref = numpy_forward(d / "hf", ids, dequant_block=32, zero_points=True)
     np.testing.assert_allclose(got, ref, rtol=1e-3, atol=1e-3 * np.abs(ref).max())
     # and it is not the symmetric model: the references differ by far more than that
@@ -347,14 +364,14 @@ def test_zero_points_logits_close_to_fp32(tiny_int4_zp, tiny_fp32, tmp_path):
     import io
     sym = tmp_path / "sym128"
     with contextlib.redirect_stderr(io.StringIO()):
-        E.export(tiny_fp32 / "hf", sym, source="x", random_weights=True, precision="int4",
-                 block_size=128, accuracy_level=4, golden_tokens=None)
+        export(tiny_fp32 / "hf", sym, source="x", random_weights=True, precision="int4",
+               block_size=128, accuracy_level=4, golden_tokens=None)
     cfg = cfg_of(tiny_int4_zp)
     ids = encode(tiny_fp32, "The tennis final lasted almost four hours under heavy rain, and the "
                  "crowd stayed until the end.")
-    ref = E.run_full(E.make_session(tiny_fp32 / "model.onnx"), cfg, np.array([ids]))[0]
-    a = E.run_full(E.make_session(tiny_int4_zp / "model.onnx"), cfg, np.array([ids]))[0]
-    s = E.run_full(E.make_session(sym / "model.onnx"), cfg, np.array([ids]))[0]
+    ref = run_full(make_session(tiny_fp32 / "model.onnx"), cfg, np.array([ids]))[0]
+    a = run_full(make_session(tiny_int4_zp / "model.onnx"), cfg, np.array([ids]))[0]
+    s = run_full(make_session(sym / "model.onnx"), cfg, np.array([ids]))[0]
     assert a.shape == ref.shape and np.isfinite(a).all()
     cos = (a * ref).sum(-1) / np.linalg.norm(a, axis=-1) / np.linalg.norm(ref, axis=-1)
     assert (cos > 0.98).all(), cos
@@ -368,33 +385,33 @@ def test_zero_points_cli(tmp_path, tiny_int4):
     import contextlib
     import io
     with pytest.raises(SystemExit):
-        E.parse_args(["--random-init", "--preset", "tiny", "--precision", "fp32", "--zero-points"])
-    assert E.parse_args(["--random-init", "--preset", "tiny"]).zero_points is False
+        parse_args(["--random-init", "--preset", "tiny", "--precision", "fp32", "--zero-points"])
+    assert parse_args(["--random-init", "--preset", "tiny"]).zero_points is False
     out = tmp_path / "lin_zp"
     with contextlib.redirect_stderr(io.StringIO()):
-        assert E.main(["--hf-dir", str(tiny_int4 / "hf"), "--out", str(out), "--linear-only",
-                       "--zero-points", "--block-size", "128", "--rounding", "search"]) == 0
+        assert export_onnx_main(["--hf-dir", str(tiny_int4 / "hf"), "--out", str(out), "--linear-only",
+                                 "--zero-points", "--block-size", "128", "--rounding", "search"]) == 0
     man = json.loads((out / "manifest.json").read_text())
     assert man["quantization"]["kinds"]["down"] == {"block_size": 128, "symmetric": False}
     m = onnx.load(str(out / "model.onnx"), load_external_data=False)
     assert all(len(n.input) == 4 for n in m.graph.node if n.op_type == "MatMulNBits")
     # what fetch-model.sh / run.sh ask before reusing an export
-    assert E.export_matches(out, ["--zero-points", "--block-size", "128", "--rounding", "search"])
-    assert not E.export_matches(out, ["--block-size", "128", "--rounding", "search"])
-    assert not E.export_matches(out, [])
-    assert not E.export_matches(out, ["--zero-points", "--block-size", "128", "--rounding", "absmax"])
+    assert export_matches(out, ["--zero-points", "--block-size", "128", "--rounding", "search"])
+    assert not export_matches(out, ["--block-size", "128", "--rounding", "search"])
+    assert not export_matches(out, [])
+    assert not export_matches(out, ["--zero-points", "--block-size", "128", "--rounding", "absmax"])
     # tiny_int4: explicit attention, symmetric block 32 everywhere, absmax rounding
     b32 = ["--attention", "explicit", "--block-size", "32", "--rounding", "absmax"]
-    assert E.export_matches(tiny_int4, b32)
-    assert E.export_matches(tiny_int4, [*b32, "--quant", "down=32,lm_head=32:sym"])
-    assert not E.export_matches(tiny_int4, [*b32, "--quant", "down=128"])
-    assert not E.export_matches(tiny_int4, [*b32, "--zero-points"])
-    assert not E.export_matches(tiny_int4, [*b32[:-2], "--rounding", "search"])
-    assert E.export_matches(tiny_int4, b32[:2]) == (
-        E.DEFAULT_QUANT == ",".join(f"{k}=32" for k in KINDS) and E.DEFAULT_ROUNDING == "absmax")
+    assert export_matches(tiny_int4, b32)
+    assert export_matches(tiny_int4, [*b32, "--quant", "down=32,lm_head=32:sym"])
+    assert not export_matches(tiny_int4, [*b32, "--quant", "down=128"])
+    assert not export_matches(tiny_int4, [*b32, "--zero-points"])
+    assert not export_matches(tiny_int4, [*b32[:-2], "--rounding", "search"])
+    assert export_matches(tiny_int4, b32[:2]) == (
+        DEFAULT_QUANT == ",".join(f"{k}=32" for k in KINDS) and DEFAULT_ROUNDING == "absmax")
     # the default is the packed graph now: an explicit export is redone
-    assert not E.export_matches(tiny_int4, b32[2:])
-    assert not E.export_matches(tmp_path / "nothing-here", [])
+    assert not export_matches(tiny_int4, b32[2:])
+    assert not export_matches(tmp_path / "nothing-here", [])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -402,19 +419,19 @@ def test_zero_points_cli(tmp_path, tiny_int4):
 # ---------------------------------------------------------------------------------------------
 
 def test_quantization_options_resolve_per_kind():
-    default = E.quantization("int4")
-    assert default.spec() == E.DEFAULT_QUANT and default.rounding == E.DEFAULT_ROUNDING
+    default = quantization("int4")
+    assert default.spec() == DEFAULT_QUANT and default.rounding == DEFAULT_ROUNDING
     assert [k for k, _ in default.formats] == list(KINDS)
-    assert E.quantization("fp32") is None
+    assert quantization("fp32") is None
     # --block-size / --zero-points: one format for every kind (the meaning they always had)
-    assert E.quantization("int4", 128).spec() == ",".join(f"{k}=128" for k in KINDS)
-    assert E.quantization("int4", None, True).spec() == ",".join(f"{k}=32:zp" for k in KINDS)
+    assert quantization("int4", 128).spec() == ",".join(f"{k}=128" for k in KINDS)
+    assert quantization("int4", None, True).spec() == ",".join(f"{k}=32:zp" for k in KINDS)
     # --quant sets the kinds it names, over the default mix or over --block-size
-    q = E.quantization("int4", 32, False, "gate_up=128:zp,down=64", 0, "absmax")
+    q = quantization("int4", 32, False, "gate_up=128:zp,down=64", 0, "absmax")
     assert q.spec() == "qkv=32,o=32,gate_up=128:zp,down=64,lm_head=32"
-    assert q.of("gate_up") == E.KindFormat(128, True) and q.accuracy_level == 0
-    over_default = E.quantization("int4", quant="lm_head=64:zp")
-    assert over_default.of("lm_head") == E.KindFormat(64, True)
+    assert q.of("gate_up") == KindFormat(128, True) and q.accuracy_level == 0
+    over_default = quantization("int4", quant="lm_head=64:zp")
+    assert over_default.of("lm_head") == KindFormat(64, True)
     assert [f for k, f in over_default.formats if k != "lm_head"] == \
         [f for k, f in default.formats if k != "lm_head"]
     assert q.manifest() == {
@@ -423,21 +440,21 @@ def test_quantization_options_resolve_per_kind():
                   "gate_up": {"block_size": 128, "symmetric": False},
                   "down": {"block_size": 64, "symmetric": True},
                   "lm_head": {"block_size": 32, "symmetric": True}}}
-    assert E.parse_quant_spec("down=128:sym") == {"down": E.KindFormat(128, False)}
+    assert parse_quant_spec("down=128:sym") == {"down": KindFormat(128, False)}
     for bad, says in (("mlp=128", "KIND one of"), ("down=48", "BLOCK one of"), ("down=128:z", "BLOCK one of"),
                       ("down", "KIND one of"), ("down=32,down=64", "given twice"), ("", "KIND one of")):
         with pytest.raises(ValueError, match=says):
-            E.parse_quant_spec(bad)
+            parse_quant_spec(bad)
     with pytest.raises(ValueError, match="rounding"):
-        E.quantization("int4", rounding="nearest")
+        quantization("int4", rounding="nearest")
     for argv in (["--quant", "mlp=128"], ["--precision", "fp32", "--quant", "down=128"],
                  ["--rounding", "nearest"], ["--block-size", "48"]):
         with pytest.raises(SystemExit):
-            E.parse_args(["--random-init", "--preset", "tiny", *argv])
+            parse_args(["--random-init", "--preset", "tiny", *argv])
 
 
 def blockwise_sq_error(w, deq, block):
-    return ((E.split_blocks(w, block) - E.split_blocks(deq, block)) ** 2).sum(-1)
+    return ((split_blocks(w, block) - split_blocks(deq, block)) ** 2).sum(-1)
 
 
 @pytest.mark.parametrize("block", [32, 64, 128])
@@ -453,10 +470,10 @@ def test_search_rounding_never_worse_than_absmax(block):
     w[16, :block] = 0.0  # an all-zero block stays exact
     w[17, :block] = 0.25  # a constant block is exact with a fitted scale
     for asym in (False, True):
-        quant = E.quantize_q4_asym if asym else E.quantize_q4
+        quant = quantize_q4_asym if asym else quantize_q4
         plain, found = quant(w, block, "absmax"), quant(w, block, "search")
-        deq_plain = E.dequantize_q4(*plain[:2], k, *plain[2:])
-        deq = E.dequantize_q4(*found[:2], k, *found[2:])
+        deq_plain = dequantize_q4(*plain[:2], k, *plain[2:])
+        deq = dequantize_q4(*found[:2], k, *found[2:])
         e_plain, e = blockwise_sq_error(w, deq_plain, block), blockwise_sq_error(w, deq, block)
         assert (e <= e_plain * (1 + 1e-5) + 1e-12).all(), asym
         assert e[16, 0] == 0 and e[17, 0] < 1e-12
@@ -493,18 +510,18 @@ def test_per_kind_export_quantizes_each_kind_in_its_format(tmp_path, tiny_int4, 
             "--attention", "explicit", "--rounding", "search"]
     out, lin = tmp_path / "mix", tmp_path / "mix-linear"
     with contextlib.redirect_stderr(io.StringIO()):
-        assert E.main(["--hf-dir", str(tiny_int4 / "hf"), "--out", str(out), "--no-golden", *args]) == 0
-        assert E.main(["--hf-dir", str(tiny_int4 / "hf"), "--out", str(lin), "--linear-only", *args]) == 0
+        assert export_onnx_main(["--hf-dir", str(tiny_int4 / "hf"), "--out", str(out), "--no-golden", *args]) == 0
+        assert export_onnx_main(["--hf-dir", str(tiny_int4 / "hf"), "--out", str(lin), "--linear-only", *args]) == 0
     want = {"qkv": (32, False), "o": (32, False), "gate_up": (128, True), "down": (128, True),
             "lm_head": (64, False)}
-    st = E.SafeTensorsDir(tiny_int4 / "hf")
+    st = SafeTensorsDir(tiny_int4 / "hf")
     parts = {"qkv": [f"self_attn.{x}_proj" for x in "qkv"], "o": ["self_attn.o_proj"],
              "gate_up": ["mlp.gate_proj", "mlp.up_proj"], "down": ["mlp.down_proj"]}
     nodes = matmul_initializers(out)
     assert len(nodes) == 2 * 4 + 1
     seen = set()
     for base, (attrs, packed, scales, zp) in nodes.items():
-        kind = E.kind_of(base)
+        kind = kind_of(base)
         seen.add(kind)
         block, asym = want[kind]
         assert attrs["block_size"] == block and attrs["accuracy_level"] == 4
@@ -512,7 +529,7 @@ def test_per_kind_export_quantizes_each_kind_in_its_format(tmp_path, tiny_int4, 
         layer = base.rsplit(".", 2)[0]
         names = ["lm_head.weight"] if kind == "lm_head" else [f"{layer}.{p}.weight" for p in parts[kind]]
         w = np.concatenate([st.get_f32(x) for x in names], axis=0)
-        expect = (E.quantize_q4_asym if asym else E.quantize_q4)(w, block, "search")
+        expect = (quantize_q4_asym if asym else quantize_q4)(w, block, "search")
         np.testing.assert_array_equal(packed, expect[0])
         np.testing.assert_array_equal(scales, expect[1])
         if asym:
@@ -524,23 +541,23 @@ def test_per_kind_export_quantizes_each_kind_in_its_format(tmp_path, tiny_int4, 
         man = json.loads((d / "manifest.json").read_text())
         assert man["quantization"]["rounding"] == "search"
         assert {k: (f["block_size"], not f["symmetric"]) for k, f in man["quantization"]["kinds"].items()} == want
-        assert E.export_matches(d, args)
-        assert not E.export_matches(d, [*args[:2], "--quant", "gate_up=128:zp,down=128:zp", *args[4:]])
-        assert not E.export_matches(d, [*args[:-1], "absmax"])
+        assert export_matches(d, args)
+        assert not export_matches(d, [*args[:2], "--quant", "gate_up=128:zp,down=128:zp", *args[4:]])
+        assert not export_matches(d, [*args[:-1], "absmax"])
     cfg = cfg_of(out)
     ids = encode(out, "The harbour lights came on one by one as the ferry left.")
-    a = E.run_full(E.make_session(out / "model.onnx"), cfg, np.array([ids]))[0]
-    b = E.run_full(E.make_session(tiny_fp32 / "model.onnx"), cfg, np.array([ids]))[0]
+    a = run_full(make_session(out / "model.onnx"), cfg, np.array([ids]))[0]
+    b = run_full(make_session(tiny_fp32 / "model.onnx"), cfg, np.array([ids]))[0]
     cos = (a * b).sum(-1) / np.linalg.norm(a, axis=-1) / np.linalg.norm(b, axis=-1)
     assert (cos > 0.98).all(), cos
 
 
 def test_kind_of_names_every_linear_layer():
-    assert E.kind_of("model.layers.3.self_attn.qkv_proj") == "qkv"
-    assert E.kind_of("model.layers.0.mlp.down_proj") == "down"
-    assert E.kind_of("lm_head") == "lm_head"
+    assert kind_of("model.layers.3.self_attn.qkv_proj") == "qkv"
+    assert kind_of("model.layers.0.mlp.down_proj") == "down"
+    assert kind_of("lm_head") == "lm_head"
     with pytest.raises(ValueError, match="no known kind"):
-        E.kind_of("model.layers.0.mlp.gate_proj")
+        kind_of("model.layers.0.mlp.gate_proj")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -552,12 +569,12 @@ def test_bf16_safetensors_round_trip(tmp_path):
     a = (rng.standard_normal((7, 33)) * 3).astype(np.float32)
     b = np.array([1.0, -2.5, 0.0, 1e-30, 3.0e38, 1.00390625, 1.01171875], np.float32)
     specs = [("a", a.shape), ("b", b.shape)]
-    E.write_safetensors(tmp_path / "x.safetensors", specs, lambda n, s: {"a": a, "b": b}[n], dtype="BF16")
-    st = E.SafeTensorsFile(tmp_path / "x.safetensors")
+    write_safetensors(tmp_path / "x.safetensors", specs, lambda n, s: {"a": a, "b": b}[n], dtype="BF16")
+    st = SafeTensorsFile(tmp_path / "x.safetensors")
     assert st.metadata == {"format": "pt"}
     assert st.dtype("a") == "BF16" and st.shape("a") == [7, 33]
-    np.testing.assert_array_equal(st.get_f32("a"), E.round_to_bf16(a))
-    np.testing.assert_array_equal(st.get_f32("b"), E.round_to_bf16(b))
+    np.testing.assert_array_equal(st.get_f32("a"), round_to_bf16(a))
+    np.testing.assert_array_equal(st.get_f32("b"), round_to_bf16(b))
     # exact bit patterns, incl. round-half-to-even (1+2^-8 -> 1.0, 1+3*2^-8 -> 1+2^-6)
     assert st.raw("b")[:2].tolist() == [0x3F80, 0xC020]
     assert st.get_f32("b")[5] == 1.0 and st.get_f32("b")[6] == np.float32(1.015625)
@@ -568,16 +585,16 @@ def test_bf16_safetensors_round_trip(tmp_path):
     import ml_dtypes  # noqa: F401  (registers numpy's bfloat16 dtype)
     from safetensors.numpy import load_file
     loaded = load_file(str(tmp_path / "x.safetensors"))
-    np.testing.assert_array_equal(loaded["a"].astype(np.float32), E.round_to_bf16(a))
-    np.testing.assert_array_equal(loaded["b"].astype(np.float32), E.round_to_bf16(b))
-    E.write_safetensors(tmp_path / "y.safetensors", specs, lambda n, s: {"a": a, "b": b}[n], dtype="F32")
+    np.testing.assert_array_equal(loaded["a"].astype(np.float32), round_to_bf16(a))
+    np.testing.assert_array_equal(loaded["b"].astype(np.float32), round_to_bf16(b))
+    write_safetensors(tmp_path / "y.safetensors", specs, lambda n, s: {"a": a, "b": b}[n], dtype="F32")
     loaded = load_file(str(tmp_path / "y.safetensors"))
     np.testing.assert_array_equal(loaded["a"], a)
 
 
 def test_bf16_tiny_export(tmp_path):
     d = build_tiny(tmp_path / "bf16", dtype="bf16", golden=4)
-    st = E.SafeTensorsFile(d / "hf" / "model.safetensors")
+    st = SafeTensorsFile(d / "hf" / "model.safetensors")
     assert all(st.dtype(k) == "BF16" for k in st.keys())
     assert cfg_of(d)["torch_dtype"] == "bfloat16"
     g = json.loads((d / "golden.json").read_text())
@@ -592,25 +609,25 @@ def numpy_forward(hf_dir, ids, dequant_block=None, zero_points=False):
     """Plain numpy Llama forward (float64), optionally with int4-dequantized linear weights
     (symmetric, or asymmetric with zero points)."""
     cfg = cfg_of(hf_dir)
-    dm = E.model_dims(cfg)
-    st = E.SafeTensorsDir(hf_dir)
+    dm = model_dims(cfg)
+    st = SafeTensorsDir(hf_dir)
 
     def W(n):
         w = st.get_f32(n).astype(np.float64)
         if dequant_block and n.endswith(("_proj.weight", "lm_head.weight")):
             if zero_points:
-                p, s, z = E.quantize_q4_asym(w.astype(np.float32), dequant_block)
-                w = E.dequantize_q4(p, s, w.shape[1], z).astype(np.float64)
+                p, s, z = quantize_q4_asym(w.astype(np.float32), dequant_block)
+                w = dequantize_q4(p, s, w.shape[1], z).astype(np.float64)
             else:
-                p, s = E.quantize_q4(w.astype(np.float32), dequant_block)
-                w = E.dequantize_q4(p, s, w.shape[1]).astype(np.float64)
+                p, s = quantize_q4(w.astype(np.float32), dequant_block)
+                w = dequantize_q4(p, s, w.shape[1]).astype(np.float64)
         return w
 
     def rms(x, n):
         return x / np.sqrt((x * x).mean(-1, keepdims=True) + dm["eps"]) * W(n)
 
     S, nh, kvh, hd = len(ids), dm["heads"], dm["kv_heads"], dm["head_dim"]
-    cos, sin = E.rope_tables(cfg, hd)
+    cos, sin = rope_tables(cfg, hd)
     cos, sin = np.concatenate([cos[:S]] * 2, -1), np.concatenate([sin[:S]] * 2, -1)
 
     def rope(t):  # [heads, S, hd]
@@ -644,7 +661,7 @@ def numpy_forward(hf_dir, ids, dequant_block=None, zero_points=False):
 def test_fp32_graph_matches_numpy_reference(tiny_fp32):
     cfg = cfg_of(tiny_fp32)
     ids = encode(tiny_fp32, "Once upon a time, a robot counted ships near the old bridge.")
-    got = E.run_full(E.make_session(tiny_fp32 / "model.onnx"), cfg, np.array([ids]))[0]
+    got = run_full(make_session(tiny_fp32 / "model.onnx"), cfg, np.array([ids]))[0]
     ref = numpy_forward(tiny_fp32 / "hf", ids)
     np.testing.assert_allclose(got, ref, rtol=1e-3, atol=1e-3 * np.abs(ref).max())
 
@@ -652,7 +669,7 @@ def test_fp32_graph_matches_numpy_reference(tiny_fp32):
 def test_int4_graph_matches_numpy_dequantized_reference(tiny_int4_exact):
     cfg = cfg_of(tiny_int4_exact)
     ids = encode(tiny_int4_exact, "Scientists found a faint comet 🚀 in late autumn.")
-    got = E.run_full(E.make_session(tiny_int4_exact / "model.onnx"), cfg, np.array([ids]))[0]
+    got = run_full(make_session(tiny_int4_exact / "model.onnx"), cfg, np.array([ids]))[0]
     ref = numpy_forward(tiny_int4_exact / "hf", ids, dequant_block=32)
     np.testing.assert_allclose(got, ref, rtol=1e-3, atol=1e-3 * np.abs(ref).max())
 
@@ -660,8 +677,8 @@ def test_int4_graph_matches_numpy_dequantized_reference(tiny_int4_exact):
 def test_fp32_and_int4_logits_agree_in_direction(tiny_int4, tiny_fp32):
     cfg = cfg_of(tiny_int4)
     ids = encode(tiny_int4, "The tennis final lasted almost four hours under heavy rain.")
-    a = E.run_full(E.make_session(tiny_int4 / "model.onnx"), cfg, np.array([ids]))[0]
-    b = E.run_full(E.make_session(tiny_fp32 / "model.onnx"), cfg, np.array([ids]))[0]
+    a = run_full(make_session(tiny_int4 / "model.onnx"), cfg, np.array([ids]))[0]
+    b = run_full(make_session(tiny_fp32 / "model.onnx"), cfg, np.array([ids]))[0]
     for i in range(len(ids)):
         cos = float(a[i] @ b[i] / np.linalg.norm(a[i]) / np.linalg.norm(b[i]))
         assert cos > 0.9, (i, cos)
@@ -671,7 +688,7 @@ def test_fp32_and_int4_logits_agree_in_direction(tiny_int4, tiny_fp32):
 def test_left_padded_batch_matches_single_rows(which, request):
     d = request.getfixturevalue(which)
     cfg = cfg_of(d)
-    sess = E.make_session(d / "model.onnx")
+    sess = make_session(d / "model.onnx")
     a = encode(d, "Hi there")
     b = encode(d, "Markets opened higher on Monday after a report on prices.")
     T = max(len(a), len(b))
@@ -680,10 +697,10 @@ def test_left_padded_batch_matches_single_rows(which, request):
     for r, seq in enumerate((a, b)):
         ids[r, T - len(seq):] = seq
         mask[r, T - len(seq):] = 1
-    batched = E.run_full(sess, cfg, ids, mask)  # position_ids = clamp(cumsum(mask) - 1, 0)
+    batched = run_full(sess, cfg, ids, mask)  # position_ids = clamp(cumsum(mask) - 1, 0)
     assert np.isfinite(batched).all()  # fully masked pad rows stay finite
     for r, seq in enumerate((a, b)):
-        alone = E.run_full(sess, cfg, np.array([seq]))[0]
+        alone = run_full(sess, cfg, np.array([seq]))[0]
         np.testing.assert_allclose(batched[r, T - len(seq):], alone, atol=1e-4 * max(1, np.abs(alone).max()),
                                    rtol=1e-4)
 
@@ -692,7 +709,7 @@ def test_left_padded_batch_matches_single_rows(which, request):
 def test_kv_cache_decoding_matches_recompute(which, request):
     d = request.getfixturevalue(which)
     cfg = cfg_of(d)
-    sess = E.make_session(d / "model.onnx")
+    sess = make_session(d / "model.onnx")
     prompt = encode(d, "A spacecraft sent back clear pictures of a moon")
     extra = encode(d, "covered with ice")[1:]
     # prefill, then one token at a time with the cache, batch of 2 with left padding
@@ -713,7 +730,7 @@ def test_kv_cache_decoding_matches_recompute(which, request):
         logits, past = run_with_past(sess, cfg, [[tok], [tok]], mask, pos, past)
         for r in range(2):
             full[r].append(tok)
-            ref = E.run_full(sess, cfg, np.array([full[r]]))[0, -1]
+            ref = run_full(sess, cfg, np.array([full[r]]))[0, -1]
             np.testing.assert_allclose(logits[r, -1], ref, atol=1e-4 * max(1, np.abs(ref).max()),
                                        rtol=1e-4)
     for v in past.values():
@@ -733,11 +750,11 @@ def test_golden_reproducible_and_decisive(tiny_int4):
     assert len(lens) >= 5 and lens[0] <= 3 and lens[-1] >= 40
     assert any(len(p["input_ids"]) in range(4, 9) for p in g["prompts"])
     assert any(any(ord(c) > 0x2E80 for c in p["text"]) for p in g["prompts"])
-    sess = E.make_session(tiny_int4 / "model.onnx")
+    sess = make_session(tiny_int4 / "model.onnx")
     for p in g["prompts"]:
         assert p["input_ids"] == tok.encode(p["text"], add_special_tokens=True).ids
         assert p["input_ids"][0] == 1
-        out, margins, stds, _ = E.greedy_full_recompute(sess, cfg, p["input_ids"], 16, 2)
+        out, margins, stds, _ = greedy_full_recompute(sess, cfg, p["input_ids"], 16, 2)
         assert out == p["output_ids"]
         assert min(m / s for m, s in zip(margins, stds)) > 0.05
     assert g["min_top2_margin"] > 0
@@ -762,11 +779,11 @@ def test_tiny_tokenizer_layout(tiny_int4):
     enc = tok.encode(text)
     assert any(3 <= i <= 258 for i in enc.ids)
     assert tok.decode(enc.ids, skip_special_tokens=True) == text
-    assert E.train_tiny_tokenizer() == (tiny_int4 / "hf" / "tokenizer.json").read_text(encoding="utf-8")
+    assert train_tiny_tokenizer() == (tiny_int4 / "hf" / "tokenizer.json").read_text(encoding="utf-8")
 
 
 def test_llama2_tokenizer_export(tmp_path):
-    tok_dir = E.SHARED_LLAMA2_TOKENIZER
+    tok_dir = SHARED_LLAMA2_TOKENIZER
     if not (tok_dir / "tokenizer.json").exists():
         pytest.skip(f"!!! SKIPPED: {tok_dir} is absent (../shared beside the repo); the real Llama 2 "
                     f"tokenizer export path is NOT tested here !!!")
@@ -775,7 +792,7 @@ def test_llama2_tokenizer_export(tmp_path):
     tok = Tokenizer.from_file(str(d / "tokenizer.json"))
     assert tok.encode("Once upon a time").ids == [1, 9038, 2501, 263, 931]
     cfg = cfg_of(d)
-    logits = E.run_full(E.make_session(d / "model.onnx"), cfg, np.array([[1, 9038, 2501, 263, 931]]))
+    logits = run_full(make_session(d / "model.onnx"), cfg, np.array([[1, 9038, 2501, 263, 931]]))
     assert logits.shape == (1, 5, 32000)
     assert (d / "tokenizer_config.json").exists()
     # the decisive-logits init holds with a 32,000-token vocabulary too
@@ -787,9 +804,9 @@ def test_linear_only(tmp_path, tiny_int4):
     import contextlib
     import io
     with contextlib.redirect_stderr(io.StringIO()):
-        E.export(tiny_int4 / "hf", d, source="random-init:tiny", random_weights=True,
-                 precision="int4", block_size=32, accuracy_level=4, golden_tokens=None,
-                 linear_only=True)
+        export(tiny_int4 / "hf", d, source="random-init:tiny", random_weights=True,
+               precision="int4", block_size=32, accuracy_level=4, golden_tokens=None,
+               linear_only=True)
     m = onnx.load(str(d / "model.onnx"), load_external_data=False)
     ops = {n.op_type for n in m.graph.node}
     assert ops <= {"MatMulNBits", "Split", "Mul", "Identity"}, ops
@@ -805,25 +822,25 @@ def test_linear_only(tmp_path, tiny_int4):
     assert [i.name for i in m.graph.input] == ["x"] and [o.name for o in m.graph.output] == ["logits"]
     man = json.loads((d / "manifest.json").read_text())
     assert man["linear_only"] is True and man["hidden_size"] == 128
-    sess = E.make_session(d / "model.onnx")
+    sess = make_session(d / "model.onnx")
     y = sess.run(None, {"x": np.random.default_rng(0).standard_normal((2, 3, 128)).astype(np.float32)})[0]
     assert y.shape == (2, 3, 1024) and np.isfinite(y).all()
 
 
 def test_cli_help_and_errors():
     with pytest.raises(SystemExit):
-        E.parse_args(["--random-init"])  # needs --preset
+        parse_args(["--random-init"])  # needs --preset
     with pytest.raises(SystemExit):
-        E.parse_args(["--hf-dir", "x"])  # needs --out
-    a = E.parse_args(["--random-init", "--preset", "tiny"])
+        parse_args(["--hf-dir", "x"])  # needs --out
+    a = parse_args(["--random-init", "--preset", "tiny"])
     assert a.precision == "int4" and a.block_size is None and a.accuracy_level == 4
-    assert E.quantization_of_args(a).spec() == E.DEFAULT_QUANT
+    assert quantization_of_args(a).spec() == DEFAULT_QUANT
 
 
 def test_hf_dir_sharded_f16_checkpoint(tmp_path, tiny_int4):
     """--hf-dir with two shards (F16 + BF16) exports through the CLI and runs."""
     import shutil
-    src = E.SafeTensorsDir(tiny_int4 / "hf")
+    src = SafeTensorsDir(tiny_int4 / "hf")
     hf = tmp_path / "hf"
     hf.mkdir()
     for f in ("config.json", "tokenizer.json", "tokenizer_config.json"):
@@ -837,14 +854,14 @@ def test_hf_dir_sharded_f16_checkpoint(tmp_path, tiny_int4):
             from safetensors.numpy import save_file
             save_file({n: a.astype(dt) for n, a in arrays.items()}, str(hf / fname))
         else:
-            E.write_safetensors(hf / fname, [(n, arrays[n].shape) for n in part],
-                                lambda n, s: arrays[n], dtype="BF16")
+            write_safetensors(hf / fname, [(n, arrays[n].shape) for n in part],
+                              lambda n, s: arrays[n], dtype="BF16")
     out = tmp_path / "out"
     import contextlib
     import io
     with contextlib.redirect_stderr(io.StringIO()):
-        assert E.main(["--hf-dir", str(hf), "--out", str(out), "--golden-tokens", "3",
-                       "--block-size", "32", "--rounding", "absmax"]) == 0  # as tiny_int4
+        assert export_onnx_main(["--hf-dir", str(hf), "--out", str(out), "--golden-tokens", "3",
+                                 "--block-size", "32", "--rounding", "absmax"]) == 0  # as tiny_int4
     man = json.loads((out / "manifest.json").read_text())
     assert man["source"] == f"hf-dir:{hf}" and man["random_weights"] is False
     g = json.loads((out / "golden.json").read_text())
@@ -852,8 +869,8 @@ def test_hf_dir_sharded_f16_checkpoint(tmp_path, tiny_int4):
     # f16/bf16 rounding of the weights must not change the int4 model much
     cfg = cfg_of(out)
     ids = encode(out, "Rain again today, so bring an umbrella.")
-    a = E.run_full(E.make_session(out / "model.onnx"), cfg, np.array([ids]))[0]
-    b = E.run_full(E.make_session(tiny_int4 / "model.onnx"), cfg, np.array([ids]))[0]
+    a = run_full(make_session(out / "model.onnx"), cfg, np.array([ids]))[0]
+    b = run_full(make_session(tiny_int4 / "model.onnx"), cfg, np.array([ids]))[0]
     cos = (a * b).sum(-1) / np.linalg.norm(a, axis=-1) / np.linalg.norm(b, axis=-1)
     assert (cos > 0.99).all()
 
@@ -863,11 +880,11 @@ def test_hf_dir_export_of_a_random_checkpoint_says_random(tmp_path, tiny_int4):
     still marked random, so the server keeps warning that its text is noise."""
     import contextlib
     import io
-    assert (tiny_int4 / "hf" / E.RANDOM_WEIGHTS_MARKER).exists()
+    assert (tiny_int4 / "hf" / RANDOM_WEIGHTS_MARKER).exists()
     out = tmp_path / "b128"
     with contextlib.redirect_stderr(io.StringIO()):
-        assert E.main(["--hf-dir", str(tiny_int4 / "hf"), "--out", str(out), "--block-size", "128",
-                       "--no-golden"]) == 0
+        assert export_onnx_main(["--hf-dir", str(tiny_int4 / "hf"), "--out", str(out), "--block-size", "128",
+                                 "--no-golden"]) == 0
     man = json.loads((out / "manifest.json").read_text())
     assert man["random_weights"] is True
     assert {f["block_size"] for f in man["quantization"]["kinds"].values()} == {128}

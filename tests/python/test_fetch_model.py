@@ -20,8 +20,9 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO, E
+from conftest import REPO
 from hub_standin import HubStandin
+from trendstory_tools.digests import sha256_file
 
 PY = sys.executable
 REPO_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
@@ -154,7 +155,7 @@ def test_interrupted_download_resumes(fetched, hub):
     assert starts[0] == fetched["kept"], cdn_gets
     assert len(starts) == 2 and fetched["kept"] < starts[1] <= CUT_AT, cdn_gets
     assert [r["status"] for r in cdn_gets] == [206, 206]
-    assert E.sha256_file(fetched["cache"] / WEIGHTS) == E.sha256_file(hub.repos[REPO_ID][WEIGHTS].path)
+    assert sha256_file(fetched["cache"] / WEIGHTS) == sha256_file(hub.repos[REPO_ID][WEIGHTS].path)
     assert not list((fetched["cache"] / ".incomplete").iterdir())
 
 
@@ -225,7 +226,7 @@ def test_wrong_checksum_is_an_error(clean_hub, tmp_path):
     clean_hub.reset()
     r = hub_fetch(REPO_ID, cache, env)
     assert r.returncode == 0, r.output
-    assert E.sha256_file(cache / WEIGHTS) == f.sha256
+    assert sha256_file(cache / WEIGHTS) == f.sha256
     assert range_starts(clean_hub.requests_for(WEIGHTS, "cdn")) == []  # a fresh download
 
 
@@ -257,7 +258,7 @@ def test_sharded_weights_and_a_missing_shard(clean_hub, sharded_hf, tmp_path):
     assert r.returncode == 0, r.output
     for s in ("model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors"):
         assert f"{s} (" in r.output and "sha256 ok" in r.output
-        assert E.sha256_file(tmp_path / "ok" / s) == E.sha256_file(sharded_hf / s)
+        assert sha256_file(tmp_path / "ok" / s) == sha256_file(sharded_hf / s)
     clean_hub.missing.add("model-00002-of-00002.safetensors")
     r = hub_fetch(SHARDED_ID, tmp_path / "bad", env)
     assert r.returncode == 1, r.output

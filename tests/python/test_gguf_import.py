@@ -6,7 +6,6 @@ import contextlib
 import io
 import json
 import os
-import sys
 
 import gguf
 import numpy as np
@@ -15,11 +14,18 @@ import pytest
 from onnx import numpy_helper
 from tokenizers import Tokenizer, models, pre_tokenizers, trainers
 
-from conftest import REPO, E
-import gguf_import as I  # noqa: E402  (conftest puts scripts/ on the path)
-
-sys.path.insert(0, str(REPO / "scripts" / "loadtest"))
-import hf_to_gguf  # noqa: E402
+from trendstory_tools.cli.gguf_import import main as gguf_import_main
+from trendstory_tools.gguf_import.config import generation_config, hf_config, parse_sampling
+from trendstory_tools.gguf_import.gguf_file import GGUFFile
+from trendstory_tools.gguf_import.weights import GGUFWeights, q4_1_as_8bit
+from trendstory_tools.golden import make_session, run_full
+from trendstory_tools.int4.formats import MATRIX_KINDS
+from trendstory_tools.int4.quantizer import unpack_zero_points
+from trendstory_tools.llama_checkpoint import tensor_specs
+from trendstory_tools.loadtest import hf_to_gguf
+from trendstory_tools.paths import TOKENIZER_CORPUS
+from trendstory_tools.random_init import random_init_producer, TINY_CONFIG
+from trendstory_tools.safetensors_io import SafeTensorsDir
 
 QT = gguf.GGMLQuantizationType
 SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
@@ -40,7 +46,7 @@ def vocab():
         pre_tokenizers.ByteLevel(add_prefix_space=False)])
     trainer = trainers.BpeTrainer(vocab_size=700, special_tokens=SPECIALS, show_progress=False,
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
-    tok.train_from_iterator(E.TOKENIZER_CORPUS.read_text().splitlines(), trainer=trainer)
+    tok.train_from_iterator(TOKENIZER_CORPUS.read_text().splitlines(), trainer=trainer)
     spec = json.loads(tok.to_str())["model"]
     tokens = [t for t, _ in sorted(spec["vocab"].items(), key=lambda kv: kv[1])]
     merges = [m if isinstance(m, str) else " ".join(m) for m in spec["merges"]]
@@ -48,7 +54,7 @@ def vocab():
 
 
 def tiny_cfg(n_vocab: int) -> dict:
-    return dict(E.TINY_CONFIG, vocab_size=n_vocab)
+    return dict(TINY_CONFIG, vocab_size=n_vocab)
 
 
 def write_gguf(path, vocab, *, types=None, arch="llama", tokenizer_model="gpt2", pre="smollm",
@@ -58,7 +64,7 @@ def write_gguf(path, vocab, *, types=None, arch="llama", tokenizer_model="gpt2",
     tokens, merges, _ = vocab
     cfg = tiny_cfg(len(tokens))
     cfg["tie_word_embeddings"] = tie
-    produce = E.random_init_producer(cfg, "tinyllama", 0)  # plain Gaussian weights
+    produce = random_init_producer(cfg, "tinyllama", 0)  # plain Gaussian weights
     names = gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, cfg["num_hidden_layers"])
     w = gguf.GGUFWriter(path, arch)
     w.add_block_count(cfg["num_hidden_layers"])
@@ -83,7 +89,7 @@ def write_gguf(path, vocab, *, types=None, arch="llama", tokenizer_model="gpt2",
     w.add_chat_template(CHATML)
     for key, value in (kv or {}).items():
         getattr(w, key)(value)
-    for name, shape in E.tensor_specs(cfg):
+    for name, shape in tensor_specs(cfg):
         gname = names.get_name(name, try_suffixes=(".weight",))
         if gname in drop:
             continue
@@ -111,7 +117,7 @@ def run_import(gguf_path, out, *args):
     """gguf_import.main's exit status and what it wrote to stderr."""
     err = io.StringIO()
     with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
-        rc = I.main([str(gguf_path), "--out", str(out), "--no-golden", *args])
+        rc = gguf_import_main([str(gguf_path), "--out", str(out), "--no-golden", *args])
     return rc, err.getvalue()
 
 
@@ -137,14 +143,14 @@ def node_weight(inits, nodes, name):
         codes = packed.astype(np.float32)
     if len(node.input) > 3:
         zp = inits[node.input[3]]
-        zp = (E.unpack_zero_points(zp, scales.shape[1]) if bits == 4 else zp.reshape(n, -1))
+        zp = (unpack_zero_points(zp, scales.shape[1]) if bits == 4 else zp.reshape(n, -1))
     else:
         zp = np.full(scales.shape, 1 << (bits - 1))
     return ((codes - zp[..., None].astype(np.float32)) * scales[..., None]).reshape(n, k), bits
 
 
 def gguf_weights(path, vocab):
-    return I.GGUFWeights(I.GGUFFile(path), tiny_cfg(len(vocab[0])))
+    return GGUFWeights(GGUFFile(path), tiny_cfg(len(vocab[0])))
 
 
 def test_q4_0_and_q8_0_keep_the_files_own_codes_and_scales(vocab, tmp_path):
@@ -194,14 +200,14 @@ def test_q4_1_8_bit_codes_reproduce_each_blocks_minimum():
     m[0, 0] = 0.5 * d[0, 0]  # an all-positive block
     d[1, 1] = 0.0  # a block of equal values
     q = rng.integers(0, 16, (64, 4, 32))
-    codes, scales, zp = I.q4_1_as_8bit(d, m, q)
+    codes, scales, zp = q4_1_as_8bit(d, m, q)
     got = (codes.astype(np.float32) - zp[..., None]) * scales[..., None]
     want = d[..., None] * q + m[..., None]
     assert np.abs(got - want).max() <= (d.max() / 2 / 17) * 1.001 + 1e-9
     assert np.abs(got[1, 1] - m[1, 1]).max() < 1e-9  # the flat block exactly
     # a block far from zero with a tiny spread has no 8-bit form: the exporter quantizes it
     m[2, 2] = -300 * d[2, 2]
-    assert I.q4_1_as_8bit(d, m, q) is None
+    assert q4_1_as_8bit(d, m, q) is None
 
 
 def test_other_block_formats_and_requantize_use_our_int4(vocab, tmp_path):
@@ -212,11 +218,11 @@ def test_other_block_formats_and_requantize_use_our_int4(vocab, tmp_path):
     assert man["quantization"]["nodes"]["gate_up: int4 block 128, quantized here (Q5_0)"] == 2
     assert run_import(path, out, "--requantize")[0] == 0
     man = json.loads((out / "manifest.json").read_text())
-    assert man["gguf"]["requantized"] == list(E.MATRIX_KINDS)
+    assert man["gguf"]["requantized"] == list(MATRIX_KINDS)
     assert "keep_native" not in man["quantization"], "every node in our formats (kinds)"
     assert run_import(path, out, "--block-size", "64")[0] == 0  # our options: requantized too
     man = json.loads((out / "manifest.json").read_text())
-    assert man["gguf"]["requantized"] == list(E.MATRIX_KINDS)
+    assert man["gguf"]["requantized"] == list(MATRIX_KINDS)
     assert man["quantization"]["kinds"]["down"] == {"block_size": 64, "symmetric": True}
     # some kinds in our formats, the others as the file has them
     assert run_import(path, out, "--requantize", "qkv,o", "--block-size", "32", "--zero-points")[0] == 0
@@ -235,8 +241,8 @@ def test_fp32_and_int4_imports_compute_the_same_model(vocab, tmp_path):
     assert run_import(path, tmp_path / "int4", "--accuracy-level", "0")[0] == 0
     cfg = json.loads((tmp_path / "fp32" / "config.json").read_text())
     ids = np.array([[5, 300, 301, 302, 303, 40, 41]])
-    a = E.run_full(E.make_session(tmp_path / "fp32" / "model.onnx"), cfg, ids)
-    b = E.run_full(E.make_session(tmp_path / "int4" / "model.onnx"), cfg, ids)
+    a = run_full(make_session(tmp_path / "fp32" / "model.onnx"), cfg, ids)
+    b = run_full(make_session(tmp_path / "int4" / "model.onnx"), cfg, ids)
     # the same weights in both (the file's), fp32 compute: equal up to summation order
     assert np.abs(a - b).max() < 1e-4 * np.abs(a).max()
 
@@ -244,17 +250,17 @@ def test_fp32_and_int4_imports_compute_the_same_model(vocab, tmp_path):
 def test_config_and_generation_config_come_from_the_metadata(vocab, tmp_path):
     path = write_gguf(tmp_path / "m.gguf", vocab, tie=True,
                       kv={"add_eot_token_id": 0})
-    f = I.GGUFFile(path)
-    cfg = I.hf_config(f)
+    f = GGUFFile(path)
+    cfg = hf_config(f)
     assert cfg["num_hidden_layers"] == 2 and cfg["hidden_size"] == 128
     assert cfg["num_key_value_heads"] == 2 and cfg["head_dim"] == 32
     assert cfg["vocab_size"] == len(vocab[0]) and cfg["tie_word_embeddings"] is True
     assert cfg["bos_token_id"] == vocab[0].index("<|im_start|>")
     assert cfg["eos_token_id"] == 0, "the end of turn is what the engine stops at"
-    gen = I.generation_config(f, cfg, I.parse_sampling("temperature=0.3,top_k=20"))
+    gen = generation_config(f, cfg, parse_sampling("temperature=0.3,top_k=20"))
     assert gen["temperature"] == 0.3 and gen["top_k"] == 20 and gen["do_sample"] is True
     with pytest.raises(ValueError, match="colour"):
-        I.parse_sampling("colour=1")
+        parse_sampling("colour=1")
     out = tmp_path / "m"
     assert run_import(path, out, "--sampling", "top_p=0.9")[0] == 0
     assert json.loads((out / "generation_config.json").read_text())["top_p"] == 0.9
@@ -295,7 +301,7 @@ BAD_FILES = {
                          "tensor blk.1.ffn_up.weight"),
     "a tensor of no Llama part": (lambda p, v: write_gguf(p, v, extra_tensor=True), "tensors"),
     "RoPE scaling": (lambda p, v: write_gguf(p, v, kv={"add_rope_scaling_type":
-                                                        gguf.RopeScalingType.LINEAR}),
+                                                       gguf.RopeScalingType.LINEAR}),
                      "llama.rope.scaling.type"),
     "a truncated file": (lambda p, v: cut(write_gguf(p, v), 60_000), "truncated"),
     "a cut header": (lambda p, v: cut(write_gguf(p, v), 3_000), "truncated or corrupt"),
@@ -322,18 +328,18 @@ def test_a_bad_file_is_a_clear_error_and_leaves_the_folder_alone(vocab, tmp_path
 def test_options_for_another_source_are_refused(vocab, tmp_path):
     path = write_gguf(tmp_path / "m.gguf", vocab)
     with contextlib.redirect_stderr(io.StringIO()) as err, pytest.raises(SystemExit):
-        I.main([str(path), "--out", str(tmp_path / "m"), "--random-init"])
+        gguf_import_main([str(path), "--out", str(tmp_path / "m"), "--random-init"])
     assert "not an option for a GGUF import" in err.getvalue()
 
 
 def test_hf_folder_holds_config_tokenizer_and_weights(vocab, tmp_path):
     path = write_gguf(tmp_path / "m.gguf", vocab)
     with contextlib.redirect_stderr(io.StringIO()):
-        assert I.main([str(path), "--hf-out", str(tmp_path / "hf")]) == 0
+        assert gguf_import_main([str(path), "--hf-out", str(tmp_path / "hf")]) == 0
     hf = tmp_path / "hf"
     cfg = json.loads((hf / "config.json").read_text())
     assert cfg["torch_dtype"] == "bfloat16"
-    st = E.SafeTensorsDir(hf)
+    st = SafeTensorsDir(hf)
     w = gguf_weights(path, vocab)
     q = "model.layers.1.self_attn.q_proj.weight"
     assert st.where[q].dtype(q) == "BF16"

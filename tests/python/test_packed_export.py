@@ -2,21 +2,28 @@
 logits against the explicit graph and against full recomputation when one pass mixes decoding
 rows with prompt chunks in prefill lanes, every lane bound to its row's slot inside the same
 buffer as the decode node."""
+import contextlib
+import io
 import json
+import shutil
 
 import numpy as np
 import onnx
 import onnxruntime as ort
 from onnx import TensorProto
 
-from conftest import E
 from test_export import cfg_of, dims
+from trendstory_tools.cli.export_onnx import main as export_onnx_main
+from trendstory_tools.current_export import export_matches
+from trendstory_tools.golden import make_session, packed_lanes, run_full
+from trendstory_tools.graph.packed_contract import DEFAULT_PREFILL_LANES
+from trendstory_tools.llama_checkpoint import model_dims
 
 
 def test_packed_graph_contract(tiny_packed):
     m = onnx.load(str(tiny_packed / "model.onnx"), load_external_data=False)
     man = json.loads((tiny_packed / "manifest.json").read_text())
-    assert man["attention"] == "packed" and man["prefill_lanes"] == E.DEFAULT_PREFILL_LANES
+    assert man["attention"] == "packed" and man["prefill_lanes"] == DEFAULT_PREFILL_LANES
     lanes, layers = man["prefill_lanes"], 2
     names = [i.name for i in m.graph.input]
     lane_scalars = [f"lane.{k}.{n}" for k in range(lanes) for n in ("start", "end", "seqlens_k", "total")]
@@ -45,16 +52,48 @@ def test_packed_graph_contract(tiny_packed):
     # scripts skip an export only when it has the lanes asked for (the fixture's quantization:
     # block 32, absmax)
     quant = ["--block-size", "32", "--rounding", "absmax"]
-    assert E.export_matches(tiny_packed, quant)
-    assert E.export_matches(tiny_packed, [*quant, "--prefill-lanes", str(lanes)])
-    assert not E.export_matches(tiny_packed, [*quant, "--prefill-lanes", str(lanes + 1)])
+    assert export_matches(tiny_packed, quant)
+    assert export_matches(tiny_packed, [*quant, "--prefill-lanes", str(lanes)])
+    assert not export_matches(tiny_packed, [*quant, "--prefill-lanes", str(lanes + 1)])
+
+
+def test_check_current_writes_nothing_and_says_what_differs(tiny_packed, tmp_path):
+    """--check-current (what bench.sh and fetch-model.sh ask before exporting): exit 0 only
+    when the folder's manifest records the command line's graph, quantization and source and
+    every file it lists is unchanged; otherwise 1 and the reason. It writes nothing."""
+    def check(*args):
+        err = io.StringIO()
+        with contextlib.redirect_stderr(err):
+            rc = export_onnx_main(["--check-current", "--block-size", "32", "--rounding", "absmax",
+                                   *args])
+        return rc, err.getvalue()
+
+    def hub(out, *args):
+        return check("--hf-dir", str(tmp_path / "not-downloaded"), "--out", str(out),
+                     "--source", "random-init:tiny", *args)
+
+    written = {p: p.stat().st_mtime_ns for p in tiny_packed.rglob("*")}
+    assert check("--random-init", "--preset", "tiny", "--out", str(tiny_packed))[0] == 0
+    assert hub(tiny_packed)[0] == 0
+    rc, why = hub(tiny_packed, "--attention", "slots")
+    assert rc == 1 and "another graph than requested" in why, why
+    rc, why = hub(tiny_packed, "--source", "hub:someone/else")
+    assert rc == 1 and "exported from random-init:tiny, not hub:someone/else" in why, why
+    changed = tmp_path / "changed"
+    shutil.copytree(tiny_packed, changed)
+    (changed / "tokenizer.json").write_text("{}")
+    rc, why = hub(changed)
+    assert rc == 1 and "tokenizer.json is missing or not the file manifest.json lists" in why, why
+    rc, why = hub(tmp_path / "nothing")
+    assert rc == 1 and "no readable manifest.json" in why, why
+    assert {p: p.stat().st_mtime_ns for p in tiny_packed.rglob("*")} == written
 
 
 def test_packed_matches_explicit_attention_fp32(tiny_fp32, tiny_packed_fp32):
     cfg = cfg_of(tiny_fp32)
     ids = np.random.default_rng(0).integers(3, cfg["vocab_size"], size=(2, 20))
-    a = E.run_full(E.make_session(tiny_fp32 / "model.onnx"), cfg, ids)
-    b = E.run_full(E.make_session(tiny_packed_fp32 / "model.onnx"), cfg, ids)
+    a = run_full(make_session(tiny_fp32 / "model.onnx"), cfg, ids)
+    b = run_full(make_session(tiny_packed_fp32 / "model.onnx"), cfg, ids)
     assert np.abs(a - b).max() <= 1e-5 * np.abs(a).max()
 
 
@@ -73,7 +112,7 @@ class SlotCache:
 
     def __init__(self, sess, dm, rows, capacity):
         self.sess, self.dm = sess, dm
-        self.lanes = E.packed_lanes({i.name for i in sess.get_inputs()})
+        self.lanes = packed_lanes({i.name for i in sess.get_inputs()})
         self.buffers = [np.zeros((rows, dm["kv_heads"], capacity, dm["head_dim"]), np.float32)
                         for _ in range(2 * dm["layers"])]
 
@@ -140,14 +179,14 @@ def test_mixed_steps_match_recompute(tiny_packed_fp32):
     seqlens_k is one off does not."""
     d = tiny_packed_fp32
     cfg = cfg_of(d)
-    dm = E.model_dims(cfg)
-    sess = E.make_session(d / "model.onnx")
+    dm = model_dims(cfg)
+    sess = make_session(d / "model.onnx")
     rng = np.random.default_rng(1)
     seqs = [list(rng.integers(3, cfg["vocab_size"], size=n)) for n in (7, 12, 5)]
     cache = SlotCache(sess, dm, rows=3, capacity=40)
 
     def reference(seq):
-        return E.run_full(sess, cfg, np.array([seq]))[0, -1]
+        return run_full(sess, cfg, np.array([seq]))[0, -1]
 
     out = cache.step({}, [(0, 0, seqs[0]), (1, 0, seqs[1][:6])])
     np.testing.assert_allclose(out[0], reference(seqs[0]), atol=1e-3)

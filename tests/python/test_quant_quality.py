@@ -2,47 +2,46 @@
 import contextlib
 import io
 import json
-import sys
 
 import numpy as np
 import pytest
 
-from conftest import REPO
-
-sys.path.insert(0, str(REPO / "scripts"))
-import quant_quality as Q  # noqa: E402
+from trendstory_tools.cli.quant_quality import main as quant_quality_main
+from trendstory_tools.quant_quality import (
+    compare, describe, is_uniform_block32, log_softmax, windows_of)
 
 
 def test_windows_start_with_bos_and_cover_the_text():
     ids = list(range(10, 10 + 300))
-    w = Q.windows_of(ids, 1, 128, None)
+    w = windows_of(ids, 1, 128, None)
     assert [len(x) for x in w] == [128, 128, 47]  # 127 + 127 + 46 text tokens
     assert all(x[0] == 1 for x in w)
     assert sum((x[1:] for x in w), []) == ids
-    assert len(Q.windows_of(ids, 1, 128, 2)) == 2
-    assert [len(x) for x in Q.windows_of(list(range(260)), 1, 128, None)] == [128, 128]  # tail of 6 dropped
+    assert len(windows_of(ids, 1, 128, 2)) == 2
+    assert [len(x) for x in windows_of(list(range(260)), 1, 128, None)] == [128, 128]  # tail of 6 dropped
     # a model that takes no BOS (SmolLM2): windows of text alone
-    w = Q.windows_of(ids, None, 128, None)
+    w = windows_of(ids, None, 128, None)
     assert [len(x) for x in w] == [128, 128, 44] and sum(w, []) == ids
 
 
 def test_kl_and_agreement_match_a_direct_computation():
     rng = np.random.default_rng(0)
     a, b = rng.standard_normal((5, 7)) * 3, rng.standard_normal((5, 7)) * 3
-    kl, agree = Q.compare(Q.log_softmax(a), Q.log_softmax(b))
+    kl, agree = compare(log_softmax(a), log_softmax(b))
     p = np.exp(a) / np.exp(a).sum(-1, keepdims=True)
     q = np.exp(b) / np.exp(b).sum(-1, keepdims=True)
     np.testing.assert_allclose(kl, (p * np.log(p / q)).sum(-1), rtol=1e-10)
     np.testing.assert_array_equal(agree, a.argmax(-1) == b.argmax(-1))
-    kl0, agree0 = Q.compare(Q.log_softmax(a), Q.log_softmax(a + 5.0))  # softmax is shift-invariant
+    kl0, agree0 = compare(log_softmax(a), log_softmax(a + 5.0))  # softmax is shift-invariant
     assert np.abs(kl0).max() < 1e-12 and agree0.all()
 
 
 def test_report_on_tiny_exports(tiny_fp32, tiny_int4, tiny_int4_zp):
     out, err = io.StringIO(), io.StringIO()
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        assert Q.main(["--ref", str(tiny_fp32), str(tiny_int4), str(tiny_int4_zp), str(tiny_fp32),
-                       "--max-windows", "3", "--threads", "1", "--json"]) == 0
+        assert quant_quality_main(["--ref", str(tiny_fp32), str(tiny_int4), str(tiny_int4_zp),
+                                   str(tiny_fp32), "--max-windows", "3", "--threads", "1",
+                                   "--json"]) == 0
     r = json.loads(out.getvalue())
     assert r["windows"] == 3 and r["positions"] == 3 * 128 and r["random_weights"] is True
     assert r["baseline"] == tiny_int4.name  # the symmetric block-32 variant
@@ -61,7 +60,7 @@ def test_report_on_tiny_exports(tiny_fp32, tiny_int4, tiny_int4_zp):
 def run_json(argv):
     out = io.StringIO()
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(io.StringIO()):
-        assert Q.main([*argv, "--threads", "1", "--json"]) == 0
+        assert quant_quality_main([*argv, "--threads", "1", "--json"]) == 0
     return json.loads(out.getvalue())
 
 
@@ -96,15 +95,18 @@ def test_saved_results_compare_like_a_run(tiny_fp32, tiny_int4, tiny_int4_zp, tm
     assert c["vs_baseline"]["verdict"] == a[tiny_int4_zp.name]["vs_baseline"]["verdict"]
     with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
         with pytest.raises(SystemExit, match="holds 2 windows"):
-            Q.main(["--ref", str(ref_file), str(tiny_int4), "--max-windows", "3"])
+            quant_quality_main(["--ref", str(ref_file), str(tiny_int4), "--max-windows", "3"])
         with pytest.raises(SystemExit, match="another reference, text or windows"):
-            Q.main(["--ref", str(ref_file), str(tiny_int4), "--window", "64"])
+            quant_quality_main(["--ref", str(ref_file), str(tiny_int4), "--window", "64"])
         with pytest.raises(SystemExit, match="another reference, text or windows"):
-            Q.main(["--ref", str(tiny_fp32), "--saved", str(zp_file), "--max-windows", "3"])
+            quant_quality_main(["--ref", str(tiny_fp32), "--saved", str(zp_file),
+                                "--max-windows", "3"])
         with pytest.raises(SystemExit, match="must differ"):
-            Q.main(["--ref", str(tiny_fp32), str(tiny_int4_zp), "--saved", str(zp_file)])
+            quant_quality_main(["--ref", str(tiny_fp32), str(tiny_int4_zp), "--saved",
+                                str(zp_file)])
         with pytest.raises(SystemExit, match="not a quant_quality.py --save file"):
-            Q.main(["--ref", str(tiny_fp32), "--saved", str(tiny_int4 / "manifest.json")])
+            quant_quality_main(["--ref", str(tiny_fp32), "--saved",
+                                str(tiny_int4 / "manifest.json")])
 
 
 def test_describe_per_kind_and_older_manifests():
@@ -113,12 +115,12 @@ def test_describe_per_kind_and_older_manifests():
                        "symmetric": k not in ("gate_up", "down")}
                    for k in ("qkv", "o", "gate_up", "down", "lm_head")}}
     man = {"precision": "int4", "quantization": q}
-    assert Q.describe(man) == ("int4 qkv=32,o=32,gate_up=128:zp,down=128:zp,lm_head=32, search "
-                               "rounding, accuracy level 4")
-    assert not Q.is_uniform_block32(man)
+    assert describe(man) == ("int4 qkv=32,o=32,gate_up=128:zp,down=128:zp,lm_head=32, search "
+                             "rounding, accuracy level 4")
+    assert not is_uniform_block32(man)
     older = {"precision": "int4", "quantization": {"op": "com.microsoft.MatMulNBits", "bits": 4,
                                                    "block_size": 32, "accuracy_level": 4,
                                                    "symmetric": True}}
-    assert Q.describe(older) == "int4 symmetric, block 32, absmax rounding, accuracy level 4"
-    assert Q.is_uniform_block32(older)
-    assert Q.describe({"precision": "fp32", "quantization": None}) == "fp32"
+    assert describe(older) == "int4 symmetric, block 32, absmax rounding, accuracy level 4"
+    assert is_uniform_block32(older)
+    assert describe({"precision": "fp32", "quantization": None}) == "fp32"

@@ -18,9 +18,15 @@ import numpy as np
 import pytest
 from tokenizers import Tokenizer
 
-from conftest import REPO, E
-import gguf_import as I  # noqa: E402
+from conftest import REPO
 from test_packed_export import SlotCache
+from trendstory_tools.cli.gguf_import import main as gguf_import_main
+from trendstory_tools.digests import sha256_file
+from trendstory_tools.gguf_import.config import hf_config
+from trendstory_tools.gguf_import.gguf_file import GGUFFile, MISSING
+from trendstory_tools.gguf_import.tokenizer import build_tokenizer
+from trendstory_tools.golden import greedy_full_recompute, make_session, run_full
+from trendstory_tools.llama_checkpoint import model_dims
 
 GGUF = Path(os.environ.get("SMOLLM2_GGUF",
                            REPO / ".cache/models/SmolLM2-135M-Instruct.Q4_1.gguf"))
@@ -45,7 +51,7 @@ def gguf_file():
 
 def imported(gguf_file, out, *args):
     with contextlib.redirect_stderr(io.StringIO()):
-        assert I.main([str(gguf_file), "--out", str(out), "--no-golden", *args]) == 0
+        assert gguf_import_main([str(gguf_file), "--out", str(out), "--no-golden", *args]) == 0
     return out
 
 
@@ -68,14 +74,14 @@ def test_tokenizer_tokenizes_as_llama_cpp(gguf_file):
     pre-tokenizer ("smollm") and the others reproduced (the same vocabulary under "gpt-2" and
     "llama-bpe"): the same ids as llama.cpp, BOS only where llama.cpp adds it."""
     record = json.loads(LLAMA_TOKENS.read_text())
-    f = I.GGUFFile(gguf_file)
-    assert record["gguf_sha256"] == E.sha256_file(gguf_file), "recorded from another file"
-    cfg = I.hf_config(f)
+    f = GGUFFile(gguf_file)
+    assert record["gguf_sha256"] == sha256_file(gguf_file), "recorded from another file"
+    cfg = hf_config(f)
     read = f.get
     for pre, rows in record["pre"].items():
-        f.get = lambda key, default=I.MISSING, pre=pre: pre if key == "tokenizer.ggml.pre" \
+        f.get = lambda key, default=MISSING, pre=pre: pre if key == "tokenizer.ggml.pre" \
             else read(key, default)
-        tok = Tokenizer.from_str(I.build_tokenizer(f, cfg)[0])
+        tok = Tokenizer.from_str(build_tokenizer(f, cfg)[0])
         for row in rows:
             assert tok.encode(row["text"], add_special_tokens=False).ids == row["plain"], (pre, row)
             assert tok.encode(row["text"]).ids == row["add_special"], (pre, row)
@@ -110,10 +116,10 @@ def test_fp32_import_matches_transformers(fp32, reference):
     LOGIT_TOLERANCE of transformers' full pass."""
     seqs, ref = reference
     cfg = json.loads((fp32 / "config.json").read_text())
-    dm = E.model_dims(cfg)
-    sess = E.make_session(fp32 / "model.onnx", threads=2)
+    dm = model_dims(cfg)
+    sess = make_session(fp32 / "model.onnx", threads=2)
     for seq, want in zip(seqs, ref):
-        got = E.run_full(sess, cfg, np.array([seq]))[0]
+        got = run_full(sess, cfg, np.array([seq]))[0]
         assert np.abs(got - want).max() < LOGIT_TOLERANCE
         assert (got.argmax(-1) == want.argmax(-1)).all()
     # KV cache: a prompt of 20 tokens, then one token per pass
@@ -145,8 +151,8 @@ def mostly_ascii(text: str) -> bool:
 
 def greedy(folder: Path, ids: list[int], n: int) -> list[int]:
     cfg = json.loads((folder / "config.json").read_text())
-    out, _, _, _ = E.greedy_full_recompute(E.make_session(folder / "model.onnx", threads=2),
-                                           cfg, ids, n, cfg["eos_token_id"])
+    out, _, _, _ = greedy_full_recompute(make_session(folder / "model.onnx", threads=2),
+                                         cfg, ids, n, cfg["eos_token_id"])
     return out
 
 
@@ -167,8 +173,8 @@ def test_int4_greedy_story_follows_fp32(fp32, default_import):
     story = tok.decode(want)
     assert "earthquake" in story.lower() and mostly_ascii(story), story
     seq = np.array([ids + want])
-    ref = E.run_full(E.make_session(fp32 / "model.onnx", 2), cfg, seq)[0, len(ids) - 1:-1]
-    got = E.run_full(E.make_session(default_import / "model.onnx", 2), cfg, seq)[0, len(ids) - 1:-1]
+    ref = run_full(make_session(fp32 / "model.onnx", 2), cfg, seq)[0, len(ids) - 1:-1]
+    got = run_full(make_session(default_import / "model.onnx", 2), cfg, seq)[0, len(ids) - 1:-1]
     top2 = np.sort(ref, axis=-1)[:, -2:]
     confident = top2[:, 1] - top2[:, 0] >= CONFIDENT
     same = got.argmax(-1) == ref.argmax(-1)

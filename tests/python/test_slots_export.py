@@ -10,8 +10,9 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from conftest import E
 from test_export import dims
+from trendstory_tools.current_export import export_matches
+from trendstory_tools.graph.slots_contract import TRENDSTORY_DOMAIN
 
 
 def test_slots_graph_contract(tiny_slots):
@@ -33,13 +34,13 @@ def test_slots_graph_contract(tiny_slots):
     # no presents: the node writes into the slot buffers in place
     assert [o.name for o in m.graph.output] == ["logits"]
     assert dims(m.graph.output[0]) == [1, "logit_positions", man["vocab_size"]]
-    assert {(o.domain, o.version) for o in m.opset_import} >= {(E.TRENDSTORY_DOMAIN, 1)}
+    assert {(o.domain, o.version) for o in m.opset_import} >= {(TRENDSTORY_DOMAIN, 1)}
 
     slots = [n for n in m.graph.node if n.op_type == "SlotAttention"]
     assert len(slots) == layers
     for i, n in enumerate(slots):
         p = f"model.layers.{i}"
-        assert n.domain == E.TRENDSTORY_DOMAIN and n.name == f"/{p}/slot_attention"
+        assert n.domain == TRENDSTORY_DOMAIN and n.name == f"/{p}/slot_attention"
         assert list(n.input) == [f"{p}.self_attn.qkv_proj/MatMulNBits_out0", "rows", "rope.cos",
                                  "rope.sin", f"past_key_values.{i}.key",
                                  f"past_key_values.{i}.value"]
@@ -60,10 +61,10 @@ def test_slots_graph_contract(tiny_slots):
         ort.InferenceSession(str(tiny_slots / "model.onnx"), providers=["CPUExecutionProvider"])
     # scripts skip an export only when it is a slots one (--prefill-lanes does not apply)
     quant = ["--block-size", "32", "--rounding", "absmax"]
-    assert E.export_matches(tiny_slots, [*quant, "--attention", "slots"])
-    assert E.export_matches(tiny_slots, [*quant, "--attention", "slots", "--prefill-lanes", "3"])
-    assert not E.export_matches(tiny_slots, quant)
-    assert not E.export_matches(tiny_slots, [*quant, "--attention", "packed"])
+    assert export_matches(tiny_slots, [*quant, "--attention", "slots"])
+    assert export_matches(tiny_slots, [*quant, "--attention", "slots", "--prefill-lanes", "3"])
+    assert not export_matches(tiny_slots, quant)
+    assert not export_matches(tiny_slots, [*quant, "--attention", "packed"])
 
 
 def test_slots_weights_are_the_packed_ones(tiny_slots, tiny_packed):

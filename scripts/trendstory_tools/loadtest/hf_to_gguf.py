@@ -2,10 +2,12 @@
 """A Llama checkpoint (Hugging Face folder: config.json, model.safetensors, tokenizer.model,
 tokenizer_config.json) written as an F16 GGUF with llama.cpp's `gguf` package, without torch.
 
-    PYTHONPATH=<llama.cpp>/gguf-py python scripts/loadtest/hf_to_gguf.py HF_DIR OUT.gguf
+    PYTHONPATH=<llama.cpp>/gguf-py python scripts/trendstory_tools/loadtest/hf_to_gguf.py \
+        HF_DIR OUT.gguf
 
 Run by scripts/loadtest/peer-llama-server.sh (which then quantizes the file to Q4_0 with
-llama-quantize). It does for a plain `LlamaForCausalLM` what llama.cpp's
+llama-quantize) as a file, in the peer's converter venv: it imports nothing of this package,
+which that venv does not hold. It does for a plain `LlamaForCausalLM` what llama.cpp's
 convert_hf_to_gguf.py does (that script imports torch, which is not practical here: see
 peer-llama-server.sh): the same metadata keys, tensor names from gguf's own name map, the
 rotary row permutation of q and k, 1-D tensors (norms) in F32 and the rest in F16, and the

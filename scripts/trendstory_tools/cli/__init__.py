@@ -1,0 +1,1 @@
+"""The command lines: one module per command, its options and main(); scripts/*.py call them."""
