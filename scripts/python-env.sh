@@ -37,8 +37,10 @@ _pyenv_main() {
         package="$here"
         included+=$'\n'"$here/pyproject.toml"
     fi
+    # The package's folder counts too: the editable install points at it, so a venv installed
+    # from another checkout (a git worktree, a moved folder) reinstalls.
     # shellcheck disable=SC2086  # one path per line, none with spaces
-    want="$(cat "$req" $included | sha256sum | cut -d' ' -f1)"
+    want="$( (cat "$req" $included; [[ -z "$package" ]] || echo "$package") | sha256sum | cut -d' ' -f1)"
     have=""
     [[ -f "$stamp" ]] && have="$(cat "$stamp")"
 
