@@ -7,7 +7,8 @@
 //! pass per step"). This operator takes the pass as it is packed, with a small descriptor per
 //! row, and groups the query heads that share a KV head (see [`kernel`]).
 //!
-//! The node (exporter: `--attention slots`, `scripts/export_onnx.py` SLOTS_CONTRACT):
+//! The node (exporter: `--attention slots`, SLOTS_CONTRACT in
+//! `scripts/trendstory_tools/graph/slots_contract.py`):
 //! - inputs: `qkv` f32 `[1, tokens, (heads + 2 kv_heads) * head_dim]` (before RoPE), `rows`
 //!   i64 `[rows, 4]` (slot, past, start, count), `cos` and `sin` f32 `[positions, head_dim / 2]`,
 //!   `key` and `value` f32 `[slots, kv_heads, capacity, head_dim]`;

@@ -1,5 +1,5 @@
-//! The packed contract (our exporter's `--attention packed`, `scripts/export_onnx.py`
-//! PACKED_CONTRACT): every row's new tokens in one sequence, so one `session.run` serves the
+//! The packed contract (our exporter's `--attention packed`, PACKED_CONTRACT in
+//! `scripts/trendstory_tools/graph/packed_contract.py`): every row's new tokens in one sequence, so one `session.run` serves the
 //! whole step; rows of one token (decoding) go through one fused `GroupQueryAttention` over
 //! the first slots of a [`SlotCache`], longer ones (prompt chunks) through batch-1 prefill
 //! lanes, each bound to its row's slot in the same buffers; logits only where asked.

@@ -1,4 +1,5 @@
-//! The slots contract (our exporter's `--attention slots`, SLOTS_CONTRACT): the packed pass
+//! The slots contract (our exporter's `--attention slots`, SLOTS_CONTRACT in
+//! `scripts/trendstory_tools/graph/slots_contract.py`): the packed pass
 //! with our own attention operator ([`crate::engine::attention`]): the rows' tokens one row
 //! after another, a descriptor per row, and one node per layer over the whole [`SlotCache`],
 //! bound once; the nodes write the new KV in place.
