@@ -196,6 +196,32 @@ def test_the_script_injection_title_is_shown_as_text(page):
         page.switch_to.alert.text  # noqa: B018 (raises when no alert is open)
 
 
+# The tiny model writes 250 tokens in well under 100 ms, about two of the page's 40 ms text
+# flushes: whether a second one comes before the end was a race. Like a slow network, this
+# hands the page each answer of /v1/stories 64 bytes at a time, 2 ms apart (about 0.5 s for
+# a story), so the page's own pacing is what the test sees.
+SLOW_STORY_STREAMS = """
+window.__realFetch = window.fetch;
+window.fetch = async (resource, init) => {
+    const response = await window.__realFetch(resource, init);
+    if (!String(resource).includes('/v1/stories') || !response.body) return response;
+    const reader = response.body.getReader();
+    const body = new ReadableStream({
+        async pull(controller) {
+            const {value, done} = await reader.read();
+            if (done) { controller.close(); return; }
+            for (let i = 0; i < value.length; i += 64) {
+                controller.enqueue(value.slice(i, i + 64));
+                await new Promise(resolve => setTimeout(resolve, 2));
+            }
+        },
+        cancel(reason) { return reader.cancel(reason); },
+    });
+    return new Response(body, {status: response.status, statusText: response.statusText, headers: response.headers});
+};
+"""
+
+
 def test_a_story_streams_into_the_page_to_the_end(page):
     set_options(page, "fairy_tale", 250)
     page.execute_script(
@@ -205,12 +231,15 @@ def test_a_story_streams_into_the_page_to_the_end(page):
             if (box.dataset.state === 'writing') window.__lengths.push(box.textContent.length);
         });
         window.__observer.observe(box, {childList: true, characterData: true, subtree: true});"""
+        + SLOW_STORY_STREAMS
     )
-    button = write_button(page, "Northern lights seen far south")
-    page.execute_script("arguments[0].focus()", button)
-    button.send_keys(Keys.ENTER)  # the keyboard works
-    wait_story(page, "done")
-    page.execute_script("window.__observer.disconnect()")
+    try:
+        button = write_button(page, "Northern lights seen far south")
+        page.execute_script("arguments[0].focus()", button)
+        button.send_keys(Keys.ENTER)  # the keyboard works
+        wait_story(page, "done")
+    finally:
+        page.execute_script("window.fetch = window.__realFetch; window.__observer.disconnect()")
     lengths = [n for n in page.execute_script("return window.__lengths") if n > 0]
     final = len(page.find_element(By.ID, "story-text").get_attribute("textContent"))
     assert final > 0
