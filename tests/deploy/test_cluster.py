@@ -49,12 +49,20 @@ def needs_nginx():
         pytest.fail("nginx is missing: scripts/deploy-tools.sh installs it (Debian package)")
 
 
-def test_sigkill_fails_only_requests_in_flight_on_that_replica(binary, tmp_path):
-    r = failover(tmp_path, "KILL", "--binary", str(binary))
-    assert r["sent"] >= 20 and r["succeeded"] >= r["sent"] - r["in_flight_at_stop"]
+def assert_a_kill_failed_only_what_was_in_flight(r: dict) -> None:
+    """Only requests in flight on the victim when it died failed (the analysis checks each by
+    its upstream and times), no more than the clients sending at once (a count taken just
+    before the stop misses those started while cluster.sh stops a container), and the victim
+    served again once restarted."""
+    assert r["sent"] >= 20 and r["failed"] <= r["concurrency"]
     assert r["unexpected_failures"] == []
     assert r["victim_served_after_ready"] > 0
     assert len(r["served_per_replica"]) == 2
+
+
+def test_sigkill_fails_only_requests_in_flight_on_that_replica(binary, tmp_path):
+    r = failover(tmp_path, "KILL", "--binary", str(binary))
+    assert_a_kill_failed_only_what_was_in_flight(r)
 
 
 def test_sigterm_fails_nothing(binary, tmp_path):
@@ -71,7 +79,4 @@ def test_replicas_from_the_image_survive_a_kill(tmp_path):
         pytest.fail("CONTAINER_IMAGE is not set: scripts/test.sh builds the image "
                     "(scripts/image.sh podman tiny) and names it there")
     r = failover(tmp_path, "KILL", "--image", image)
-    assert r["sent"] >= 20 and r["succeeded"] >= r["sent"] - r["in_flight_at_stop"]
-    assert r["unexpected_failures"] == []
-    assert r["victim_served_after_ready"] > 0
-    assert len(r["served_per_replica"]) == 2
+    assert_a_kill_failed_only_what_was_in_flight(r)
