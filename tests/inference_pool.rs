@@ -280,6 +280,15 @@ async fn crash_and_recover(mode: FailMode) {
         "a fresh engine after the crash"
     );
     assert_eq!(pool.status().workers[0].last_error, None);
+    let before_restart = pool.status().engine;
+    assert!(
+        before_restart.tokens > 0,
+        "the crashed engine's tokens are kept"
+    );
+    assert_eq!(
+        (before_restart.waiting_user, before_restart.running),
+        (0, 0)
+    );
     let (text, _) = guard(
         "after restart",
         pool.submit(vec![7], params(2)).unwrap().collect(),
@@ -287,6 +296,11 @@ async fn crash_and_recover(mode: FailMode) {
     .await
     .unwrap();
     assert_eq!(text, "t0 t1 ");
+    let status = pool.clone();
+    wait_until("the new engine's tokens add to the old ones'", move || {
+        status.status().engine.tokens == before_restart.tokens + 2
+    })
+    .await;
 }
 
 #[actix_web::test]

@@ -165,16 +165,13 @@ pub struct EngineSnapshot {
 }
 
 impl EngineSnapshot {
-    /// Counters accumulated from `before` to `self` (a later snapshot of the same engine).
-    pub fn counters_since(&self, before: &Self) -> Self {
+    /// The counters alone, its gauges at zero: what an engine that went away leaves.
+    pub fn counters(&self) -> Self {
         Self {
             waiting_user: 0,
             waiting_background: 0,
             running: 0,
-            steps: self.steps.saturating_sub(before.steps),
-            passes: self.passes.saturating_sub(before.passes),
-            tokens: self.tokens.saturating_sub(before.tokens),
-            step_time: self.step_time.saturating_sub(before.step_time),
+            ..*self
         }
     }
 }

@@ -15,7 +15,7 @@ use actix::{Message, WeakRecipient};
 
 use super::worker_shared::WorkerShared;
 use super::EngineFactory;
-use crate::engine::{Engine, EngineError, EngineSnapshot, GenerationEvent, GenerationRequest};
+use crate::engine::{Engine, EngineError, GenerationEvent, GenerationRequest};
 
 /// Why an engine thread ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -66,14 +66,9 @@ impl EngineThread {
         };
         self.shared.mark_live();
         self.send(ThreadReport::Ready);
-        let mut published = EngineSnapshot::default();
         loop {
             match catch_unwind(AssertUnwindSafe(|| tick(engine.as_mut(), &self.jobs))) {
-                Ok(Ok(Tick::Continue)) => {
-                    let now = engine.snapshot();
-                    self.shared.publish(&now, &published);
-                    published = now;
-                }
+                Ok(Ok(Tick::Continue)) => self.shared.publish(engine.snapshot()),
                 Ok(Ok(Tick::Closed)) => {
                     self.shared.mark_down();
                     tracing::debug!("inference pool gone; engine thread exits");

@@ -19,11 +19,18 @@ pub struct WorkerShared {
     restarts: AtomicU64,
     /// Requests admitted to this worker whose stream has not ended yet.
     in_flight: AtomicUsize,
-    /// The engine's numbers after its last step: its gauges, and its counters summed over
-    /// every engine this worker has loaded (so they never go back after a restart).
-    engine: Mutex<EngineSnapshot>,
+    /// The engine's numbers after its last step.
+    engine: Mutex<EngineNumbers>,
     /// Why the worker last went down; cleared once an engine loads.
     last_error: Mutex<Option<String>>,
+}
+
+/// The current engine's latest snapshot, and the counters of the engines this worker loaded
+/// before it, so the worker's counters never go back after a restart.
+#[derive(Debug, Default)]
+struct EngineNumbers {
+    current: EngineSnapshot,
+    earlier: EngineSnapshot,
 }
 
 impl WorkerShared {
@@ -47,20 +54,19 @@ impl WorkerShared {
         self.in_flight.load(Ordering::Relaxed)
     }
 
+    /// The engine's gauges, and its counters summed over every engine this worker loaded.
     pub fn engine(&self) -> EngineSnapshot {
-        *self.engine.lock().unwrap_or_else(|e| e.into_inner())
+        let numbers = self.numbers();
+        numbers.earlier + numbers.current
     }
 
-    /// Takes the engine's `now` snapshot: its gauges, and its counters since `before`
-    /// (its previous snapshot; the default one for a new engine).
-    pub(super) fn publish(&self, now: &EngineSnapshot, before: &EngineSnapshot) {
-        let mut engine = self.engine.lock().unwrap_or_else(|e| e.into_inner());
-        *engine = EngineSnapshot {
-            waiting_user: now.waiting_user,
-            waiting_background: now.waiting_background,
-            running: now.running,
-            ..*engine + now.counters_since(before)
-        };
+    /// Takes the current engine's latest snapshot.
+    pub(super) fn publish(&self, snapshot: EngineSnapshot) {
+        self.numbers().current = snapshot;
+    }
+
+    fn numbers(&self) -> std::sync::MutexGuard<'_, EngineNumbers> {
+        self.engine.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     pub fn last_error(&self) -> Option<String> {
@@ -88,7 +94,9 @@ impl WorkerShared {
     pub(super) fn mark_down(&self) {
         self.live.store(false, Ordering::SeqCst);
         self.epoch.fetch_add(1, Ordering::SeqCst);
-        self.publish(&EngineSnapshot::default(), &EngineSnapshot::default());
+        let mut numbers = self.numbers();
+        let gone = std::mem::take(&mut numbers.current);
+        numbers.earlier = numbers.earlier + gone.counters();
     }
 
     pub(super) fn set_last_error(&self, error: Option<String>) {
