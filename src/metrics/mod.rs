@@ -490,10 +490,7 @@ impl Metrics {
         follow(&self.engine_steps, pool.engine.steps);
         follow(&self.engine_passes, pool.engine.passes);
         follow(&self.engine_tokens, pool.engine.tokens);
-        let step_seconds = pool.engine.step_time.as_secs_f64() - self.engine_step_time.get();
-        if step_seconds > 0.0 {
-            self.engine_step_time.inc_by(step_seconds);
-        }
+        follow(&self.engine_step_time, pool.engine.step_time.as_secs_f64());
         self.workers_up.set(pool.workers_up as i64);
         follow(&self.worker_restarts, pool.restarts);
         self.ready.set(i64::from(*ready));
@@ -532,8 +529,12 @@ impl Metrics {
     }
 }
 
-/// Moves a counter up to a total its owner keeps (restarts, evictions).
-fn follow(counter: &Counter, total: u64) {
+/// Moves a counter up to a total its owner keeps (restarts, evictions, engine steps).
+fn follow<N, A>(counter: &Counter<N, A>, total: N)
+where
+    N: PartialOrd + std::ops::Sub<Output = N> + Copy,
+    A: prometheus_client::metrics::counter::Atomic<N>,
+{
     let seen = counter.get();
     if total > seen {
         counter.inc_by(total - seen);
