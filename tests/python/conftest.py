@@ -1,14 +1,28 @@
 """Shared fixtures: tiny exports built once per test session into a temp dir (seconds)."""
 import contextlib
 import io
+import json
 from pathlib import Path
 
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 from trendstory_tools.cli.export_onnx import main as export_onnx_main
+from trendstory_tools.current_export import graph_matches
+from trendstory_tools.export_options import parse_args
 from trendstory_tools.export import export
 from trendstory_tools.random_init import write_random_hf
+
+
+def export_matches(out_dir: Path, exporter_args: list[str]) -> bool:
+    """Whether out_dir/manifest.json records the graph and quantization these exporter
+    arguments ask for (what `export_onnx.py --check-current` checks before the source and the
+    files' digests)."""
+    try:
+        man = json.loads((Path(out_dir) / "manifest.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return graph_matches(man, parse_args(["--hf-dir", "-", "--out", "-", *exporter_args]))
 
 
 def build_tiny(out: Path, *, dtype="f32", precision="int4", accuracy_level=4, golden=16,

@@ -13,9 +13,8 @@ import pytest
 from onnx import TensorProto, numpy_helper
 from tokenizers import Tokenizer
 
-from conftest import REPO, build_tiny
+from conftest import REPO, build_tiny, export_matches
 from trendstory_tools.cli.export_onnx import main as export_onnx_main
-from trendstory_tools.current_export import export_matches
 from trendstory_tools.digests import sha256_file
 from trendstory_tools.export import export
 from trendstory_tools.export_options import parse_args, quantization_of_args

@@ -12,9 +12,9 @@ import onnx
 import onnxruntime as ort
 from onnx import TensorProto
 
+from conftest import export_matches
 from test_export import cfg_of, dims
 from trendstory_tools.cli.export_onnx import main as export_onnx_main
-from trendstory_tools.current_export import export_matches
 from trendstory_tools.golden import make_session, packed_lanes, run_full
 from trendstory_tools.graph.packed_contract import DEFAULT_PREFILL_LANES
 from trendstory_tools.llama_checkpoint import model_dims

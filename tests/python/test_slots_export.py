@@ -10,8 +10,8 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
+from conftest import export_matches
 from test_export import dims
-from trendstory_tools.current_export import export_matches
 from trendstory_tools.graph.slots_contract import TRENDSTORY_DOMAIN
 
 
